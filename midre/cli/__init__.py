@@ -1,0 +1,68 @@
+"""The ``midre`` command.  Each sub-command lives in its own module here and defines
+``register(subparsers)``, which adds a parser whose ``func(args) -> int`` runs the command.
+
+User errors (MidreError) become one line on stderr and exit code 2; no traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import os
+import sys
+from typing import Optional, Sequence
+
+# Order = order in `midre --help`.  A module is listed only if it exists in this installation.
+COMMAND_MODULES = ["run", "train", "attack", "evaluate", "report", "sweep", "analyze", "info"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    parser = _Parser(prog="midre", description="Model-inversion defense (MIDRE) and evaluation toolkit.")
+    parser.add_argument("--version", action="version", version=f"midre {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in COMMAND_MODULES:
+        modname = f"{__name__}.{name}"
+        if importlib.util.find_spec(modname) is None:
+            continue
+        importlib.import_module(modname).register(sub)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from ..errors import MidreError
+
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        if args.command is None:
+            # `midre` alone runs the main job with the embedded quickstart when available.
+            if importlib.util.find_spec(f"{__name__}.run") is not None:
+                args = parser.parse_args(["run", *([] if argv is None else list(argv))])
+            else:
+                parser.print_help()
+                return 0
+        else:
+            parser.parse_args([args.command, "--help"])
+    try:
+        return int(args.func(args) or 0)
+    except MidreError as e:
+        sys.stderr.write(f"midre: error: {e}\n")
+        return e.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("midre: interrupted; re-run the same command to resume\n")
+        return 130
+
+
+def console_main() -> None:
+    raise SystemExit(main())

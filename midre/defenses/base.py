@@ -1,0 +1,223 @@
+"""The Defense contract: how any defense attaches to THE training loop (midre.training).
+
+A defense overrides only the hooks it needs (cf. Opacus' make_private: wrap, don't fork):
+
+====================  ==========================================================================
+hook                  called
+====================  ==========================================================================
+wrap_model(model)     once, before training AND when a checkpoint is loaded (deterministic model
+                      surgery: MID's bottleneck head, MI-RAD's skip scaling, DP's BN->GN).
+prepare(ctx)          once before training (TL-DMI pre-trains on public data and freezes layers).
+on_epoch_start(e, E)  at the start of every epoch (NLS ramp).
+transform_batch(x,y,i) on every training batch, on the device, after flips (MIDRE's eraser);
+                      i = dataset indices of the batch (Fixed / Entire Erasing key on them).
+task_loss(logits, y)  replaces cross-entropy when not None (NLS).
+regularizer(ctx)      added to the loss when not None (MID's KL, BiDO's HSIC terms).
+wrap_training(m,o,l)  may wrap model / optimizer / loader (DP-SGD through Opacus).
+report()              extra facts for the checkpoint metadata and the results (epsilon of DP).
+====================  ==========================================================================
+
+Defenses compose (``Compose([MIDRE(...), NLS(...)])``): transforms chain, regularizers add, and at
+most one member may replace the task loss.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+from ..errors import ArgumentError, ConfigError
+from ..registry import Registry
+
+
+@dataclass
+class TrainContext:
+    """What the trainer shares with defenses."""
+
+    model: nn.Module
+    train_set: Any
+    test_set: Any = None
+    public_set: Any = None
+    config: Any = None
+    device: torch.device = torch.device("cpu")
+    out_dir: Any = None
+    progress: bool = True
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class StepContext:
+    """One training step, as seen by ``regularizer``: inputs after transform_batch, logits, features."""
+
+    model: nn.Module
+    x: torch.Tensor
+    y: torch.Tensor
+    logits: torch.Tensor
+    features: Optional[torch.Tensor]
+    epoch: int
+    epochs: int
+
+
+class Defense:
+    """No defense (NoDef); base class of every defense."""
+
+    name: str = "nodef"
+    needs_features: bool = False   # regularizer wants penultimate features in StepContext
+
+    def params(self) -> dict[str, Any]:
+        """Hyper-parameters, JSON-able; ``build_defense({'name': d.name, **d.params()})`` rebuilds it."""
+        return {}
+
+    def spec(self) -> dict[str, Any]:
+        return {"name": self.name, **self.params()}
+
+    def wrap_model(self, model: nn.Module) -> nn.Module:
+        return model
+
+    def prepare(self, ctx: TrainContext) -> None:
+        return None
+
+    def on_epoch_start(self, epoch: int, epochs: int) -> None:
+        return None
+
+    def transform_batch(self, x: torch.Tensor, y: torch.Tensor,
+                        idx: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return x, y
+
+    def task_loss(self, logits: torch.Tensor, y: torch.Tensor) -> Optional[torch.Tensor]:
+        return None
+
+    def regularizer(self, ctx: StepContext) -> Optional[torch.Tensor]:
+        return None
+
+    def wrap_training(self, model: nn.Module, optimizer: torch.optim.Optimizer, loader: Any):
+        return model, optimizer, loader
+
+    def report(self) -> dict[str, Any]:
+        return {}
+
+    def members(self) -> list["Defense"]:
+        return [self]
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
+        return f"{type(self).__name__}({args})"
+
+
+class Compose(Defense):
+    """Several defenses applied together (e.g. MIDRE + NLS, MIDRE + BiDO)."""
+
+    def __init__(self, defenses: Sequence[Defense]):
+        flat: list[Defense] = []
+        for d in defenses:
+            flat.extend(d.members())
+        flat = [d for d in flat if d.name != "nodef"]
+        owners = [d.name for d in flat if type(d).task_loss is not Defense.task_loss]
+        if len(owners) > 1:
+            raise ConfigError(f"defenses {owners} each replace the task loss and cannot be combined; keep one of them")
+        self.defenses = flat
+        self.name = "+".join(d.name for d in flat) or "nodef"
+        self.needs_features = any(d.needs_features for d in flat)
+
+    def members(self) -> list[Defense]:
+        return list(self.defenses)
+
+    def params(self) -> dict[str, Any]:
+        return {"defenses": [d.spec() for d in self.defenses]}
+
+    def spec(self) -> dict[str, Any]:
+        if len(self.defenses) == 1:
+            return self.defenses[0].spec()
+        return {"name": "compose", "defenses": [d.spec() for d in self.defenses]}
+
+    def wrap_model(self, model):
+        for d in self.defenses:
+            model = d.wrap_model(model)
+        return model
+
+    def prepare(self, ctx):
+        for d in self.defenses:
+            d.prepare(ctx)
+
+    def on_epoch_start(self, epoch, epochs):
+        for d in self.defenses:
+            d.on_epoch_start(epoch, epochs)
+
+    def transform_batch(self, x, y, idx=None):
+        for d in self.defenses:
+            x, y = d.transform_batch(x, y, idx)
+        return x, y
+
+    def task_loss(self, logits, y):
+        for d in self.defenses:
+            out = d.task_loss(logits, y)
+            if out is not None:
+                return out
+        return None
+
+    def regularizer(self, ctx):
+        total = None
+        for d in self.defenses:
+            r = d.regularizer(ctx)
+            if r is not None:
+                total = r if total is None else total + r
+        return total
+
+    def wrap_training(self, model, optimizer, loader):
+        for d in self.defenses:
+            model, optimizer, loader = d.wrap_training(model, optimizer, loader)
+        return model, optimizer, loader
+
+    def report(self):
+        out: dict[str, Any] = {}
+        for d in self.defenses:
+            out.update(d.report())
+        return out
+
+
+DEFENSES: Registry[Callable[..., Defense]] = Registry("defense")
+
+
+@DEFENSES.register("nodef")
+def _nodef() -> Defense:
+    """No defense: plain cross-entropy training."""
+    return Defense()
+
+
+def build_defense(spec: Any) -> Defense:
+    """Build a defense from a name ('midre'), 'midre+nls', a dict {'name': ..., **params}, a list of
+    those, or a Defense.  Unknown names and bad parameters raise a one-line MidreError."""
+    if isinstance(spec, Defense):
+        return spec
+    if spec is None:
+        return Defense()
+    if isinstance(spec, (list, tuple)):
+        parts = [build_defense(s) for s in spec]
+        return parts[0] if len(parts) == 1 else Compose(parts)
+    if isinstance(spec, str):
+        if "+" in spec:
+            return build_defense([s.strip() for s in spec.split("+") if s.strip()])
+        spec = {"name": spec}
+    if not isinstance(spec, dict) or "name" not in spec:
+        raise ConfigError(f"a defense must be a name or a mapping with 'name', got {spec!r}")
+    spec = dict(spec)
+    name = str(spec.pop("name"))
+    if name == "compose":
+        return Compose([build_defense(s) for s in spec.get("defenses", [])])
+    factory = DEFENSES.get(name)
+    try:
+        return factory(**spec)
+    except TypeError as e:
+        import inspect
+
+        allowed = [p for p in inspect.signature(factory).parameters if p not in ("self", "args", "kwargs")]
+        bad = [k for k in spec if k not in allowed]
+        if bad:
+            from ..errors import did_you_mean
+
+            raise ArgumentError(
+                f"defense '{name}' has no parameter '{bad[0]}'{did_you_mean(bad[0], allowed)}; "
+                f"its parameters are: {', '.join(allowed) or 'none'}") from None
+        raise ArgumentError(f"defense '{name}': {e}") from None

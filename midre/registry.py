@@ -1,0 +1,51 @@
+"""A tiny name -> factory registry (timm-style), shared by datasets, models, defenses and attacks."""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Generic, Iterator, TypeVar
+
+from .errors import unknown_name
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._items: Dict[str, Callable[..., T]] = {}
+        self._info: Dict[str, Dict[str, Any]] = {}
+
+    def register(self, name: str, **info: Any) -> Callable[[Callable[..., T]], Callable[..., T]]:
+        """Decorator: ``@MODELS.register("resnet18", description="...")``."""
+
+        def deco(fn: Callable[..., T]) -> Callable[..., T]:
+            key = name.lower()
+            if key in self._items:
+                raise RuntimeError(f"{self.kind} '{name}' registered twice")
+            self._items[key] = fn
+            doc = (fn.__doc__ or "").strip().splitlines()
+            self._info[key] = {"description": doc[0] if doc else "", **info}
+            return fn
+
+        return deco
+
+    def get(self, name: str) -> Callable[..., T]:
+        key = str(name).lower()
+        if key not in self._items:
+            raise unknown_name(self.kind, str(name), self._items)
+        return self._items[key]
+
+    def info(self, name: str) -> Dict[str, Any]:
+        self.get(name)
+        return dict(self._info[str(name).lower()])
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        return str(name).lower() in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self._items)

@@ -1,0 +1,213 @@
+"""Small shared helpers: seeding, devices, atomic writes, progress bars, identity ranges."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import random
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from .errors import ArgumentError, RunDirError
+
+
+# ----------------------------------------------------------------------------------------- seeding
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed python, numpy and torch; return a CPU generator seeded with ``seed``."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return g
+
+
+def derive_seed(seed: int, *keys: Any) -> int:
+    """A stable child seed for a named sub-task (same inputs -> same seed on every machine)."""
+    h = hashlib.sha256(json.dumps([int(seed), *[str(k) for k in keys]]).encode()).hexdigest()
+    return int(h[:8], 16)
+
+
+# ----------------------------------------------------------------------------------------- devices
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """'auto' -> cuda if available, else mps, else cpu; validates explicit names."""
+    if isinstance(device, torch.device):
+        return device
+    if device in (None, "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ArgumentError(f"unknown device '{device}'; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ArgumentError(f"device '{device}' requested but no CUDA GPU is available; use --device cpu or auto")
+    return dev
+
+
+# ----------------------------------------------------------------------------------------- atomic IO
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success rename it over ``path`` (atomic on POSIX).
+
+    Nothing is left at ``path`` if the body raises; the temp file is removed.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunDirError(f"cannot create directory '{path.parent}': {e.strerror}; choose a writable --out") from None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    except OSError as e:
+        raise RunDirError(f"cannot write in '{path.parent}': {e.strerror}; choose a writable --out") from None
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as fh:
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, path)
+    except OSError as e:
+        tmp_path.unlink(missing_ok=True)
+        raise RunDirError(f"cannot write '{path}': {e.strerror}; free space or choose another --out") from None
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, torch.Tensor):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def config_hash(obj: Any) -> str:
+    """Stable short hash of a JSON-able object (used to detect incompatible run directories)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=_json_default).encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------------------- run lock
+class RunLock:
+    """An exclusive lock on a run directory (fcntl advisory lock on ``DIR/.lock``).
+
+    A second process that tries to use the same directory gets a clear RunDirError.  The OS drops the
+    lock when the holder dies (SIGKILL included), so a crashed run never leaves a stale lock.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike):
+        self.path = Path(run_dir) / ".lock"
+        self._fh = None
+
+    def __enter__(self) -> "RunLock":
+        import fcntl
+
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.path, "a+")
+        except OSError as e:
+            raise RunDirError(f"cannot use run directory '{self.path.parent}': {e.strerror}; choose a writable --out") from None
+        try:
+            fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._fh.close()
+            self._fh = None
+            raise RunDirError(
+                f"run directory '{self.path.parent}' is in use by another midre process; wait for it or choose another --out"
+            ) from None
+        self._fh.seek(0)
+        self._fh.truncate()
+        self._fh.write(str(os.getpid()))
+        self._fh.flush()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        import fcntl
+
+        if self._fh is not None:
+            fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
+            self._fh.close()
+            self._fh = None
+
+
+# ----------------------------------------------------------------------------------------- progress
+def make_progress(enabled: bool = True, transient: bool = False):
+    """A rich Progress with bar, counts, elapsed and ETA; disabled -> a no-op Progress."""
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        disable=not enabled,
+        transient=transient,
+    )
+
+
+# ----------------------------------------------------------------------------------------- parsing
+def parse_id_ranges(spec: str | int | Sequence[int], num_classes: int | None = None) -> list[int]:
+    """'0-49' / '0-4,7,9-10' / 12 / [1, 2] -> sorted unique ids, validated against num_classes."""
+    if isinstance(spec, int):
+        ids = [spec]
+    elif isinstance(spec, str):
+        ids = []
+        for part in spec.replace(" ", "").split(","):
+            if not part:
+                continue
+            m = re.fullmatch(r"(-?\d+)(?:-(-?\d+))?", part)
+            if not m:
+                raise ArgumentError(f"cannot parse identities '{spec}'; use a list like 0-49 or 0,3,7-9")
+            lo = int(m.group(1))
+            hi = int(m.group(2)) if m.group(2) is not None else lo
+            if hi < lo:
+                raise ArgumentError(f"identity range '{part}' is reversed; write it as low-high, e.g. 0-49")
+            ids.extend(range(lo, hi + 1))
+    else:
+        ids = [int(i) for i in spec]
+    if not ids:
+        raise ArgumentError("no identities given; use a list like 0-49")
+    bad = [i for i in ids if i < 0 or (num_classes is not None and i >= num_classes)]
+    if bad:
+        hi = f"0-{num_classes - 1}" if num_classes else "non-negative ids"
+        raise ArgumentError(f"identity {bad[0]} is out of range; the target has {num_classes} classes, use {hi}")
+    return sorted(set(ids))
