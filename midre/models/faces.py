@@ -1,0 +1,1 @@
+"""midre.models.faces: classifier family (being written)."""

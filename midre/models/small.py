@@ -1,0 +1,1 @@
+"""midre.models.small: classifier family (being written)."""

@@ -1,0 +1,1 @@
+"""midre.models.torchvision_models: classifier family (being written)."""
