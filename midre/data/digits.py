@@ -1,0 +1,1 @@
+"""Dataset family 'digits' (being implemented; registers its factories in DATASETS)."""

@@ -1,0 +1,1 @@
+"""Dataset family 'folders' (being implemented; registers its factories in DATASETS)."""

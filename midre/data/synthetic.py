@@ -1,0 +1,1 @@
+"""Dataset family 'synthetic' (being implemented; registers its factories in DATASETS)."""
