@@ -1,0 +1,159 @@
+"""Safe checkpoints: ``<stem>.safetensors`` (tensors only) + ``<stem>.json`` (metadata).
+
+Nothing here unpickles arbitrary objects: weights are safetensors, metadata is JSON, and the only
+``torch.load`` (training state for resume) uses ``weights_only=True``.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.nn as nn
+
+from .errors import CheckpointError, MidreError
+from .utils import atomic_path, atomic_write_json
+
+FORMAT = "midre-checkpoint"
+FORMAT_VERSION = 1
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """Strip wrappers (Opacus GradSampleModule, DataParallel, torch.compile) to the Classifier."""
+    while True:
+        inner = getattr(model, "_module", None) or getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if isinstance(inner, nn.Module) and inner is not model:
+            model = inner
+        else:
+            return model
+
+
+def _paths(path: str | os.PathLike) -> tuple[Path, Path]:
+    p = Path(path)
+    if p.is_dir():
+        p = p / "model"
+    if p.suffix in (".safetensors", ".json"):
+        p = p.with_suffix("")
+    return p.with_suffix(".safetensors"), p.with_suffix(".json")
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict[str, Any]) -> Path:
+    """Write ``path.safetensors`` and ``path.json`` atomically; returns the .safetensors path.
+
+    The JSON is written last, so a checkpoint whose JSON exists is complete.
+    """
+    from safetensors.torch import save_file
+
+    st_path, js_path = _paths(path)
+    model = unwrap(model)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    # safetensors refuses shared storage; clone tensors that alias each other.
+    seen: dict[int, str] = {}
+    for k, v in list(state.items()):
+        ptr = v.untyped_storage().data_ptr() if v.numel() else -1
+        if ptr in seen and ptr != -1:
+            state[k] = v.clone()
+        seen[ptr] = k
+    full_meta = {"format": FORMAT, "format_version": FORMAT_VERSION, **meta}
+    with atomic_path(st_path) as tmp:
+        save_file(state, str(tmp), metadata={"format": FORMAT})
+    atomic_write_json(js_path, full_meta)
+    return st_path
+
+
+def read_meta(path: str | os.PathLike) -> dict[str, Any]:
+    st_path, js_path = _paths(path)
+    if not js_path.exists():
+        if Path(path).exists() and not Path(path).is_dir() and Path(path).suffix not in (".json", ".safetensors"):
+            raise CheckpointError(f"'{path}' is not a midre checkpoint; give the model.safetensors written by `midre train`")
+        raise CheckpointError(f"checkpoint metadata '{js_path}' not found; give a directory or .safetensors written by `midre train`")
+    try:
+        meta = json.loads(js_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise CheckpointError(f"checkpoint metadata '{js_path}' is corrupt (not JSON); re-train or restore the file") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"'{js_path}' is not midre checkpoint metadata; give a checkpoint written by `midre train`")
+    for key in ("arch", "num_classes", "resolution"):
+        if key not in meta:
+            raise CheckpointError(f"checkpoint metadata '{js_path}' lacks '{key}'; re-train the model with this midre version")
+    return meta
+
+
+def load_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Load a tensor state dict: safetensors, or torch.load(weights_only=True) for .pt/.pth."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"checkpoint file '{p}' not found; check the path")
+    if p.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(p))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"checkpoint '{p}' is truncated or corrupt ({str(e).splitlines()[0][:80]}); re-train or restore it") from None
+    try:
+        obj = torch.load(str(p), map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError for smuggled code, RuntimeError for truncation, ...
+        raise CheckpointError(
+            f"refusing to load '{p}': not a plain tensor checkpoint ({type(e).__name__}); "
+            "only safetensors or weights-only torch files are accepted") from None
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"'{p}' does not hold a state dict of tensors; give a model checkpoint")
+    return obj
+
+
+def build_from_meta(meta: dict[str, Any]) -> nn.Module:
+    """Create the architecture described by metadata and re-apply the defense's model surgery."""
+    from .defenses import build_defense
+    from .models import create_model
+
+    model = create_model(meta["arch"], num_classes=int(meta["num_classes"]), resolution=int(meta["resolution"]),
+                         **(meta.get("model_kwargs") or {}))
+    defense = build_defense(meta.get("defense"))
+    return defense.wrap_model(model)
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Load a midre checkpoint (dir / .safetensors / .json) -> (model in eval mode, metadata)."""
+    meta = read_meta(path)
+    st_path, _ = _paths(path)
+    state = load_state(st_path)
+    try:
+        model = build_from_meta(meta)
+    except MidreError as e:
+        raise CheckpointError(f"checkpoint '{st_path}' cannot be rebuilt: {e}") from None
+    missing, unexpected = [], []
+    own = model.state_dict()
+    for k in own:
+        if k not in state:
+            missing.append(k)
+    for k, v in state.items():
+        if k not in own:
+            unexpected.append(k)
+        elif own[k].shape != v.shape:
+            raise CheckpointError(
+                f"checkpoint '{st_path}' does not match its metadata: '{k}' has shape {tuple(v.shape)}, "
+                f"the {meta['arch']} model expects {tuple(own[k].shape)}; the file may come from another model")
+    if missing or unexpected:
+        what = f"missing '{missing[0]}'" if missing else f"unexpected '{unexpected[0]}'"
+        raise CheckpointError(f"checkpoint '{st_path}' does not match architecture '{meta['arch']}' ({what}); "
+                              "it was written for another model")
+    model.load_state_dict(state, strict=True)
+    model.to(device).eval()
+    return model, meta
+
+
+def check_compatible(meta: dict[str, Any], *, num_classes: Optional[int] = None, resolution: Optional[int] = None,
+                     what: str = "checkpoint") -> None:
+    """Raise a one-line CheckpointError when a checkpoint does not fit the data it is used with."""
+    if num_classes is not None and int(meta["num_classes"]) != int(num_classes):
+        raise CheckpointError(f"{what} has {meta['num_classes']} classes but the dataset has {num_classes}; "
+                              "use a checkpoint trained on this dataset")
+    if resolution is not None and int(meta["resolution"]) != int(resolution):
+        raise CheckpointError(f"{what} was trained at {meta['resolution']} px but the data is {resolution} px; "
+                              "use --resolution to match or another checkpoint")

@@ -1,0 +1,101 @@
+"""`midre train`: train a classifier (target or evaluation model) with or without a defense."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .common import add_data_args, in_memory, load_splits, parse_kv
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a classifier with or without a defense",
+                       description="Train a face-identity classifier on the private split, optionally defended "
+                                   "(e.g. --defense midre --area 0.4), and save a safe checkpoint.")
+    add_data_args(p)
+    p.add_argument("--arch", default="smallcnn", help="architecture (see `midre models`)")
+    p.add_argument("--defense", default="nodef", help="defense name, or several joined by '+' (see `midre defenses`)")
+    p.add_argument("--area", type=float, default=None, help="MIDRE's a_e: upper bound of the erased area fraction")
+    p.add_argument("--defense-param", action="append", metavar="KEY=VALUE", default=[],
+                   help="defense hyper-parameter, e.g. beta=0.003 (repeatable)")
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default 0.01 for SGD, 1e-3 for Adam)")
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--schedule", choices=["none", "multistep", "cosine"], default="cosine")
+    p.add_argument("--milestones", type=int, nargs="*", default=[])
+    p.add_argument("--no-hflip", action="store_true", help="disable the random horizontal flip")
+    p.add_argument("--weights", default=None, help="LOCAL pretrained weights file (safetensors or .pt)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--workers", type=int, default=0, help="data-loading worker processes (lazy datasets)")
+    p.add_argument("--out", default=None, help="output directory (default runs/train-<dataset>-<arch>-<defense>)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run)
+
+
+def _defense_spec(args: argparse.Namespace):
+    from ..defenses import build_defense
+
+    params = parse_kv(args.defense_param, "defense-param")
+    if args.area is not None:
+        params["area"] = args.area
+    names = [n.strip() for n in args.defense.split("+") if n.strip()]
+    if not names:
+        names = ["nodef"]
+    if not params:
+        return build_defense(names if len(names) > 1 else names[0])
+    # parameters go to the members that accept them
+    import inspect
+
+    from ..defenses import DEFENSES
+    from ..errors import ArgumentError
+
+    specs, used = [], set()
+    for n in names:
+        accepted = set(inspect.signature(DEFENSES.get(n)).parameters)
+        mine = {k: v for k, v in params.items() if k in accepted}
+        used |= set(mine)
+        specs.append({"name": n, **mine})
+    unused = [k for k in params if k not in used]
+    if unused:
+        flag = "--area" if unused[0] == "area" else f"--defense-param {unused[0]}=..."
+        raise ArgumentError(f"{flag} does not apply to defense '{args.defense}'; drop it or choose a defense that takes it")
+    return build_defense(specs if len(specs) > 1 else specs[0])
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..errors import ArgumentError
+    from ..models import create_model
+    from ..training import make_config, train_classifier
+    from ..utils import RunLock
+
+    progress = not args.no_progress
+    if args.epochs is not None and args.epochs < 1:
+        raise ArgumentError(f"--epochs must be at least 1, got {args.epochs}")
+    if args.batch_size < 1:
+        raise ArgumentError(f"--batch-size must be at least 1, got {args.batch_size}")
+    defense = _defense_spec(args)
+    cfg = make_config(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
+                      lr=args.lr if args.lr is not None else (0.01 if args.optimizer == "sgd" else 1e-3),
+                      weight_decay=args.weight_decay, schedule=args.schedule, milestones=args.milestones,
+                      hflip=not args.no_hflip, device=args.device, seed=args.seed, num_workers=args.workers)
+    splits = load_splits(args, progress=progress)
+    model = create_model(args.arch, num_classes=splits.num_classes, resolution=splits.resolution, weights=args.weights)
+    out = Path(args.out or f"runs/train-{args.dataset}-{args.arch}-{defense.name}")
+    train_set = in_memory(splits.private_train, progress)
+    test_set = in_memory(splits.private_test, progress)
+    public = splits.public if len(splits.public) else None
+    meta = {"dataset": {"name": splits.name, "root": args.root, "resolution": splits.resolution, "seed": args.seed,
+                        "options": parse_kv(args.data_option, "data-option"), "info": splits.info},
+            "class_names": list(splits.class_names)}
+    print(f"{splits.summary()}", file=sys.stderr)
+    print(f"training {args.arch} with defense {defense!r} for {cfg.epochs} epochs -> {out}", file=sys.stderr)
+    with RunLock(out):
+        res = train_classifier(model, train_set, test_set, defense=defense, config=cfg, out_dir=out,
+                               public_set=public, meta=meta, progress=progress, description=f"train {args.arch}")
+    extra = "".join(f" | {k} {v:.3g}" if isinstance(v, float) else f" | {k} {v}" for k, v in res.defense_report.items())
+    secs = sum(h.get("seconds", 0) for h in res.history)
+    print(f"natural accuracy {res.test_acc:.2f}% on {len(test_set)} test images | {args.arch} | defense {defense.name}"
+          f"{extra} | {secs:.0f}s | {res.checkpoint}")
+    return 0
