@@ -1,0 +1,498 @@
+"""The attack contract: access levels, query oracles, the reconstructions artefact, the Attack base.
+
+An attack declares the access it needs and is handed ONLY that:
+
+===============  =================================================================================
+access           what ``invert`` receives as ``access``
+===============  =================================================================================
+``white-box``    the target :class:`~midre.models.base.Classifier` itself (eval mode, parameters
+                 frozen): logits, penultimate features and input gradients.
+``black-box``    a :class:`QueryOracle` in ``"probs"`` mode: detached softmax probabilities, no
+                 gradient, every queried image counted.
+``label-only``   a :class:`QueryOracle` in ``"labels"`` mode: top-1 labels only, counted.
+===============  =================================================================================
+
+Asking an oracle for anything else (logits, features, gradients, the model) raises
+:class:`AccessError`.
+
+Life cycle of :meth:`Attack.run` (the hooks let later attacks plug in without forking the loop)::
+
+    for repeat r in 0..R-1, for each batch of identities (many identities in one tensor):
+        gen      = torch.Generator seeded with derive_seed(seed, attack, r, batch)
+        state    = attack.init_latents(access, ids, prior, gen)          # e.g. z ~ N(0, I)
+        state    = attack.select_candidates(access, ids, prior, state, gen)   # PPA: keep the best of many
+        state    = attack.invert(access, ids, prior, state, gen, eraser, log)  # the optimisation
+        images   = attack.final_selection(access, ids, prior, state, gen)     # PPA: pick final samples
+    confidence = softmax(target(images))[identity]   (measured by the library, not charged as queries)
+
+* PPA / IF-GMI (StyleGAN): ``init_latents`` samples many w-vectors, ``select_candidates`` keeps the top
+  ones by target confidence on {image, flip}, ``invert`` optimises w (or intermediate features, IF-GMI),
+  ``final_selection`` ranks by mean confidence over augmentations.  A StyleGAN prior is just another
+  ``prior_kinds`` entry.
+* MIRROR / RLB-MI (black-box): ``access = "black-box"`` and ``invert`` only calls the oracle (genetic
+  search / RL policy over the latent space); the query count lands in ``meta["queries"]``.
+* Adaptive attack (MIDRE paper D.5): when ``adaptive_eraser`` is given, every attack applies it to its
+  candidate images before each target evaluation (:meth:`Attack.to_target`).
+
+``invert`` appends the batch's objective value per iteration through ``log(value)``; the mean curve
+over batches is kept in ``meta["loss_curve"]`` (the paper's Fig. D.7 compares these curves).
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..errors import ArgumentError, CheckpointError, MidreError, did_you_mean
+from ..registry import Registry
+from ..utils import atomic_path, atomic_write_json, derive_seed, make_progress
+
+ACCESS_LEVELS = ("white-box", "black-box", "label-only")
+RECON_FORMAT = "midre-reconstructions"
+
+
+class AccessError(MidreError, PermissionError):
+    """An attack asked its oracle for more than its declared access (logits, gradients, the model)."""
+
+
+# ============================================================================ reconstructions
+@dataclass
+class Reconstructions:
+    """What an attack produces: one image per (identity, repeat), plus the target's confidence.
+
+    Attributes
+    ----------
+    images : (N, C, H, W) float in [0, 1]
+    identity : (N,) long, the attacked class
+    repeat : (N,) long, repeat (seed) index 0..R-1
+    confidence : (N,) float, the target's softmax probability of ``identity`` for that image
+    meta : dict, attack name + params, access, target checkpoint, seeds, queries, seconds, adaptive
+    """
+
+    images: torch.Tensor
+    identity: torch.Tensor
+    repeat: torch.Tensor
+    confidence: torch.Tensor
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = self.images.shape[0]
+        if self.images.dim() != 4:
+            raise ValueError("Reconstructions.images must be (N, C, H, W)")
+        for name in ("identity", "repeat", "confidence"):
+            t = getattr(self, name)
+            if t.dim() != 1 or t.shape[0] != n:
+                raise ValueError(f"Reconstructions.{name} must be a 1-D tensor of length {n}")
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def num_repeats(self) -> int:
+        return int(self.repeat.max().item()) + 1 if len(self) else 0
+
+    def save(self, out_dir: str | Path) -> None:
+        """Write ``out_dir/reconstructions.safetensors`` then ``reconstructions.json`` (atomic each)."""
+        from safetensors.torch import save_file
+
+        out = Path(out_dir)
+        tensors = {
+            "images": self.images.detach().float().cpu().contiguous(),
+            "identity": self.identity.detach().long().cpu().contiguous(),
+            "repeat": self.repeat.detach().long().cpu().contiguous(),
+            "confidence": self.confidence.detach().float().cpu().contiguous(),
+        }
+        with atomic_path(out / "reconstructions.safetensors") as tmp:
+            save_file(tensors, str(tmp), metadata={"format": RECON_FORMAT})
+        atomic_write_json(out / "reconstructions.json", {"format": RECON_FORMAT, "n": len(self), **self.meta})
+
+    @classmethod
+    def load(cls, out_dir: str | Path) -> "Reconstructions":
+        """Read an artefact written by :meth:`save` (directory, or either of its two files)."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        p = Path(out_dir)
+        if p.suffix in (".safetensors", ".json"):
+            p = p.parent
+        st, js = p / "reconstructions.safetensors", p / "reconstructions.json"
+        if not st.exists() or not js.exists():
+            raise CheckpointError(f"no reconstructions in '{p}' (need reconstructions.safetensors + .json); "
+                                  "run `midre attack --out DIR` first")
+        try:
+            meta = json.loads(js.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise CheckpointError(f"'{js}' is corrupt (not JSON); re-run the attack") from None
+        if not isinstance(meta, dict) or meta.get("format") != RECON_FORMAT:
+            raise CheckpointError(f"'{js}' is not a midre reconstructions file; re-run the attack")
+        try:
+            t = load_file(str(st))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"'{st}' is unreadable ({e}); re-run the attack") from None
+        missing = [k for k in ("images", "identity", "repeat", "confidence") if k not in t]
+        if missing:
+            raise CheckpointError(f"'{st}' lacks tensor '{missing[0]}'; re-run the attack")
+        meta.pop("format", None)
+        meta.pop("n", None)
+        try:
+            return cls(t["images"], t["identity"], t["repeat"], t["confidence"], meta)
+        except ValueError as e:
+            raise CheckpointError(f"'{st}' is inconsistent ({e}); re-run the attack") from None
+
+
+# ============================================================================ oracles
+class QueryOracle:
+    """Black-box access to a classifier: detached probabilities (``mode="probs"``) or top-1 labels
+    (``mode="labels"``).  Every queried image is counted in :attr:`queries`; ``max_queries`` bounds it.
+
+    The oracle never exposes gradients, logits, features or the model: those raise AccessError.
+    Inputs are detached, evaluated under ``torch.no_grad`` and outputs carry no autograd graph.
+    """
+
+    __slots__ = ("_query", "mode", "num_classes", "queries", "max_queries", "resolution", "channels")
+
+    def __init__(self, model: nn.Module, mode: str = "probs", max_queries: Optional[int] = None,
+                 batch_size: int = 512):
+        if mode not in ("probs", "labels"):
+            raise ArgumentError(f"oracle mode must be 'probs' or 'labels', got '{mode}'")
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+
+        def query(x: torch.Tensor) -> torch.Tensor:
+            outs = []
+            with torch.no_grad():
+                for i in range(0, x.shape[0], batch_size):
+                    xb = x[i:i + batch_size].detach().to(device).clamp(0, 1)
+                    logits = model(xb).float()
+                    outs.append(logits.softmax(1) if mode == "probs" else logits.argmax(1))
+            return torch.cat(outs).detach()
+
+        del was_training
+        self._query = query
+        self.mode = mode
+        self.num_classes = int(getattr(model, "num_classes", 0))
+        self.resolution = getattr(model, "input_resolution", None)
+        self.channels = None
+        self.queries = 0
+        self.max_queries = max_queries
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) or x.dim() != 4:
+            raise ArgumentError("the oracle takes a (B, C, H, W) float tensor of images in [0, 1]")
+        n = int(x.shape[0])
+        if self.max_queries is not None and self.queries + n > self.max_queries:
+            raise AccessError(f"query budget exhausted ({self.queries} + {n} > {self.max_queries}); "
+                              "raise max_queries or attack fewer identities")
+        self.queries += n
+        return self._query(x)
+
+    # --- everything an oracle must refuse, with a message that says why
+    def _refuse(self, what: str):
+        raise AccessError(f"a {self.mode} oracle gives no {what}; this attack's access is "
+                          f"'{'black-box' if self.mode == 'probs' else 'label-only'}'")
+
+    def logits(self, x=None):
+        self._refuse("logits")
+
+    def features(self, x=None):
+        self._refuse("features")
+
+    def gradient(self, *a, **k):
+        self._refuse("gradients")
+
+    def forward_features(self, x=None):
+        self._refuse("features")
+
+    @property
+    def model(self):
+        self._refuse("model")
+
+    def __getattr__(self, name: str):
+        # only reached for attributes that do not exist: parameters, state_dict, backbone, head, ...
+        raise AccessError(f"a query oracle exposes only its outputs and query count, not '{name}'")
+
+    def __repr__(self) -> str:
+        return f"QueryOracle(mode={self.mode!r}, queries={self.queries})"
+
+
+# ============================================================================ attack base
+ATTACKS: Registry[Callable[..., "Attack"]] = Registry("attack")
+
+
+class _FrozenTarget:
+    """Context manager: target in eval mode with parameters frozen (grads only w.r.t. inputs)."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def __enter__(self):
+        self._training = self.model.training
+        self._flags = [p.requires_grad for p in self.model.parameters()]
+        self.model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        return self.model
+
+    def __exit__(self, *exc):
+        for p, f in zip(self.model.parameters(), self._flags):
+            p.requires_grad_(f)
+        self.model.train(self._training)
+
+
+class Attack:
+    """Base class of every model-inversion attack (see the module docstring for the life cycle).
+
+    Subclasses set ``name``, ``access``, ``prior_kinds`` (priors from :mod:`midre.priors`, the first
+    one provides the generator), ``defaults`` (the paper's 64 px CelebA hyper-parameters) and
+    ``presets`` (named overrides, e.g. ``"quick"`` for the embedded synthetic benchmark), and implement
+    :meth:`init_latents` / :meth:`invert` / :meth:`decode`.
+
+    Parameters are validated at construction: unknown names raise ArgumentError with did-you-mean.
+    """
+
+    name: str = "attack"
+    access: str = "white-box"
+    prior_kinds: tuple[str, ...] = ()
+    defaults: dict[str, Any] = {}
+    presets: dict[str, dict[str, Any]] = {}
+
+    def __init__(self, preset: str = "paper", **params: Any):
+        presets = {"paper": {}, **self.presets}
+        if preset not in presets:
+            raise ArgumentError(f"attack '{self.name}' has no preset '{preset}'{did_you_mean(preset, presets)}; "
+                                f"choose one of: {', '.join(sorted(presets))}")
+        allowed = dict(self.defaults)
+        for k in params:
+            if k not in allowed:
+                raise ArgumentError(f"attack '{self.name}' has no parameter '{k}'{did_you_mean(k, allowed)}; "
+                                    f"its parameters are: {', '.join(sorted(allowed))}")
+        merged = {**allowed, **presets[preset], **params}
+        for k, v in merged.items():
+            ref = allowed[k]
+            if isinstance(ref, bool):
+                if not isinstance(v, bool):
+                    raise ArgumentError(f"attack '{self.name}': '{k}' must be true or false, got {v!r}")
+            elif isinstance(ref, int) and not isinstance(ref, bool):
+                if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                    raise ArgumentError(f"attack '{self.name}': '{k}' must be a non-negative integer, got {v!r}")
+            elif isinstance(ref, float):
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                    raise ArgumentError(f"attack '{self.name}': '{k}' must be a non-negative number, got {v!r}")
+                merged[k] = float(v)
+        self.preset = preset
+        self.params = merged
+        self.validate()
+
+    # --------------------------------------------------------------------- hooks
+    def validate(self) -> None:
+        """Extra parameter checks (raise ArgumentError)."""
+        for k in ("iterations", "batch_size"):
+            if k in self.params and self.params[k] < 1:
+                raise ArgumentError(f"attack '{self.name}': '{k}' must be >= 1, got {self.params[k]}")
+
+    def init_latents(self, access: Any, ids: torch.Tensor, prior: Mapping[str, Any], gen: torch.Generator) -> dict:
+        raise NotImplementedError
+
+    def select_candidates(self, access: Any, ids: torch.Tensor, prior: Mapping[str, Any], state: dict,
+                          gen: torch.Generator) -> dict:
+        """Keep the most promising initial candidates (PPA); default: keep all."""
+        return state
+
+    def invert(self, access: Any, ids: torch.Tensor, prior: Mapping[str, Any], state: dict,
+               gen: torch.Generator, eraser: Optional[nn.Module], log: Callable[[float], None],
+               tick: Callable[[], None]) -> dict:
+        raise NotImplementedError
+
+    def decode(self, prior: Mapping[str, Any], state: dict, ids: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        raise NotImplementedError
+
+    def final_selection(self, access: Any, ids: torch.Tensor, prior: Mapping[str, Any], state: dict,
+                        gen: torch.Generator) -> torch.Tensor:
+        """Images to return, one per identity in ``ids`` (PPA would rank many here); default: decode."""
+        with torch.no_grad():
+            return self.decode(prior, state, ids, gen).clamp(0, 1)
+
+    def steps_per_batch(self) -> int:
+        return int(self.params.get("iterations", 1))
+
+    # --------------------------------------------------------------------- helpers for subclasses
+    @staticmethod
+    def to_target(x: torch.Tensor, eraser: Optional[nn.Module]) -> torch.Tensor:
+        """Candidate images as the target sees them: erased by the defense's own eraser when adaptive."""
+        return eraser(x) if eraser is not None else x
+
+    # --------------------------------------------------------------------- run
+    def run(self, target: nn.Module, identities: Sequence[int], repeats: int, prior: Any = None, seed: int = 0,
+            progress: bool = False, adaptive_eraser: Optional[nn.Module] = None,
+            target_path: Optional[str] = None, device: Any = None) -> Reconstructions:
+        """Attack ``identities`` (each ``repeats`` times) and return the reconstructions.
+
+        ``prior`` is a mapping {kind: Prior} for the kinds in ``prior_kinds`` (a single Prior is accepted
+        when the attack needs one).  Images come back on the CPU.
+        """
+        from ..utils import resolve_device
+
+        priors = self._priors(prior)
+        num_classes = int(getattr(target, "num_classes", 0))
+        ids_all = [int(i) for i in identities]
+        if not ids_all:
+            raise ArgumentError("no identities to attack; give e.g. --identities 0-9")
+        bad = [i for i in ids_all if i < 0 or (num_classes and i >= num_classes)]
+        if bad:
+            raise ArgumentError(f"identity {bad[0]} is out of range; the target has {num_classes} classes, "
+                                f"use 0-{num_classes - 1}")
+        if not isinstance(repeats, int) or repeats < 1:
+            raise ArgumentError(f"repeats must be an integer >= 1, got {repeats!r}")
+        dev = resolve_device(device) if device is not None else next(target.parameters()).device
+        target = target.to(dev)
+        for p in priors.values():
+            p.to(dev)
+        if adaptive_eraser is not None:
+            adaptive_eraser = adaptive_eraser.to(dev) if isinstance(adaptive_eraser, nn.Module) else adaptive_eraser
+        bs = int(self.params.get("batch_size", len(ids_all)))
+        chunks = [ids_all[i:i + bs] for i in range(0, len(ids_all), bs)]
+        images, identity, repeat = [], [], []
+        curves: list[list[float]] = []
+        oracle: Optional[QueryOracle] = None
+        t0 = time.perf_counter()
+        with _FrozenTarget(target) as model:
+            if self.access == "white-box":
+                access: Any = model
+            elif self.access in ("black-box", "label-only"):
+                oracle = QueryOracle(model, "probs" if self.access == "black-box" else "labels",
+                                     max_queries=self.params.get("max_queries") or None)
+                access = oracle
+            else:  # pragma: no cover - guarded by the registry tests
+                raise ArgumentError(f"attack '{self.name}' declares unknown access '{self.access}'")
+            total = repeats * len(chunks) * self.steps_per_batch()
+            with make_progress(progress) as prog:
+                task = prog.add_task(f"{self.name}", total=total, status="")
+                for r in range(repeats):
+                    for b, chunk in enumerate(chunks):
+                        gen = torch.Generator(device="cpu")
+                        gen.manual_seed(derive_seed(seed, self.name, r, b))
+                        ids = torch.tensor(chunk, dtype=torch.long, device=dev)
+                        curve: list[float] = []
+
+                        def log(v: float, _c=curve) -> None:
+                            _c.append(float(v))
+
+                        def tick(_r=r, _b=b, _c=curve) -> None:
+                            last = f"loss {_c[-1]:.3g}" if _c else ""
+                            prog.update(task, advance=1, status=f"rep {_r + 1}/{repeats} batch {_b + 1}/{len(chunks)} {last}")
+
+                        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+                            torch.manual_seed(derive_seed(seed, self.name, "global", r, b))
+                            state = self.init_latents(access, ids, priors, gen)
+                            state = self.select_candidates(access, ids, priors, state, gen)
+                            state = self.invert(access, ids, priors, state, gen, adaptive_eraser, log, tick)
+                            x = self.final_selection(access, ids, priors, state, gen)
+                        images.append(x.detach().float().cpu())
+                        identity.append(ids.cpu())
+                        repeat.append(torch.full((len(chunk),), r, dtype=torch.long))
+                        curves.append(curve)
+            imgs = torch.cat(images)
+            ident = torch.cat(identity)
+            with torch.no_grad():
+                conf = []
+                for i in range(0, len(imgs), 256):
+                    p = model(imgs[i:i + 256].to(dev)).float().softmax(1)
+                    conf.append(p.gather(1, ident[i:i + 256].to(dev)[:, None]).squeeze(1).cpu())
+        seconds = time.perf_counter() - t0
+        n_it = min((len(c) for c in curves), default=0)
+        loss_curve = [float(sum(c[i] for c in curves) / len(curves)) for i in range(n_it)]
+        meta = {
+            "attack": self.name,
+            "access": self.access,
+            "preset": self.preset,
+            "params": dict(self.params),
+            "prior_kinds": list(self.prior_kinds),
+            "priors": {k: getattr(p, "meta", {}).get("key") for k, p in priors.items()},
+            "target": str(target_path) if target_path is not None else None,
+            "num_classes": num_classes,
+            "identities": ids_all,
+            "repeats": repeats,
+            "seed": seed,
+            "seeds": [[derive_seed(seed, self.name, r, b) for b in range(len(chunks))] for r in range(repeats)],
+            "queries": oracle.queries if oracle is not None else None,
+            "seconds": seconds,
+            "adaptive": adaptive_eraser is not None,
+            "adaptive_eraser": repr(adaptive_eraser) if adaptive_eraser is not None else None,
+            "loss_curve": loss_curve,
+        }
+        return Reconstructions(imgs, ident, torch.cat(repeat), torch.cat(conf), meta)
+
+    def _priors(self, prior: Any) -> dict[str, Any]:
+        if prior is None:
+            priors: dict[str, Any] = {}
+        elif isinstance(prior, Mapping):
+            priors = dict(prior)
+        else:
+            priors = {getattr(prior, "kind", self.prior_kinds[0] if self.prior_kinds else "prior"): prior}
+        missing = [k for k in self.prior_kinds if k not in priors]
+        if missing:
+            raise ArgumentError(f"attack '{self.name}' needs the '{missing[0]}' prior; train it with "
+                                f"midre.priors.train_prior('{missing[0]}', public_set, target) or prepare_priors()")
+        return priors
+
+    def spec(self) -> dict[str, Any]:
+        return {"name": self.name, "preset": self.preset, **self.params}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(preset={self.preset!r}, " + ", ".join(f"{k}={v!r}" for k, v in self.params.items()) + ")"
+
+
+def build_attack(name: str, preset: str = "paper", **params: Any) -> Attack:
+    """Build a registered attack (gmi, kedmi, lomma_gmi, lomma_kedmi, plgmi, brepmi) with validated params."""
+    return ATTACKS.get(name)(preset=preset, **params)
+
+
+# ============================================================================ shared losses
+def max_margin_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-sample max-margin loss: max_{c != y} logit_c - logit_y (PLG-MI)."""
+    real = logits.gather(1, y[:, None]).squeeze(1)
+    other = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf")).amax(1)
+    return other - real
+
+
+def logit_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-sample LOMMA logit loss: -logit_y."""
+    return -logits.gather(1, y[:, None]).squeeze(1)
+
+
+def adaptive_eraser_from_meta(meta: Mapping[str, Any]) -> nn.Module:
+    """The batched eraser of the target's own defense (paper D.5), from its checkpoint metadata."""
+    from ..defenses.base import build_defense
+
+    spec = meta.get("defense")
+    defense = build_defense(spec)
+    eraser = None
+    try:  # the MIDRE defense module exposes the helper
+        from ..defenses import midre as _m  # noqa: F401
+
+        helper = getattr(_m, "eraser_for", None)
+        if helper is not None:
+            try:
+                eraser = helper(defense)
+            except MidreError:
+                eraser = None
+    except ImportError:
+        pass
+    if eraser is None:
+        for d in defense.members():
+            cand = getattr(d, "eraser", None) or getattr(d, "batch_eraser", None)
+            if isinstance(cand, nn.Module):
+                eraser = cand
+                break
+    if eraser is None:
+        raise ArgumentError(f"the target's defense '{defense.name}' has no eraser, so --adaptive has nothing to "
+                            "apply; use --adaptive only against MIDRE / erasing targets")
+    return eraser
