@@ -1,2 +1,3 @@
 """Defenses: one file each, all registered in DEFENSES (see base.py for the hooks)."""
 from .base import DEFENSES, Compose, Defense, StepContext, TrainContext, build_defense  # noqa: F401
+from . import midre  # noqa: F401,E402  (registers midre + the erasing ablations)
