@@ -1,0 +1,27 @@
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+import pytest
+import torch
+
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+
+
+@pytest.fixture
+def tiny_sets():
+    """A tiny learnable, flip-invariant 4-class problem: class = (bright half: top/bottom) x (bright
+    channel: red/green).  Returns (train, test) TensorImageSets at 16 px."""
+    from midre.data.base import TensorImageSet
+
+    g = torch.Generator().manual_seed(0)
+
+    def make(n):
+        y = torch.arange(n) % 4
+        x = torch.rand(n, 3, 16, 16, generator=g) * 0.3
+        for i in range(n):
+            r, c = divmod(int(y[i]), 2)
+            x[i, c, r * 8:(r + 1) * 8, :] += 0.6
+        return TensorImageSet((x.clamp(0, 1) * 255).round().to(torch.uint8), y)
+
+    return make(96), make(48)
