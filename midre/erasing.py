@@ -395,7 +395,7 @@ def _inpaint(x: torch.Tensor, mask: torch.Tensor, radius: float) -> torch.Tensor
         else:                   # any other channel count: float32 single-channel per channel
             filled = torch.stack([torch.from_numpy(cv2.inpaint(np.ascontiguousarray(c.numpy()), m8, float(radius),
                                                                cv2.INPAINT_TELEA)) for c in img])
-        out[i] = torch.where(mc[i].unsqueeze(0), filled, xc[i])
+        out[i] = torch.where(mc[i].unsqueeze(0), filled.clamp(0, 1), xc[i])
     return out.to(device=x.device, dtype=x.dtype)
 
 
