@@ -133,8 +133,10 @@ def _features_fn(model: Any) -> Extractor:
 
 def _class_images(imageset: Any, classes: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """All images of ``classes`` in ``imageset`` as (float [0,1] images, labels), in dataset order."""
-    targets = torch.as_tensor(getattr(imageset, "targets", None) if getattr(imageset, "targets", None) is not None
-                              else [int(imageset[i][1]) for i in range(len(imageset))], dtype=torch.long)
+    targets = getattr(imageset, "targets", None)
+    if targets is None:
+        targets = [int(imageset[i][1]) for i in range(len(imageset))]
+    targets = torch.as_tensor(targets, dtype=torch.long)
     mask = torch.isin(targets, torch.as_tensor(list(classes), dtype=torch.long))
     idx = mask.nonzero().flatten()
     if idx.numel() == 0:
@@ -184,7 +186,8 @@ def natural_accuracy(model: nn.Module, imageset: Any, batch_size: int = 256,
     """Top-1 accuracy (percent) of ``model`` on ``imageset`` (the private test split)."""
     from .training import evaluate_accuracy
 
-    return evaluate_accuracy(model, imageset, batch_size=batch_size, device=device)
+    dev = _pick_device(model, device)
+    return evaluate_accuracy(model, imageset, batch_size=batch_size, device=dev)
 
 
 def attack_accuracy_from_logits(logits: torch.Tensor, identity: Any, repeat: Any = None,

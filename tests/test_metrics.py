@@ -263,7 +263,7 @@ def test_evaluate_reconstructions_and_table():
                                  baseline={"acc": 80.0, "attacc_top1": 100.0, "attack": "kedmi"})
     one = dict(recon, images=recon["images"][:1], identity=recon["identity"][:1], repeat=recon["repeat"][:1],
                confidence=recon["confidence"][:1])
-    m3 = evaluate_reconstructions(one, net, priv, n_boot=0, topk=(1,))
+    m3 = evaluate_reconstructions(one, net, priv, n_boot=0, topk=(1,), progress=True)
     assert m3["fid_eval"] is None and "at least 2" in m3["fid_eval_note"]
     text = metrics_table_text([m])
     assert "FID_eval" in text and "gmi" in text and "midre" in text and "100.00 ± 0.00" in text
@@ -273,7 +273,7 @@ def test_evaluate_reconstructions_and_table():
 DS_OPTS = {"num_private": 4, "num_public": 0, "images_per_id": 5}
 
 
-def _ckpt(path, arch: str, num_classes: int, seed: int):
+def _ckpt(path, arch: str, num_classes: int, seed: int, dataset: str = "synthetic"):
     from midre.checkpoint import save_checkpoint
     from midre.models import create_model
 
@@ -281,7 +281,7 @@ def _ckpt(path, arch: str, num_classes: int, seed: int):
     model = create_model(arch, num_classes=num_classes, resolution=16)
     meta = {"arch": arch, "num_classes": num_classes, "resolution": 16, "channels": 3, "model_kwargs": {},
             "defense": {"name": "nodef"}, "test_acc": 0.0,
-            "dataset": {"name": "synthetic", "root": None, "resolution": 16, "seed": 0, "options": dict(DS_OPTS)}}
+            "dataset": {"name": dataset, "root": None, "resolution": 16, "seed": 0, "options": dict(DS_OPTS)}}
     save_checkpoint(path / "model", model, meta)
     return path
 
@@ -326,6 +326,7 @@ def test_cli_evaluate_end_to_end(attack_dir, capsys, monkeypatch):
     assert m["acc"] == pytest.approx(natural_accuracy(tg, d["splits"].private_test.to_tensors()))
     assert m["knn_dist"] == pytest.approx(0.0, abs=1e-6)     # every reconstruction IS a private train image
     assert m["fid_eval"] is not None and math.isfinite(m["fid_eval"]) and m["fid_eval_rank_deficient"]
+    assert m["fid_eval_feature_dim"] == ev.feature_dim      # features come from the model, no constants
     assert m["n"] == 8 and m["n_repeats"] == 2 and m["n_identities"] == 4
     assert m["defense"] == "nodef" and m["attack"] == "gmi"
     assert "FID_eval" in cap.out and "AttAcc@1" in cap.out and "gmi" in cap.out
@@ -358,7 +359,31 @@ def test_cli_evaluate_bad_input_is_one_line(attack_dir, tmp_path, capsys):
     fails(["evaluate", str(d["dir"]), "--no-progress"], "--eval")
     wrong = _ckpt(tmp_path / "eval5", "tinycnn", 5, seed=2)
     fails(["evaluate", str(d["dir"]), "--eval", str(wrong), "--no-progress"], "5 classes")
+    other = _ckpt(tmp_path / "eval_digits", "tinycnn", 4, seed=2, dataset="digits")
+    fails(["evaluate", str(d["dir"]), "--eval", str(other), "--no-progress"], "trained on 'digits'")
     fails(["evaluate", str(d["dir"]), "--eval", str(d["eval"]), "--topk", "a,b", "--no-progress"], "--topk")
     fails(["evaluate", str(d["dir"]), "--eval", str(d["eval"]), "--baseline", str(tmp_path / "nope.json"),
            "--no-progress"], "baseline")
     assert not (d["dir"] / "metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_inception_fid_from_a_local_torchvision_state_dict(tmp_path):
+    """Inception FID only from a LOCAL file in torchvision's layout (random weights here: no download)."""
+    from safetensors.torch import save_file
+    from torchvision.models import inception_v3
+
+    torch.manual_seed(0)
+    net = inception_v3(weights=None, aux_logits=True, init_weights=False)
+    path = tmp_path / "inception.safetensors"
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
+    del net
+    netflat = FlatNet(3, 2)
+    priv = _private()
+    recon = {"images": _pixels([[0.0, 0.0], [1.0, 0.0], [0.9, 0.1]]).expand(-1, 3, 8, -1).contiguous(),
+             "identity": torch.tensor([0, 1, 1]), "repeat": torch.tensor([0, 0, 1])}
+    priv3 = TensorImageSet(priv.images.expand(-1, 3, 8, -1).contiguous(), priv.targets)
+    netflat.head = nn.Linear(3 * 8 * 2, 3)
+    m = evaluate_reconstructions(recon, netflat, priv3, fid_extractor=path, n_boot=0, topk=(1,), batch_size=4)
+    assert "fid_eval" not in m and m["fid_inception_feature_dim"] == 2048
+    assert math.isfinite(m["fid_inception"]) and m["fid_inception_rank_deficient"]

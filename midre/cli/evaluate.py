@@ -12,13 +12,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate", help="measure an attack's reconstructions (Acc, AttAcc, KNN, FID_eval, trade-off)",
         description="Evaluate the reconstructions in DIR (written by `midre attack --out DIR`): natural accuracy "
-                    "of the target, attack accuracy top-1/top-5 (mean ± std over repeats, bootstrap 95%% CI) "
+                    "of the target, attack accuracy top-1/top-5 (mean ± std over repeats, bootstrap 95% CI) "
                     "under the evaluation model, KNN distance, FID_eval (evaluation-model features; Inception FID "
                     "only with --inception-weights) and, with --baseline, the trade-off Δ. Writes DIR/metrics.json.")
     p.add_argument("dir", metavar="DIR", help="attack output directory holding reconstructions.safetensors/.json")
-    p.add_argument("--eval", dest="eval_ckpt", default=None,
+    p.add_argument("--eval", dest="eval_ckpt", default=None, metavar="CKPT",
                    help="evaluation model checkpoint (default: the one recorded by the attack)")
-    p.add_argument("--target", default=None, help="target checkpoint (default: the one recorded by the attack)")
+    p.add_argument("--target", default=None, metavar="CKPT", help="target checkpoint (default: the one recorded by the attack)")
     p.add_argument("--root", default=None, help="local root of the real dataset (default: the one in the target's metadata)")
     p.add_argument("--baseline", default=None, metavar="METRICS_JSON",
                    help="metrics.json of the NoDef run under the same attack, for the trade-off Δ")
@@ -134,6 +134,10 @@ def run(args: argparse.Namespace) -> int:
     if recon.images.shape[1] != int(tmeta.get("channels", recon.images.shape[1])):
         raise ArgumentError(f"the reconstructions have {recon.images.shape[1]} channels but the target takes "
                             f"{tmeta['channels']}; --target does not match these reconstructions")
+    t_ds, e_ds = (tmeta.get("dataset") or {}).get("name"), (emeta.get("dataset") or {}).get("name")
+    if t_ds and e_ds and t_ds != e_ds:
+        raise CheckpointError(f"the evaluation model was trained on '{e_ds}' but the target on '{t_ds}'; "
+                              "train the evaluation model on the target's private identities")
     face = None
     if args.face_embedder:
         face_model, _ = load_model(_resolve(args.face_embedder, run_dir), device=device)
@@ -143,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
     if splits.num_classes != int(tmeta["num_classes"]):
         raise DataError(f"the dataset rebuilt from the target's metadata has {splits.num_classes} identities but the "
                         f"target has {tmeta['num_classes']}; pass the right --root")
-    private_train = in_memory(splits.private_train, progress)
+    private_train = splits.private_train      # lazy: only the attacked identities' images are read
     private_test = in_memory(splits.private_test, progress)
 
     err = Console(stderr=True)
