@@ -199,7 +199,7 @@ def _ir_model(arch: str, depth: int, num_classes: int, net_resolution: int, inpu
     key_map.update({f"feature.{k}": v for k, v in list(key_map.items())})
     key_map["feature.input_layer."] = "input_layer."
     model.pretrained_key_map = key_map
-    model.pretrained_head_prefixes = ["fc_layer.", "fc.", "head."]
+    model.pretrained_head_prefixes = ["fc_layer.", "fc."]
     return model
 
 
