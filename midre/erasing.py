@@ -30,6 +30,7 @@ eraser.  Every batched eraser has ``forward(x, y=None, idx=None)`` and ``sample_
 """
 from __future__ import annotations
 
+import functools
 import math
 from numbers import Real
 from typing import Any, NamedTuple, Optional, Sequence, Union
@@ -43,7 +44,7 @@ from .utils import derive_seed
 
 __all__ = [
     "IMAGENET_MEAN", "RELEASED_MEAN_PIXEL", "FILL_NAMES", "Boxes", "sample_boxes", "boxes_to_mask",
-    "apply_fill", "RandomErasing", "BatchRandomErasing", "FixedErasing", "EntireErasing",
+    "apply_fill", "constant_fill", "RandomErasing", "BatchRandomErasing", "FixedErasing", "EntireErasing",
     "RandomPixelMasking", "MultiPatchErasing", "ERASERS", "build_eraser",
 ]
 
@@ -416,9 +417,14 @@ def apply_fill(x: torch.Tensor, mask: torch.Tensor, fill: Fill = "mean", *, rele
         dev = generator.device if generator is not None else x.device
         noise = torch.rand(x.shape, generator=generator, device=dev).to(device=x.device, dtype=x.dtype)
         return torch.where(m, noise, x)
-    vals = constant_fill(f, x.shape[1], released)
-    v = torch.tensor(vals, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    v = _fill_tensor(constant_fill(f, x.shape[1], released), x.dtype, x.device)
     return torch.where(m, v, x)
+
+
+@functools.lru_cache(maxsize=64)
+def _fill_tensor(vals: tuple[float, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(1, C, 1, 1) fill values, cached per device: no host-to-device copy (and sync) on every batch."""
+    return torch.tensor(vals, dtype=dtype, device=device).view(1, -1, 1, 1)
 
 
 # ----------------------------------------------------------------------------------------- single image
@@ -496,7 +502,10 @@ class RandomErasing(nn.Module):
                 raise ArgumentError(f"the erasing region almost never fits a {height}x{width} image; "
                                     "lower the area or widen the ratio")
 
-    def forward(self, img: torch.Tensor) -> torch.Tensor:
+    def forward(self, img: torch.Tensor, *passthrough: Any) -> Any:
+        """Erase ``img``; extra inputs (e.g. the label in a torchvision.transforms.v2 pipeline) pass through."""
+        if passthrough:
+            return (self.forward(img), *passthrough)
         _check_images(img, 3, type(self).__name__)
         box = self.sample_box(img.shape[-2], img.shape[-1])
         if box is None:

@@ -162,6 +162,8 @@ def test_single_image_module_in_a_torchvision_pipeline():
     frac = float(changed.float().mean())
     assert out.shape == x.shape and 0.05 < frac <= 0.42
     assert "RandomErasing(area=0.4, lower=0.1, ratio=(1.0, 1.0), fill='mean')" in repr(pipe)
+    out2, label = pipe(x, 7)                                  # (image, label) samples pass the label through
+    assert label == 7 and (out2 != x).any(0).float().mean() > 0.05
 
 
 def test_seeded_generators_reproduce_and_differ():
