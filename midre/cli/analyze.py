@@ -1,0 +1,119 @@
+"""`midre analyze features|concealment|curve`: the paper's analyses as commands."""
+from __future__ import annotations
+
+import argparse
+
+
+def _levels(s: str) -> list[float]:
+    from ..errors import ArgumentError
+
+    try:
+        vals = [float(v) for v in s.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise ArgumentError(f"cannot parse --levels '{s}'; use shares like 0.1,0.2,0.3,0.4,0.5") from None
+    return [v / 100.0 if v >= 1.0 else v for v in vals]   # 10,20 (percent) or 0.1,0.2 (shares)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from . import _Parser
+
+    p = sub.add_parser("analyze", help="the paper's analyses: features (Sec. 3.2), concealment (Table 1), a_e curve",
+                       description="The MIDRE paper's analyses as commands.")
+    asub = p.add_subparsers(dest="analysis", metavar="ANALYSIS", parser_class=_Parser)
+
+    f = asub.add_parser(
+        "features", help="feature-space analysis (paper Sec. 3.2): PCA + convex hulls, overlap numbers",
+        description="Penultimate features of private, RE-private (MIDRE's eraser) and reconstructed images under "
+                    "each target (default: NoDef and the MIDRE target nearest a_e 0.4), PCA to 2-D fitted per "
+                    "model, one convex hull per group. Writes RUN/figures/features.png and "
+                    "RUN/analysis/features.json (hull overlaps, points inside hulls, centroid distances).")
+    f.add_argument("run_dir", metavar="RUN", help="run directory of `midre run`")
+    f.add_argument("--target", action="append", default=None, help="a target to analyse (repeatable)")
+    f.add_argument("--attack", default=None, help="attack directory name (default: the first common one)")
+    f.add_argument("--area", type=float, default=None,
+                   help="a_e of the eraser making RE-private images (default: the MIDRE target's own eraser)")
+    f.add_argument("--identities", default=None, help="attacked identities to use, e.g. 0-4 (default: all attacked)")
+    f.add_argument("--plot-identity", type=int, default=None, help="identity drawn in the figure (default: first)")
+    f.add_argument("--max-images", type=int, default=60, help="private images per identity (default 60)")
+    f.add_argument("--seed", type=int, default=0, help="seed of the eraser")
+    f.add_argument("--no-report", action="store_true", help="do not re-render report.md/html afterwards")
+    f.set_defaults(func=run_features)
+
+    c = asub.add_parser(
+        "concealment", help="Entire / Random / Fixed Erasing at equal pixel concealment (paper Table 1)",
+        description="Train NoDef and EE/RE/FE targets at each concealment level through the pipeline (data, models, "
+                    "training and one attack from CONFIG), attack them, and write DIR/concealment.md/.csv/.json in "
+                    "the shape of the paper's Table 1. Resumable like `midre run`.")
+    c.add_argument("config", metavar="CONFIG", nargs="?", default="quickstart",
+                   help="base config (default: the embedded quickstart)")
+    c.add_argument("--out", required=True, metavar="DIR", help="run directory of the study")
+    c.add_argument("--levels", type=_levels, default=[0.1, 0.2, 0.3, 0.4, 0.5],
+                   help="concealment shares (or percents), default 0.1,0.2,0.3,0.4,0.5")
+    c.add_argument("--attack", default=None, help="which attack of CONFIG to use (default: its first)")
+    c.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N (default: the config's)")
+    c.add_argument("--no-progress", action="store_true")
+    c.set_defaults(func=run_concealment)
+
+    k = asub.add_parser(
+        "curve", help="a_e sweep curve: Acc and AttAcc against MIDRE's a_e from a results table",
+        description="Plot natural and attack accuracy against a_e from RUN/results.csv (NoDef = a_e 0, every MIDRE "
+                    "target one point; several rows at one a_e, e.g. a sweep's seeds, are averaged). Writes "
+                    "RUN/figures/ae_curve.png and RUN/analysis/ae_curve.json.")
+    k.add_argument("run_dir", metavar="RUN", help="run or sweep directory holding results.csv")
+    k.set_defaults(func=run_curve)
+    p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
+
+
+def run_features(args: argparse.Namespace) -> int:
+    from ..analysis.features import feature_analysis, overlap_table
+    from ..report import md_table, write_report
+    from ..utils import parse_id_ranges
+
+    ids = parse_id_ranges(args.identities) if args.identities else None
+    res = feature_analysis(args.run_dir, targets=args.target, attack=args.attack, area=args.area, identities=ids,
+                           max_images=args.max_images, plot_identity=args.plot_identity, seed=args.seed)
+    head, body = overlap_table(res)
+    print(f"attack {res['attack']}, identities {res['identities'][:10]}{' ...' if len(res['identities']) > 10 else ''}")
+    print(md_table(head, body))
+    print(f"wrote {args.run_dir}/analysis/features.json and {args.run_dir}/figures/features.png")
+    if not args.no_report:
+        from pathlib import Path
+
+        if (Path(args.run_dir) / "report.html").exists():
+            _, html = write_report(args.run_dir)
+            print(f"updated {html}")
+    return 0
+
+
+def run_concealment(args: argparse.Namespace) -> int:
+    from ..analysis.concealment import concealment_study
+
+    res = concealment_study(args.config, args.out, levels=args.levels, attack=args.attack,
+                            progress=not args.no_progress, device=args.device)
+    print(res["paths"]["md"].read_text(encoding="utf-8"))
+    print(f"wrote {res['paths']['md']}, {res['paths']['csv']}")
+    return 0
+
+
+def run_curve(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..analysis.curves import ae_curve_points, plot_ae_curve
+    from ..errors import RunDirError
+    from ..report import load_results
+    from ..utils import atomic_write_json
+
+    run_dir = Path(args.run_dir)
+    rows = load_results(run_dir)
+    if not rows:
+        raise RunDirError(f"no results.csv in '{run_dir}'; run `midre run` or `midre sweep` into it first")
+    pts = ae_curve_points(rows)
+    path = plot_ae_curve(rows, run_dir / "figures" / "ae_curve.png")
+    if path is None:
+        raise RunDirError(f"'{run_dir}' has fewer than 2 a_e values (NoDef / MIDRE targets) per attack; sweep "
+                          "a_e (analyses.sweep_area or a sweep grid over the midre area) first")
+    atomic_write_json(run_dir / "analysis" / "ae_curve.json", pts)
+    for attack, p in pts.items():
+        print(f"{attack}: " + ", ".join(f"a_e {q['a_e']:g}: Acc {q['acc']:.2f} / AttAcc {q['att']:.2f}" for q in p))
+    print(f"wrote {path}")
+    return 0

@@ -1,0 +1,721 @@
+"""The run report: ``report.md`` and a self-contained ``report.html`` for one run directory.
+
+Inputs (the fixed run-directory layout written by :mod:`midre.pipeline`)::
+
+    RUN/config.yaml, RUN/run.json              settings and timings
+    RUN/eval/model.json, RUN/targets/<t>/model.json   checkpoint metadata (arch, defense, accuracy)
+    RUN/attacks/<t>/<attack>/reconstructions.*  reconstructions (grids)
+    RUN/results.csv | RUN/results.json          one row per target x attack (the tables)
+    RUN/analysis/features.json + figures/features.png   written by ``midre analyze features``
+
+Outputs: ``RUN/report.md``, ``RUN/report.html`` (inline CSS, every image embedded as base64 PNG, no
+external asset) and ``RUN/figures/*.png``.  Missing or NaN values are printed as an em dash, never
+invented.
+"""
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from .errors import RunDirError
+from .utils import atomic_path, atomic_write_text, read_json
+
+DASH = "—"
+NUMERIC_COLUMNS = ("acc", "attack_top1", "attack_top1_std", "attack_top5", "attack_top5_std", "top1_ci_lo",
+                   "top1_ci_hi", "knn", "fid_eval", "epsilon")
+RESULT_COLUMNS = ["target", "defense", "defense_params", "attack", "acc", "attack_top1", "attack_top1_std",
+                  "attack_top5", "attack_top5_std", "top1_ci_lo", "top1_ci_hi", "knn", "fid_eval", "delta",
+                  "epsilon", "seed", "repeats", "identities"]
+
+
+# ----------------------------------------------------------------------------------------- values
+def to_number(v: Any) -> Any:
+    """'' / None / 'nan' -> nan; numeric strings -> float; anything else (e.g. 'OP') unchanged."""
+    if v is None:
+        return math.nan
+    if isinstance(v, bool):
+        return float(v)
+    if isinstance(v, (int, float)):
+        return float(v)
+    s = str(v).strip()
+    if s == "" or s.lower() in ("nan", "none", "null", "-", DASH):
+        return math.nan
+    try:
+        return float(s)
+    except ValueError:
+        return s
+
+
+def is_missing(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and not math.isfinite(v)) or (isinstance(v, str) and v.strip() == "")
+
+
+def fmt(v: Any, digits: int = 2) -> str:
+    """Format a number with ``digits`` decimals; missing / NaN -> '—'; strings pass through."""
+    v = to_number(v)
+    if isinstance(v, str):
+        return v
+    if is_missing(v):
+        return DASH
+    return f"{v:.{digits}f}"
+
+
+def fmt_pm(mean: Any, std: Any, digits: int = 2) -> str:
+    m, s = to_number(mean), to_number(std)
+    if isinstance(m, str) or is_missing(m):
+        return fmt(m, digits)
+    if isinstance(s, str) or is_missing(s):
+        return fmt(m, digits)
+    return f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+def parse_params(v: Any) -> dict[str, Any]:
+    """The ``defense_params`` cell (JSON text or dict) -> dict; unparseable -> {}."""
+    if isinstance(v, dict):
+        return v
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return {}
+    s = str(v).strip()
+    if not s:
+        return {}
+    try:
+        out = json.loads(s)
+        return out if isinstance(out, dict) else {}
+    except json.JSONDecodeError:
+        return {}
+
+
+# ----------------------------------------------------------------------------------------- results
+def load_results(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Rows of ``results.json`` (a list, or a dict with 'rows') or else ``results.csv``; numbers parsed."""
+    run_dir = Path(run_dir)
+    rows: Optional[list] = None
+    js = run_dir / "results.json"
+    if js.exists():
+        try:
+            obj = read_json(js)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise RunDirError(f"'{js}' is corrupt (not JSON); re-run the pipeline to rewrite it") from None
+        if isinstance(obj, dict):
+            obj = obj.get("rows", obj.get("results"))
+        if isinstance(obj, list):
+            rows = [dict(r) for r in obj if isinstance(r, dict)]
+    if rows is None:
+        cs = run_dir / "results.csv"
+        if not cs.exists():
+            return []
+        with open(cs, newline="", encoding="utf-8") as fh:
+            rows = [dict(r) for r in csv.DictReader(fh)]
+    for r in rows:
+        for k in NUMERIC_COLUMNS:
+            if k in r:
+                r[k] = to_number(r[k])
+        if "delta" in r:
+            r["delta"] = to_number(r["delta"])
+        if "acc_std" in r:
+            r["acc_std"] = to_number(r["acc_std"])
+    return rows
+
+
+def write_results_table(path: str | Path, rows: Sequence[dict[str, Any]], columns: Optional[Sequence[str]] = None) -> None:
+    """Write rows as CSV (atomic); NaN written as an empty cell; extra keys appended as columns."""
+    cols = list(columns or RESULT_COLUMNS)
+    for r in rows:
+        for k in r:
+            if k not in cols:
+                cols.append(k)
+
+    def cell(v: Any) -> Any:
+        if isinstance(v, float) and math.isnan(v):
+            return ""
+        if isinstance(v, (dict, list)):
+            return json.dumps(v, sort_keys=True)
+        return v
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            w = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
+            w.writeheader()
+            for r in rows:
+                w.writerow({k: cell(r.get(k, "")) for k in cols})
+
+
+# ----------------------------------------------------------------------------------------- run info
+def _read_yaml(path: Path) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return None
+
+
+def _read_json_safe(path: Path) -> Any:
+    try:
+        return read_json(path)
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+def artefact_dir(run_dir: Path) -> tuple[Path, str]:
+    """Where checkpoints / reconstructions live: the run itself, or for a multi-seed study (no
+    ``targets/`` but ``seed-<s>/`` pipelines) its first seed's directory, with a note saying so."""
+    if (run_dir / "targets").is_dir() or (run_dir / "attacks").is_dir():
+        return run_dir, ""
+    seeds = []
+    for p in run_dir.glob("seed-*"):
+        try:
+            seeds.append((int(p.name.split("-", 1)[1]), p))
+        except ValueError:
+            continue
+    if not seeds:
+        return run_dir, ""
+    n, first = min(seeds)
+    return first, (f"Multi-seed study ({len(seeds)} seeds): the tables average over seeds (± = std across seeds); "
+                   f"models, grids and feature figures are from {first.name}.")
+
+
+def target_dirs(run_dir: Path) -> list[Path]:
+    t = run_dir / "targets"
+    return sorted(p for p in t.iterdir() if p.is_dir()) if t.is_dir() else []
+
+
+def attack_dirs(run_dir: Path) -> list[tuple[str, str, Path]]:
+    """(target, attack, dir) of every attack directory holding reconstructions."""
+    out = []
+    a = run_dir / "attacks"
+    if not a.is_dir():
+        return out
+    for tdir in sorted(p for p in a.iterdir() if p.is_dir()):
+        for adir in sorted(p for p in tdir.iterdir() if p.is_dir()):
+            if (adir / "reconstructions.safetensors").exists():
+                out.append((tdir.name, adir.name, adir))
+    return out
+
+
+def defense_label(spec: Any) -> str:
+    """A short human label for a defense spec dict / name."""
+    if spec is None:
+        return "nodef"
+    if isinstance(spec, str):
+        return spec
+    if isinstance(spec, dict):
+        name = str(spec.get("name", "?"))
+        if name == "compose":
+            return "+".join(defense_label(s) for s in spec.get("defenses", []))
+        params = {k: v for k, v in spec.items() if k != "name" and v is not None}
+        try:
+            from .defenses import build_defense
+
+            defaults = build_defense({"name": name}).params()
+            params = {k: v for k, v in params.items() if k not in defaults or defaults[k] != v or k == "area"}
+        except Exception:  # noqa: BLE001 - unknown / unbuildable defaults: show every parameter
+            pass
+        if not params:
+            return name
+        inner = ", ".join(f"{k}={v}" for k, v in params.items())
+        return f"{name}({inner})"
+    return str(spec)
+
+
+@dataclass
+class ModelInfo:
+    name: str
+    arch: str = DASH
+    defense: str = DASH
+    epochs: Any = None
+    test_acc: Any = None
+    train_seconds: Any = None
+    extra: dict = field(default_factory=dict)
+
+
+def _model_info(name: str, meta: dict) -> ModelInfo:
+    hist = meta.get("history") or []
+    secs = sum(float(h.get("seconds", 0) or 0) for h in hist if isinstance(h, dict)) if hist else None
+    return ModelInfo(name=name, arch=str(meta.get("arch", DASH)), defense=defense_label(meta.get("defense")),
+                     epochs=meta.get("epochs", meta.get("epoch")), test_acc=meta.get("test_acc"), train_seconds=secs,
+                     extra={"dataset": meta.get("dataset"), "resolution": meta.get("resolution")})
+
+
+def collect_models(run_dir: Path) -> list[ModelInfo]:
+    out = []
+    ev = _read_json_safe(run_dir / "eval" / "model.json")
+    if isinstance(ev, dict):
+        out.append(_model_info("evaluation model", ev))
+    cfg = _read_yaml(run_dir / "config.yaml")
+    order = [t.get("name") for t in cfg.get("targets", []) if isinstance(t, dict)] if isinstance(cfg, dict) else []
+    dirs = sorted(target_dirs(run_dir), key=lambda p: (order.index(p.name) if p.name in order else len(order), p.name))
+    for t in dirs:
+        meta = _read_json_safe(t / "model.json")
+        if isinstance(meta, dict):
+            out.append(_model_info(t.name, meta))
+    return out
+
+
+def _kv(d: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in d.items() if v is not None and v != {} and v != [])
+
+
+def settings_summary(run_dir: Path) -> list[tuple[str, str]]:
+    """Key facts from config.yaml and run.json as (name, value) pairs (None / empty values left out)."""
+    items: list[tuple[str, str]] = []
+    cfg = _read_yaml(run_dir / "config.yaml")
+    if isinstance(cfg, dict):
+        if cfg.get("name"):
+            items.append(("run", str(cfg["name"]) + (f": {cfg['description']}" if cfg.get("description") else "")))
+        ds = cfg.get("dataset")
+        if isinstance(ds, dict):
+            extra = {k: v for k, v in ds.items() if k not in ("name", "options")}
+            if extra.get("resolution"):
+                extra["resolution"] = f"{extra['resolution']} px"
+            opts = ds.get("options") or {}
+            text = str(ds.get("name", DASH))
+            if _kv(extra):
+                text += f" ({_kv(extra)})"
+            if isinstance(opts, dict) and _kv(opts):
+                text += f"; options: {_kv(opts)}"
+            items.append(("dataset", text))
+        seeds = cfg.get("seeds") or [cfg.get("seed")]
+        items.append(("seed" if len(seeds) == 1 else "seeds", ", ".join(str(s) for s in seeds)))
+        if cfg.get("device"):
+            items.append(("device", str(cfg["device"])))
+        atk = cfg.get("attacks")
+        if isinstance(atk, list) and atk:
+            parts = []
+            for a in atk:
+                if isinstance(a, dict):
+                    name = a.get("label") or a.get("name", "?")
+                    bits = [f"identities {a['identities']}" if a.get("identities") is not None else None,
+                            f"{a['repeats']} repeats" if a.get("repeats") else None,
+                            "adaptive" if a.get("adaptive") else None]
+                    parts.append(f"{name} ({', '.join(b for b in bits if b)})")
+                else:
+                    parts.append(str(a))
+            items.append(("attacks", "; ".join(parts)))
+    run = _read_json_safe(run_dir / "run.json")
+    if isinstance(run, dict):
+        timings = run.get("timings")
+        total = run.get("total_stage_seconds")
+        if isinstance(timings, dict) and timings:
+            t = ", ".join(f"{k} {float(v):.1f}s" for k, v in timings.items() if isinstance(v, (int, float)))
+            items.append(("time per stage", t + (f" (total {float(total):.1f}s)" if total is not None else "")))
+        if run.get("peak_rss_mib") is not None:
+            items.append(("peak memory", f"{float(run['peak_rss_mib']):.0f} MiB"))
+        ver = run.get("versions")
+        if isinstance(ver, dict):
+            items.append(("versions", _kv({k: ver.get(k) for k in ("midre", "torch", "torchvision", "python")})))
+            if ver.get("platform"):
+                items.append(("platform", str(ver["platform"])))
+        for k in ("created", "updated", "config_hash"):
+            if run.get(k):
+                items.append((k.replace("_", " "), str(run[k])))
+        if "complete" in run:
+            items.append(("complete", "yes" if run["complete"] else "no (stopped or interrupted; resume it)"))
+    return items
+
+
+# ----------------------------------------------------------------------------------------- tables
+TABLE_HEAD = ["Defense", "Acc ↑", "AttAcc top-1 ↓", "95% CI", "AttAcc top-5 ↓", "KNN ↑", "FID_eval ↑", "Δ ↑"]
+
+
+def attack_tables(rows: Sequence[dict[str, Any]]) -> dict[str, tuple[list[str], list[list[str]]]]:
+    """Per attack: (header, body) of the paper-style table; ε column only when some row has it."""
+    out: dict[str, tuple[list[str], list[list[str]]]] = {}
+    attacks: list[str] = []
+    for r in rows:
+        a = str(r.get("attack", DASH))
+        if a not in attacks:
+            attacks.append(a)
+    for a in attacks:
+        sub = [r for r in rows if str(r.get("attack", DASH)) == a]
+        has_eps = any(not is_missing(to_number(r.get("epsilon"))) for r in sub)
+        head = list(TABLE_HEAD) + (["ε"] if has_eps else [])
+        body = []
+        for r in sub:
+            lo, hi = to_number(r.get("top1_ci_lo")), to_number(r.get("top1_ci_hi"))
+            ci = DASH if is_missing(lo) or is_missing(hi) or isinstance(lo, str) or isinstance(hi, str) \
+                else f"[{lo:.2f}, {hi:.2f}]"
+            delta = to_number(r.get("delta"))
+            name = str(r.get("target") or r.get("defense") or DASH)
+            d = str(r.get("defense") or "")
+            if d and d != name:
+                name = f"{name} ({d})"
+            line = [name, fmt_pm(r.get("acc"), r.get("acc_std")), fmt_pm(r.get("attack_top1"), r.get("attack_top1_std")), ci,
+                    fmt_pm(r.get("attack_top5"), r.get("attack_top5_std")), fmt(r.get("knn")), fmt(r.get("fid_eval")),
+                    fmt(delta) if not isinstance(delta, str) else delta]
+            if has_eps:
+                line.append(fmt(r.get("epsilon")))
+            body.append(line)
+        out[a] = (head, body)
+    return out
+
+
+def md_table(head: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+    esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
+    lines = ["| " + " | ".join(esc(h) for h in head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
+    lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in body]
+    return "\n".join(lines)
+
+
+def html_table(head: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+    h = "".join(f"<th>{html.escape(str(c))}</th>" for c in head)
+    rows = []
+    for row in body:
+        cells = []
+        for i, c in enumerate(row):
+            cls = ' class="num"' if i > 0 else ""
+            cells.append(f"<td{cls}>{html.escape(str(c))}</td>")
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><thead><tr>{h}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+# ----------------------------------------------------------------------------------------- figures
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save_fig(fig, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=130, bbox_inches="tight")
+    _plt().close(fig)
+    return path
+
+
+def plot_privacy_utility(rows: Sequence[dict[str, Any]], path: Path) -> Optional[Path]:
+    """Natural accuracy (x) vs attack top-1 accuracy (y): one point per target and attack, std as error bars."""
+    pts = [r for r in rows if not is_missing(to_number(r.get("acc"))) and not is_missing(to_number(r.get("attack_top1")))
+           and not isinstance(to_number(r.get("acc")), str) and not isinstance(to_number(r.get("attack_top1")), str)]
+    if not pts:
+        return None
+    plt = _plt()
+    targets = list(dict.fromkeys(str(r.get("target")) for r in pts))
+    attacks = list(dict.fromkeys(str(r.get("attack")) for r in pts))
+    markers = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">"]
+    cmap = plt.get_cmap("tab10")
+    fig, ax = plt.subplots(figsize=(7.5, 5.2))
+    for r in pts:
+        ti, ai = targets.index(str(r.get("target"))), attacks.index(str(r.get("attack")))
+        std = to_number(r.get("attack_top1_std"))
+        yerr = None if is_missing(std) or isinstance(std, str) else std
+        ax.errorbar(r["acc"], r["attack_top1"], yerr=yerr, fmt=markers[ai % len(markers)], color=cmap(ti % 10),
+                    markersize=9, capsize=3, markeredgecolor="black", markeredgewidth=0.6)
+        ax.annotate(str(r.get("target")), (r["acc"], r["attack_top1"]), textcoords="offset points", xytext=(7, 5),
+                    fontsize=9)
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=cmap(i % 10), marker="o", linestyle="", markersize=8, label=t)
+               for i, t in enumerate(targets)]
+    if len(attacks) > 1:
+        handles += [Line2D([], [], color="gray", marker=markers[i % len(markers)], linestyle="", markersize=8,
+                           label=f"attack: {a}") for i, a in enumerate(attacks)]
+    ax.legend(handles=handles, fontsize=9, loc="best", framealpha=0.85)
+    ax.set_xlabel("natural accuracy (%)  → better utility", fontsize=11)
+    ax.set_ylabel("attack accuracy top-1 (%)  ↓ better privacy", fontsize=11)
+    ax.set_title("Privacy-utility trade-off (best: bottom right)", fontsize=12)
+    ax.grid(alpha=0.3)
+    xs = [r["acc"] for r in pts]
+    ys = [r["attack_top1"] for r in pts]
+    pad_x = max(2.0, (max(xs) - min(xs)) * 0.15)
+    pad_y = max(2.0, (max(ys) - min(ys)) * 0.15)
+    ax.set_xlim(max(0.0, min(xs) - pad_x), min(100.0, max(xs) + pad_x) + 0.5)
+    ax.set_ylim(max(-1.0, min(ys) - pad_y - 5), min(101.0, max(ys) + pad_y + 5))
+    return _save_fig(fig, path)
+
+
+def _private_images(run_dir: Path, splits: Any = None):
+    """The private training split (for grids), from ``splits`` or the dataset recorded in the metadata."""
+    if splits is not None:
+        return getattr(splits, "private_train", splits)
+    from .data import load_dataset
+
+    specs = []
+    for p in [run_dir / "eval" / "model.json", *[t / "model.json" for t in target_dirs(run_dir)]]:
+        meta = _read_json_safe(p)
+        if isinstance(meta, dict) and isinstance(meta.get("dataset"), dict):
+            specs.append(meta["dataset"])
+    cfg = _read_yaml(run_dir / "config.yaml")
+    if isinstance(cfg, dict) and isinstance(cfg.get("dataset"), dict):
+        specs.append(cfg["dataset"])
+    for spec in specs:
+        spec = dict(spec)
+        name = spec.pop("name", None)
+        opts = dict(spec.pop("options", {}) or {})
+        opts.update(spec)
+        if not name:
+            continue
+        try:
+            return load_dataset(name, **opts).private_train
+        except Exception:  # noqa: BLE001 - a missing dataset must not stop the report; the grid says so
+            continue
+    return None
+
+
+def load_reconstructions(adir: Path):
+    """Reconstructions of one attack directory (via midre.attacks.base.Reconstructions)."""
+    from .attacks.base import Reconstructions
+
+    return Reconstructions.load(adir)
+
+
+def _best_per_identity(rec) -> dict[int, Any]:
+    """identity -> the reconstruction with the highest target confidence (first repeat on ties)."""
+    import torch
+
+    ids = torch.as_tensor(rec.identity).long()
+    conf = getattr(rec, "confidence", None)
+    conf = torch.as_tensor(conf).float() if conf is not None else torch.zeros(len(ids))
+    out = {}
+    for i in torch.unique(ids).tolist():
+        idx = (ids == i).nonzero().flatten()
+        best = idx[conf[idx].argmax()]
+        out[int(i)] = rec.images[best]
+    return out
+
+
+def _to_hwc(img):
+    x = img.detach().float().clamp(0, 1).cpu()
+    if x.shape[0] == 1:
+        return x[0].numpy(), "gray"
+    return x.permute(1, 2, 0).numpy(), None
+
+
+def plot_reconstruction_grid(attack: str, recs: dict[str, Any], private: Any, path: Path,
+                             max_identities: int = 8, subtitles: Optional[dict[str, str]] = None) -> Optional[Path]:
+    """Rows: attacked identities; columns: a private training image, then each target's best reconstruction
+    (in the order of ``recs``; ``subtitles`` adds a second title line per target, e.g. its AttAcc)."""
+    import torch
+
+    subtitles = subtitles or {}
+    per_target = {t: _best_per_identity(r) for t, r in recs.items()}
+    ids = sorted(set().union(*[set(d) for d in per_target.values()])) if per_target else []
+    if not ids:
+        return None
+    ids = ids[:max_identities]
+    cols = (["private"] if private is not None else []) + list(per_target)
+    plt = _plt()
+    cell = 1.45
+    fig, axes = plt.subplots(len(ids), len(cols), figsize=(cell * len(cols) + 0.6, cell * len(ids) + 0.5),
+                             squeeze=False)
+    targets_t = torch.as_tensor(private.targets) if private is not None else None
+    for r, ident in enumerate(ids):
+        for c, col in enumerate(cols):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            img = None
+            if col == "private":
+                idx = (targets_t == ident).nonzero().flatten()
+                if len(idx):
+                    img = private[int(idx[0])][0]
+            else:
+                img = per_target[col].get(ident)
+            if img is not None:
+                arr, cmap = _to_hwc(img)
+                ax.imshow(arr, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+            else:
+                ax.text(0.5, 0.5, DASH, ha="center", va="center", fontsize=14, transform=ax.transAxes)
+            if r == 0:
+                sub = subtitles.get(col)
+                ax.set_title(col + (f"\n{sub}" if sub else ""), fontsize=9)
+            if c == 0:
+                ax.set_ylabel(f"id {ident}", fontsize=9)
+    fig.suptitle(f"{attack}: private image vs reconstructions", fontsize=11)
+    fig.tight_layout()
+    return _save_fig(fig, path)
+
+
+# ----------------------------------------------------------------------------------------- report
+def _img_b64(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
+color:#222;line-height:1.45}
+h1{border-bottom:2px solid #444;padding-bottom:.2em}h2{margin-top:1.8em;border-bottom:1px solid #ccc}
+table{border-collapse:collapse;margin:.8em 0;font-size:14px}th,td{border:1px solid #bbb;padding:4px 9px}
+th{background:#eef1f5;text-align:left}td.num{text-align:right;font-variant-numeric:tabular-nums}
+tr:nth-child(even) td{background:#fafafa}img{max-width:100%;border:1px solid #ddd;margin:.4em 0}
+.note{color:#555;font-size:13px}code{background:#f3f3f3;padding:0 3px}
+"""
+
+
+def _slug(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", s).strip("_") or "x"
+
+
+def write_report(run_dir: str | Path, *, max_identities: int = 8, splits: Any = None,
+                 title: Optional[str] = None) -> tuple[Path, Path]:
+    """Render ``report.md`` + self-contained ``report.html`` (+ ``figures/*.png``) for a run directory.
+
+    Args:
+        run_dir: the run directory (fixed layout, see the module docstring).
+        max_identities: rows of each reconstruction grid.
+        splits: the dataset splits if the caller holds them (else rebuilt from the checkpoint metadata).
+        title: report title (default: "midre report: <dir name>").
+
+    Returns:
+        ``(md_path, html_path)``.
+    """
+    from .analysis.curves import ae_curve_points, plot_ae_curve
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunDirError(f"run directory '{run_dir}' not found; give the --out directory of `midre run`")
+    rows = load_results(run_dir)
+    art_dir, study_note = artefact_dir(run_dir)
+    recs_available = attack_dirs(art_dir)
+    if not rows and not recs_available and not target_dirs(art_dir):
+        raise RunDirError(f"'{run_dir}' holds no results, targets or attacks; run `midre run --out {run_dir}` first")
+    figs = run_dir / "figures"
+    title = title or f"midre report: {run_dir.resolve().name}"
+
+    # sections: list of (heading, md_text, html_text)
+    sections: list[tuple[str, str, str]] = []
+
+    # settings
+    settings = settings_summary(run_dir)
+    models = collect_models(art_dir)
+    s_md, s_html = [], []
+    if study_note:
+        s_md.append(f"_{study_note}_")
+        s_html.append(f'<p class="note">{html.escape(study_note)}</p>')
+    if settings:
+        s_md.append(md_table(["setting", "value"], settings))
+        s_html.append(html_table(["setting", "value"], settings))
+    if models:
+        head = ["model", "arch", "defense", "epochs", "test acc (%)", "train time (s)"]
+        body = [[m.name, m.arch, m.defense, DASH if m.epochs is None else str(m.epochs), fmt(m.test_acc),
+                 fmt(m.train_seconds, 1)] for m in models]
+        s_md.append(md_table(head, body))
+        s_html.append(html_table(head, body))
+    if s_md:
+        sections.append(("Settings", "\n\n".join(s_md), "".join(s_html)))
+
+    # results tables
+    if rows:
+        tabs = attack_tables(rows)
+        t_md, t_html = [], []
+        for a, (head, body) in tabs.items():
+            t_md.append(f"### Attack: {a}\n\n" + md_table(head, body))
+            t_html.append(f"<h3>Attack: {html.escape(a)}</h3>" + html_table(head, body))
+        note = ("Acc: natural test accuracy; AttAcc: share of reconstructions the evaluation model assigns to the "
+                "attacked identity (mean ± std over repeats, %); KNN: nearest private-feature distance; Δ: "
+                "(AttAcc drop)/(Acc drop) vs NoDef, OP = defended model more accurate; "
+                f"{DASH} = not measured.")
+        t_md.append(f"_{note}_")
+        t_html.append(f'<p class="note">{html.escape(note)}</p>')
+        sections.append(("Results", "\n\n".join(t_md), "".join(t_html)))
+    else:
+        msg = "No results table yet (results.csv missing): the pipeline has not finished its evaluation stage."
+        sections.append(("Results", f"_{msg}_", f'<p class="note">{html.escape(msg)}</p>'))
+
+    images: list[tuple[str, Path, str]] = []  # (section, path, caption)
+    if rows:
+        p = plot_privacy_utility(rows, figs / "privacy_utility.png")
+        if p:
+            images.append(("Privacy-utility trade-off", p,
+                           "Each point is one target under one attack; error bars: std over repeats."))
+        pts = ae_curve_points(rows)
+        if any(len(v) >= 2 for v in pts.values()):
+            p = plot_ae_curve(rows, figs / "ae_curve.png")
+            if p:
+                images.append(("a_e sweep", p, "Natural accuracy and attack accuracy against MIDRE's area bound "
+                                                "a_e (0 = no defense)."))
+
+    # reconstruction grids
+    grid_notes = []
+    if recs_available:
+        by_attack: dict[str, dict[str, Any]] = {}
+        for t, a, adir in recs_available:
+            try:
+                by_attack.setdefault(a, {})[t] = load_reconstructions(adir)
+            except Exception as e:  # noqa: BLE001 - a broken artefact is reported, not fatal
+                grid_notes.append(f"{t}/{a}: reconstructions unreadable ({type(e).__name__})")
+        private = None
+        if by_attack:
+            try:
+                private = _private_images(art_dir, splits)
+            except Exception:  # noqa: BLE001
+                private = None
+            if private is None:
+                grid_notes.append("private images unavailable (dataset could not be rebuilt); grids show "
+                                  "reconstructions only")
+        order = list(dict.fromkeys(str(r.get("target")) for r in rows))
+        for a, recs in by_attack.items():
+            recs = dict(sorted(recs.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order else len(order),
+                                                             kv[0])))
+            subs = {}
+            for r in rows:
+                v = to_number(r.get("attack_top1"))
+                if str(r.get("attack")) == a and not isinstance(v, str) and not is_missing(v):
+                    subs[str(r.get("target"))] = f"AttAcc {v:.1f}%"
+            p = plot_reconstruction_grid(a, recs, private, figs / f"reconstructions_{_slug(a)}.png",
+                                         max_identities=max_identities, subtitles=subs)
+            if p:
+                images.append((f"Reconstructions: {a}", p,
+                               f"One row per attacked identity (first {max_identities}); the reconstruction "
+                               "with the highest target confidence per target."))
+
+    # feature-space analysis
+    feat_png = figs / "features.png"
+    feat_json = run_dir / "analysis" / "features.json"
+    if not feat_png.exists() and art_dir != run_dir:
+        feat_png, feat_json = art_dir / "figures" / "features.png", art_dir / "analysis" / "features.json"
+    feat_md, feat_html = "", ""
+    if feat_png.exists():
+        images.append(("Feature-space analysis", feat_png,
+                       "Penultimate features (PCA to 2-D, fitted per model) of private, RE-private and "
+                       "reconstructed images; one convex hull per group (paper Sec. 3.2)."))
+    if feat_json.exists():
+        fj = _read_json_safe(feat_json)
+        if isinstance(fj, dict) and isinstance(fj.get("targets"), dict):
+            from .analysis.features import overlap_table
+
+            head, body = overlap_table(fj)
+            fnote = ("Mean over the attacked identities. ∩: share of the reconstructions' hull area (2-D PCA) "
+                     "inside the other group's hull; d: distance between group centroids in the full feature space "
+                     "divided by the RMS radius of the private features. Paper Sec. 3.2 expects recon to match "
+                     "private under NoDef and to lean towards RE-private under MIDRE.")
+            feat_md = md_table(head, body) + f"\n\n_{fnote}_"
+            feat_html = html_table(head, body) + f'<p class="note">{html.escape(fnote)}</p>'
+
+
+    # assemble
+    md = [f"# {title}", ""]
+    ht = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+          f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
+    for head, m, h in sections:
+        md += [f"## {head}", "", m, ""]
+        ht.append(f"<h2>{html.escape(head)}</h2>{h}")
+    if grid_notes:
+        md += ["## Notes", ""] + [f"- {n}" for n in grid_notes] + [""]
+        ht.append("<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in grid_notes) + "</ul>")
+    for head, p, cap in images:
+        rel = p.relative_to(run_dir).as_posix()
+        md += [f"## {head}", "", f"![{head}]({rel})", "", f"_{cap}_", ""]
+        ht.append(f"<h2>{html.escape(head)}</h2><img alt='{html.escape(head)}' "
+                  f"src='data:image/png;base64,{_img_b64(p)}'/><p class='note'>{html.escape(cap)}</p>")
+        if head == "Feature-space analysis" and feat_md:
+            md += [feat_md, ""]
+            ht.append(feat_html)
+    if feat_md and not feat_png.exists():
+        md += ["## Feature-space analysis", "", feat_md, ""]
+        ht.append(f"<h2>Feature-space analysis</h2>{feat_html}")
+    ht.append("</body></html>")
+    md_path, html_path = run_dir / "report.md", run_dir / "report.html"
+    atomic_write_text(md_path, "\n".join(md) + "\n")
+    atomic_write_text(html_path, "".join(ht) + "\n")
+    return md_path, html_path
