@@ -1,0 +1,588 @@
+"""The typed config of ``midre run``: YAML in, validated up front, one clear line out.
+
+A config is a YAML mapping (``midre/configs/quickstart.yaml`` is the embedded default)::
+
+    extends: quickstart.yaml        # optional: another config file (relative path or built-in name)
+    name: my-study
+    seed: 0                         # or  seeds: [0, 1, 2]  -> one pipeline per seed (RUN/seed-<s>/)
+    device: auto                    # auto | cpu | cuda | cuda:N   (not part of the config hash)
+    dataset: {name: synthetic, root: null, resolution: 32, seed: null, options: {num_private: 50}}
+    eval_model: {arch: smallresnet, model_kwargs: {}, train: {epochs: 8, lr: 0.05}}
+    defaults: {arch: smallcnn, model_kwargs: {}, train: {epochs: 6}}   # shared by every target
+    targets:
+      - {name: nodef, defense: nodef}
+      - {name: midre-0.4, defense: {name: midre, area: 0.4}, train: {epochs: 8}}
+    attacks:
+      - {name: gmi, preset: quick, params: {iterations: 300}, identities: 0-9, repeats: 3, adaptive: false}
+    priors: {preset: quick, params: {gmi: {...}}}
+    metrics: {fid: eval, inception_weights: null, knn: true, n_boot: 1000}
+    report: {enabled: true, title: null, max_identities: 8}
+    analyses: {features: false, sweep_area: []}
+    sweep: {...}                    # read by `midre sweep` only (midre.sweep), ignored by a single run
+
+Merging with ``extends``: mappings merge key by key (recursively), everything else (lists included) is
+replaced by the child's value.  A target's ``train`` is ``defaults.train`` updated by its own keys.
+``identities`` is a range string (``"0-9"``, ``"0-4,7"``), a list of ids, ``"all"``, or an integer N
+meaning *the first N identities*.
+
+Every mistake is a :class:`midre.errors.ConfigError` naming the key path and the fix: unknown keys
+(with did-you-mean), wrong types, negative epochs / batch sizes / iterations, unknown dataset /
+architecture / defense / attack names (through their registries), missing dataset roots.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import re
+import typing
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError, MidreError, did_you_mean
+from .utils import config_hash
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+EMBEDDED_DATASETS = ("synthetic", "digits")   # generated or shipped: no root needed
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+# Keys that do not change any number of a run (left out of the run-directory hash).
+NON_RESULT_KEYS = ("name", "description", "device", "report", "sweep")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _check_name(v: str, what: str) -> str:
+    if not _NAME_RE.match(str(v)):
+        raise ValueError(f"{what} '{v}' may only use letters, digits and . _ + - (it names a directory)")
+    return v
+
+
+class DatasetSection(_Section):
+    """Which data: a registered dataset family (``midre datasets``)."""
+
+    name: str = "synthetic"
+    root: Optional[str] = None
+    resolution: Optional[int] = Field(None, ge=8)
+    seed: Optional[int] = Field(None, ge=0)   # data generation / split seed; default: the run seed
+    options: dict[str, Any] = {}
+
+
+class EvalModelSection(_Section):
+    """The evaluation model (another, stronger architecture trained on the same private identities)."""
+
+    arch: str = "smallresnet"
+    model_kwargs: dict[str, Any] = {}
+    train: dict[str, Any] = {}
+
+
+class DefaultsSection(_Section):
+    """Settings shared by every target (each target may override them)."""
+
+    arch: str = "smallcnn"
+    model_kwargs: dict[str, Any] = {}
+    train: dict[str, Any] = {}
+
+
+class TargetSection(_Section):
+    """One target model: architecture + defense + training settings."""
+
+    name: str
+    arch: Optional[str] = None
+    model_kwargs: Optional[dict[str, Any]] = None
+    defense: Any = "nodef"
+    train: dict[str, Any] = {}
+    reference: Optional[str] = None   # the NoDef target for the trade-off (default: the first nodef target)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return _check_name(v, "target name")
+
+
+class AttackSection(_Section):
+    """One attack run against every target (or the listed ``targets``)."""
+
+    name: str
+    label: Optional[str] = None
+    preset: Optional[str] = None
+    params: dict[str, Any] = {}
+    identities: Any = "0-9"
+    repeats: int = Field(1, ge=1)
+    adaptive: bool = False
+    targets: Optional[list[str]] = None
+
+    @field_validator("label")
+    @classmethod
+    def _label(cls, v: Optional[str]) -> Optional[str]:
+        return None if v is None else _check_name(v, "attack label")
+
+    @field_validator("identities")
+    @classmethod
+    def _ids(cls, v: Any) -> Any:
+        if isinstance(v, bool) or not isinstance(v, (str, int, list)):
+            raise ValueError("identities must be a range like '0-9', a list of ids, 'all', or a count N")
+        if isinstance(v, int) and v < 1:
+            raise ValueError(f"identities count must be at least 1, got {v}")
+        if isinstance(v, list) and (not v or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in v)):
+            raise ValueError("identities list must hold non-negative integers, e.g. [0, 1, 2]")
+        if isinstance(v, str) and v != "all":
+            from .utils import parse_id_ranges
+
+            try:
+                parse_id_ranges(v)
+            except MidreError as e:
+                raise ValueError(str(e)) from None
+        return v
+
+    @property
+    def key(self) -> str:
+        """Directory name of this attack under RUN/attacks/<target>/."""
+        return self.label or (f"{self.name}-adaptive" if self.adaptive else self.name)
+
+
+class PriorsSection(_Section):
+    """GAN priors / augmented models (trained on PUBLIC data only)."""
+
+    preset: Optional[str] = None
+    params: dict[str, dict[str, Any]] = {}   # per prior kind, e.g. {gmi: {iterations: 2000}}
+
+
+class MetricsSection(_Section):
+    fid: Literal["eval", "inception", "none"] = "eval"
+    inception_weights: Optional[str] = None
+    knn: bool = True
+    n_boot: int = Field(1000, ge=0)
+    batch_size: int = Field(256, ge=1)
+
+
+class ReportSection(_Section):
+    enabled: bool = True
+    title: Optional[str] = None
+    max_identities: int = Field(8, ge=1)
+
+
+class AnalysesSection(_Section):
+    features: bool = False
+    sweep_area: list[float] = []
+
+    @field_validator("sweep_area")
+    @classmethod
+    def _areas(cls, v: list[float]) -> list[float]:
+        for a in v:
+            if not 0.0 < a <= 1.0:
+                raise ValueError(f"every a_e in sweep_area must be in (0, 1], got {a}")
+        return v
+
+
+class RunConfig(_Section):
+    """A whole ``midre run`` (see the module docstring for the YAML)."""
+
+    name: str = "run"
+    description: str = ""
+    seed: int = Field(0, ge=0)
+    seeds: Optional[list[int]] = None
+    device: str = "auto"
+    dataset: DatasetSection = DatasetSection()
+    eval_model: EvalModelSection = EvalModelSection()
+    defaults: DefaultsSection = DefaultsSection()
+    targets: list[TargetSection] = Field(..., min_length=1)
+    attacks: list[AttackSection] = []
+    priors: PriorsSection = PriorsSection()
+    metrics: MetricsSection = MetricsSection()
+    report: ReportSection = ReportSection()
+    analyses: AnalysesSection = AnalysesSection()
+    sweep: Optional[dict[str, Any]] = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return _check_name(v, "run name")
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: Optional[list[int]]) -> Optional[list[int]]:
+        if v is None:
+            return v
+        if not v:
+            raise ValueError("seeds must list at least one seed, e.g. [0, 1, 2]")
+        if any(s < 0 for s in v):
+            raise ValueError("seeds must be non-negative integers")
+        if len(set(v)) != len(v):
+            raise ValueError(f"seeds {v} repeat a seed; list each seed once")
+        return v
+
+    # --------------------------------------------------------------------------------- helpers
+    def run_seeds(self) -> list[int]:
+        return list(self.seeds) if self.seeds else [self.seed]
+
+    def for_seed(self, seed: int) -> "RunConfig":
+        """The single-seed config of one pipeline of a multi-seed study."""
+        return self.model_copy(update={"seed": int(seed), "seeds": None}, deep=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def hash(self) -> str:
+        """Hash of everything that changes numbers (not name, device, report, sweep)."""
+        d = self.to_dict()
+        for k in NON_RESULT_KEYS:
+            d.pop(k, None)
+        return config_hash(d)
+
+    def target_arch(self, t: TargetSection) -> str:
+        return t.arch or self.defaults.arch
+
+    def target_model_kwargs(self, t: TargetSection) -> dict[str, Any]:
+        return dict(self.defaults.model_kwargs if t.model_kwargs is None else t.model_kwargs)
+
+    def target_train(self, t: TargetSection) -> dict[str, Any]:
+        return {**self.defaults.train, **t.train}
+
+    def attack_targets(self, a: AttackSection) -> list[TargetSection]:
+        return [t for t in self.expanded_targets() if a.targets is None or t.name in a.targets]
+
+    def expanded_targets(self) -> list[TargetSection]:
+        """Targets plus one MIDRE target per ``analyses.sweep_area`` value not already present."""
+        out = list(self.targets)
+        names = {t.name for t in out}
+        for a in self.analyses.sweep_area:
+            name = f"midre-{a:g}"
+            if name not in names:
+                out.append(TargetSection(name=name, defense={"name": "midre", "area": float(a)}))
+                names.add(name)
+        return out
+
+
+# ============================================================================ loading + merging
+def builtin_configs() -> list[str]:
+    """Names of the configs shipped in midre/configs (e.g. 'quickstart', 'paper/celeba-gmi')."""
+    return sorted(str(p.relative_to(CONFIG_DIR).with_suffix("")) for p in CONFIG_DIR.rglob("*.yaml"))
+
+
+def resolve_config_path(source: str | os.PathLike, base_dir: Optional[Path] = None) -> Path:
+    """A config path: relative to ``base_dir`` / the cwd, else a built-in name (``quickstart``)."""
+    s = str(source)
+    cands = []
+    p = Path(s).expanduser()
+    if base_dir is not None and not p.is_absolute():
+        cands.append(base_dir / p)
+    cands.append(p)
+    name = s[len("builtin:"):] if s.startswith("builtin:") else s
+    cands.append(CONFIG_DIR / name)
+    if not name.endswith((".yaml", ".yml")):
+        cands.append(CONFIG_DIR / f"{name}.yaml")
+    for c in cands:
+        if c.is_file():
+            return c.resolve()
+    if p.is_dir():
+        raise ConfigError(f"config '{s}' is a directory; give a YAML file (to continue a run use --resume {s})")
+    builtins = builtin_configs()
+    raise ConfigError(f"config file '{s}' not found{did_you_mean(name.removesuffix('.yaml'), builtins)}; "
+                      f"give a YAML path or a built-in config: {', '.join(builtins) or 'none'}")
+
+
+def deep_merge(base: dict, child: dict) -> dict:
+    """Mappings merge recursively; any other value (lists included) is replaced by the child's."""
+    out = copy.deepcopy(base)
+    for k, v in child.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot read config '{path}': {e.strerror}; check the path") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or "syntax error"
+        raise ConfigError(f"config '{path}' is not valid YAML{where} ({problem}); fix the syntax there") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config '{path}' must be a YAML mapping of keys (name:, dataset:, targets: ...), "
+                          f"not a {type(data).__name__}")
+    return data
+
+
+def load_raw(source: str | os.PathLike, _seen: Optional[list[Path]] = None,
+             _base_dir: Optional[Path] = None) -> dict:
+    """Read a YAML config and everything it ``extends``, merged (not validated)."""
+    path = resolve_config_path(source, _base_dir)
+    seen = list(_seen or [])
+    if path in seen:
+        chain = " -> ".join(p.name for p in [*seen, path])
+        raise ConfigError(f"config '{path}' extends itself ({chain}); remove the cycle")
+    seen.append(path)
+    data = _read_yaml(path)
+    parents = data.pop("extends", None)
+    if parents is None:
+        return data
+    if isinstance(parents, str):
+        parents = [parents]
+    if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
+        raise ConfigError(f"config '{path}': 'extends' must be a file name or a list of file names")
+    merged: dict = {}
+    for parent in parents:
+        merged = deep_merge(merged, load_raw(parent, seen, path.parent))
+    return deep_merge(merged, data)
+
+
+def set_override(data: dict, key: str, value: Any) -> dict:
+    """Apply ``a.b.0.c=value`` (``--set``) to a raw config mapping in place; returns it."""
+    parts = key.split(".")
+    cur: Any = data
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(cur, list):
+            if not part.isdigit() or int(part) >= len(cur):
+                raise ConfigError(f"--set {key}: '{'.'.join(parts[:i])}' has {len(cur)} entries; use an index 0-{len(cur) - 1}")
+            idx = int(part)
+            if last:
+                cur[idx] = value
+            else:
+                cur = cur[idx]
+        elif isinstance(cur, dict):
+            if last:
+                cur[part] = value
+            else:
+                if cur.get(part) is None:
+                    cur[part] = {}
+                cur = cur[part]
+        else:
+            raise ConfigError(f"--set {key}: '{'.'.join(parts[:i])}' is not a mapping or list")
+    return data
+
+
+def load_config(source: Any = "quickstart", overrides: Optional[dict[str, Any]] = None,
+                check: bool = True) -> RunConfig:
+    """Load + validate a config: a YAML path, a built-in name, a mapping, or a RunConfig.
+
+    ``overrides`` maps dotted keys to values (``{"seed": 3, "dataset.root": "/data/celeba"}``).
+    ``check`` also validates names against the registries (dataset, architectures, defenses, attacks).
+    """
+    if isinstance(source, RunConfig):
+        raw, where = source.to_dict(), "config"
+    elif isinstance(source, dict):
+        raw, where = copy.deepcopy(source), "config"
+        if "extends" in raw:
+            parents = raw.pop("extends")
+            merged: dict = {}
+            for parent in [parents] if isinstance(parents, str) else list(parents):
+                merged = deep_merge(merged, load_raw(parent))
+            raw = deep_merge(merged, raw)
+    else:
+        path = resolve_config_path(source)
+        raw, where = load_raw(path), f"config '{path}'"
+    for k, v in (overrides or {}).items():
+        set_override(raw, k, v)
+    cfg = parse_config(raw, where)
+    if check:
+        validate_names(cfg, where)
+    return cfg
+
+
+def parse_config(raw: dict, where: str = "config") -> RunConfig:
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(f"{where}: {_explain(e)}") from None
+
+
+# ============================================================================ error messages
+def _path(loc: tuple) -> str:
+    out = ""
+    for p in loc:
+        if isinstance(p, int):
+            out += f"[{p}]"
+        else:
+            out += ("." if out else "") + str(p)
+    return out or "(top level)"
+
+
+def _model_at(loc: tuple) -> Optional[type[BaseModel]]:
+    """The section class reached by following ``loc`` from RunConfig (for allowed-key hints)."""
+    cls: Any = RunConfig
+    for p in loc:
+        if isinstance(p, int):
+            args = typing.get_args(cls)
+            cls = args[0] if args else None
+        elif isinstance(cls, type) and issubclass(cls, BaseModel) and p in cls.model_fields:
+            cls = cls.model_fields[p].annotation
+        else:
+            return None
+        # unwrap Optional[...] / list[...]
+        while typing.get_origin(cls) is Union:
+            cls = next(a for a in typing.get_args(cls) if a is not type(None))
+    if typing.get_origin(cls) is list:
+        return None
+    return cls if isinstance(cls, type) and issubclass(cls, BaseModel) else None
+
+
+_TYPE_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "string": "a string",
+               "dict": "a mapping (key: value)", "list": "a list", "literal": None}
+
+
+def _explain(e: ValidationError) -> str:
+    # an unknown key is usually the typo behind a "missing" one: report it first
+    errs = sorted(e.errors(), key=lambda x: x["type"] != "extra_forbidden")
+    err = errs[0]
+    loc = tuple(err["loc"])
+    kind = err["type"]
+    more = f" (+{len(errs) - 1} more problem{'s' if len(errs) > 2 else ''})" if len(errs) > 1 else ""
+    path = _path(loc)
+    got = err.get("input")
+    if kind == "extra_forbidden":
+        parent = _model_at(loc[:-1])
+        allowed = list(parent.model_fields) if parent else []
+        where = f" in '{_path(loc[:-1])}'" if loc[:-1] else ""
+        hint = did_you_mean(str(loc[-1]), allowed)
+        return (f"unknown key '{loc[-1]}'{where}{hint}; allowed keys: {', '.join(allowed)}{more}")
+    if kind == "missing":
+        return f"'{path}' is required but missing; add it{more}"
+    if kind in ("greater_than_equal", "greater_than", "less_than", "less_than_equal"):
+        ctx = err.get("ctx", {})
+        bound = {"greater_than_equal": ">=", "greater_than": ">", "less_than": "<", "less_than_equal": "<="}[kind]
+        limit = next(iter(ctx.values())) if ctx else "?"
+        return f"'{path}' must be {bound} {limit}, got {got!r}; fix the value{more}"
+    if kind == "too_short":
+        return f"'{path}' must not be empty; list at least one entry{more}"
+    if kind == "literal_error":
+        return f"'{path}' is {got!r} but must be {err.get('ctx', {}).get('expected', 'one of the allowed values')}{more}"
+    for word, phrase in _TYPE_WORDS.items():
+        if kind.startswith(word) and phrase:
+            return f"'{path}' must be {phrase}, got {got!r}{more}"
+    msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+    return f"'{path}': {msg}{more}"
+
+
+# ============================================================================ registry checks
+def _wrap(where: str, path: str, fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except MidreError as e:
+        raise ConfigError(f"{where}: '{path}': {e}") from None
+
+
+def validate_train(where: str, path: str, train: dict[str, Any]) -> dict[str, Any]:
+    """Validate a ``train`` mapping against midre.training.TrainConfig; returns the full dump."""
+    for k in ("seed", "device"):
+        if k in train:
+            raise ConfigError(f"{where}: '{path}.{k}' cannot be set per model; set the top-level '{k}' instead")
+    from .training import TrainConfig
+
+    try:
+        return TrainConfig(**train).model_dump(mode="json")
+    except ValidationError as e:
+        err = e.errors()[0]
+        sub = _path(tuple(err["loc"]))
+        if err["type"] == "extra_forbidden":
+            allowed = [f for f in TrainConfig.model_fields if f not in ("seed", "device")]
+            raise ConfigError(f"{where}: unknown key '{sub}' in '{path}'{did_you_mean(sub, allowed)}; "
+                              f"allowed keys: {', '.join(allowed)}") from None
+        _raise_train(where, path, e)
+
+
+def _raise_train(where: str, path: str, e: ValidationError):
+    msg = _explain(e)
+    # _explain formats paths relative to TrainConfig; prefix them with the section's path
+    msg = re.sub(r"^'([^']*)'", lambda m: f"'{path}.{m.group(1)}'", msg)
+    raise ConfigError(f"{where}: {msg}")
+
+
+def needs_root(dataset: str) -> bool:
+    from .data import DATASETS
+
+    info = DATASETS.info(dataset)
+    if "needs_root" in info:
+        return bool(info["needs_root"])
+    if "kind" in info:
+        return info["kind"] != "embedded"
+    return dataset.lower() not in EMBEDDED_DATASETS
+
+
+def validate_names(cfg: RunConfig, where: str = "config") -> None:
+    """Check every name and parameter against the registries, without loading data or models."""
+    from .data import DATASETS
+    from .defenses import build_defense
+    from .models import MODELS
+
+    d = cfg.dataset
+    _wrap(where, "dataset.name", DATASETS.get, d.name)
+    if needs_root(d.name):
+        if not d.root:
+            raise ConfigError(f"{where}: dataset '{d.name}' needs 'dataset.root': set it to the folder holding "
+                              f"the dataset (e.g. `--root /path/to/{d.name}` or `--set dataset.root=...`)")
+    if d.root and not Path(d.root).expanduser().exists():
+        raise ConfigError(f"{where}: 'dataset.root' '{d.root}' does not exist; give the folder that holds the "
+                          f"{d.name} files")
+    _wrap(where, "eval_model.arch", MODELS.get, cfg.eval_model.arch)
+    validate_train(where, "eval_model.train", cfg.eval_model.train)
+    _wrap(where, "defaults.arch", MODELS.get, cfg.defaults.arch)
+    validate_train(where, "defaults.train", cfg.defaults.train)
+    names: set[str] = set()
+    for i, t in enumerate(cfg.expanded_targets()):
+        p = f"targets[{i}]"
+        if t.name in names:
+            raise ConfigError(f"{where}: target name '{t.name}' is used twice; give every target its own name")
+        names.add(t.name)
+        if t.arch is not None:
+            _wrap(where, f"{p}.arch", MODELS.get, t.arch)
+        _wrap(where, f"{p}.defense", build_defense, copy.deepcopy(t.defense))
+        validate_train(where, f"{p}.train", cfg.target_train(t))
+    all_targets = {t.name: t for t in cfg.expanded_targets()}
+    for i, t in enumerate(cfg.expanded_targets()):
+        if t.reference is not None and t.reference not in all_targets:
+            raise ConfigError(f"{where}: 'targets[{i}].reference' names unknown target '{t.reference}'"
+                              f"{did_you_mean(t.reference, all_targets)}; targets are: {', '.join(all_targets)}")
+    if cfg.attacks:
+        from .attacks import ATTACKS, build_attack
+
+        keys: set[str] = set()
+        for i, a in enumerate(cfg.attacks):
+            p = f"attacks[{i}]"
+            _wrap(where, f"{p}.name", ATTACKS.get, a.name)
+            kw = dict(a.params)
+            if a.preset is not None:
+                kw["preset"] = a.preset
+            _wrap(where, f"{p}.params", build_attack, a.name, **kw)
+            if a.key in keys:
+                raise ConfigError(f"{where}: attack '{a.key}' is listed twice; give one of them a distinct 'label'")
+            keys.add(a.key)
+            for tn in a.targets or []:
+                if tn not in names:
+                    raise ConfigError(f"{where}: '{p}.targets' names unknown target '{tn}'"
+                                      f"{did_you_mean(tn, names)}; targets are: {', '.join(sorted(names))}")
+    if cfg.priors.preset is not None or cfg.priors.params:
+        from .priors import PRESETS, prior_config
+
+        if cfg.priors.preset is not None and cfg.priors.preset not in PRESETS:
+            raise ConfigError(f"{where}: 'priors.preset' is '{cfg.priors.preset}'{did_you_mean(cfg.priors.preset, PRESETS)}; "
+                              f"choose one of: {', '.join(sorted(PRESETS))}")
+        for kind, params in cfg.priors.params.items():
+            _wrap(where, f"priors.params.{kind}", prior_config, kind, cfg.priors.preset or "paper", params)
+    m = cfg.metrics
+    if m.fid == "inception":
+        if not m.inception_weights:
+            raise ConfigError(f"{where}: 'metrics.fid: inception' needs 'metrics.inception_weights' (a LOCAL "
+                              "Inception-v3 weights file); or use fid: eval")
+        if not Path(m.inception_weights).expanduser().is_file():
+            raise ConfigError(f"{where}: 'metrics.inception_weights' file '{m.inception_weights}' not found; "
+                              "give a local Inception-v3 weights file or use fid: eval")
+    if cfg.device not in ("auto", "cpu") and not re.fullmatch(r"(cuda|mps)(:\d+)?", cfg.device):
+        raise ConfigError(f"{where}: 'device' is '{cfg.device}'; use auto, cpu, cuda or cuda:N")
+
+
+def dump_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=None, width=110)
