@@ -74,7 +74,7 @@ _ID_RANGES: dict[str, tuple[float, float]] = {
     "lip_t": (0.018, 0.050),
     "smile": (-0.035, 0.050),
     "neck_w": (0.18, 0.30),
-    "skin": (0.20, 0.85),        # skin tone on a dark..light line (identity mean)
+    "skin": (0.25, 0.80),        # skin tone on a dark..light line (identity mean)
     "hair_tone": (0.0, 1.0),     # black .. brown .. blonde
     "iris_tone": (0.0, 1.0),
     # discrete traits (thresholded uniforms)
@@ -177,14 +177,14 @@ def sample_images(identities: dict[str, torch.Tensor], images_per_id: int, seed:
     p["mouth_y"] = p["mouth_y"] + (0.008 * v) * N[:, 12].clamp(-2, 2)
     p["hair_vol"] = p["hair_vol"] * (1 + (0.15 * v) * N[:, 13].clamp(-2, 2))
     # colour: identity tone + per-image jitter, then scene illumination
-    p["skin"] = p["skin"] + (0.10 * v) * N[:, 14].clamp(-2.5, 2.5)
+    p["skin"] = p["skin"] + (0.12 * v) * N[:, 14].clamp(-2.5, 2.5)
     p["hair_tone"] = p["hair_tone"] + (0.10 * v) * N[:, 15].clamp(-2.5, 2.5)
     p["light_a"] = U[:, 3] * (2 * math.pi)
     p["light_s"] = (0.45 * v) * U[:, 4]
-    p["bright"] = torch.exp((0.22 * v) * N[:, 16].clamp(-2.5, 2.5))
+    p["bright"] = torch.exp((0.25 * v) * N[:, 16].clamp(-2.5, 2.5))
     p["contrast"] = torch.exp((0.15 * v) * N[:, 17].clamp(-2.5, 2.5))
     wb = torch.stack([N[:, 18], N[:, 19], N[:, 20]], 1).clamp(-2.5, 2.5)
-    p["wb"] = torch.exp((0.10 * v) * (wb - wb.mean(1, keepdim=True)))
+    p["wb"] = torch.exp((0.13 * v) * (wb - wb.mean(1, keepdim=True)))
     p["bg1"] = torch.stack([U[:, 5], U[:, 6], U[:, 7]], 1)
     p["bg2"] = torch.stack([U[:, 8], U[:, 9], U[:, 10]], 1)
     p["bg_a"] = U[:, 11] * (2 * math.pi)
