@@ -14,6 +14,13 @@ ImageNet mean ``(0.485, 0.456, 0.406)`` **in pixel space** (the paper's text; im
 torchvision's sampler (at most 10 draws, strict ``h < H and w < W`` test, image left unchanged when
 every draw fails); the default ``max_attempts=None`` re-draws until the region fits (Algorithm 1).
 
+Placement (``position``): the default ``"valid"`` draws ``s`` exactly from U(lower, a_e) and the corner
+uniformly among the positions where the region fits (torchvision's sampler, i.e. the released code;
+the erased share then has mean (lower + a_e) / 2).  ``"any"`` follows the literal wording of the
+paper's sec. 2.2: the starting point is drawn uniformly over the WHOLE image, then ``s``, and both
+are drawn again while the region sticks out.  That rejection favours small regions (a square of side
+k is accepted with probability (H-k+1)(W-k+1)/(HW)), so its erased share is smaller on average.
+
 Two forms with the same distribution:
 
 - :class:`RandomErasing` -- one ``(C, H, W)`` image, a drop-in torchvision transform (literal scalar
@@ -53,7 +60,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 RELEASED_MEAN_PIXEL = tuple(0.5 + 0.5 * v for v in IMAGENET_MEAN)
 FILL_NAMES = ("mean", "zero", "one", "random", "inpaint")
 _FILL_ALIASES = {"0": "zero", "1": "one", "imagenet": "mean", "uniform": "random", "telea": "inpaint"}
-_MAX_ROUNDS = 1000   # re-draw rounds before "this region practically never fits" (max_attempts=None)
+_MAX_ROUNDS = 10000  # re-draw rounds before "this region practically never fits" (max_attempts=None)
+POSITIONS = ("valid", "any")
 
 Fill = Union[str, float, int, Sequence[float]]
 
@@ -215,6 +223,14 @@ def _check_generator(generator: Any) -> Optional[torch.Generator]:
     return generator
 
 
+def _check_position(position: Any) -> str:
+    if position not in POSITIONS:
+        raise ArgumentError(f"position must be 'valid' (corner uniform where the region fits, the released code) "
+                            f"or 'any' (corner anywhere, re-draw when it sticks out: sec. 2.2's text), got {position!r}"
+                            f"{did_you_mean(str(position), POSITIONS)}")
+    return str(position)
+
+
 def _check_max_attempts(max_attempts: Any) -> Optional[int]:
     if max_attempts is None:
         return None
@@ -309,10 +325,53 @@ def _draw_sizes(shape: tuple[int, ...], height: int, width: int, lower: float, u
     return h.view(*shape, parts), w.view(*shape, parts)
 
 
+def _draw_anywhere(n: int, height: int, width: int, lower: float, upper: float, ratio: tuple[float, float],
+                   size: Optional[tuple[int, int]], strict: bool, max_attempts: Optional[int],
+                   gen: Optional[torch.Generator], device: torch.device) -> tuple[torch.Tensor, ...]:
+    """position='any': corner uniform over the whole image, then the size; re-draw both while it sticks out."""
+    hw = height * width
+    lr0, lr1 = math.log(ratio[0]), math.log(ratio[1])
+
+    def draw(m: int) -> tuple[torch.Tensor, ...]:
+        t = _uniform_int(torch.full((m,), height, device=device), gen, device)
+        l_ = _uniform_int(torch.full((m,), width, device=device), gen, device)
+        if size is not None:
+            h = torch.full((m,), size[0], dtype=torch.long, device=device)
+            w = torch.full((m,), size[1], dtype=torch.long, device=device)
+        else:
+            s = _rand(m, lower, upper, gen, device) * hw
+            r = torch.exp(_rand(m, lr0, lr1, gen, device))
+            h, w = torch.round(torch.sqrt(s * r)).long(), torch.round(torch.sqrt(s / r)).long()
+        return t, l_, h, w
+
+    def fits(t, l_, h, w):
+        inside = (t + h <= height) & (l_ + w <= width)
+        return inside & (h < height) & (w < width) if strict else inside
+
+    out = list(draw(n))
+    pending = (~fits(*out)).nonzero().flatten()
+    rounds = 1
+    while pending.numel() > 0:
+        if max_attempts is not None and rounds >= max_attempts:
+            out[2][pending] = 0
+            out[3][pending] = 0
+            break
+        if max_attempts is None and rounds >= _MAX_ROUNDS:
+            raise ArgumentError(f"the erasing region almost never fits a {height}x{width} image with position='any'; "
+                                "lower the area or use position='valid'")
+        new = draw(pending.numel())
+        good = fits(*new)
+        for k in range(4):
+            out[k][pending[good]] = new[k][good]
+        pending = pending[~good]
+        rounds += 1
+    return tuple(out)
+
+
 def sample_boxes(n: int, height: int, width: int, *, area: float = 0.4, lower: float = 0.1,
                  ratio: Sequence[float] = (1.0, 1.0), size: Optional[Union[int, tuple[int, int]]] = None,
-                 p: float = 1.0, max_attempts: Optional[int] = None, generator: Optional[torch.Generator] = None,
-                 device: Union[str, torch.device, None] = None) -> Boxes:
+                 p: float = 1.0, max_attempts: Optional[int] = None, position: str = "valid",
+                 generator: Optional[torch.Generator] = None, device: Union[str, torch.device, None] = None) -> Boxes:
     """Sample ``n`` independent erasing regions for ``height x width`` images (Algorithm 1, vectorised).
 
     Args:
@@ -325,6 +384,8 @@ def sample_boxes(n: int, height: int, width: int, *, area: float = 0.4, lower: f
         p: probability that an image is erased at all (MIDRE: 1).
         max_attempts: None re-draws until the region fits (Algorithm 1); an int reproduces torchvision
             (strict fit test, at most that many draws, empty box if all fail).
+        position: 'valid' (corner uniform where the region fits; s ~ U(lower, area) exactly) or 'any'
+            (corner uniform over the image, re-drawn with the size while the region sticks out).
         generator: optional torch.Generator; sampling runs on its device.
         device: where the returned tensors live (default: the generator's device, else CPU).
 
@@ -336,6 +397,7 @@ def sample_boxes(n: int, height: int, width: int, *, area: float = 0.4, lower: f
     sz = _check_size(size)
     p = _check_p(p)
     max_attempts = _check_max_attempts(max_attempts)
+    position = _check_position(position)
     gen = _check_generator(generator)
     if not isinstance(n, int) or n < 0:
         raise ArgumentError(f"n must be a non-negative int, got {n!r}")
@@ -344,7 +406,13 @@ def sample_boxes(n: int, height: int, width: int, *, area: float = 0.4, lower: f
     strict = max_attempts is not None
     out_dev = torch.device(device) if device is not None else (gen.device if gen is not None else torch.device("cpu"))
     dev = gen.device if gen is not None else out_dev
-    if sz is not None:
+    if position == "any":
+        if sz is not None:
+            _check_fits(height, width, lower, r, sz, strict)
+        elif max_attempts is None:
+            _check_fits(height, width, lower, r, None, strict=False)
+        top, left, h, w = _draw_anywhere(n, height, width, lower, area, r, sz, strict, max_attempts, gen, dev)
+    elif sz is not None:
         _check_fits(height, width, lower, r, sz, strict)
         h = torch.full((n,), sz[0], dtype=torch.long, device=dev)
         w = torch.full((n,), sz[1], dtype=torch.long, device=dev)
@@ -353,8 +421,9 @@ def sample_boxes(n: int, height: int, width: int, *, area: float = 0.4, lower: f
             _check_fits(height, width, lower, r, None, strict=False)
         h, w = _draw_sizes((n,), height, width, lower, area, r, strict, max_attempts, gen, dev)
         h, w = h.view(n), w.view(n)
-    top = _uniform_int(height - h + 1, gen, dev)
-    left = _uniform_int(width - w + 1, gen, dev)
+    if position == "valid":
+        top = _uniform_int(height - h + 1, gen, dev)
+        left = _uniform_int(width - w + 1, gen, dev)
     if p < 1.0:
         skip = torch.rand(n, generator=gen, device=dev) >= p
         h = h.masked_fill(skip, 0)
@@ -446,12 +515,14 @@ class RandomErasing(nn.Module):
         size: explicit region size in pixels instead of an area share.
         inpaint_radius: Telea radius for ``fill='inpaint'``.
         generator: optional CPU torch.Generator (default: torch's global RNG).
+        position: 'valid' (default, released code) or 'any' (sec. 2.2's literal text), see the module doc.
     """
 
     def __init__(self, area: float = 0.4, lower: float = 0.1, fill: Fill = "mean",
                  ratio: Sequence[float] = (1.0, 1.0), released: bool = False, p: float = 1.0,
                  max_attempts: Optional[int] = None, size: Optional[Union[int, tuple[int, int]]] = None,
-                 inpaint_radius: float = 3.0, generator: Optional[torch.Generator] = None):
+                 inpaint_radius: float = 3.0, generator: Optional[torch.Generator] = None,
+                 position: str = "valid"):
         super().__init__()
         self.area, self.lower = _check_bounds(area, lower)
         self.ratio = _check_ratio(ratio)
@@ -460,6 +531,7 @@ class RandomErasing(nn.Module):
         self.p = _check_p(p)
         self.max_attempts = _check_max_attempts(max_attempts)
         self.size = _check_size(size)
+        self.position = _check_position(position)
         if not _is_number(inpaint_radius) or inpaint_radius <= 0:
             raise ArgumentError(f"inpaint_radius must be a positive number, got {inpaint_radius!r}")
         self.inpaint_radius = float(inpaint_radius)
@@ -485,6 +557,9 @@ class RandomErasing(nn.Module):
         attempt = 0
         while True:
             attempt += 1
+            if self.position == "any":   # sec. 2.2: starting point first, anywhere in the image
+                top = int(torch.randint(0, height, (1,), generator=self.generator).item())
+                left = int(torch.randint(0, width, (1,), generator=self.generator).item())
             if self.size is not None:
                 _check_fits(height, width, self.lower, self.ratio, self.size, strict)
                 h, w = self.size
@@ -492,7 +567,11 @@ class RandomErasing(nn.Module):
                 s = self._u(self.lower, self.area) * hw
                 r = math.exp(self._u(lr0, lr1))
                 h, w = int(round(math.sqrt(s * r))), int(round(math.sqrt(s / r)))
-            if (h < height and w < width) if strict else (h <= height and w <= width):
+            ok = (h < height and w < width) if strict else (h <= height and w <= width)
+            if ok and self.position == "any":
+                if top + h <= height and left + w <= width:
+                    return top, left, h, w
+            elif ok:
                 top = int(torch.randint(0, height - h + 1, (1,), generator=self.generator).item())
                 left = int(torch.randint(0, width - w + 1, (1,), generator=self.generator).item())
                 return top, left, h, w
@@ -527,6 +606,8 @@ class RandomErasing(nn.Module):
             parts.append(f"max_attempts={self.max_attempts}")
         if self.size is not None:
             parts.append(f"size={self.size}")
+        if self.position != "valid":
+            parts.append(f"position={self.position!r}")
         return ", ".join(parts)
 
 
@@ -585,18 +666,21 @@ class BatchRandomErasing(BatchEraser):
     def __init__(self, area: float = 0.4, lower: float = 0.1, fill: Fill = "mean",
                  ratio: Sequence[float] = (1.0, 1.0), released: bool = False, p: float = 1.0,
                  max_attempts: Optional[int] = None, size: Optional[Union[int, tuple[int, int]]] = None,
-                 inpaint_radius: float = 3.0, generator: Optional[torch.Generator] = None):
+                 inpaint_radius: float = 3.0, generator: Optional[torch.Generator] = None,
+                 position: str = "valid"):
         super().__init__(fill, released, inpaint_radius, generator)
         self.area, self.lower = _check_bounds(area, lower)
         self.ratio = _check_ratio(ratio)
         self.p = _check_p(p)
         self.max_attempts = _check_max_attempts(max_attempts)
         self.size = _check_size(size)
+        self.position = _check_position(position)
 
     def sample_boxes(self, n: int, height: int, width: int, device: Union[str, torch.device, None] = None,
                      generator: Optional[torch.Generator] = None) -> Boxes:
         return sample_boxes(n, height, width, area=self.area, lower=self.lower, ratio=self.ratio, size=self.size,
-                            p=self.p, max_attempts=self.max_attempts, generator=self._gen(generator), device=device)
+                            p=self.p, max_attempts=self.max_attempts, position=self.position,
+                            generator=self._gen(generator), device=device)
 
     def sample_mask(self, x, y=None, idx=None, generator=None):
         b = self.sample_boxes(x.shape[0], x.shape[-2], x.shape[-1], x.device, generator)
@@ -613,7 +697,7 @@ class BatchRandomErasing(BatchEraser):
     def single(self) -> RandomErasing:
         """The per-image form with the same arguments (CPU global RNG)."""
         return RandomErasing(self.area, self.lower, _fill_param(self.fill), self.ratio, self.released, self.p,
-                             self.max_attempts, self.size, self.inpaint_radius)
+                             self.max_attempts, self.size, self.inpaint_radius, position=self.position)
 
     def extra_repr(self) -> str:
         parts = [f"area={self.area}", f"lower={self.lower}", f"ratio={self.ratio}", self._fill_repr()]
@@ -623,6 +707,8 @@ class BatchRandomErasing(BatchEraser):
             parts.append(f"max_attempts={self.max_attempts}")
         if self.size is not None:
             parts.append(f"size={self.size}")
+        if self.position != "valid":
+            parts.append(f"position={self.position!r}")
         return ", ".join(parts)
 
 

@@ -38,7 +38,7 @@ def test_midre_defaults_are_the_papers():
     d = build_defense("midre")
     assert isinstance(d, MIDRE)
     assert d.params() == {"area": 0.4, "lower": 0.1, "fill": "mean", "ratio": [1.0, 1.0], "released": False,
-                          "seed": None}
+                          "position": "valid", "seed": None}
     assert d.eraser.max_attempts is None and d.eraser.p == 1.0
 
 
@@ -79,9 +79,9 @@ def test_spec_round_trips_through_build_defense_and_json(name):
 
 def test_non_default_params_round_trip():
     for spec in [{"name": "midre", "area": 0.8, "lower": 0.2, "fill": [0.1, 0.2, 0.3], "ratio": [0.5, 2.0],
-                  "released": False, "seed": 5},
+                  "released": False, "position": "any", "seed": 5},
                  {"name": "midre", "area": 0.4, "lower": 0.1, "fill": "zero", "ratio": [1.0, 1.0], "released": True,
-                  "seed": None},
+                  "position": "valid", "seed": None},
                  {"name": "pixel_masking", "fraction": [0.1, 0.6], "fill": "random", "seed": 1},
                  {"name": "multi_patch", "patches": 8, "area": 0.4, "lower": 0.1, "fill": "one",
                   "ratio": [1.0, 1.0], "seed": None}]:
@@ -95,6 +95,7 @@ def test_non_default_params_round_trip():
     {"name": "midre", "fill": "meen"},
     {"name": "midre", "ratio": [2.0, 1.0]},
     {"name": "midre", "seed": "x"},
+    {"name": "midre", "position": "centre"},
     {"name": "midre", "areaa": 0.4},
     {"name": "entire_erasing", "share": 1.2},
     {"name": "pixel_masking", "fraction": 0.0},
@@ -198,11 +199,11 @@ def test_other_ablation_defenses_erase_every_batch(name):
 
 def test_eraser_for_returns_the_defenses_own_eraser():
     spec = {"name": "midre", "area": 0.8, "lower": 0.1, "fill": "zero", "ratio": [1.0, 1.0], "released": False,
-            "seed": None}
+            "position": "any", "seed": None}
     e = eraser_for(spec)
     assert isinstance(e, BatchRandomErasing) and e.area == 0.8 and e.fill == (0.0,)
     s = eraser_for(spec, batched=False)
-    assert isinstance(s, RandomErasing) and s.area == 0.8
+    assert isinstance(s, RandomErasing) and s.area == 0.8 and s.position == "any" and e.position == "any"
     assert eraser_for("fixed_erasing").needs_index
     with pytest.raises(ArgumentError, match="does not erase"):
         eraser_for("nodef")

@@ -178,6 +178,23 @@ def test_seeded_generators_reproduce_and_differ():
     assert len({e1.sample_box(H, W) for _ in range(20)} | boxes) > 15
 
 
+def test_position_any_follows_the_papers_literal_rejection_sampling():
+    """sec. 2.2's text: corner anywhere, then s; re-draw both while the square sticks out."""
+    b = sample_boxes(20000, H, W, position="any", generator=gen(40))
+    assert (b.top + b.height <= H).all() and (b.left + b.width <= W).all() and torch.equal(b.height, b.width)
+    # accepted share density ~ U(lower, a_e) * (H - side + 1) * (W - side + 1): smaller regions win
+    s = np.linspace(LOWER, AE, 200001)
+    side = np.round(np.sqrt(s * H * W))
+    wgt = (H - side + 1) * (W - side + 1)
+    expect = float((side ** 2 / (H * W) * wgt).sum() / wgt.sum())
+    got = float(b.area().double().mean() / (H * W))
+    assert abs(got - expect) < 0.003 and got < (LOWER + AE) / 2 - 0.02
+    single = single_boxes(2000, 41, position="any")
+    assert stats.ks_2samp(np.array([x[2] for x in single]), b.height.numpy()).pvalue > 1e-3
+    assert stats.ks_2samp(np.array([x[0] + x[2] / 2 for x in single]), (b.top + b.height / 2).numpy()).pvalue > 1e-3
+    assert "position='any'" in repr(BatchRandomErasing(position="any"))
+
+
 @pytest.mark.parametrize("r", [0.5, 2.0])
 def test_aspect_ratio_variants(r):
     b = sample_boxes(4000, H, W, ratio=(r, r), generator=gen(18))
@@ -337,6 +354,8 @@ def test_multi_patch_total_area_equals_one_midre_square(n):
     lambda: RandomErasing(fill="random", released=True),
     lambda: RandomErasing(p=1.5),
     lambda: RandomErasing(max_attempts=0),
+    lambda: RandomErasing(position="anywhere"),
+    lambda: sample_boxes(4, 16, 16, position="center"),
     lambda: RandomErasing(size=(0, 3)),
     lambda: RandomErasing(generator=5),
     lambda: BatchRandomErasing(fill=(0.1, 0.2))(torch.rand(2, 3, 8, 8)),       # fill length != channels

@@ -69,7 +69,7 @@ class ErasingDefense(Defense):
         return self.eraser(x, y, idx, generator=self._generator(x.device)), y
 
 
-@DEFENSES.register("midre", params="area, lower, fill, ratio, released, seed")
+@DEFENSES.register("midre", params="area, lower, fill, ratio, released, position, seed")
 class MIDRE(ErasingDefense):
     """MIDRE: random square erasing (ImageNet-mean fill) of every training image, every batch.
 
@@ -79,19 +79,23 @@ class MIDRE(ErasingDefense):
         fill: 'mean' (pixel space, the paper's text), 'zero', 'one', 'random', 'inpaint', a number or a list.
         ratio: aspect-ratio range h/w (paper: [1, 1], squares).
         released: reproduce the released code's fill (erasing after Normalize(0.5, 0.5)).
+        position: 'valid' (corner uniform where the square fits, s ~ U(lower, area): the released code)
+            or 'any' (corner anywhere, re-drawn with s while the square sticks out: sec. 2.2's text).
         seed: eraser seed; None derives it from the training seed.
     """
 
     name = "midre"
 
     def __init__(self, area: float = 0.4, lower: float = 0.1, fill: Union[str, float, Sequence[float]] = "mean",
-                 ratio: Sequence[float] = (1.0, 1.0), released: bool = False, seed: Optional[int] = None):
-        super().__init__(BatchRandomErasing(area=area, lower=lower, fill=fill, ratio=ratio, released=released), seed)
+                 ratio: Sequence[float] = (1.0, 1.0), released: bool = False, position: str = "valid",
+                 seed: Optional[int] = None):
+        super().__init__(BatchRandomErasing(area=area, lower=lower, fill=fill, ratio=ratio, released=released,
+                                            position=position), seed)
 
     def params(self) -> dict[str, Any]:
         e = self.eraser
         return {"area": e.area, "lower": e.lower, "fill": _fill_param(e.fill), "ratio": _pair(e.ratio),
-                "released": e.released, "seed": self.seed}
+                "released": e.released, "position": e.position, "seed": self.seed}
 
 
 @DEFENSES.register("fixed_erasing", params="area, lower, fill, ratio, seed")
@@ -190,7 +194,7 @@ def eraser_for(defense: Any, batched: bool = True) -> Union[BatchEraser, RandomE
     if isinstance(e, BatchRandomErasing):
         fresh = BatchRandomErasing(area=e.area, lower=e.lower, fill=_fill_param(e.fill), ratio=e.ratio,
                                    released=e.released, p=e.p, max_attempts=e.max_attempts, size=e.size,
-                                   inpaint_radius=e.inpaint_radius)
+                                   inpaint_radius=e.inpaint_radius, position=e.position)
         return fresh if batched else fresh.single()
     if not batched:
         raise ArgumentError(f"only midre has a per-image eraser; '{found[0].name}' is batch-only (use batched=True)")
