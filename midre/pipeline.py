@@ -1,0 +1,815 @@
+"""The main job: data -> evaluation model -> targets -> priors -> attacks -> metrics -> results -> report.
+
+:func:`run_pipeline` runs a validated :class:`midre.config.RunConfig` into a run directory::
+
+    RUN/config.yaml                       the resolved config (what was run)
+    RUN/run.json                          config hash, versions, stage status + keys, timings, peak memory
+    RUN/eval/model.safetensors + .json    the evaluation model (another, stronger architecture)
+    RUN/targets/<target>/model.*          one per target (nodef, midre-0.4, ...)
+    RUN/priors/<kind>[-<target>]/...      GAN priors / augmented models, trained on PUBLIC data only
+    RUN/attacks/<target>/<attack>/        reconstructions.safetensors + .json, metrics.json
+    RUN/results.csv, RUN/results.json     one row per target x attack (COLUMNS)
+    RUN/report.md, RUN/report.html, RUN/figures/   (midre.report)
+
+A multi-seed config (``seeds: [0, 1, 2]``) runs one pipeline per seed into ``RUN/seed-<s>/`` and writes
+an aggregated ``RUN/results.csv`` (mean over seeds; ``*_std`` columns = std across seeds) plus
+``RUN/results_per_seed.csv``.
+
+Resume: every stage writes its artefact atomically and records a *stage key* (a hash of everything the
+stage depends on) in run.json before it starts.  A stage whose key is recorded as done is skipped; the
+trainer continues mid-training from its per-epoch checkpoint; each stage is seeded with
+``derive_seed(seed, stage, ...)`` and always reloads its inputs from disk, so an interrupted and
+resumed run reaches exactly the numbers of an uninterrupted one (on CPU).  A run directory whose
+recorded stage keys conflict with the config (e.g. other epochs for a target that exists) is refused;
+adding targets or attacks to an existing run is allowed.  A :class:`midre.utils.RunLock` keeps two
+processes out of one directory.
+"""
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import io
+import json
+import math
+import os
+import platform
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+
+from .config import AttackSection, RunConfig, TargetSection, dump_yaml, load_config, validate_train
+from .errors import ConfigError, MidreError, RunDirError
+from .utils import (RunLock, atomic_write_json, atomic_write_text, config_hash, derive_seed, parse_id_ranges,
+                    resolve_device, seed_everything)
+
+RUN_FORMAT = "midre-run"
+COLUMNS = ["target", "defense", "defense_params", "attack", "acc", "attack_top1", "attack_top1_std",
+           "attack_top5", "attack_top5_std", "top1_ci_lo", "top1_ci_hi", "knn", "fid_eval", "delta",
+           "epsilon", "seed", "repeats", "identities"]
+STUDY_EXTRA_COLUMNS = ["n_seeds", "acc_std", "knn_std", "fid_eval_std"]
+STAGE_GROUPS = ("data", "eval", "targets", "priors", "attacks", "metrics", "results", "report")
+
+
+@dataclass
+class PipelineResult:
+    """What :func:`run_pipeline` returns."""
+
+    run_dir: Path
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    results_csv: Optional[Path] = None
+    results_json: Optional[Path] = None
+    report: Optional[Path] = None          # report.html when written
+    complete: bool = False                 # False when stopped early (stop_after)
+    seconds: float = 0.0
+    peak_rss_mib: float = 0.0
+    seeds: list[int] = field(default_factory=list)
+
+
+# ============================================================================ small helpers
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process (ru_maxrss; KiB on Linux, bytes on macOS) in MiB."""
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r / (1024 * 1024) if sys.platform == "darwin" else r / 1024
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def versions() -> dict[str, str]:
+    import numpy
+    import torchvision
+
+    from . import __version__
+
+    return {"midre": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "numpy": numpy.__version__, "python": platform.python_version(), "platform": platform.platform()}
+
+
+def _num(v: Any) -> float:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return float("nan")
+    return f
+
+
+def _identities(a: AttackSection, num_classes: int, where: str) -> list[int]:
+    spec = a.identities
+    try:
+        if spec == "all":
+            return list(range(num_classes))
+        if isinstance(spec, int):
+            if spec > num_classes:
+                raise ConfigError(f"{where}.identities asks for the first {spec} identities but the dataset has "
+                                  f"{num_classes}; use at most {num_classes}")
+            return list(range(spec))
+        return parse_id_ranges(spec, num_classes)
+    except ConfigError:
+        raise
+    except MidreError as e:
+        raise ConfigError(f"'{where}.identities': {e}") from None
+
+
+def _defense_spec(spec: Any) -> dict[str, Any]:
+    from .defenses import build_defense
+
+    return build_defense(json.loads(json.dumps(spec))).spec()
+
+
+class _Console:
+    """Stage lines on stderr (rich), quiet when progress is off."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        if enabled:
+            from rich.console import Console
+
+            self.c = Console(stderr=True, highlight=False)
+
+    def print(self, msg: str) -> None:
+        if self.enabled:
+            self.c.print(msg)
+
+
+# ============================================================================ run state (run.json)
+class RunState:
+    """run.json: config hash, versions, per-stage status/key/seconds, sessions with peak memory."""
+
+    def __init__(self, run_dir: Path, cfg: RunConfig, kind: str = "single"):
+        self.path = run_dir / "run.json"
+        self.run_dir = run_dir
+        self.cfg = cfg
+        self.kind = kind
+        if self.path.exists():
+            try:
+                self.data = json.loads(self.path.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError):
+                raise RunDirError(f"'{self.path}' is corrupt; restore it or choose another --out") from None
+            if not isinstance(self.data, dict) or self.data.get("format") != RUN_FORMAT:
+                raise RunDirError(f"'{self.path}' is not a midre run record; choose another --out")
+            if self.data.get("kind", "single") != kind:
+                raise RunDirError(
+                    f"run directory '{run_dir}' holds a {self.data.get('kind')} run but the config is a {kind} run "
+                    "(seeds list vs single seed); use a new --out")
+        else:
+            self.data = {"format": RUN_FORMAT, "kind": kind, "created": _now(), "stages": {}, "sessions": []}
+        self.session = {"id": len(self.data.get("sessions", [])) + 1, "started": _now(),
+                        "resumed": bool(self.data.get("sessions")), "status": "running"}
+        self._t0 = time.perf_counter()
+
+    @property
+    def stages(self) -> dict[str, dict[str, Any]]:
+        return self.data.setdefault("stages", {})
+
+    def check_keys(self, keys: dict[str, str]) -> None:
+        """Refuse a run dir whose recorded stages were made with other settings."""
+        for name, key in keys.items():
+            rec = self.stages.get(name)
+            if rec is not None and rec.get("key") != key:
+                raise RunDirError(
+                    f"run directory '{self.run_dir}' was made by an incompatible config (stage '{name}' used other "
+                    f"settings); use a new --out, or `midre run --resume {self.run_dir}` to continue with its own config")
+
+    def is_done(self, name: str, key: str) -> bool:
+        rec = self.stages.get(name)
+        return rec is not None and rec.get("key") == key and rec.get("status") == "done"
+
+    def start(self, name: str, key: str) -> None:
+        rec = self.stages.setdefault(name, {})
+        rec.update({"key": key, "status": "running", "started": _now()})
+        self.save()
+
+    def done(self, name: str, key: str, seconds: float, **extra: Any) -> None:
+        rec = self.stages.setdefault(name, {})
+        rec.update({"key": key, "status": "done", "finished": _now(), **extra})
+        rec["seconds"] = round(float(rec.get("seconds_before", 0.0)) + seconds, 3)
+        self.save()
+
+    def interrupted(self, name: str, seconds: float) -> None:
+        rec = self.stages.get(name)
+        if rec is not None and rec.get("status") == "running":
+            rec["seconds_before"] = round(float(rec.get("seconds_before", 0.0)) + seconds, 3)
+
+    def save(self, status: Optional[str] = None) -> None:
+        d = self.data
+        d["config_hash"] = self.cfg.hash()
+        d["name"] = self.cfg.name
+        d["seed"] = self.cfg.seed
+        d["seeds"] = self.cfg.run_seeds()
+        d["versions"] = versions()
+        d["updated"] = _now()
+        sess = dict(self.session)
+        sess["seconds"] = round(time.perf_counter() - self._t0, 3)
+        sess["peak_rss_mib"] = round(peak_rss_mib(), 1)
+        if status:
+            sess["status"] = status
+        sessions = [s for s in d.get("sessions", []) if s.get("id") != sess["id"]]
+        d["sessions"] = sessions + [sess]
+        timings: dict[str, float] = {}
+        for name, rec in self.stages.items():
+            group = name.split("/")[0]
+            timings[group] = round(timings.get(group, 0.0) + float(rec.get("seconds", 0.0) or 0.0), 3)
+        d["timings"] = timings
+        d["total_stage_seconds"] = round(sum(timings.values()), 3)
+        d["peak_rss_mib"] = max(float(s.get("peak_rss_mib", 0.0)) for s in d["sessions"])
+        atomic_write_json(self.path, d)
+
+
+def _prepare_dir(run_dir: Path, resume: bool) -> None:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"'{run_dir}' is a file; give a directory to --out")
+    if not run_dir.exists():
+        return
+    entries = [p for p in run_dir.iterdir() if p.name != ".lock"]
+    if not entries:
+        return
+    if not (run_dir / "run.json").exists():
+        raise RunDirError(f"'{run_dir}' is not empty and holds no midre run; choose a new or empty --out")
+    if not resume:
+        raise RunDirError(f"'{run_dir}' already holds a run; continue it with `midre run --resume {run_dir}` "
+                          "or choose a new --out")
+
+
+# ============================================================================ the pipeline
+def run_pipeline(config: Any, out_dir: str | os.PathLike, resume: bool = True, progress: bool = True,
+                 device: Optional[str] = None, stop_after: Optional[str] = None,
+                 on_stage: Optional[Callable[[str], None]] = None) -> PipelineResult:
+    """Run (or continue) a whole pipeline into ``out_dir``.
+
+    Parameters
+    ----------
+    config : a RunConfig, a mapping, a YAML path or a built-in config name.
+    out_dir : the run directory (created; a RunLock keeps other processes out).
+    resume : continue a run found in ``out_dir`` (default).  False refuses a non-empty run directory.
+    progress : rich stage lines and progress bars on stderr.
+    device : overrides ``config.device`` (auto / cpu / cuda:N); not part of the config hash.
+    stop_after : stop after this stage group (one of STAGE_GROUPS), e.g. ``"targets"``.
+    on_stage : called with each finished stage's name (``"targets/nodef"``) -- a hook for tests and UIs.
+    """
+    cfg = config if isinstance(config, RunConfig) else load_config(config)
+    if device is not None:
+        cfg = cfg.model_copy(update={"device": device})
+    if stop_after is not None and stop_after not in STAGE_GROUPS:
+        raise ConfigError(f"stop_after '{stop_after}' is not a stage; use one of: {', '.join(STAGE_GROUPS)}")
+    run_dir = Path(out_dir)
+    t0 = time.perf_counter()
+    _prepare_dir(run_dir, resume)
+    with RunLock(run_dir):
+        if cfg.seeds:
+            res = _run_study(cfg, run_dir, progress, stop_after, on_stage)
+        else:
+            res = _Pipeline(cfg, run_dir, progress, on_stage).run(stop_after)
+    res.seconds = time.perf_counter() - t0
+    res.peak_rss_mib = peak_rss_mib()
+    return res
+
+
+class _Pipeline:
+    def __init__(self, cfg: RunConfig, run_dir: Path, progress: bool, on_stage: Optional[Callable[[str], None]]):
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.progress = progress
+        self.on_stage = on_stage
+        self.console = _Console(progress)
+        self.device = resolve_device(cfg.device)
+        self.targets = cfg.expanded_targets()
+        self.where = "config"
+        self._count = 0
+
+    # ------------------------------------------------------------------ keys (no data needed)
+    def _keys(self) -> dict[str, str]:
+        cfg = self.cfg
+        self.data_seed = cfg.dataset.seed if cfg.dataset.seed is not None else cfg.seed
+        d = cfg.dataset
+        base = config_hash({"dataset": d.model_dump(mode="json"), "data_seed": self.data_seed})
+        keys: dict[str, str] = {"data": base}
+        self.eval_train = validate_train(self.where, "eval_model.train", cfg.eval_model.train)
+        keys["eval"] = config_hash({"base": base, "arch": cfg.eval_model.arch,
+                                    "kwargs": cfg.eval_model.model_kwargs, "train": self.eval_train,
+                                    "seed": cfg.seed})
+        self.train_cfgs: dict[str, dict] = {}
+        self.def_specs: dict[str, dict] = {}
+        for i, t in enumerate(self.targets):
+            self.train_cfgs[t.name] = validate_train(self.where, f"targets[{i}].train", cfg.target_train(t))
+            try:
+                self.def_specs[t.name] = _defense_spec(t.defense)
+            except MidreError as e:
+                raise ConfigError(f"{self.where}: 'targets[{i}].defense': {e}") from None
+            keys[f"targets/{t.name}"] = config_hash({
+                "base": base, "arch": cfg.target_arch(t), "kwargs": cfg.target_model_kwargs(t),
+                "defense": self.def_specs[t.name], "train": self.train_cfgs[t.name], "seed": cfg.seed})
+        self.prior_units: dict[str, tuple[str, Optional[str]]] = {}
+        self.attack_priors: dict[tuple[str, str], dict[str, str]] = {}
+        for a in cfg.attacks:
+            kinds = self._prior_kinds(a)
+            for t in self._attack_targets(a):
+                names = {}
+                for kind in kinds:
+                    tname = t.name if _prior_needs_target(kind) else None
+                    pname = f"priors/{kind}" + (f"-{tname}" if tname else "")
+                    if pname not in keys:
+                        keys[pname] = config_hash({
+                            "base": base, "kind": kind, "preset": cfg.priors.preset,
+                            "params": cfg.priors.params.get(kind, {}), "seed": cfg.seed,
+                            "target": keys[f"targets/{tname}"] if tname else None})
+                        self.prior_units[pname] = (kind, tname)
+                    names[kind] = pname
+                self.attack_priors[(a.key, t.name)] = names
+                akey = config_hash({
+                    "target": keys[f"targets/{t.name}"], "name": a.name, "preset": a.preset, "params": a.params,
+                    "identities": a.identities, "repeats": a.repeats, "adaptive": a.adaptive, "seed": cfg.seed,
+                    "priors": {k: keys[p] for k, p in names.items()}})
+                keys[f"attacks/{t.name}/{a.key}"] = akey
+                keys[f"metrics/{t.name}/{a.key}"] = config_hash({
+                    "attack": akey, "eval": keys["eval"], "metrics": cfg.metrics.model_dump(mode="json")})
+        return keys
+
+    def _prior_kinds(self, a: AttackSection) -> list[str]:
+        from .attacks import ATTACKS
+
+        cls = ATTACKS.get(a.name)
+        kinds = getattr(cls, "prior_kinds", None)
+        if kinds is None:  # a factory function: build it to read the attribute
+            from .attacks import build_attack
+
+            kinds = build_attack(a.name, **({"preset": a.preset} if a.preset else {})).prior_kinds
+        return list(kinds)
+
+    # ------------------------------------------------------------------ stage wrapper
+    def _stage(self, name: str, fn: Callable[[], Any], label: str, derived: bool = False) -> Any:
+        """Run ``fn`` unless ``name`` is done with the same key; record timings in run.json."""
+        key = self.keys[name]
+        self._count += 1
+        head = f"[{self._count}/{self.n_units}]"
+        if self.state.is_done(name, key):
+            self.console.print(f"[dim]{head} {label}: done earlier, skipped[/dim]")
+            return None
+        self.console.print(f"[bold cyan]{head}[/bold cyan] {label}")
+        self.state.start(name, key)
+        t0 = time.perf_counter()
+        try:
+            extra = fn() or {}
+        except BaseException:
+            self.state.interrupted(name, time.perf_counter() - t0)
+            self.state.save(status="interrupted")
+            raise
+        secs = time.perf_counter() - t0
+        self.state.done(name, key, secs, peak_rss_mib=round(peak_rss_mib(), 1), **extra)
+        self.console.print(f"[dim]    {name} finished in {secs:.1f}s (peak memory {peak_rss_mib():.0f} MiB)[/dim]")
+        if self.on_stage is not None:
+            self.on_stage(name)
+        return extra
+
+    # ------------------------------------------------------------------ run
+    def run(self, stop_after: Optional[str] = None) -> PipelineResult:
+        cfg, run_dir = self.cfg, self.run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.keys = self._keys()
+        self.state = RunState(run_dir, cfg)
+        self.state.check_keys({k: v for k, v in self.keys.items() if not k.startswith("metrics/")})
+        self.n_units = len([k for k in self.keys]) + 2
+        atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
+        self.state.save()
+        res = PipelineResult(run_dir=run_dir, seeds=[cfg.seed])
+        try:
+            self._data()
+            if stop_after == "data":
+                return self._stopped(res)
+            self._stage("eval", self._train_eval, f"evaluation model {cfg.eval_model.arch}")
+            if stop_after == "eval":
+                return self._stopped(res)
+            for t in self.targets:
+                self._stage(f"targets/{t.name}", lambda t=t: self._train_target(t),
+                            f"target {t.name} ({cfg.target_arch(t)}, defense {self._defense_label(t)})")
+            if stop_after == "targets":
+                return self._stopped(res)
+            for pname, (kind, tname) in self.prior_units.items():
+                self._stage(pname, lambda p=pname: self._prior(p), f"prior {kind}" + (f" for {tname}" if tname else "")
+                            + " (public data only)")
+            if stop_after == "priors":
+                return self._stopped(res)
+            for a in cfg.attacks:
+                for t in self._attack_targets(a):
+                    self._stage(f"attacks/{t.name}/{a.key}", lambda a=a, t=t: self._attack(a, t),
+                                f"attack {a.key} -> {t.name} ({len(self.ids[a.key])} identities x {a.repeats})")
+            if stop_after == "attacks":
+                return self._stopped(res)
+            for a in cfg.attacks:
+                for t in self._attack_targets(a):
+                    name = f"metrics/{t.name}/{a.key}"
+                    if not (self.run_dir / "attacks" / t.name / a.key / "metrics.json").exists():
+                        self.state.stages.pop(name, None)
+                    self._stage(name, lambda a=a, t=t: self._metrics(a, t), f"evaluate {a.key} -> {t.name}")
+            if stop_after == "metrics":
+                return self._stopped(res)
+            self._count += 1
+            res.rows = self._results()
+            res.results_csv, res.results_json = run_dir / "results.csv", run_dir / "results.json"
+            self.console.print(f"[bold cyan][{self._count}/{self.n_units}][/bold cyan] results -> {res.results_csv}")
+            if stop_after == "results":
+                return self._stopped(res)
+            self._count += 1
+            res.report = self._report()
+            if cfg.analyses.features:
+                self._features()
+            res.complete = True
+            self.state.data["complete"] = True
+            self.state.save(status="complete")
+        except KeyboardInterrupt:
+            self.state.save(status="interrupted")
+            raise
+        return res
+
+    def _stopped(self, res: PipelineResult) -> PipelineResult:
+        self.state.data["complete"] = False
+        self.state.save(status="stopped")
+        return res
+
+    def _attack_targets(self, a: AttackSection) -> list[TargetSection]:
+        return self.cfg.attack_targets(a)
+
+    @staticmethod
+    def _defense_label(t: TargetSection) -> str:
+        """The defense as the user wrote it (name + given parameters)."""
+        def one(s: Any) -> str:
+            if isinstance(s, dict):
+                params = ", ".join(f"{k}={v}" for k, v in s.items() if k != "name")
+                return str(s.get("name")) + (f"({params})" if params else "")
+            return str(s)
+
+        return " + ".join(one(s) for s in t.defense) if isinstance(t.defense, list) else one(t.defense)
+
+    # ------------------------------------------------------------------ data
+    def _data(self) -> None:
+        from .cli.common import in_memory
+        from .data import load_dataset
+
+        cfg = self.cfg
+        d = cfg.dataset
+        t0 = time.perf_counter()
+        self._count += 1
+        self.console.print(f"[bold cyan][{self._count}/{self.n_units}][/bold cyan] data: {d.name}"
+                           + (f" from {d.root}" if d.root else "") + f" (seed {self.data_seed})")
+        seed_everything(derive_seed(self.data_seed, "data"))
+        try:
+            splits = load_dataset(d.name, root=d.root, resolution=d.resolution, seed=self.data_seed, **d.options)
+        except MidreError as e:
+            raise type(e)(f"dataset '{d.name}': {e}") from None
+        self.splits = splits
+        self.train_set = in_memory(splits.private_train, self.progress)
+        self.test_set = in_memory(splits.private_test, self.progress)
+        self.public_set = in_memory(splits.public, self.progress) if len(splits.public) else None
+        self.console.print(f"[dim]    {splits.summary()}[/dim]")
+        # data-dependent checks, before any training
+        self.ids: dict[str, list[int]] = {}
+        for i, a in enumerate(cfg.attacks):
+            self.ids[a.key] = _identities(a, splits.num_classes, f"attacks[{i}]")
+        if cfg.attacks and self.public_set is None:
+            raise ConfigError(f"dataset '{d.name}' has no public images but the attacks need public data for their "
+                              "priors; give a public set (dataset.options, e.g. public: ffhq:/path) or drop the attacks")
+        self.data_meta = {"name": d.name, "root": d.root, "resolution": splits.resolution, "seed": self.data_seed,
+                          "options": dict(d.options)}
+        rec = self.state.stages.setdefault("data", {})
+        rec.update({"key": self.keys["data"], "status": "done", "summary": splits.summary(),
+                    "num_classes": splits.num_classes, "resolution": splits.resolution,
+                    "seconds": round(time.perf_counter() - t0, 3), "peak_rss_mib": round(peak_rss_mib(), 1)})
+        self.state.save()
+
+    # ------------------------------------------------------------------ training
+    def _train(self, out: Path, arch: str, kwargs: dict, defense: Any, train: dict, seed_key: str,
+               meta: dict, description: str, public: Any = None) -> dict:
+        from .models import create_model
+        from .training import train_classifier
+
+        seed = derive_seed(self.cfg.seed, seed_key)
+        seed_everything(seed)
+        model = create_model(arch, num_classes=self.splits.num_classes, resolution=self.splits.resolution, **kwargs)
+        tcfg = {**train, "seed": seed, "device": str(self.device)}
+        res = train_classifier(model, self.train_set, self.test_set, defense=defense, config=tcfg, out_dir=out,
+                               public_set=public, meta={"dataset": self.data_meta, "model_kwargs": dict(kwargs),
+                                                        "class_names": list(self.splits.class_names), **meta},
+                               progress=self.progress, description=description)
+        return {"test_acc": res.test_acc, "defense_report": res.defense_report}
+
+    def _train_eval(self) -> dict:
+        e = self.cfg.eval_model
+        return self._train(self.run_dir / "eval", e.arch, e.model_kwargs, None, self.eval_train, "eval",
+                           {"role": "eval"}, f"eval {e.arch}")
+
+    def _train_target(self, t: TargetSection) -> dict:
+        from .defenses import build_defense
+
+        defense = build_defense(json.loads(json.dumps(self.def_specs[t.name])))
+        arch = self.cfg.target_arch(t)
+        # every target shares one seed: same initialisation and batch order -> paired comparisons
+        return self._train(self.run_dir / "targets" / t.name, arch, self.cfg.target_model_kwargs(t), defense,
+                           self.train_cfgs[t.name], "targets", {"role": "target", "target": t.name},
+                           f"{t.name} {arch}", public=self.public_set)
+
+    def _load(self, path: Path):
+        from .checkpoint import load_model
+
+        return load_model(path, device=self.device)
+
+    # ------------------------------------------------------------------ priors
+    def _prior_kwargs(self, kind: str) -> dict:
+        return {"preset": self.cfg.priors.preset or "paper", "params": dict(self.cfg.priors.params.get(kind, {}))}
+
+    def _prior(self, pname: str, load_only: bool = False) -> Any:
+        from . import priors as P
+
+        kind, tname = self.prior_units[pname]
+        target = self._load(self.run_dir / "targets" / tname)[0] if tname else None
+        seed = derive_seed(self.cfg.seed, "prior", kind, tname or "")
+        seed_everything(seed)
+        pk = self._prior_kwargs(kind)
+        prior = P.train_prior(kind, self.public_set, target=target, out_dir=self.run_dir / pname,
+                              config=pk["params"], preset=pk["preset"], seed=seed, device=self.device,
+                              progress=self.progress and not load_only)
+        return prior if load_only else None
+
+    # ------------------------------------------------------------------ attacks
+    def _attack(self, a: AttackSection, t: TargetSection) -> dict:
+        from .attacks import build_attack
+
+        tdir = self.run_dir / "targets" / t.name
+        target, tmeta = self._load(tdir)
+        priors = {kind: self._prior(pname, load_only=True) for kind, pname in self.attack_priors[(a.key, t.name)].items()}
+        eraser = None
+        if a.adaptive:
+            eraser = _adaptive_eraser(tmeta)
+        attack = build_attack(a.name, **({"preset": a.preset} if a.preset else {}), **a.params)
+        seed = derive_seed(self.cfg.seed, "attack", a.key)
+        seed_everything(seed)
+        rec = attack.run(target, self.ids[a.key], a.repeats, prior=priors, seed=seed, progress=self.progress,
+                         adaptive_eraser=eraser, target_path=str(tdir / "model.safetensors"), device=self.device)
+        rec.meta["eval"] = str(self.run_dir / "eval" / "model.safetensors")
+        rec.meta["target_name"] = t.name
+        rec.meta["attack_key"] = a.key
+        rec.meta["adaptive_requested"] = a.adaptive
+        rec.save(self.run_dir / "attacks" / t.name / a.key)
+        return {"seconds_attack": rec.meta.get("seconds"), "queries": rec.meta.get("queries")}
+
+    # ------------------------------------------------------------------ metrics
+    def _metrics(self, a: AttackSection, t: TargetSection) -> dict:
+        from .attacks.base import Reconstructions
+        from .metrics import evaluate_reconstructions
+
+        adir = self.run_dir / "attacks" / t.name / a.key
+        rec = Reconstructions.load(adir)
+        if not hasattr(self, "_eval_model"):
+            self._eval_model = self._load(self.run_dir / "eval")[0]
+        target = self._load(self.run_dir / "targets" / t.name)[0]
+        m = self.cfg.metrics
+        seed = derive_seed(self.cfg.seed, "metrics", a.key, t.name)
+        seed_everything(seed)
+        out = evaluate_reconstructions(
+            rec, self._eval_model, self.train_set, self.test_set, target_model=target, fid=m.fid != "none",
+            fid_extractor=m.inception_weights if m.fid == "inception" else None, n_boot=m.n_boot, seed=seed,
+            batch_size=m.batch_size, device=self.device, progress=self.progress)
+        out.update({"target": t.name, "attack_key": a.key})
+        atomic_write_json(adir / "metrics.json", out)
+        return {}
+
+    # ------------------------------------------------------------------ results + report
+    def _results(self) -> list[dict[str, Any]]:
+        from .checkpoint import read_meta
+        from .metrics import tradeoff
+
+        cfg = self.cfg
+        metas = {t.name: read_meta(self.run_dir / "targets" / t.name) for t in self.targets}
+        eval_meta = read_meta(self.run_dir / "eval")
+        nodef_default = next((t.name for t in self.targets if self.def_specs[t.name].get("name") == "nodef"), None)
+        rows: list[dict[str, Any]] = []
+        attacks = cfg.attacks or [None]
+        for a in attacks:
+            metrics: dict[str, dict] = {}
+            if a is not None:
+                for t in self._attack_targets(a):
+                    p = self.run_dir / "attacks" / t.name / a.key / "metrics.json"
+                    metrics[t.name] = json.loads(p.read_text(encoding="utf-8"))
+            for t in self.targets if a is None else self._attack_targets(a):
+                meta = metas[t.name]
+                spec = self.def_specs[t.name]
+                rep = meta.get("defense_report") or {}
+                m = metrics.get(t.name, {})
+                acc = _num(meta.get("test_acc"))
+                row: dict[str, Any] = {
+                    "target": t.name, "defense": _defense_name(spec),
+                    "defense_params": json.dumps({k: v for k, v in spec.items() if k != "name"}, sort_keys=True),
+                    "attack": a.key if a is not None else "", "acc": acc,
+                    "attack_top1": _num(m.get("attacc_top1")), "attack_top1_std": _num(m.get("attacc_top1_std")),
+                    "attack_top5": _num(m.get("attacc_top5")), "attack_top5_std": _num(m.get("attacc_top5_std")),
+                    "top1_ci_lo": _ci(m.get("attacc_top1_ci95"), 0), "top1_ci_hi": _ci(m.get("attacc_top1_ci95"), 1),
+                    "knn": _num(m.get("knn_dist")), "fid_eval": _num(m.get("fid_eval", m.get("fid_inception"))),
+                    "delta": "", "epsilon": _num(rep.get("epsilon")), "seed": cfg.seed,
+                    "repeats": a.repeats if a is not None else "",
+                    "identities": len(self.ids[a.key]) if a is not None else "",
+                }
+                if "delta" in rep:
+                    row["dp_delta"] = rep["delta"]
+                nodef = t.reference or nodef_default
+                row["reference"] = nodef if nodef != t.name else ""
+                if a is not None and nodef is not None and t.name != nodef and nodef in metrics:
+                    row["delta"] = tradeoff(_num(metas[nodef].get("test_acc")), acc,
+                                            _num(metrics[nodef].get("attacc_top1")), row["attack_top1"])
+                rows.append(row)
+        write_table(self.run_dir / "results.csv", rows, COLUMNS)
+        atomic_write_json(self.run_dir / "results.json", {
+            "format": "midre-results", "columns": COLUMNS, "rows": rows, "seed": cfg.seed, "name": cfg.name,
+            "eval_model": {"arch": eval_meta.get("arch"), "acc": _num(eval_meta.get("test_acc"))},
+            "dataset": self.data_meta, "nodef_target": nodef_default, "config_hash": cfg.hash()})
+        self.state.stages["results"] = {"key": config_hash(rows), "status": "done", "finished": _now()}
+        self.state.save()
+        return rows
+
+    def _report(self) -> Optional[Path]:
+        if not self.cfg.report.enabled:
+            return None
+        try:
+            from .report import write_report
+        except ImportError:
+            self.console.print("[yellow]    report module not available; skipped[/yellow]")
+            return None
+        t0 = time.perf_counter()
+        self.console.print(f"[bold cyan][{self._count}/{self.n_units}][/bold cyan] report")
+        _md, html = write_report(self.run_dir, max_identities=self.cfg.report.max_identities, splits=self.splits,
+                                 title=self.cfg.report.title)
+        self.state.stages["report"] = {"status": "done", "finished": _now(),
+                                       "seconds": round(time.perf_counter() - t0, 3)}
+        self.state.save()
+        return Path(html)
+
+    def _features(self) -> None:
+        try:
+            from .analysis import features as F
+        except ImportError:
+            self.console.print("[yellow]    feature analysis not available; skipped[/yellow]")
+            return
+        fn = getattr(F, "analyze_features", None) or getattr(F, "run_feature_analysis", None)
+        if fn is None:
+            return
+        t0 = time.perf_counter()
+        self.console.print("    feature-space analysis (paper 3.2)")
+        fn(self.run_dir)
+        self.state.stages["analysis/features"] = {"status": "done", "finished": _now(),
+                                                  "seconds": round(time.perf_counter() - t0, 3)}
+        self.state.save()
+
+
+def _defense_name(spec: dict) -> str:
+    if spec.get("name") == "compose":
+        return "+".join(d.get("name", "?") for d in spec.get("defenses", []))
+    return str(spec.get("name"))
+
+
+def _ci(v: Any, i: int) -> float:
+    if isinstance(v, (list, tuple)) and len(v) == 2:
+        return _num(v[i])
+    return float("nan")
+
+
+def _prior_needs_target(kind: str) -> bool:
+    """Whether a prior kind is trained per target (KedMI's GAN, PLG-MI's cGAN, LOMMA's augmented models)."""
+    return kind != "gan"   # midre.priors: only the plain GAN prior is shared by all targets
+
+
+def _adaptive_eraser(tmeta: dict):
+    """The target's own eraser (paper D.5); None when its defense erases nothing (then: a normal attack)."""
+    from .attacks.base import adaptive_eraser_from_meta
+
+    try:
+        return adaptive_eraser_from_meta(tmeta)
+    except MidreError:
+        return None
+
+
+# ============================================================================ tables
+def _cell(v: Any) -> Any:
+    if isinstance(v, float):
+        if math.isnan(v):
+            return ""
+        return f"{v:.6g}" if abs(v) < 1e6 else repr(v)
+    return v
+
+
+def write_table(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
+    """CSV with ``columns`` first and any extra keys appended; NaN as an empty cell (atomic)."""
+    cols = list(columns)
+    for r in rows:
+        for k in r:
+            if k not in cols:
+                cols.append(k)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: _cell(r.get(k, "")) for k in cols})
+    atomic_write_text(path, buf.getvalue())
+
+
+# ============================================================================ multi-seed study
+def _run_study(cfg: RunConfig, run_dir: Path, progress: bool, stop_after: Optional[str],
+               on_stage: Optional[Callable[[str], None]]) -> PipelineResult:
+    seeds = cfg.run_seeds()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state = RunState(run_dir, cfg, kind="study")
+    atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
+    state.save()
+    console = _Console(progress)
+    res = PipelineResult(run_dir=run_dir, seeds=seeds)
+    per_seed: list[dict[str, Any]] = []
+    complete = True
+    for s in seeds:
+        console.print(f"[bold magenta]== seed {s} ({seeds.index(s) + 1}/{len(seeds)}) ==[/bold magenta]")
+        sub = run_dir / f"seed-{s}"
+        sub_cfg = cfg.for_seed(s)
+        with RunLock(sub):
+            r = _Pipeline(sub_cfg, sub, progress, on_stage).run(stop_after)
+        state.stages[f"seed-{s}"] = {"status": "done" if r.complete else "stopped", "finished": _now(),
+                                     "seconds": (json.loads((sub / "run.json").read_text()).get("total_stage_seconds"))}
+        state.save()
+        complete = complete and r.complete
+        per_seed.extend(r.rows)
+    if stop_after in (None, "report") or (stop_after == "results"):
+        if per_seed:
+            rows = aggregate_rows(per_seed)
+            write_table(run_dir / "results.csv", rows, COLUMNS + STUDY_EXTRA_COLUMNS)
+            write_table(run_dir / "results_per_seed.csv", per_seed, COLUMNS)
+            atomic_write_json(run_dir / "results.json", {
+                "format": "midre-results", "kind": "study", "columns": COLUMNS + STUDY_EXTRA_COLUMNS, "rows": rows,
+                "per_seed": per_seed, "seeds": seeds, "name": cfg.name, "config_hash": cfg.hash(),
+                "aggregation": "mean over seeds; *_std and attack_top1_std/attack_top5_std = sample std across "
+                               "seeds of the per-seed values; top1_ci = t-interval (95%) across seeds; "
+                               "delta = trade-off of the seed means"})
+            res.rows = rows
+            res.results_csv, res.results_json = run_dir / "results.csv", run_dir / "results.json"
+        if stop_after is None and cfg.report.enabled and complete:
+            try:
+                from .report import write_report
+            except ImportError:
+                write_report = None
+            if write_report is not None:
+                _md, html = write_report(run_dir, max_identities=cfg.report.max_identities,
+                                         title=cfg.report.title or f"midre study: {cfg.name} ({len(seeds)} seeds)")
+                res.report = Path(html)
+    res.complete = complete and stop_after is None
+    state.data["complete"] = res.complete
+    state.save(status="complete" if res.complete else "stopped")
+    return res
+
+
+def aggregate_rows(per_seed: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean +- std across seeds per (target, attack); see results.json 'aggregation'."""
+    import statistics
+
+    from scipy import stats
+
+    from .metrics import tradeoff
+
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in per_seed:
+        groups.setdefault((str(r["target"]), str(r["attack"])), []).append(r)
+
+    def mean_std(vals: list[float]) -> tuple[float, float]:
+        v = [x for x in vals if not math.isnan(x)]
+        if not v:
+            return float("nan"), float("nan")
+        return float(statistics.fmean(v)), float(statistics.stdev(v)) if len(v) > 1 else 0.0
+
+    out: list[dict[str, Any]] = []
+    for (target, attack), rs in groups.items():
+        first = rs[0]
+        row: dict[str, Any] = {k: first.get(k) for k in ("target", "defense", "defense_params", "attack",
+                                                           "repeats", "identities", "reference")}
+        row["seed"] = ",".join(str(r["seed"]) for r in rs)
+        row["n_seeds"] = len(rs)
+        row["acc"], row["acc_std"] = mean_std([_num(r["acc"]) for r in rs])
+        top1 = [_num(r["attack_top1"]) for r in rs]
+        row["attack_top1"], row["attack_top1_std"] = mean_std(top1)
+        row["attack_top5"], row["attack_top5_std"] = mean_std([_num(r["attack_top5"]) for r in rs])
+        v = [x for x in top1 if not math.isnan(x)]
+        if len(v) > 1:
+            half = float(stats.t.ppf(0.975, len(v) - 1)) * row["attack_top1_std"] / math.sqrt(len(v))
+            row["top1_ci_lo"], row["top1_ci_hi"] = row["attack_top1"] - half, row["attack_top1"] + half
+        else:
+            row["top1_ci_lo"] = row["top1_ci_hi"] = float("nan")
+        row["knn"], row["knn_std"] = mean_std([_num(r["knn"]) for r in rs])
+        row["fid_eval"], row["fid_eval_std"] = mean_std([_num(r["fid_eval"]) for r in rs])
+        row["epsilon"] = mean_std([_num(r.get("epsilon")) for r in rs])[0]
+        row["delta"] = ""
+        out.append(row)
+    # trade-off of the seed means against the NoDef target of the same attack
+    for row in out:
+        ref = row.get("reference")
+        base = next((b for b in out if b["attack"] == row["attack"] and
+                     (b["target"] == ref if ref else b["defense"] == "nodef")), None)
+        if base is not None and base is not row and row["attack"] and not math.isnan(row["attack_top1"]):
+            row["delta"] = tradeoff(base["acc"], row["acc"], base["attack_top1"], row["attack_top1"])
+    return out

@@ -1,0 +1,271 @@
+"""midre.pipeline: a tiny end-to-end run, resume -> identical results, refusals, lock, study aggregation."""
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from midre.config import load_config
+from midre.errors import ConfigError, RunDirError
+from midre.pipeline import COLUMNS, STUDY_EXTRA_COLUMNS, aggregate_rows, run_pipeline
+from midre.utils import RunLock
+
+
+def _has_attack(name: str) -> bool:
+    from midre.attacks import ATTACKS
+
+    return name in ATTACKS
+
+
+TINY = {
+    "name": "tiny",
+    "seed": 0,
+    "device": "cpu",
+    "dataset": {"name": "synthetic", "resolution": 32,
+                "options": {"num_private": 4, "num_public": 4, "images_per_id": 10}},
+    "eval_model": {"arch": "smallcnn", "train": {"epochs": 1, "batch_size": 16}},
+    "defaults": {"arch": "tinycnn", "train": {"epochs": 1, "batch_size": 16}},
+    "targets": [{"name": "nodef", "defense": "nodef"},
+                {"name": "midre-0.4", "defense": {"name": "midre", "area": 0.4}}],
+    "attacks": [{"name": "gmi", "preset": "quick", "params": {"iterations": 3}, "identities": "0-1", "repeats": 2}],
+    "priors": {"preset": "quick", "params": {"gan": {"iterations": 4, "batch_size": 16, "ckpt_every": 2}}},
+    "metrics": {"fid": "eval", "n_boot": 50},
+    "report": {"enabled": True, "max_identities": 2},
+}
+
+needs_gmi = pytest.mark.skipif(not _has_attack("gmi"), reason="the gmi attack is not registered yet")
+
+
+def tiny(**over) -> dict:
+    raw = copy.deepcopy(TINY)
+    for k, v in over.items():
+        raw[k] = v
+    return raw
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    """One uninterrupted tiny run shared by the tests below."""
+    if not _has_attack("gmi"):
+        pytest.skip("the gmi attack is not registered yet")
+    out = tmp_path_factory.mktemp("full") / "run"
+    t0 = time.perf_counter()
+    res = run_pipeline(load_config(tiny()), out, progress=False)
+    return out, res, time.perf_counter() - t0
+
+
+def _csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+# ------------------------------------------------------------------------------------------ end to end
+@needs_gmi
+def test_tiny_pipeline_end_to_end_layout_and_budget(full_run):
+    out, res, seconds = full_run
+    assert res.complete and seconds < 60, seconds
+    for p in ["config.yaml", "run.json", "results.csv", "results.json",
+              "eval/model.safetensors", "eval/model.json",
+              "targets/nodef/model.safetensors", "targets/midre-0.4/model.json"]:
+        assert (out / p).is_file(), p
+    for t in ("nodef", "midre-0.4"):
+        adir = out / "attacks" / t / "gmi"
+        for f in ("reconstructions.safetensors", "reconstructions.json", "metrics.json"):
+            assert (adir / f).is_file(), (t, f)
+    assert any((out / "priors").rglob("*.json")), "the GAN prior is stored under RUN/priors/"
+    rows = _csv(out / "results.csv")
+    with open(out / "results.csv") as fh:
+        header = fh.readline().strip().split(",")
+    assert header[:len(COLUMNS)] == COLUMNS
+    assert [(r["target"], r["attack"]) for r in rows] == [("nodef", "gmi"), ("midre-0.4", "gmi")]
+    for r in rows:
+        assert 0.0 <= float(r["acc"]) <= 100.0
+        assert 0.0 <= float(r["attack_top1"]) <= 100.0 and 0.0 <= float(r["attack_top5"]) <= 100.0
+        assert float(r["attack_top1"]) <= float(r["attack_top5"])
+        assert float(r["knn"]) >= 0.0
+        assert r["repeats"] == "2" and r["identities"] == "2" and r["seed"] == "0"
+    # the NoDef row has no trade-off; the MIDRE row has one (a number or OP) against NoDef
+    assert rows[0]["delta"] == "" and rows[1]["delta"] != ""
+    rec = json.loads((out / "attacks" / "nodef" / "gmi" / "reconstructions.json").read_text())
+    assert rec["n"] == 2 * 2 and rec["target_name"] == "nodef"
+    run = json.loads((out / "run.json").read_text())
+    assert run["complete"] and run["config_hash"] == load_config(tiny()).hash()
+    assert all(s["status"] == "done" for s in run["stages"].values())
+    assert run["peak_rss_mib"] > 0 and run["timings"]["targets"] > 0 and run["versions"]["torch"]
+    js = json.loads((out / "results.json").read_text())
+    assert js["columns"] == COLUMNS and len(js["rows"]) == 2 and js["eval_model"]["arch"] == "smallcnn"
+    cfg_back = load_config(yaml.safe_load((out / "config.yaml").read_text()))
+    assert cfg_back.hash() == load_config(tiny()).hash()
+
+
+@needs_gmi
+def test_report_is_written_when_available(full_run):
+    out, res, _ = full_run
+    try:
+        import midre.report  # noqa: F401
+    except ImportError:
+        pytest.skip("midre.report not available")
+    assert res.report == out / "report.html" and res.report.is_file() and (out / "report.md").is_file()
+
+
+@needs_gmi
+def test_rerun_of_a_complete_run_skips_every_stage_and_keeps_the_numbers(full_run):
+    out, _res, _ = full_run
+    before = (out / "results.csv").read_bytes()
+    seen: list[str] = []
+    res = run_pipeline(load_config(tiny()), out, progress=False, on_stage=seen.append)
+    assert seen == [] and res.complete          # nothing re-trained or re-attacked
+    assert (out / "results.csv").read_bytes() == before
+
+
+# ------------------------------------------------------------------------------------------ resume
+@needs_gmi
+def test_interrupted_runs_resume_to_identical_results(full_run, tmp_path):
+    ref, _res, _ = full_run
+    out = tmp_path / "run"
+    cfg = load_config(tiny())
+    # 1) stop after the targets stage
+    res = run_pipeline(cfg, out, progress=False, stop_after="targets")
+    assert not res.complete and not (out / "results.csv").exists() and not (out / "attacks").exists()
+    assert (out / "targets" / "midre-0.4" / "model.json").exists()
+
+    # 2) crash right after the first attack finished (as a kill would)
+    def crash(name: str) -> None:
+        if name.startswith("attacks/"):
+            raise RuntimeError("simulated crash")
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_pipeline(cfg, out, progress=False, on_stage=crash)
+    run = json.loads((out / "run.json").read_text())
+    assert run["stages"]["targets/nodef"]["status"] == "done"
+    assert run["sessions"][-1]["status"] == "interrupted"
+    # 3) resume (what `midre run --resume DIR` does) and compare with the uninterrupted run
+    seen: list[str] = []
+    res = run_pipeline(cfg, out, progress=False, on_stage=seen.append)
+    assert res.complete
+    assert not any(s.startswith("targets/") or s == "eval" for s in seen), "finished stages must not re-run"
+    assert (out / "results.csv").read_bytes() == (ref / "results.csv").read_bytes()
+    for t in ("nodef", "midre-0.4"):
+        a = json.loads((out / "attacks" / t / "gmi" / "metrics.json").read_text())
+        b = json.loads((ref / "attacks" / t / "gmi" / "metrics.json").read_text())
+        assert a == b
+    run = json.loads((out / "run.json").read_text())
+    assert len(run["sessions"]) == 3 and run["sessions"][-1]["resumed"] and run["complete"]
+
+
+@needs_gmi
+def test_cli_resume_prints_the_table_and_report_path(full_run, capsys):
+    from midre.cli import main
+
+    out, _res, _ = full_run
+    assert main(["run", "--resume", str(out), "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "midre results" in text and "nodef" in text and "midre-0.4" in text and str(out) in text
+
+
+# ------------------------------------------------------------------------------------------ refusals
+@needs_gmi
+def test_incompatible_config_is_refused_before_any_write(full_run):
+    out, _res, _ = full_run
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    raw = tiny(defaults={"arch": "tinycnn", "train": {"epochs": 2, "batch_size": 16}})
+    with pytest.raises(RunDirError) as ei:
+        run_pipeline(load_config(raw), out, progress=False)
+    msg = str(ei.value)
+    assert "incompatible config" in msg and "targets/nodef" in msg and "--resume" in msg and "\n" not in msg
+    with pytest.raises(RunDirError, match="incompatible config"):
+        run_pipeline(load_config(tiny(seed=1)), out, progress=False)
+    after = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != ".lock"}
+    assert after == {p: t for p, t in before.items() if p.name != ".lock"}
+
+
+def test_second_process_is_locked_out(tmp_path):
+    out = tmp_path / "run"
+    with RunLock(out):
+        with pytest.raises(RunDirError, match="in use by another midre process"):
+            run_pipeline(load_config(tiny(attacks=[])), out, progress=False)
+
+
+def test_foreign_directory_and_fresh_start_refusals(tmp_path):
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(RunDirError, match="holds no midre run"):
+        run_pipeline(load_config(tiny(attacks=[])), foreign, progress=False)
+    assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
+    out = tmp_path / "run"
+    run_pipeline(load_config(tiny(attacks=[])), out, progress=False, stop_after="data")
+    with pytest.raises(RunDirError, match="already holds a run"):
+        run_pipeline(load_config(tiny(attacks=[])), out, resume=False, progress=False)
+
+
+@needs_gmi
+def test_identities_out_of_range_fail_before_training(tmp_path):
+    raw = tiny()
+    raw["attacks"][0]["identities"] = "0-9"          # only 4 private identities
+    out = tmp_path / "run"
+    with pytest.raises(ConfigError) as ei:
+        run_pipeline(load_config(raw), out, progress=False)
+    assert "attacks[0].identities" in str(ei.value) and "4 classes" in str(ei.value)
+    assert not (out / "eval").exists() and not (out / "targets").exists()
+
+
+def test_without_attacks_one_row_per_target(tmp_path):
+    out = tmp_path / "run"
+    raw = tiny(attacks=[], report={"enabled": False})
+    res = run_pipeline(load_config(raw), out, progress=False)
+    rows = _csv(out / "results.csv")
+    assert res.complete and [r["target"] for r in rows] == ["nodef", "midre-0.4"]
+    assert all(r["attack"] == "" and r["attack_top1"] == "" for r in rows)
+    assert not (out / "report.html").exists()
+
+
+# ------------------------------------------------------------------------------------------ study
+def test_multi_seed_study_layout(tmp_path):
+    out = tmp_path / "study"
+    raw = tiny(attacks=[], seeds=[0, 1], report={"enabled": False})
+    res = run_pipeline(load_config(raw), out, progress=False)
+    assert res.complete and res.seeds == [0, 1]
+    for s in (0, 1):
+        assert (out / f"seed-{s}" / "targets" / "nodef" / "model.json").exists()
+        assert json.loads((out / f"seed-{s}" / "run.json").read_text())["seed"] == s
+    top = json.loads((out / "run.json").read_text())
+    assert top["kind"] == "study" and top["seeds"] == [0, 1]
+    with open(out / "results.csv") as fh:
+        header = fh.readline().strip().split(",")
+    assert header[:len(COLUMNS) + len(STUDY_EXTRA_COLUMNS)] == COLUMNS + STUDY_EXTRA_COLUMNS
+    rows = _csv(out / "results.csv")
+    assert [r["target"] for r in rows] == ["nodef", "midre-0.4"] and all(r["n_seeds"] == "2" for r in rows)
+    per_seed = _csv(out / "results_per_seed.csv")
+    accs = [float(r["acc"]) for r in per_seed if r["target"] == "nodef"]
+    assert math.isclose(float(rows[0]["acc"]), sum(accs) / 2, rel_tol=1e-5)
+    # a single-seed run into a study directory is refused
+    with pytest.raises(RunDirError, match="study"):
+        run_pipeline(load_config(tiny(attacks=[])), out, progress=False)
+
+
+def test_aggregate_rows_mean_std_ci_and_tradeoff_by_hand():
+    def row(target, defense, seed, acc, top1, top5):
+        return {"target": target, "defense": defense, "defense_params": "{}", "attack": "gmi", "acc": acc,
+                "attack_top1": top1, "attack_top1_std": 99.0, "attack_top5": top5, "attack_top5_std": 99.0,
+                "knn": 1.0, "fid_eval": float("nan"), "epsilon": float("nan"), "seed": seed, "repeats": 3,
+                "identities": 10, "reference": "" if defense == "nodef" else "nodef"}
+
+    per_seed = [row("nodef", "nodef", 0, 90.0, 80.0, 95.0), row("nodef", "nodef", 1, 92.0, 84.0, 97.0),
+                row("midre", "midre", 0, 86.0, 40.0, 60.0), row("midre", "midre", 1, 88.0, 50.0, 70.0)]
+    out = {r["target"]: r for r in aggregate_rows(per_seed)}
+    n, m = out["nodef"], out["midre"]
+    assert n["acc"] == 91.0 and math.isclose(n["acc_std"], math.sqrt(2.0))
+    assert m["attack_top1"] == 45.0 and math.isclose(m["attack_top1_std"], math.sqrt(50.0))   # across seeds
+    assert m["attack_top5"] == 65.0 and m["seed"] == "0,1" and m["n_seeds"] == 2
+    half = 12.706204736174707 * math.sqrt(50.0) / math.sqrt(2)                       # t(0.975, df=1)
+    assert math.isclose(m["top1_ci_lo"], 45.0 - half, rel_tol=1e-6)
+    assert math.isclose(m["top1_ci_hi"], 45.0 + half, rel_tol=1e-6)
+    assert math.isclose(m["delta"], (82.0 - 45.0) / (91.0 - 87.0))                  # trade-off of the means
+    assert n["delta"] == "" and math.isnan(m["fid_eval"])
