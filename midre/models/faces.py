@@ -158,8 +158,8 @@ class IRNet(nn.Module):
                                          nn.PReLU(64))
         stages, cin, s = [], 64, resolution
         for w, d in zip(_IR_WIDTHS, _IR_DEPTHS[depth]):
-            stages.append(nn.Sequential(*[BottleneckIR(cin if i == 0 else w, w, 2 if i == 0 else 1, se=se, mid_bn=mid_bn)
-                                          for i in range(d)]))
+            units = [BottleneckIR(cin if i == 0 else w, w, 2 if i == 0 else 1, se=se, mid_bn=mid_bn) for i in range(d)]
+            stages.append(nn.Sequential(*units))
             cin = w
             s = _conv_out(s, 3, 2, 1)
         self.body = nn.Sequential(*stages)

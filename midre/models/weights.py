@@ -37,7 +37,8 @@ from ..errors import CheckpointError
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "state_dict_ema", "net", "weights")
 # torchvision's legacy DenseNet keys: "denselayer1.norm.1.weight" -> "denselayer1.norm1.weight"
-_DENSENET_LEGACY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
+_DENSENET_LEGACY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.([12]\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -106,7 +107,8 @@ def _map_backbone_key(key: str, key_map: Mapping[str, str]) -> str:
     return "backbone." + key
 
 
-def to_classifier_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+def to_classifier_state(model: nn.Module, state: Mapping[str, torch.Tensor]
+                        ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Split a state dict into (classifier-layout non-head keys, head keys named ``head.*``)."""
     body: dict[str, torch.Tensor] = {}
     head: dict[str, torch.Tensor] = {}
