@@ -164,6 +164,18 @@ def _read_json_safe(path: Path) -> Any:
         return None
 
 
+def mark_sweep_rows(run_dir: Path, rows: list[dict[str, Any]]) -> None:
+    """In a sweep directory (sweep.json), label each row with its trial's grid values ('_grid')."""
+    sw = _read_json_safe(run_dir / "sweep.json")
+    if not isinstance(sw, dict):
+        return
+    keys = [k for k in sw.get("grid_keys", []) if isinstance(k, str)]
+    for r in rows:
+        parts = [f"{k.split('.')[-1]}={r[k]}" for k in keys if k in r and not is_missing(r[k])]
+        if parts:
+            r["_grid"] = ", ".join(parts)
+
+
 def artefact_dir(run_dir: Path) -> tuple[Path, str]:
     """Where checkpoints / reconstructions live: the run itself, or for a multi-seed study (no
     ``targets/`` but ``seed-<s>/`` pipelines) its first seed's directory, with a note saying so."""
@@ -299,6 +311,15 @@ def settings_summary(run_dir: Path) -> list[tuple[str, str]]:
                 else:
                     parts.append(str(a))
             items.append(("attacks", "; ".join(parts)))
+    sw = _read_json_safe(run_dir / "sweep.json")
+    if isinstance(sw, dict) and isinstance(sw.get("trials"), list):
+        tr = sw["trials"]
+        done = sum(1 for t in tr if isinstance(t, dict) and t.get("status") == "done")
+        items.append(("sweep", f"{len(tr)} trials over {', '.join(sw.get('grid_keys', [])) or '—'}; backend "
+                               f"{sw.get('backend', '—')}; {done}/{len(tr)} done"))
+        for t in tr:
+            if isinstance(t, dict) and t.get("status") == "failed":
+                items.append((str(t.get("name")), f"FAILED: {str(t.get('error') or '').splitlines()[0][:160]}"))
     run = _read_json_safe(run_dir / "run.json")
     if isinstance(run, dict):
         timings = run.get("timings")
@@ -347,6 +368,8 @@ def attack_tables(rows: Sequence[dict[str, Any]]) -> dict[str, tuple[list[str], 
             d = str(r.get("defense") or "")
             if d and d != name:
                 name = f"{name} ({d})"
+            if r.get("_grid"):
+                name = f"{name} [{r['_grid']}]"
             line = [name, fmt_pm(r.get("acc"), r.get("acc_std")), fmt_pm(r.get("attack_top1"), r.get("attack_top1_std")), ci,
                     fmt_pm(r.get("attack_top5"), r.get("attack_top5_std")), fmt(r.get("knn")), fmt(r.get("fid_eval")),
                     fmt(delta) if not isinstance(delta, str) else delta]
@@ -400,18 +423,19 @@ def plot_privacy_utility(rows: Sequence[dict[str, Any]], path: Path) -> Optional
     if not pts:
         return None
     plt = _plt()
-    targets = list(dict.fromkeys(str(r.get("target")) for r in pts))
+    lab = lambda r: str(r.get("target")) + (f" [{r['_grid']}]" if r.get("_grid") else "")  # noqa: E731
+    targets = list(dict.fromkeys(lab(r) for r in pts))
     attacks = list(dict.fromkeys(str(r.get("attack")) for r in pts))
     markers = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">"]
     cmap = plt.get_cmap("tab10")
     fig, ax = plt.subplots(figsize=(7.5, 5.2))
     for r in pts:
-        ti, ai = targets.index(str(r.get("target"))), attacks.index(str(r.get("attack")))
+        ti, ai = targets.index(lab(r)), attacks.index(str(r.get("attack")))
         std = to_number(r.get("attack_top1_std"))
         yerr = None if is_missing(std) or isinstance(std, str) else std
         ax.errorbar(r["acc"], r["attack_top1"], yerr=yerr, fmt=markers[ai % len(markers)], color=cmap(ti % 10),
                     markersize=9, capsize=3, markeredgecolor="black", markeredgewidth=0.6)
-        ax.annotate(str(r.get("target")), (r["acc"], r["attack_top1"]), textcoords="offset points", xytext=(7, 5),
+        ax.annotate(lab(r), (r["acc"], r["attack_top1"]), textcoords="offset points", xytext=(7, 5),
                     fontsize=9)
     from matplotlib.lines import Line2D
 
@@ -575,6 +599,7 @@ def write_report(run_dir: str | Path, *, max_identities: int = 8, splits: Any = 
     if not run_dir.is_dir():
         raise RunDirError(f"run directory '{run_dir}' not found; give the --out directory of `midre run`")
     rows = load_results(run_dir)
+    mark_sweep_rows(run_dir, rows)
     art_dir, study_note = artefact_dir(run_dir)
     recs_available = attack_dirs(art_dir)
     if not rows and not recs_available and not target_dirs(art_dir):
@@ -609,8 +634,9 @@ def write_report(run_dir: str | Path, *, max_identities: int = 8, splits: Any = 
         tabs = attack_tables(rows)
         t_md, t_html = [], []
         for a, (head, body) in tabs.items():
-            t_md.append(f"### Attack: {a}\n\n" + md_table(head, body))
-            t_html.append(f"<h3>Attack: {html.escape(a)}</h3>" + html_table(head, body))
+            h3 = f"Attack: {a}" if a.strip() and a != DASH else "No attack run (natural accuracy only)"
+            t_md.append(f"### {h3}\n\n" + md_table(head, body))
+            t_html.append(f"<h3>{html.escape(h3)}</h3>" + html_table(head, body))
         note = ("Acc: natural test accuracy; AttAcc: share of reconstructions the evaluation model assigns to the "
                 "attacked identity (mean ± std over repeats, %); KNN: nearest private-feature distance; Δ: "
                 "(AttAcc drop)/(Acc drop) vs NoDef, OP = defended model more accurate; "

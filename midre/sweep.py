@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from .errors import ArgumentError, ConfigError, MidreError, RunDirError
-from .utils import atomic_write_json, config_hash, make_progress, read_json
+from .utils import atomic_write_json, atomic_write_text, config_hash, make_progress, read_json
 
 SWEEP_KEYS = ("grid", "trials", "num_cpus", "num_gpus", "backend")
 BACKENDS = ("local", "ray")
@@ -295,6 +295,9 @@ def run_sweep(config: Any, out_dir: str | Path, backend: Optional[str] = None, a
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     old = _check_state(out_dir, spec) if resume else {}
+    import yaml
+
+    atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(raw, sort_keys=False, default_flow_style=None, width=110))
     rows_by_trial: dict[int, list[dict]] = {}
     todo = []
     for t in spec.trials:
@@ -334,6 +337,13 @@ def run_sweep(config: Any, out_dir: str | Path, backend: Optional[str] = None, a
         else:
             _run_ray(spec, todo, configs, out_dir, address, resume, runner, finish, lambda: prog.advance(task))
     rows, path = _write_table(out_dir, spec, rows_by_trial)
+    report = spec.base.get("report") if isinstance(spec.base.get("report"), dict) else {}
+    if rows and report.get("enabled", True):
+        from .report import write_report
+
+        write_report(out_dir, max_identities=int(report.get("max_identities", 8)),
+                     title=report.get("title") or f"midre sweep: {spec.base.get('name', out_dir.name)} "
+                                                   f"({len(spec.trials)} trials)")
     return SweepResult(out_dir=out_dir, trials=spec.trials, rows=rows, results_csv=path)
 
 

@@ -28,6 +28,14 @@ def test_expand_grid_and_parse():
     cfg = trial_config(spec.base, spec.trials[2].params)
     assert cfg["seed"] == 5 and cfg["targets"][1]["defense"]["area"] == 0.8
     assert BASE["targets"][1]["defense"]["area"] == 0.4          # the base is never mutated
+    # the shipped example sweep parses and every trial is a valid config
+    from midre.config import load_config
+    from midre.sweep import _load_raw
+
+    ex = parse_sweep(_load_raw("sweeps/area-seeds"))
+    assert len(ex.trials) == 12 and ex.num_cpus == 2
+    for t in ex.trials[:2]:
+        load_config(trial_config(ex.base, t.params), check=False)
 
 
 @pytest.mark.parametrize("sweep, match", [
@@ -94,6 +102,11 @@ def test_local_sweep_runs_collects_and_resumes(tmp_path):
     state = json.loads((out / "sweep.json").read_text())
     assert [t["status"] for t in state["trials"]] == ["done", "done"]
     assert json.loads((out / "results.json").read_text())[0]["trial"] == "trial-0"
+    # the sweep directory renders as a report with the grid values in the labels
+    from midre.report import write_report
+
+    md = write_report(out)[0].read_text()
+    assert "| midre [area=0.5] |" in md and "2 trials over targets.1.defense.area" in md
 
     # resume: finished trials are skipped (the runner is never called), the table is identical
     calls = []

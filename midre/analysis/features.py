@@ -322,7 +322,15 @@ def feature_analysis(run_dir: str | Path, targets: Optional[Sequence[str]] = Non
     return result
 
 
-analyze_features = feature_analysis   # the name midre.pipeline looks up
+def analyze_features(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
+    """:func:`feature_analysis` then, when the run already has a report, re-render it with the figure
+    (the hook :mod:`midre.pipeline` calls for ``analyses.features: true``)."""
+    res = feature_analysis(run_dir, **kwargs)
+    if (Path(run_dir) / "report.html").exists():
+        from ..report import write_report
+
+        write_report(run_dir, splits=kwargs.get("splits"))
+    return res
 
 
 def _nan_to_none(o: Any) -> Any:
