@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from midre.data.base import TensorImageSet
 from midre.defenses import DEFENSES, Compose, StepContext, TrainContext, build_defense
-from midre.defenses.bido import BiDO, coco, evenly_spaced, gaussian_kernel, hsic
+from midre.defenses.bido import BiDO, coco, evenly_spaced, gaussian_kernel, hsic, nhsic
 from midre.defenses.dp import DPSGD
 from midre.defenses.mid import MID, VIBHead, gaussian_kl
 from midre.defenses.mirad import MIRAD
@@ -177,10 +177,22 @@ def test_gaussian_kernel_bandwidth_scales_with_dimension():
     assert K[0, 0].item() == pytest.approx(1.0)
 
 
-def test_bido_regularizer_value_over_hooked_blocks():
+def test_normalised_hsic_hand_value():
+    # n = 2: K_c = (1 - a) H, H a rank-1 projection, so R = c / (c + eps) H with eps = 1e-5 * n
+    a, b, eps = 0.2, 0.5, 2e-5
+    K = torch.tensor([[1.0, a], [a, 1.0]], dtype=torch.float64)
+    L = torch.tensor([[1.0, b], [b, 1.0]], dtype=torch.float64)
+    c, d = 1 - a, 1 - b
+    assert nhsic(K, L).item() == pytest.approx(c * d / ((c + eps) * (d + eps)), rel=1e-9)
+    # scale invariance (the reason the reference lambdas work for any layer width)
+    assert nhsic(0.01 * K, L).item() == pytest.approx(nhsic(K, L).item(), rel=1e-2)
+
+
+@pytest.mark.parametrize("measure,y_kernel", [("hsic", "linear"), ("hsic_plain", "gaussian"), ("coco", "linear")])
+def test_bido_regularizer_value_over_hooked_blocks(measure, y_kernel):
     assert evenly_spaced(3) == [0, 1, 2] and evenly_spaced(5) == [0, 2, 4] and evenly_spaced(2) == [0, 1]
     torch.manual_seed(0)
-    d = BiDO(lambda_x=0.05, lambda_y=0.5, sigma=5.0)
+    d = BiDO(lambda_x=0.05, lambda_y=0.5, sigma=5.0, measure=measure, y_kernel=y_kernel)
     model = _tiny()
     d.prepare(TrainContext(model=model, train_set=None))
     acts = {}
@@ -192,11 +204,14 @@ def test_bido_regularizer_value_over_hooked_blocks():
     for h in hs:
         h.remove()
     onehot = F.one_hot(y, 4).float()
+    fn = {"hsic": nhsic, "hsic_plain": hsic, "coco": coco}[measure]
     Kx = gaussian_kernel(x.flatten(1), 5.0)
-    Ky = gaussian_kernel(onehot, 5.0)
-    expected = sum(0.05 * hsic(Kx, gaussian_kernel(acts[j].flatten(1), 5.0))
-                   - 0.5 * hsic(gaussian_kernel(acts[j].flatten(1), 5.0), Ky) for j in [0, 1, 2])
-    assert torch.allclose(reg, expected, atol=1e-6)
+    Ky = onehot @ onehot.T if y_kernel == "linear" else gaussian_kernel(onehot, 5.0)
+    expected = 0.0
+    for j in [0, 1, 2]:
+        Kz = gaussian_kernel(acts[j].flatten(1), 5.0)
+        expected = expected + 0.05 * fn(Kz, Kx) - 0.5 * fn(Kz, Ky)
+    assert torch.allclose(reg, expected, rtol=1e-4, atol=1e-7)
     reg.backward()
     assert model.blocks[0][0].weight.grad is not None and model.blocks[0][0].weight.grad.abs().sum() > 0
     # eval mode / no grad: nothing is recorded
@@ -461,9 +476,10 @@ def test_dp_training_reports_epsilon_and_saves_unwrapped_model(tmp_path):
     from midre.checkpoint import load_model
 
     d = build_defense({"name": "dp", "noise_multiplier": 1.0, "max_grad_norm": 1.0, "delta": 1e-3})
-    res = train_classifier(_tiny(), _set(32, 4), None, defense=d, config=_cfg(epochs=2, batch_size=8),
+    res = train_classifier(_tiny(), _set(32, 4), None, defense=d, config=_cfg(epochs=2, batch_size=8, amp=True),
                            out_dir=tmp_path / "dp", progress=False)
     rep = res.defense_report
+    assert res.meta["train_config"]["amp"] is False            # DP-SGD clips float32 per-sample gradients
     assert rep["delta"] == 1e-3 and rep["noise_multiplier"] == 1.0 and rep["max_grad_norm"] == 1.0
     assert rep["epsilon"] is not None and 0 < rep["epsilon"] < math.inf
     # the accountant of Opacus' engine (counting the real optimizer steps) agrees

@@ -11,14 +11,18 @@ Definitions used here (all on flattened tensors, one row per sample, n = batch s
 
 - Gaussian kernel ``k(a, b) = exp(-||a - b||^2 / (2 sigma^2 d))`` with ``d`` the row dimension -- the
   bandwidth scales with the width of the layer, as in the HSIC-bottleneck code BiDO builds on, so one
-  ``sigma`` fits layers of any size.  ``Y`` enters as one-hot rows (Gaussian kernel by default,
-  ``y_kernel="linear"`` for ``Y Y^T``).
-- ``H = I - 11^T / n``.
-- ``measure="hsic"`` (default): the biased empirical HSIC ``tr(K H L H) / (n - 1)^2`` (Gretton 2005).
+  ``sigma`` fits layers of any size.  ``Y`` enters as one-hot rows with a linear kernel ``Y Y^T``
+  (``y_kernel="linear"``, the reference default) or the Gaussian kernel (``y_kernel="gaussian"``).
+  X and Z always use the Gaussian kernel.
+- ``H = I - 11^T / n``, ``K_c = K H``.
+- ``measure="hsic"`` (default): the HSIC *as the BiDO reference trains with it*, the normalised
+  (kernel-CCA) form ``sum(R_x * R_y^T) = tr(R_x R_y)`` with ``R = K_c (K_c + 1e-5 n I)^-1``.  It is
+  invariant to the kernel's scale; the reference lambdas (0.05, 0.5) are tuned for it.
+- ``measure="hsic_plain"``: the biased empirical HSIC ``tr(K H L H) / (n - 1)^2`` (Gretton et al.,
+  2005).  With sigma = 5 on wide layers the Gaussian kernels are almost constant and this value is
+  ~1e-6, so the reference lambdas make it a no-op: use it only with much larger lambdas.
 - ``measure="coco"``: ``sqrt(||(H K H)(H L H)||_F) / n`` -- the constrained-covariance form of the
-  reference code.
-- ``measure="nhsic"``: the reference code's normalised-CCA HSIC,
-  ``sum(R_x * R_y^T)`` with ``R = K_c (K_c + 1e-5 n I)^-1`` and ``K_c = K H``.
+  reference code (also small in value: BiDO-COCO has its own, larger lambdas).
 
 Layers: ``layers=None`` hooks 3 evenly spaced modules of ``model.blocks`` (first, middle, last);
 a list of indices into ``model.blocks`` selects others.  Hooks are installed in ``prepare`` and only
@@ -35,7 +39,7 @@ import torch.nn.functional as F
 from ..errors import ArgumentError
 from .base import DEFENSES, Defense, StepContext, TrainContext
 
-MEASURES = ("hsic", "coco", "nhsic")
+MEASURES = ("hsic", "hsic_plain", "coco")
 
 
 def gaussian_kernel(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -57,7 +61,7 @@ def _centering(n: int, device, dtype=torch.float32) -> torch.Tensor:
 
 
 def hsic(K: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
-    """Biased empirical HSIC of two kernel matrices: tr(K H L H) / (n - 1)^2."""
+    """Plain (unnormalised) biased empirical HSIC of two kernel matrices: tr(K H L H) / (n - 1)^2."""
     n = K.shape[0]
     if n < 2:
         return K.new_zeros(())
@@ -84,7 +88,7 @@ def nhsic(K: torch.Tensor, L: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     return (Rx * Ry.T).sum()
 
 
-_MEASURE_FN = {"hsic": hsic, "coco": coco, "nhsic": nhsic}
+_MEASURE_FN = {"hsic": lambda K, L: nhsic(K, L), "hsic_plain": hsic, "coco": coco}
 
 
 def evenly_spaced(n_blocks: int, count: int = 3) -> list[int]:
@@ -103,7 +107,7 @@ class BiDO(Defense):
     name = "bido"
 
     def __init__(self, lambda_x: float = 0.05, lambda_y: float = 0.5, measure: str = "hsic", sigma: float = 5.0,
-                 layers: Optional[Sequence[int]] = None, y_kernel: str = "gaussian"):
+                 layers: Optional[Sequence[int]] = None, y_kernel: str = "linear"):
         for key, v in (("lambda_x", lambda_x), ("lambda_y", lambda_y), ("sigma", sigma)):
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise ArgumentError(f"bido: {key} must be a number, got {v!r}")
@@ -196,21 +200,23 @@ class BiDO(Defense):
             return None
         x = ctx.x.reshape(ctx.x.shape[0], -1)
         y = F.one_hot(ctx.y.long(), num_classes=ctx.logits.shape[1]).float()
-        total = ctx.logits.new_zeros((), dtype=torch.float32)
+        total = torch.zeros((), dtype=torch.float32, device=ctx.logits.device)
         hx_sum, hy_sum = 0.0, 0.0
-        for i in sorted(acts):
-            z = acts[i].reshape(acts[i].shape[0], -1)
-            hx = self.dependency(x, z)
-            hy = self.dependency(z, y, b_is_label=True)
-            total = total + self.lambda_x * hx - self.lambda_y * hy
-            hx_sum += float(hx.detach())
-            hy_sum += float(hy.detach())
+        # kernels, centring and inverses in float32 even inside the trainer's AMP region
+        with torch.autocast(device_type=ctx.logits.device.type, enabled=False):
+            for i in sorted(acts):
+                z = acts[i].reshape(acts[i].shape[0], -1)
+                hx = self.dependency(z, x)
+                hy = self.dependency(z, y, b_is_label=True)
+                total = total + self.lambda_x * hx - self.lambda_y * hy
+                hx_sum += float(hx.detach())
+                hy_sum += float(hy.detach())
         self.last_terms = {"dxz": hx_sum, "dzy": hy_sum}
         return total
 
 
 @DEFENSES.register("bido", family="baseline")
 def _bido(lambda_x: float = 0.05, lambda_y: float = 0.5, measure: str = "hsic", sigma: float = 5.0,
-          layers: Optional[Sequence[int]] = None, y_kernel: str = "gaussian") -> Defense:
+          layers: Optional[Sequence[int]] = None, y_kernel: str = "linear") -> Defense:
     """BiDO: CE + lambda_x * d(X, Z) - lambda_y * d(Z, Y) over hooked blocks (HSIC / COCO)."""
     return BiDO(lambda_x=lambda_x, lambda_y=lambda_y, measure=measure, sigma=sigma, layers=layers, y_kernel=y_kernel)

@@ -19,6 +19,8 @@ How it attaches here (Opacus' own "wrap, don't fork" pattern):
   the RDP accountant from (noise multiplier, sample rate, steps = finished epochs x steps per epoch),
   so it is also right after a resumed run.
 
+DP-SGD trains in float32: ``prepare`` turns the trainer's mixed precision off for the run (fp16 loss
+scaling would be clipped instead of the gradients); the saved ``train_config`` says ``amp: false``.
 Opacus' ``secure_mode`` is off: the noise comes from torch's RNG, which the trainer seeds, so runs are
 reproducible (turn to a cryptographic RNG for a production release).
 
@@ -120,6 +122,10 @@ class DPSGD(Defense):
     def prepare(self, ctx: TrainContext) -> None:
         cfg = ctx.config
         self._epochs = int(getattr(cfg, "epochs", 1) or 1)
+        if cfg is not None and getattr(cfg, "amp", False):
+            # per-sample clipping must see unscaled float32 gradients: fp16 loss scaling would be
+            # clipped instead of the gradients.  The run's own config copy records amp=false.
+            cfg.amp = False
 
     def on_epoch_start(self, epoch: int, epochs: int) -> None:
         self._epochs = epochs
@@ -130,6 +136,9 @@ class DPSGD(Defense):
 
         from opacus import PrivacyEngine
 
+        # Opacus' hooks fire on module outputs when the images need no gradient: expected, not a problem
+        warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed "
+                                "with respect to module outputs")
         with warnings.catch_warnings():   # secure_mode off on purpose: noise follows midre's seeds
             warnings.filterwarnings("ignore", message="Secure RNG turned off")
             engine = PrivacyEngine(accountant="rdp")
