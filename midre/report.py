@@ -387,13 +387,16 @@ def md_table(head: Sequence[str], body: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+_NUMERIC_CELL = re.compile(r"[-+0-9.,±\s\[\]%—]+|OP")
+
+
 def html_table(head: Sequence[str], body: Sequence[Sequence[str]]) -> str:
     h = "".join(f"<th>{html.escape(str(c))}</th>" for c in head)
     rows = []
     for row in body:
         cells = []
         for i, c in enumerate(row):
-            cls = ' class="num"' if i > 0 else ""
+            cls = ' class="num"' if i > 0 and _NUMERIC_CELL.fullmatch(str(c)) else ""
             cells.append(f"<td{cls}>{html.escape(str(c))}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table><thead><tr>{h}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
