@@ -729,7 +729,10 @@ class FixedErasing(BatchEraser):
 
     The region of image ``i`` is drawn from MIDRE's distribution with a generator keyed by
     ``(seed, i)`` (in chunks of indices), so it depends only on the seed and the dataset index, never on
-    the batch composition or the epoch; different images get independent regions.
+    the batch composition or the epoch; different images get independent regions.  The region is
+    fixed in the frame the eraser sees: under the trainer's random horizontal flip (applied before
+    ``transform_batch``) it is mirrored with the image half the time; train with ``hflip=False`` for a
+    region fixed on the image content.
     """
 
     needs_index = True
