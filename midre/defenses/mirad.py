@@ -6,12 +6,17 @@ and those of the LAST stage matter most.  Its three designs, each registered und
 
 - ``rolss`` -- Removal of Last Stage Skip-connections: the last stage's blocks compute ``f(x)`` only.
 - ``ssf``   -- Skip-connection Scaling Factor: the last stage's blocks compute ``f(x) + s * shortcut(x)``
-  with ``0 < s < 1`` (default ``scale = 0.5``, a midre choice; tune it per model).
+  with ``0 < s < 1`` (default ``scale = 0.6``, the value of the released code's ResNet-18 config; the
+  scale multiplies the whole shortcut, downsampling projection included, of every block of the stage).
 - ``tts``   -- Two-stage Training Scheme: training is split at ``switch`` (default 0.5 of the epochs);
   one stage trains with the modification (skip scale ``scale``, default 0 = RoLSS), the other without
   (scale 1).  ``order="modified_first"`` (default, as specified for midre) trains modified first and
   deploys the plain architecture; ``order="plain_first"`` trains plain first and deploys the modified
-  one.  The reference's text was not available offline; both orders are one parameter apart.
+  one.  TTS is not part of the released reference code and its paper text was not available
+  offline, so the order is a documented choice; both orders are one parameter apart.
+
+The released code expresses all of this as one skip factor per stage (e.g. ``[1, 1, 1, 0]`` for RoLSS,
+``[1, 1, 1, 0.6]`` for SSF on ResNet-18); ``stages=k`` here applies the factor to the last k stages.
 
 ``mirad`` builds any of them with ``mode="rolss" | "ssf" | "tts"``.  ``stages`` (default 1) is the
 number of final residual stages modified.  Works on every midre residual family (smallresnet,
@@ -83,9 +88,9 @@ class MIRAD(Defense):
                 raise ArgumentError(f"rolss removes the skip connections (scale 0); use 'ssf' to scale them by {scale}")
             scale = 0.0
         elif mode == "ssf":
-            scale = 0.5 if scale is None else float(scale)
+            scale = 0.6 if scale is None else float(scale)
             if not 0.0 < scale < 1.0:
-                raise ArgumentError(f"ssf: scale must lie in (0, 1) (e.g. 0.5), got {scale}; use 'rolss' for 0")
+                raise ArgumentError(f"ssf: scale must lie in (0, 1) (e.g. 0.6), got {scale}; use 'rolss' for 0")
         else:
             scale = 0.0 if scale is None else float(scale)
             if not 0.0 <= scale < 1.0:
@@ -150,7 +155,7 @@ def _rolss(stages: int = 1) -> Defense:
 
 
 @DEFENSES.register("ssf", family="baseline")
-def _ssf(scale: float = 0.5, stages: int = 1) -> Defense:
+def _ssf(scale: float = 0.6, stages: int = 1) -> Defense:
     """MI-RAD SSF: scale the last residual stage's skip connections by a factor in (0, 1)."""
     return MIRAD("ssf", scale=scale, stages=stages)
 

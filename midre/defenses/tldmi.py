@@ -25,6 +25,14 @@ How it works here (``prepare`` runs once before training):
    BatchNorm layers stay in eval mode (running statistics unchanged) through a forward pre-hook,
    since the trainer puts the whole model in train mode every epoch.
 3. Fine-tuning of the rest on private data with plain CE (this defense adds no loss term).
+
+Reference settings, for choosing ``freeze`` per model: the released TL-DMI code freezes the
+children ``0..freeze_layers`` (inclusive) of a feature stack -- VGG16-BN ``features`` up to index 26
+(blocks 1-3 and the first conv of block 4: 16 of its 26 conv/BN leaves, ``freeze ~= 0.62``),
+FaceNet64 (IR-50) body units 0-5 of 24 (``~= 0.25``), IR152 body units 0-46 of 50 (``~= 0.94``).
+Two differences, both deliberate: the reference meant to freeze the input layer too but a typo
+(``requries_grad``) left it trainable, and its frozen BatchNorms keep updating their running
+statistics; midre freezes what it says and keeps frozen BN layers in eval mode.
 """
 from __future__ import annotations
 
