@@ -487,6 +487,10 @@ def test_dp_training_reports_epsilon_and_saves_unwrapped_model(tmp_path):
     assert d.epsilon(steps=4) < rep["epsilon"]                           # more steps, more epsilon
     loaded, meta = load_model(tmp_path / "dp")
     assert meta["defense_report"]["epsilon"] == pytest.approx(rep["epsilon"])
+    # calling again on the finished run dir trains nothing and still reports the epsilon spent
+    again = train_classifier(_tiny(), _set(32, 4), None, defense=dict(d.spec()), config=_cfg(epochs=2, batch_size=8, amp=True),
+                             out_dir=tmp_path / "dp", progress=False)
+    assert again.defense_report["epsilon"] == pytest.approx(rep["epsilon"])
     assert not any(k.startswith("_module") for k in loaded.state_dict())
 
 

@@ -94,6 +94,7 @@ class DPSGD(Defense):
         self.poisson_sampling = poisson_sampling
         self._epochs: Optional[int] = None
         self._current_epoch: Optional[int] = None
+        self._resumed_epochs = 0
         self._sample_rate: Optional[float] = None
         self._steps_per_epoch = 0
         self._used_noise: Optional[float] = noise_multiplier
@@ -122,6 +123,16 @@ class DPSGD(Defense):
     def prepare(self, ctx: TrainContext) -> None:
         cfg = ctx.config
         self._epochs = int(getattr(cfg, "epochs", 1) or 1)
+        self._resumed_epochs = 0
+        if ctx.extra.get("resuming") and ctx.out_dir is not None:
+            # epochs already spent by the run being resumed (if this call trains none, report() still counts them)
+            import json
+            from pathlib import Path
+
+            try:
+                self._resumed_epochs = int(json.loads((Path(ctx.out_dir) / "model.json").read_text()).get("epoch", 0))
+            except (OSError, ValueError, TypeError):
+                self._resumed_epochs = 0
         if cfg is not None and getattr(cfg, "amp", False):
             # per-sample clipping must see unscaled float32 gradients: fp16 loss scaling would be
             # clipped instead of the gradients.  The run's own config copy records amp=false.
@@ -176,7 +187,7 @@ class DPSGD(Defense):
         # on_epoch_start(e) runs before epoch e; report() runs at the end of an epoch, so
         # e + 1 epochs of ``steps_per_epoch`` Poisson-sampled steps have been spent by then.
         if self._current_epoch is None:
-            return 0
+            return self._resumed_epochs * self._steps_per_epoch
         return (self._current_epoch + 1) * self._steps_per_epoch
 
     def report(self) -> dict[str, Any]:
