@@ -414,14 +414,14 @@ class _Pipeline:
             self.console.print(f"[bold cyan][{self._count}/{self.n_units}][/bold cyan] results -> {res.results_csv}")
             if stop_after == "results":
                 return self._stopped(res)
+            if cfg.analyses.features and cfg.attacks:
+                self._features()          # before the report, which shows its figure
             self._count += 1
             res.report = self._report()
-            if cfg.analyses.features:
-                self._features()
             res.complete = True
             self.state.data["complete"] = True
             self.state.save(status="complete")
-        except KeyboardInterrupt:
+        except BaseException:            # Ctrl-C, a failing stage, ...: the record says so; re-run resumes
             self.state.save(status="interrupted")
             raise
         return res
@@ -652,12 +652,10 @@ class _Pipeline:
         except ImportError:
             self.console.print("[yellow]    feature analysis not available; skipped[/yellow]")
             return
-        fn = getattr(F, "analyze_features", None) or getattr(F, "run_feature_analysis", None)
-        if fn is None:
-            return
         t0 = time.perf_counter()
         self.console.print("    feature-space analysis (paper 3.2)")
-        fn(self.run_dir)
+        seed_everything(derive_seed(self.cfg.seed, "features"))
+        F.feature_analysis(self.run_dir, splits=self.splits, seed=derive_seed(self.cfg.seed, "features"))
         self.state.stages["analysis/features"] = {"status": "done", "finished": _now(),
                                                   "seconds": round(time.perf_counter() - t0, 3)}
         self.state.save()

@@ -28,7 +28,7 @@ TINY = {
     "seed": 0,
     "device": "cpu",
     "dataset": {"name": "synthetic", "resolution": 32,
-                "options": {"num_private": 4, "num_public": 4, "images_per_id": 10}},
+                "options": {"num_private": 6, "num_public": 6, "images_per_id": 8}},
     "eval_model": {"arch": "smallcnn", "train": {"epochs": 1, "batch_size": 16}},
     "defaults": {"arch": "tinycnn", "train": {"epochs": 1, "batch_size": 16}},
     "targets": [{"name": "nodef", "defense": "nodef"},
@@ -208,11 +208,11 @@ def test_foreign_directory_and_fresh_start_refusals(tmp_path):
 @needs_gmi
 def test_identities_out_of_range_fail_before_training(tmp_path):
     raw = tiny()
-    raw["attacks"][0]["identities"] = "0-9"          # only 4 private identities
+    raw["attacks"][0]["identities"] = "0-9"          # only 6 private identities
     out = tmp_path / "run"
     with pytest.raises(ConfigError) as ei:
         run_pipeline(load_config(raw), out, progress=False)
-    assert "attacks[0].identities" in str(ei.value) and "4 classes" in str(ei.value)
+    assert "attacks[0].identities" in str(ei.value) and "6 classes" in str(ei.value)
     assert not (out / "eval").exists() and not (out / "targets").exists()
 
 

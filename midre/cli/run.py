@@ -79,14 +79,15 @@ def print_summary(res, cfg) -> None:
     from rich.table import Table
 
 
-    console = Console()
+    console = Console() if sys.stdout.isatty() else Console(width=160)   # files / pipes: no truncation
     rows = res.rows
     if rows:
         multi = bool(cfg.seeds)
         t = Table(title=f"midre results: {cfg.name}" + (f" (mean ± std over seeds {', '.join(map(str, res.seeds))})"
                                                           if multi else f" (seed {cfg.seed})"))
         for col in ("target", "defense", "attack", "Acc %", "AttAcc top-1 %", "top-5 %", "KNN", "FID_eval", "Δ"):
-            t.add_column(col, justify="left" if col in ("target", "defense", "attack") else "right")
+            t.add_column(col, justify="left" if col in ("target", "defense", "attack") else "right",
+                         no_wrap=col in ("target", "defense", "attack"))
         for r in rows:
             acc = fmt_pm(r.get("acc"), r.get("acc_std")) if multi else fmt(r.get("acc"))
             t.add_row(str(r.get("target", "")), str(r.get("defense", "")), str(r.get("attack", "")) or "—", acc,
