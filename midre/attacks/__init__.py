@@ -1,4 +1,22 @@
 """Model-inversion attacks behind one interface (see base.py): registry ATTACKS, build_attack,
-the Reconstructions artefact and the query oracle."""
+the Reconstructions artefact and the query oracle.
+
+=============  ===========  ============  ==========================================
+name           access       priors        paper
+=============  ===========  ============  ==========================================
+gmi            white-box    gan           Zhang et al. 2020
+kedmi          white-box    kedmi         Chen et al. 2021
+lomma_gmi      white-box    gan, lomma    Nguyen et al. 2023 (+ GMI)
+lomma_kedmi    white-box    kedmi, lomma  Nguyen et al. 2023 (+ KedMI)
+plgmi          white-box    cgan          Yuan et al. 2023
+brepmi         label-only   gan           Kahla et al. 2022
+=============  ===========  ============  ==========================================
+"""
 from .base import (ACCESS_LEVELS, ATTACKS, AccessError, Attack, QueryOracle, Reconstructions,  # noqa: F401
-                   adaptive_eraser_from_meta, build_attack)
+                   adaptive_eraser_from_meta, build_attack, logit_loss, max_margin_loss)
+from . import gmi, kedmi, lomma, plgmi, brepmi  # noqa: F401,E402  (register the attacks)
+from .gmi import GMI  # noqa: F401,E402
+from .kedmi import KedMI  # noqa: F401,E402
+from .lomma import LommaGMI, LommaKedMI  # noqa: F401,E402
+from .plgmi import PLGMI  # noqa: F401,E402
+from .brepmi import BREPMI  # noqa: F401,E402

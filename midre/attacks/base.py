@@ -228,23 +228,25 @@ ATTACKS: Registry[Callable[..., "Attack"]] = Registry("attack")
 
 
 class _FrozenTarget:
-    """Context manager: target in eval mode with parameters frozen (grads only w.r.t. inputs)."""
+    """Context manager: modules in eval mode with parameters frozen (grads only w.r.t. inputs/latents);
+    returns the first module.  Restores modes and flags on exit."""
 
-    def __init__(self, model: nn.Module):
-        self.model = model
+    def __init__(self, model: nn.Module, *others: nn.Module):
+        self.modules = [model, *others]
 
     def __enter__(self):
-        self._training = self.model.training
-        self._flags = [p.requires_grad for p in self.model.parameters()]
-        self.model.eval()
-        for p in self.model.parameters():
-            p.requires_grad_(False)
-        return self.model
+        self._saved = [(m.training, [p.requires_grad for p in m.parameters()]) for m in self.modules]
+        for m in self.modules:
+            m.eval()
+            for p in m.parameters():
+                p.requires_grad_(False)
+        return self.modules[0]
 
     def __exit__(self, *exc):
-        for p, f in zip(self.model.parameters(), self._flags):
-            p.requires_grad_(f)
-        self.model.train(self._training)
+        for m, (training, flags) in zip(self.modules, self._saved):
+            for p, f in zip(m.parameters(), flags):
+                p.requires_grad_(f)
+            m.train(training)
 
 
 class Attack:
@@ -363,7 +365,8 @@ class Attack:
         curves: list[list[float]] = []
         oracle: Optional[QueryOracle] = None
         t0 = time.perf_counter()
-        with _FrozenTarget(target) as model:
+        prior_modules = [m for p in priors.values() if hasattr(p, "modules") for m in p.modules()]
+        with _FrozenTarget(target, *prior_modules) as model:
             if self.access == "white-box":
                 access: Any = model
             elif self.access in ("black-box", "label-only"):
@@ -402,10 +405,12 @@ class Attack:
             imgs = torch.cat(images)
             ident = torch.cat(identity)
             with torch.no_grad():
-                conf = []
+                conf, hits = [], 0
                 for i in range(0, len(imgs), 256):
                     p = model(imgs[i:i + 256].to(dev)).float().softmax(1)
-                    conf.append(p.gather(1, ident[i:i + 256].to(dev)[:, None]).squeeze(1).cpu())
+                    yb = ident[i:i + 256].to(dev)
+                    conf.append(p.gather(1, yb[:, None]).squeeze(1).cpu())
+                    hits += int((p.argmax(1) == yb).sum())
         seconds = time.perf_counter() - t0
         n_it = min((len(c) for c in curves), default=0)
         loss_curve = [float(sum(c[i] for c in curves) / len(curves)) for i in range(n_it)]
@@ -427,6 +432,7 @@ class Attack:
             "adaptive": adaptive_eraser is not None,
             "adaptive_eraser": repr(adaptive_eraser) if adaptive_eraser is not None else None,
             "loss_curve": loss_curve,
+            "target_top1": 100.0 * hits / max(1, len(imgs)),
         }
         return Reconstructions(imgs, ident, torch.cat(repeat), torch.cat(conf), meta)
 
@@ -469,30 +475,13 @@ def logit_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def adaptive_eraser_from_meta(meta: Mapping[str, Any]) -> nn.Module:
-    """The batched eraser of the target's own defense (paper D.5), from its checkpoint metadata."""
-    from ..defenses.base import build_defense
+    """The batched eraser of the target's own defense (paper D.5), built from its checkpoint metadata."""
+    from ..defenses.midre import eraser_for
 
-    spec = meta.get("defense")
-    defense = build_defense(spec)
-    eraser = None
-    try:  # the MIDRE defense module exposes the helper
-        from ..defenses import midre as _m  # noqa: F401
-
-        helper = getattr(_m, "eraser_for", None)
-        if helper is not None:
-            try:
-                eraser = helper(defense)
-            except MidreError:
-                eraser = None
-    except ImportError:
-        pass
-    if eraser is None:
-        for d in defense.members():
-            cand = getattr(d, "eraser", None) or getattr(d, "batch_eraser", None)
-            if isinstance(cand, nn.Module):
-                eraser = cand
-                break
-    if eraser is None:
-        raise ArgumentError(f"the target's defense '{defense.name}' has no eraser, so --adaptive has nothing to "
-                            "apply; use --adaptive only against MIDRE / erasing targets")
-    return eraser
+    spec = meta.get("defense") if isinstance(meta, Mapping) else meta
+    try:
+        return eraser_for(spec, batched=True)
+    except ArgumentError:
+        name = spec.get("name") if isinstance(spec, Mapping) else spec
+        raise ArgumentError(f"the target's defense '{name or 'nodef'}' does not erase images, so --adaptive has "
+                            "nothing to apply; use --adaptive only against MIDRE / erasing targets") from None

@@ -1,0 +1,647 @@
+"""Attack priors trained on PUBLIC data only, cached in a directory and resumable.
+
+==========  ==========================================================================================
+kind        what it is (used by)
+==========  ==========================================================================================
+``gan``     DCGAN generator + critic trained with WGAN-GP on public images (GMI, BREP-MI, LOMMA+GMI)
+``kedmi``   inversion-specific GAN: (K+1)-output discriminator trained with the target's soft labels
+            on public images, generator by feature matching (KedMI, LOMMA+KedMI); one per target
+``cgan``    conditional GAN (conditional-BN generator, projection discriminator, hinge loss) on public
+            images pseudo-labelled by the target (top-k most confident per class) + alpha * the
+            target's max-margin loss on generated images (PLG-MI); one per target
+``lomma``   augmented models (other architectures distilled from the target on public data with KL to
+            its soft labels) + p_reg, the mean target penultimate feature of public images (LOMMA)
+==========  ==========================================================================================
+
+The target is only ever *queried on public images*; no private image reaches a prior (see
+:func:`assert_public_only`, used by ``midre attack``).
+
+Caching: ``train_prior`` stores a prior in ``out_dir/<kind>-<key>/`` where ``key`` hashes the kind, the
+public data (image bytes), the target's weights, the resolved config and the seed.  A second call with
+the same inputs loads it.  During training a resume state (weights, optimizer moments, RNG state,
+iteration) is written every ``ckpt_every`` iterations; an interrupted call continues from it and ends
+with the same weights as an uninterrupted one.
+
+Presets: ``"paper"`` = the 64 px CelebA settings of protocols.md; ``"quick"`` = scaled down for the
+embedded 32 px synthetic benchmark on 2 CPU cores (each prior trains in about a minute).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ArgumentError, CheckpointError, DataError, did_you_mean
+from .models.generators import (CondGenerator, DCGANDiscriminator, DCGANGenerator, ProjectionDiscriminator,
+                                build_gan_module)
+from .utils import atomic_path, atomic_write_json, config_hash, make_progress, resolve_device
+
+PRIOR_KINDS = ("gan", "kedmi", "cgan", "lomma")
+PRIOR_FORMAT = "midre-prior"
+
+
+class PriorConfig(BaseModel):
+    """Hyper-parameters of a prior (fields a kind does not use are ignored by it)."""
+
+    model_config = ConfigDict(extra="forbid")
+    iterations: int = Field(50000, ge=0)        # generator steps (GANs)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(2e-4, gt=0)
+    betas: tuple[float, float] = (0.5, 0.999)
+    n_critic: int = Field(5, ge=1)              # discriminator steps per generator step
+    gp_weight: float = Field(10.0, ge=0)         # WGAN-GP
+    z_dim: int = Field(100, ge=1)
+    width: int = Field(64, ge=4)
+    topk: int = Field(30, ge=1)                  # cgan: public images per class by pseudo-label
+    alpha: float = Field(0.2, ge=0)              # cgan: weight of the target's inversion loss
+    aug_archs: list[str] = ["efficientnet_b0", "efficientnet_b1", "efficientnet_b2"]   # lomma
+    distill_epochs: int = Field(20, ge=0)
+    distill_lr: float = Field(0.01, gt=0)
+    n_feature_images: int = Field(5000, ge=1)    # lomma: public images for p_reg
+    hflip: bool = True
+    ckpt_every: int = Field(500, ge=1)
+
+
+_PAPER: dict[str, dict[str, Any]] = {
+    # GMI trains its WGAN-GP prior with Adam 2e-4 (0.5, 0.999), batch 64, 5 critic steps per G step.
+    "gan": {"iterations": 50000, "z_dim": 100},
+    # KedMI GAN: 50k iterations, Adam 2e-4, betas (0.5, 0.999), batch 64 (protocols.md).
+    "kedmi": {"iterations": 50000, "z_dim": 100, "n_critic": 1},
+    # PLG-MI cGAN: top-30 per class, Adam 2e-4 betas (0, 0.9), alpha 0.2, 30k iterations, z 128.
+    "cgan": {"iterations": 30000, "z_dim": 128, "betas": (0.0, 0.9), "n_critic": 5, "topk": 30, "alpha": 0.2},
+    # LOMMA: EfficientNet-B0/B1/B2 distilled 20 epochs at lr 0.01; p_reg from 5000 public images.
+    "lomma": {"distill_epochs": 20, "distill_lr": 0.01, "n_feature_images": 5000},
+}
+_QUICK: dict[str, dict[str, Any]] = {
+    "gan": {"iterations": 300, "width": 32, "n_critic": 2, "batch_size": 64, "lr": 5e-4, "ckpt_every": 100},
+    "kedmi": {"iterations": 300, "width": 32, "n_critic": 1, "batch_size": 64, "lr": 5e-4, "ckpt_every": 100},
+    "cgan": {"iterations": 300, "z_dim": 128, "width": 32, "betas": (0.0, 0.9), "n_critic": 1, "topk": 20,
+             "alpha": 0.2, "batch_size": 64, "lr": 5e-4, "ckpt_every": 100},
+    "lomma": {"aug_archs": ["smallresnet"], "distill_epochs": 4, "distill_lr": 0.01, "n_feature_images": 5000,
+              "batch_size": 64},
+}
+PRESETS = {"paper": _PAPER, "quick": _QUICK}
+
+
+def prior_config(kind: str, preset: str = "paper", config: Any = None) -> PriorConfig:
+    """Resolve a kind's preset plus overrides (dict or PriorConfig) into a validated PriorConfig."""
+    _check_kind(kind)
+    if preset not in PRESETS:
+        raise ArgumentError(f"unknown prior preset '{preset}'{did_you_mean(preset, PRESETS)}; choose one of: "
+                            f"{', '.join(sorted(PRESETS))}")
+    base = dict(PRESETS[preset][kind])
+    if isinstance(config, PriorConfig):
+        over = config.model_dump(exclude_unset=True)
+    else:
+        over = dict(config or {})
+    allowed = list(PriorConfig.model_fields)
+    for k in over:
+        if k not in allowed:
+            raise ArgumentError(f"prior config has no key '{k}'{did_you_mean(k, allowed)}; keys: {', '.join(allowed)}")
+    try:
+        return PriorConfig(**{**base, **over})
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise ArgumentError(f"prior config '{'.'.join(str(p) for p in err['loc'])}': {err['msg']}") from None
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in PRIOR_KINDS:
+        raise ArgumentError(f"unknown prior kind '{kind}'{did_you_mean(kind, PRIOR_KINDS)}; choose one of: "
+                            f"{', '.join(PRIOR_KINDS)}")
+
+
+# ================================================================================ fingerprints
+def data_fingerprint(imageset: Any) -> str:
+    """sha256 of an image set's uint8 pixels and labels (identifies the data a prior was trained on)."""
+    ts = imageset.to_tensors()
+    h = hashlib.sha256()
+    h.update(str(tuple(ts.images.shape)).encode())
+    h.update(ts.images.contiguous().numpy().tobytes())
+    h.update(ts.targets.contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def model_fingerprint(model: Optional[nn.Module]) -> Optional[str]:
+    """sha256 of a model's state dict (the cache key of per-target priors)."""
+    if model is None:
+        return None
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes() if v.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def _image_hashes(imageset: Any) -> set[bytes]:
+    ts = imageset.to_tensors()
+    flat = ts.images.reshape(len(ts.images), -1).contiguous().numpy()
+    return {hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in flat}
+
+
+def assert_public_only(public_set: Any, *private_sets: Any) -> None:
+    """Raise DataError if any image of the prior's data also appears in a private split.
+
+    A prior must only ever see public data (the pitfall of training the GAN on the private set).
+    """
+    pub = _image_hashes(public_set)
+    for ps in private_sets:
+        if ps is None:
+            continue
+        n = len(pub & _image_hashes(ps))
+        if n:
+            raise DataError(f"the public data for the prior shares {n} image(s) with the private data; "
+                            "priors must be trained on public identities only: choose another --public")
+
+
+# ================================================================================ the prior object
+@dataclass
+class Prior:
+    """A trained prior: generator / discriminator (GAN kinds), augmented models + p_reg (lomma)."""
+
+    kind: str
+    generator: Optional[nn.Module] = None
+    discriminator: Optional[nn.Module] = None
+    aug_models: list[nn.Module] = field(default_factory=list)
+    p_reg: Optional[torch.Tensor] = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def z_dim(self) -> int:
+        return int(self.generator.z_dim) if self.generator is not None else 0
+
+    def to(self, device: Any) -> "Prior":
+        for m in self.modules():
+            m.to(device).eval()
+        if self.p_reg is not None:
+            self.p_reg = self.p_reg.to(device)
+        return self
+
+    def modules(self) -> list[nn.Module]:
+        return [m for m in (self.generator, self.discriminator, *self.aug_models) if m is not None]
+
+    def state(self) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        if self.generator is not None:
+            out.update({f"G.{k}": v for k, v in self.generator.state_dict().items()})
+        if self.discriminator is not None:
+            out.update({f"D.{k}": v for k, v in self.discriminator.state_dict().items()})
+        for i, m in enumerate(self.aug_models):
+            out.update({f"aug{i}.{k}": v for k, v in m.state_dict().items()})
+        if self.p_reg is not None:
+            out["p_reg"] = self.p_reg
+        return {k: v.detach().cpu().contiguous().clone() for k, v in out.items()}
+
+    def save(self, out_dir: str | Path) -> None:
+        from safetensors.torch import save_file
+
+        out = Path(out_dir)
+        with atomic_path(out / "prior.safetensors") as tmp:
+            save_file(self.state(), str(tmp), metadata={"format": PRIOR_FORMAT})
+        atomic_write_json(out / "prior.json", {"format": PRIOR_FORMAT, "kind": self.kind, **self.meta})
+
+    @classmethod
+    def load(cls, out_dir: str | Path) -> "Prior":
+        out = Path(out_dir)
+        js, st = out / "prior.json", out / "prior.safetensors"
+        if not js.exists() or not st.exists():
+            raise CheckpointError(f"no trained prior in '{out}'; train it with `midre attack` (it trains priors) "
+                                  "or midre.priors.train_prior")
+        try:
+            meta = json.loads(js.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise CheckpointError(f"'{js}' is corrupt; delete '{out}' to retrain the prior") from None
+        if meta.get("format") != PRIOR_FORMAT:
+            raise CheckpointError(f"'{js}' is not a midre prior; delete it or choose another --prior-dir")
+        state = _load_st(st)
+        kind = meta["kind"]
+        prior = cls(kind=kind, meta={k: v for k, v in meta.items() if k not in ("format", "kind")})
+        if meta.get("generator"):
+            prior.generator = _load_module(build_gan_module(meta["generator"]["class"], meta["generator"]["config"]),
+                                           state, "G.", st)
+        if meta.get("discriminator"):
+            prior.discriminator = _load_module(
+                build_gan_module(meta["discriminator"]["class"], meta["discriminator"]["config"]), state, "D.", st)
+        if meta.get("aug_models"):
+            from .models import create_model
+
+            for i, a in enumerate(meta["aug_models"]):
+                m = create_model(a["arch"], num_classes=int(a["num_classes"]), resolution=int(a["resolution"]))
+                prior.aug_models.append(_load_module(m, state, f"aug{i}.", st))
+        if "p_reg" in state:
+            prior.p_reg = state["p_reg"]
+        return prior.to("cpu")
+
+
+def _load_st(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"'{path}' is truncated or corrupt ({str(e)[:60]}); delete its directory to retrain") from None
+
+
+def _load_module(m: nn.Module, state: dict[str, torch.Tensor], prefix: str, where: Path) -> nn.Module:
+    sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    try:
+        m.load_state_dict(sub, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"'{where}' does not match its metadata ({str(e).splitlines()[0][:80]}); "
+                              "delete its directory to retrain") from None
+    return m.eval()
+
+
+# ================================================================================ resume state
+def _flat_opt(opt: torch.optim.Optimizer, prefix: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    sd = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            tensors[f"{prefix}.{pid}.{k}"] = (v if isinstance(v, torch.Tensor) else torch.tensor(v)).detach().cpu().clone()
+    return tensors, {"param_groups": sd["param_groups"]}
+
+
+def _restore_opt(opt: torch.optim.Optimizer, prefix: str, tensors: dict[str, torch.Tensor], info: dict) -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for k, v in tensors.items():
+        if k.startswith(prefix + "."):
+            _, pid, name = k.split(".", 2)
+            state.setdefault(int(pid), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": info["param_groups"]})
+
+
+class _Resume:
+    """Resume state of a GAN training: modules + optimizers + RNG + iteration, in safetensors + JSON."""
+
+    def __init__(self, root: Path):
+        self.st, self.js = root / "state.safetensors", root / "state.json"
+
+    def save(self, it: int, modules: dict[str, nn.Module], opts: dict[str, torch.optim.Optimizer],
+             gen: torch.Generator, extra: Optional[dict[str, torch.Tensor]] = None) -> None:
+        from safetensors.torch import save_file
+
+        tensors: dict[str, torch.Tensor] = {"rng": gen.get_state().clone()}
+        info: dict[str, Any] = {"iteration": it, "opts": {}}
+        for name, m in modules.items():
+            tensors.update({f"{name}.{k}": v.detach().cpu().contiguous().clone() for k, v in m.state_dict().items()})
+        for name, o in opts.items():
+            t, i = _flat_opt(o, f"opt_{name}")
+            tensors.update(t)
+            info["opts"][name] = i
+        for k, v in (extra or {}).items():
+            tensors[f"extra.{k}"] = v.detach().cpu().contiguous().clone()
+        with atomic_path(self.st) as tmp:
+            save_file(tensors, str(tmp))
+        atomic_write_json(self.js, info)
+
+    def load(self, modules: dict[str, nn.Module], opts: dict[str, torch.optim.Optimizer],
+             gen: torch.Generator) -> tuple[int, dict[str, torch.Tensor]]:
+        if not (self.st.exists() and self.js.exists()):
+            return 0, {}
+        try:
+            info = json.loads(self.js.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return 0, {}
+        tensors = _load_st(self.st)
+        for name, m in modules.items():
+            _load_module(m, tensors, f"{name}.", self.st).train()
+        for name, o in opts.items():
+            _restore_opt(o, f"opt_{name}", tensors, info["opts"][name])
+        gen.set_state(tensors["rng"])
+        extra = {k[len("extra."):]: v for k, v in tensors.items() if k.startswith("extra.")}
+        return int(info["iteration"]), extra
+
+    def clear(self) -> None:
+        self.st.unlink(missing_ok=True)
+        self.js.unlink(missing_ok=True)
+
+
+# ================================================================================ training
+class _Data:
+    """Public images on the device, sampled with an explicit generator (random index + hflip)."""
+
+    def __init__(self, public_set: Any, device: torch.device, hflip: bool):
+        ts = public_set.to_tensors()
+        self.images = ts.images.to(device)
+        self.n = len(ts.images)
+        self.hflip = hflip
+        self.device = device
+
+    def sample(self, bs: int, gen: torch.Generator, pool: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Random batch; returns (images, positions) where positions index ``pool`` when given."""
+        if pool is None:
+            pos = idx = torch.randint(self.n, (bs,), generator=gen)
+        else:
+            pos = torch.randint(len(pool), (bs,), generator=gen)
+            idx = pool[pos]
+        x = self.images[idx.to(self.device)].float().div_(255.0)
+        if self.hflip:
+            flip = (torch.rand(bs, generator=gen) < 0.5).to(self.device)
+            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+        return x, pos
+
+    def all_batches(self, bs: int):
+        for i in range(0, self.n, bs):
+            yield self.images[i:i + bs].float().div_(255.0)
+
+
+def _noise(gen: torch.Generator, n: int, d: int, device: torch.device) -> torch.Tensor:
+    return torch.randn(n, d, generator=gen).to(device)
+
+
+def _gradient_penalty(D: nn.Module, real: torch.Tensor, fake: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    eps = torch.rand(real.shape[0], 1, 1, 1, generator=gen).to(real.device)
+    xh = (eps * real + (1 - eps) * fake).requires_grad_(True)
+    g, = torch.autograd.grad(D(xh).sum(), xh, create_graph=True)
+    return ((g.flatten(1).norm(dim=1) - 1) ** 2).mean()
+
+
+@torch.no_grad()
+def _target_probs(target: nn.Module, data: _Data, bs: int = 256) -> torch.Tensor:
+    return torch.cat([target(x).float().softmax(1) for x in data.all_batches(bs)])
+
+
+def _gan_loop(kind: str, cfg: PriorConfig, data: _Data, target: Optional[nn.Module], root: Path,
+              gen: torch.Generator, progress: bool, until: Optional[int]) -> tuple[nn.Module, nn.Module, dict]:
+    dev = data.device
+    res, ch = int(data.images.shape[-1]), int(data.images.shape[1])
+    extra_meta: dict[str, Any] = {}
+    if kind == "gan":
+        G = DCGANGenerator(cfg.z_dim, res, ch, cfg.width)
+        D = DCGANDiscriminator(res, ch, cfg.width, 1)
+    elif kind == "kedmi":
+        K = int(target.num_classes)
+        G = DCGANGenerator(cfg.z_dim, res, ch, cfg.width)
+        D = DCGANDiscriminator(res, ch, cfg.width, K + 1)
+        soft = _target_probs(target, data)
+    else:  # cgan
+        K = int(target.num_classes)
+        G = CondGenerator(K, cfg.z_dim, res, ch, cfg.width)
+        D = ProjectionDiscriminator(K, res, ch, cfg.width)
+        probs = _target_probs(target, data)
+        k = min(cfg.topk, data.n)
+        top = probs.topk(k, dim=0).indices.T.cpu()                     # (K, k) public indices per class
+        pool_idx, pool_lab = top.reshape(-1), torch.arange(K).repeat_interleave(k)
+        extra_meta["pseudo_label_confidence"] = float(probs.topk(k, dim=0).values.mean())
+    G.to(dev).train()
+    D.to(dev).train()
+    optG = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=cfg.betas)
+    optD = torch.optim.Adam(D.parameters(), lr=cfg.lr, betas=cfg.betas)
+    resume = _Resume(root)
+    start, _ = resume.load({"G": G, "D": D}, {"G": optG, "D": optD}, gen)
+    stop = cfg.iterations if until is None else min(cfg.iterations, until)
+    bs = cfg.batch_size
+    last: dict[str, float] = {}
+    with make_progress(progress) as prog:
+        task = prog.add_task(f"prior {kind}", total=cfg.iterations, completed=start, status="")
+        for it in range(start, stop):
+            for _ in range(cfg.n_critic):
+                if kind == "cgan":
+                    real, j = data.sample(bs, gen, pool_idx)      # top-k pseudo-labelled public images
+                    y_real = pool_lab[j].to(dev)
+                else:
+                    real, _i = data.sample(bs, gen)
+                z = _noise(gen, bs, cfg.z_dim, dev)
+                if kind == "gan":
+                    with torch.no_grad():
+                        fake = G(z)
+                    d_loss = D(fake).mean() - D(real).mean() + cfg.gp_weight * _gradient_penalty(D, real, fake, gen)
+                elif kind == "kedmi":
+                    with torch.no_grad():
+                        fake = G(z)
+                    lr_, lf_ = D.class_logits(real), D.class_logits(fake)
+                    lse_r, lse_f = lr_.logsumexp(1), lf_.logsumexp(1)
+                    sup = -(soft[_i.to(dev)] * F.log_softmax(lr_, 1)).sum(1).mean()   # target soft labels
+                    unsup = (F.softplus(lse_r) - lse_r).mean() + F.softplus(lse_f).mean()
+                    d_loss = sup + unsup
+                else:
+                    yf = torch.randint(K, (bs,), generator=gen).to(dev)
+                    with torch.no_grad():
+                        fake = G(z, yf)
+                    d_loss = F.relu(1 - D(real, y_real)).mean() + F.relu(1 + D(fake, yf)).mean()
+                optD.zero_grad(set_to_none=True)
+                d_loss.backward()
+                optD.step()
+            z = _noise(gen, bs, cfg.z_dim, dev)
+            for p in D.parameters():
+                p.requires_grad_(False)
+            if kind == "gan":
+                g_loss = -D(G(z)).mean()
+            elif kind == "kedmi":
+                real, _ = data.sample(bs, gen)
+                fake = G(z)
+                g_loss = (D.features(real).detach().mean(0) - D.features(fake).mean(0)).pow(2).mean()
+            else:
+                yf = torch.randint(K, (bs,), generator=gen).to(dev)
+                fake = G(z, yf)
+                g_loss = -D(fake, yf).mean()
+                if cfg.alpha > 0:
+                    from .attacks.base import max_margin_loss
+
+                    g_loss = g_loss + cfg.alpha * max_margin_loss(target(fake), yf).mean()
+            optG.zero_grad(set_to_none=True)
+            g_loss.backward()
+            optG.step()
+            for p in D.parameters():
+                p.requires_grad_(True)
+            if not (torch.isfinite(d_loss) and torch.isfinite(g_loss)):
+                from .errors import TrainingDivergedError
+
+                raise TrainingDivergedError(f"prior '{kind}' diverged at iteration {it} (NaN/inf loss); lower its lr "
+                                            f"or delete '{root}' to restart")
+            last = {"d_loss": float(d_loss.detach()), "g_loss": float(g_loss.detach())}
+            prog.update(task, advance=1, status=f"D {last['d_loss']:.3g} G {last['g_loss']:.3g}")
+            if (it + 1) % cfg.ckpt_every == 0 or it + 1 == stop:
+                resume.save(it + 1, {"G": G, "D": D}, {"G": optG, "D": optD}, gen)
+    extra_meta.update({"final_losses": last, "iterations_done": max(stop, start)})
+    return G.eval(), D.eval(), extra_meta
+
+
+def _lomma(cfg: PriorConfig, data: _Data, target: nn.Module, root: Path, gen: torch.Generator,
+           progress: bool, until: Optional[int]) -> tuple[list[nn.Module], torch.Tensor, dict]:
+    import math
+
+    from .models import create_model
+
+    dev = data.device
+    res = int(data.images.shape[-1])
+    K = int(target.num_classes)
+    with torch.no_grad():
+        n = min(cfg.n_feature_images, data.n)
+        sel = torch.randperm(data.n, generator=gen)[:n]
+        feats = [target.features(data.images[sel[i:i + 256].to(dev)].float().div_(255.0)).float()
+                 for i in range(0, n, 256)]
+        p_reg = torch.cat(feats).mean(0)
+    tarch = str(getattr(target, "arch", ""))
+    archs = [a for a in cfg.aug_archs if a.lower() != tarch.lower()]
+    if not archs:
+        raise ArgumentError(f"LOMMA needs augmented models of OTHER architectures than the target ('{tarch}'); "
+                            "set aug_archs to e.g. ['smallresnet']")
+    E = cfg.distill_epochs
+    models = [create_model(a, num_classes=K, resolution=res).to(dev) for a in archs]
+    opts = [torch.optim.SGD(m.parameters(), lr=cfg.distill_lr, momentum=0.9, weight_decay=1e-4) for m in models]
+    resume = _Resume(root)
+    # resume granularity: one epoch of one augmented model ("iteration" = epochs done over all models)
+    done = 0
+    if resume.js.exists():
+        done = json.loads(resume.js.read_text(encoding="utf-8")).get("iteration", 0)
+        cur = min(done // E, len(archs) - 1) if E else 0
+        done, _ = resume.load({f"aug{i}": m for i, m in enumerate(models)}, {"opt": opts[cur]}, gen)
+    steps = max(1, (data.n + cfg.batch_size - 1) // cfg.batch_size)
+    total_epochs = len(archs) * E
+    with make_progress(progress) as prog:
+        task = prog.add_task("prior lomma", total=total_epochs * steps, completed=done * steps, status="")
+        for e_all in range(done, total_epochs):
+            if until is not None and e_all >= until:
+                return [m.eval() for m in models], p_reg, {"incomplete": True}
+            ai, ep = divmod(e_all, E)
+            m, opt = models[ai], opts[ai]
+            for g_ in opt.param_groups:       # cosine schedule over the distillation epochs
+                g_["lr"] = cfg.distill_lr * 0.5 * (1 + math.cos(math.pi * ep / E))
+            m.train()
+            perm = torch.randperm(data.n, generator=gen)
+            for i in range(0, data.n, cfg.batch_size):
+                idx = perm[i:i + cfg.batch_size].to(dev)
+                x = data.images[idx].float().div_(255.0)
+                if data.hflip:
+                    flip = (torch.rand(len(idx), generator=gen) < 0.5).to(dev)
+                    x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+                with torch.no_grad():
+                    pt = target(x).float().softmax(1)
+                loss = F.kl_div(F.log_softmax(m(x).float(), 1), pt, reduction="batchmean")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                prog.update(task, advance=1, status=f"{archs[ai]} KL {float(loss.detach()):.3g}")
+            m.eval()
+            nxt = min((e_all + 1) // E, len(archs) - 1)
+            resume.save(e_all + 1, {f"aug{i}": mm for i, mm in enumerate(models)}, {"opt": opts[nxt]}, gen)
+    with torch.no_grad():   # agreement with the target on public images (distillation quality)
+        agree = []
+        for m in models:
+            hits = sum(int((m(x).argmax(1) == target(x).argmax(1)).sum()) for x in data.all_batches(256))
+            agree.append(100.0 * hits / data.n)
+    return [m.eval() for m in models], p_reg, {"aug_archs": archs, "aug_agreement": agree}
+
+
+def prior_key(kind: str, public_set: Any, target: Optional[nn.Module], cfg: PriorConfig, seed: int) -> str:
+    return config_hash({"kind": kind, "public": data_fingerprint(public_set), "target": model_fingerprint(target),
+                        "config": cfg.model_dump(), "seed": int(seed), "version": 1})
+
+
+def train_prior(kind: str, public_set: Any, target: Optional[nn.Module] = None, out_dir: Optional[str | Path] = None,
+                config: Any = None, preset: str = "paper", seed: int = 0, progress: bool = False,
+                device: Any = "auto", until: Optional[int] = None) -> Prior:
+    """Train (or load from the cache in ``out_dir``) a prior of ``kind`` on ``public_set`` only.
+
+    Parameters
+    ----------
+    kind : "gan" | "kedmi" | "cgan" | "lomma"
+    public_set : ImageSet of PUBLIC images (labels are ignored).
+    target : the target Classifier (needed by kedmi / cgan / lomma; queried on public images only).
+    out_dir : cache root; the prior lives in ``out_dir/<kind>-<key>``.  None = no cache, no resume.
+    config : dict / PriorConfig overriding the preset.
+    until : stop after this many generator iterations (lomma: epochs) and return None-trained state;
+        calling again resumes.  For time-boxed runs and resume tests.
+    """
+    _check_kind(kind)
+    cfg = prior_config(kind, preset, config)
+    if kind != "gan" and target is None:
+        raise ArgumentError(f"the '{kind}' prior is trained per target: pass target=")
+    if len(public_set) < 2:
+        raise DataError("the public set has fewer than 2 images; priors need public images (check --public)")
+    dev = resolve_device(device)
+    key = prior_key(kind, public_set, target, cfg, seed)
+    root = Path(out_dir) / f"{kind}-{key}" if out_dir is not None else None
+    if root is not None and (root / "prior.json").exists():
+        return Prior.load(root).to(dev)
+    tmp_root = root
+    if tmp_root is None:
+        import tempfile
+
+        tmp_root = Path(tempfile.mkdtemp(prefix="midre-prior-"))
+    gen = torch.Generator()
+    gen.manual_seed(int(seed))
+    data = _Data(public_set, dev, cfg.hflip)
+    t0 = time.perf_counter()
+    tgt_state = None
+    if target is not None:
+        tgt_state = (target.training, [p.requires_grad for p in target.parameters()])
+        target.to(dev).eval()
+        for p in target.parameters():
+            p.requires_grad_(False)
+    try:
+        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+            torch.manual_seed(int(seed))
+            meta: dict[str, Any] = {
+                "key": key, "config": cfg.model_dump(), "preset": preset, "seed": int(seed),
+                "public_fingerprint": data_fingerprint(public_set), "public_images": len(public_set),
+                "target_fingerprint": model_fingerprint(target), "resolution": int(data.images.shape[-1]),
+                "channels": int(data.images.shape[1]),
+            }
+            if kind in ("gan", "kedmi", "cgan"):
+                G, D, extra = _gan_loop(kind, cfg, data, target, tmp_root, gen, progress, until)
+                prior = Prior(kind, G, D)
+                meta["generator"] = {"class": type(G).__name__, "config": G.config}
+                meta["discriminator"] = {"class": type(D).__name__, "config": D.config}
+                complete = extra["iterations_done"] >= cfg.iterations
+            else:
+                models, p_reg, extra = _lomma(cfg, data, target, tmp_root, gen, progress, until)
+                prior = Prior(kind, aug_models=models, p_reg=p_reg)
+                meta["aug_models"] = [{"arch": m.arch, "num_classes": m.num_classes, "resolution": meta["resolution"]}
+                                      for m in models]
+                complete = not extra.get("incomplete", False)
+            meta.update(extra)
+            meta["seconds"] = time.perf_counter() - t0
+            meta["complete"] = complete
+            prior.meta = meta
+    finally:
+        if target is not None and tgt_state is not None:
+            target.train(tgt_state[0])
+            for p, f in zip(target.parameters(), tgt_state[1]):
+                p.requires_grad_(f)
+    if complete and root is not None:
+        prior.save(root)
+        _Resume(root).clear()
+    if out_dir is None:
+        import shutil
+
+        shutil.rmtree(tmp_root, ignore_errors=True)
+    return prior.to(dev)
+
+
+def load_prior(path: str | Path, device: Any = "cpu") -> Prior:
+    """Load a prior directory written by :func:`train_prior`."""
+    return Prior.load(path).to(resolve_device(device))
+
+
+def prepare_priors(attack: Any, public_set: Any, target: Optional[nn.Module], out_dir: Optional[str | Path] = None,
+                   preset: str = "paper", seed: int = 0, progress: bool = False, device: Any = "auto",
+                   configs: Optional[dict[str, Any]] = None) -> dict[str, Prior]:
+    """Train or load every prior an attack needs (``attack.prior_kinds``) -> {kind: Prior}.
+
+    ``configs`` maps a kind to overrides of its preset, e.g. ``{"gan": {"iterations": 100}}``.
+    """
+    from .utils import derive_seed
+
+    configs = dict(configs or {})
+    unknown = [k for k in configs if k not in PRIOR_KINDS]
+    if unknown:
+        raise ArgumentError(f"unknown prior kind '{unknown[0]}'{did_you_mean(unknown[0], PRIOR_KINDS)} in the prior "
+                            f"configs; choose from: {', '.join(PRIOR_KINDS)}")
+    out: dict[str, Prior] = {}
+    for kind in attack.prior_kinds:
+        out[kind] = train_prior(kind, public_set, None if kind == "gan" else target, out_dir=out_dir,
+                                config=configs.get(kind), preset=preset, seed=derive_seed(seed, "prior", kind),
+                                progress=progress, device=device)
+    return out
