@@ -80,6 +80,17 @@ def test_bad_hyper_parameters_are_one_line_errors(spec):
     assert "\n" not in str(e.value) and str(e.value)
 
 
+def test_numbers_written_as_yaml_strings_are_accepted():
+    # YAML 1.1 (and --defense-param delta=1e-5) reads "1e-5" as a string
+    assert build_defense({"name": "dp", "delta": "1e-5"}).delta == 1e-5
+    assert build_defense({"name": "mid", "beta": "3e-3", "k": "64"}).params() == {"beta": 0.003, "k": 64,
+                                                                              "sample_at_test": False}
+    assert build_defense({"name": "tldmi", "freeze": "2"}).freeze == 2
+    assert build_defense({"name": "tldmi", "freeze": "0.25"}).freeze == 0.25
+    with pytest.raises(ArgumentError, match="beta must be a number"):
+        build_defense({"name": "mid", "beta": "lots"})
+
+
 def test_unknown_parameter_suggests_the_right_one():
     with pytest.raises(ArgumentError, match="did you mean 'beta'"):
         build_defense({"name": "mid", "bta": 0.1})

@@ -37,6 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import ArgumentError
+from ._check import number
 from .base import DEFENSES, Defense, StepContext, TrainContext
 
 MEASURES = ("hsic", "hsic_plain", "coco")
@@ -108,9 +109,8 @@ class BiDO(Defense):
 
     def __init__(self, lambda_x: float = 0.05, lambda_y: float = 0.5, measure: str = "hsic", sigma: float = 5.0,
                  layers: Optional[Sequence[int]] = None, y_kernel: str = "linear"):
-        for key, v in (("lambda_x", lambda_x), ("lambda_y", lambda_y), ("sigma", sigma)):
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise ArgumentError(f"bido: {key} must be a number, got {v!r}")
+        lambda_x, lambda_y, sigma = (number("bido", k, v) for k, v in
+                                     (("lambda_x", lambda_x), ("lambda_y", lambda_y), ("sigma", sigma)))
         if lambda_x < 0 or lambda_y < 0:
             raise ArgumentError(f"bido: lambda_x and lambda_y must be >= 0 (e.g. 0.05 and 0.5), got {lambda_x}, {lambda_y}")
         if not sigma > 0:

@@ -31,10 +31,10 @@ from __future__ import annotations
 import math
 from typing import Any, Optional
 
-import torch
 import torch.nn as nn
 
 from ..errors import ArgumentError
+from ._check import number
 from .base import DEFENSES, Defense, TrainContext
 
 
@@ -65,16 +65,9 @@ class DPSGD(Defense):
 
     def __init__(self, noise_multiplier: Optional[float] = 1.0, max_grad_norm: float = 1.0, delta: float = 1e-5,
                  target_epsilon: Optional[float] = None, poisson_sampling: bool = True):
-        def num(key, v, allow_none=False):
-            if v is None and allow_none:
-                return None
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise ArgumentError(f"dp: {key} must be a number, got {v!r}")
-            return float(v)
-
-        noise_multiplier = num("noise_multiplier", noise_multiplier, allow_none=True)
-        target_epsilon = num("target_epsilon", target_epsilon, allow_none=True)
-        max_grad_norm, delta = num("max_grad_norm", max_grad_norm), num("delta", delta)
+        noise_multiplier = number("dp", "noise_multiplier", noise_multiplier, allow_none=True)
+        target_epsilon = number("dp", "target_epsilon", target_epsilon, allow_none=True)
+        max_grad_norm, delta = number("dp", "max_grad_norm", max_grad_norm), number("dp", "delta", delta)
         if target_epsilon is not None:
             if not target_epsilon > 0:
                 raise ArgumentError(f"dp: target_epsilon must be > 0 (e.g. 8), got {target_epsilon}")

@@ -24,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import ArgumentError
+from ._check import integer, number
 from .base import DEFENSES, Defense, StepContext
 
 
@@ -73,10 +74,10 @@ class MID(Defense):
     name = "mid"
 
     def __init__(self, beta: float = 0.003, k: int = 1024, sample_at_test: bool = False):
-        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not beta >= 0:
+        beta = number("mid", "beta", beta)
+        if not beta >= 0:
             raise ArgumentError(f"mid: beta must be a number >= 0 (e.g. 0.003), got {beta!r}")
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ArgumentError(f"mid: k (bottleneck size) must be an integer >= 1 (e.g. 1024), got {k!r}")
+        k = integer("mid", "k (bottleneck size)", k, 1)
         if not isinstance(sample_at_test, bool):
             raise ArgumentError(f"mid: sample_at_test must be true or false, got {sample_at_test!r}")
         self.beta = float(beta)

@@ -35,6 +35,7 @@ from typing import Any, Optional
 import torch.nn as nn
 
 from ..errors import ArgumentError
+from ._check import integer, number
 from .base import DEFENSES, Defense
 
 MODES = ("rolss", "ssf", "tts")
@@ -81,8 +82,7 @@ class MIRAD(Defense):
                  order: str = "modified_first"):
         if mode not in MODES:
             raise ArgumentError(f"mirad: mode must be one of {', '.join(MODES)}, got {mode!r}")
-        if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))):
-            raise ArgumentError(f"{mode}: scale must be a number, got {scale!r}")
+        scale = number(mode, "scale", scale, allow_none=True)
         if mode == "rolss":
             if scale not in (None, 0, 0.0):
                 raise ArgumentError(f"rolss removes the skip connections (scale 0); use 'ssf' to scale them by {scale}")
@@ -95,10 +95,9 @@ class MIRAD(Defense):
             scale = 0.0 if scale is None else float(scale)
             if not 0.0 <= scale < 1.0:
                 raise ArgumentError(f"tts: scale of the modified stage must lie in [0, 1), got {scale}")
-        if isinstance(stages, bool) or not isinstance(stages, int) or stages < 1:
-            raise ArgumentError(f"{mode}: stages (number of final residual stages to modify) must be an integer >= 1, "
-                                f"got {stages!r}")
-        if isinstance(switch, bool) or not isinstance(switch, (int, float)) or not 0.0 < switch < 1.0:
+        stages = integer(mode, "stages (number of final residual stages to modify)", stages, 1)
+        switch = number(mode, "switch", switch)
+        if not 0.0 < switch < 1.0:
             raise ArgumentError(f"{mode}: switch (fraction of epochs in the first stage) must lie in (0, 1), got {switch!r}")
         if order not in ORDERS:
             raise ArgumentError(f"{mode}: order must be one of {', '.join(ORDERS)}, got {order!r}")

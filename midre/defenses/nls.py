@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ArgumentError
+from ._check import number
 from .base import DEFENSES, Defense
 
 
@@ -40,9 +41,7 @@ class NLS(Defense):
     name = "nls"
 
     def __init__(self, alpha: float = -0.05, start: float = 0.5, end: float = 0.75):
-        for key, v in (("alpha", alpha), ("start", start), ("end", end)):
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise ArgumentError(f"nls: {key} must be a number, got {v!r}")
+        alpha, start, end = (number("nls", k, v) for k, v in (("alpha", alpha), ("start", start), ("end", end)))
         if not -1.0 <= alpha < 1.0:
             raise ArgumentError(f"nls: alpha must lie in [-1, 1) (negative for NLS, e.g. -0.05), got {alpha}")
         if not 0.0 <= start <= end <= 1.0:

@@ -43,6 +43,7 @@ import torch.nn as nn
 from torch.utils.data import Dataset
 
 from ..errors import ArgumentError, DataError
+from ._check import integer, number
 from .base import DEFENSES, Defense, TrainContext
 
 _BN = (nn.modules.batchnorm._BatchNorm,)
@@ -88,6 +89,11 @@ class TLDMI(Defense):
 
     def __init__(self, freeze: float | int = 0.5, pretrained: Optional[str] = None, pretrain_epochs: int = 10,
                  pretrain_lr: float = 0.01, pretrain_batch_size: int = 64, pretrain_optimizer: str = "sgd"):
+        if isinstance(freeze, str):
+            try:
+                freeze = int(freeze) if freeze.strip().lstrip("+-").isdigit() else float(freeze)
+            except ValueError:
+                pass
         if isinstance(freeze, bool) or not isinstance(freeze, (int, float)):
             raise ArgumentError(f"tldmi: freeze must be a fraction in [0, 1] (e.g. 0.5) or a number of blocks, got {freeze!r}")
         if isinstance(freeze, int) and freeze < 0:
@@ -97,12 +103,11 @@ class TLDMI(Defense):
                                 "give an integer to freeze whole blocks")
         if pretrained is not None and not isinstance(pretrained, str):
             raise ArgumentError(f"tldmi: pretrained must be a local file path, got {pretrained!r}")
-        if isinstance(pretrain_epochs, bool) or not isinstance(pretrain_epochs, int) or pretrain_epochs < 0:
-            raise ArgumentError(f"tldmi: pretrain_epochs must be an integer >= 0, got {pretrain_epochs!r}")
-        if isinstance(pretrain_lr, bool) or not isinstance(pretrain_lr, (int, float)) or not pretrain_lr > 0:
+        pretrain_epochs = integer("tldmi", "pretrain_epochs", pretrain_epochs, 0)
+        pretrain_lr = number("tldmi", "pretrain_lr", pretrain_lr)
+        if not pretrain_lr > 0:
             raise ArgumentError(f"tldmi: pretrain_lr must be > 0, got {pretrain_lr!r}")
-        if isinstance(pretrain_batch_size, bool) or not isinstance(pretrain_batch_size, int) or pretrain_batch_size < 1:
-            raise ArgumentError(f"tldmi: pretrain_batch_size must be an integer >= 1, got {pretrain_batch_size!r}")
+        pretrain_batch_size = integer("tldmi", "pretrain_batch_size", pretrain_batch_size, 1)
         if pretrain_optimizer not in ("sgd", "adam"):
             raise ArgumentError(f"tldmi: pretrain_optimizer must be 'sgd' or 'adam', got {pretrain_optimizer!r}")
         self.freeze = freeze
