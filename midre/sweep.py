@@ -266,7 +266,7 @@ def run_sweep(config: Any, out_dir: str | Path, backend: Optional[str] = None, a
         out_dir: sweep directory (``trial-<k>/`` per trial, ``sweep.json``, ``results.csv``).
         backend: ``local`` or ``ray`` (default: ``sweep.backend`` of the config, else local).
         address: Ray cluster address to join (``auto``, ``ray://host:10001``); None starts a local Ray.
-        resume: skip finished trials and resume unfinished ones (False: re-run every trial).
+        resume: skip finished trials and resume unfinished ones (False: refuse a directory holding a sweep).
         progress: show a progress bar over trials.
         runner: ``fn(raw_config, trial_dir, resume, progress, num_threads) -> {'rows', 'seconds'}``
             (default :func:`run_trial`, the real pipeline).
@@ -294,6 +294,9 @@ def run_sweep(config: Any, out_dir: str | Path, backend: Optional[str] = None, a
                 raise ConfigError(f"sweep trial {t.index} {t.params}: {e}") from None
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if not resume and (out_dir / "sweep.json").exists():
+        raise RunDirError(f"'{out_dir}' already holds a sweep; re-run without --no-resume to continue it, or "
+                          "choose a new --out")
     old = _check_state(out_dir, spec) if resume else {}
     import yaml
 

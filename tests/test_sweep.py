@@ -129,6 +129,8 @@ def test_local_sweep_runs_collects_and_resumes(tmp_path):
     other = {**BASE, "sweep": {"grid": {"targets.1.defense.area": [0.3]}}}
     with pytest.raises(RunDirError, match="different sweep"):
         run_sweep(other, out, progress=False)
+    with pytest.raises(RunDirError, match="already holds a sweep"):
+        run_sweep(BASE, out, resume=False, progress=False)
 
 
 def test_failed_trial_is_recorded_and_others_collected(tmp_path):

@@ -19,7 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--address", default=None, help="Ray cluster address (auto, ray://host:10001); default: local Ray")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a base-config key for every trial (YAML value), e.g. --set device=cpu")
-    p.add_argument("--restart", action="store_true", help="re-run finished trials too (default: resume)")
+    p.add_argument("--no-resume", action="store_true",
+                   help="refuse a DIR that already holds a sweep (default: resume it, skipping finished trials)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
@@ -38,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
             raise ArgumentError(f"--set '{item}' must look like KEY=VALUE, e.g. --set device=cpu")
         k, v = item.split("=", 1)
         set_override(raw, k.strip(), yaml.safe_load(v))
-    res = run_sweep(raw, args.out, backend=args.backend, address=args.address, resume=not args.restart,
+    res = run_sweep(raw, args.out, backend=args.backend, address=args.address, resume=not args.no_resume,
                     progress=not args.no_progress)
     con = Console(stderr=True, highlight=False)
     done = sum(t.status == "done" for t in res.trials)
