@@ -421,8 +421,11 @@ def _save_fig(fig, path: Path) -> Path:
 
 def plot_privacy_utility(rows: Sequence[dict[str, Any]], path: Path) -> Optional[Path]:
     """Natural accuracy (x) vs attack top-1 accuracy (y): one point per target and attack, std as error bars."""
-    pts = [r for r in rows if not is_missing(to_number(r.get("acc"))) and not is_missing(to_number(r.get("attack_top1")))
-           and not isinstance(to_number(r.get("acc")), str) and not isinstance(to_number(r.get("attack_top1")), str)]
+    pts = []
+    for r in rows:
+        acc, att = to_number(r.get("acc")), to_number(r.get("attack_top1"))
+        if not isinstance(acc, str) and not isinstance(att, str) and not is_missing(acc) and not is_missing(att):
+            pts.append({**r, "acc": acc, "attack_top1": att})
     if not pts:
         return None
     plt = _plt()
@@ -432,14 +435,19 @@ def plot_privacy_utility(rows: Sequence[dict[str, Any]], path: Path) -> Optional
     markers = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">"]
     cmap = plt.get_cmap("tab10")
     fig, ax = plt.subplots(figsize=(7.5, 5.2))
+    spots: dict[tuple[float, float], list[str]] = {}
     for r in pts:
         ti, ai = targets.index(lab(r)), attacks.index(str(r.get("attack")))
         std = to_number(r.get("attack_top1_std"))
         yerr = None if is_missing(std) or isinstance(std, str) else std
         ax.errorbar(r["acc"], r["attack_top1"], yerr=yerr, fmt=markers[ai % len(markers)], color=cmap(ti % 10),
                     markersize=9, capsize=3, markeredgecolor="black", markeredgewidth=0.6)
-        ax.annotate(lab(r), (r["acc"], r["attack_top1"]), textcoords="offset points", xytext=(7, 5),
-                    fontsize=9)
+        spots.setdefault((round(float(r["acc"]), 6), round(float(r["attack_top1"]), 6)), []).append(
+            lab(r) + (f" ({r.get('attack')})" if len(attacks) > 1 else ""))
+    for k, ((x, y), names) in enumerate(sorted(spots.items()) if len(spots) <= 8 else []):
+        # one label per position (coinciding points share it); alternate offsets for neighbours
+        ax.annotate(", ".join(dict.fromkeys(names)), (x, y), textcoords="offset points",
+                    xytext=(7, 6 if k % 2 == 0 else -13), fontsize=9)
     from matplotlib.lines import Line2D
 
     handles = [Line2D([], [], color=cmap(i % 10), marker="o", linestyle="", markersize=8, label=t)
@@ -714,9 +722,9 @@ def write_report(run_dir: str | Path, *, max_identities: int = 8, splits: Any = 
             from .analysis.features import overlap_table
 
             head, body = overlap_table(fj)
-            fnote = ("Mean over the attacked identities. ∩: share of the reconstructions' hull area (2-D PCA) "
-                     "inside the other group's hull; d: distance between group centroids in the full feature space "
-                     "divided by the RMS radius of the private features. Paper Sec. 3.2 expects recon to match "
+            fnote = ("∩: share of the reconstructions' hull area (2-D PCA, identities pooled) inside the other "
+                     "group's hull; d: distance between group centroids in the full feature space divided by the "
+                     "RMS radius of the private features (mean over identities). Paper Sec. 3.2 expects recon to match "
                      "private under NoDef and to lean towards RE-private under MIDRE.")
             feat_md = md_table(head, body) + f"\n\n_{fnote}_"
             feat_html = html_table(head, body) + f'<p class="note">{html.escape(fnote)}</p>'

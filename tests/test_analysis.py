@@ -72,6 +72,8 @@ def test_feature_analysis_detects_a_perfect_attack(run_identical):
         assert m["centroid"]["recon-private"] == pytest.approx(0.0, abs=1e-9)
         assert m["centroid"]["recon-re_private"] > 0
         assert info["closer_to"] == "private"
+        assert info["pooled"]["overlap"]["recon|private"] == pytest.approx(1.0, abs=1e-6)
+        assert info["pooled"]["n"]["recon"] == 18
         assert len(info["explained_variance"]) == 2
     # files: JSON (NaN -> null, valid JSON) and a PNG
     js = json.loads((run_identical / "analysis" / "features.json").read_text())
@@ -234,3 +236,37 @@ def test_cli_analyze_curve(tmp_path, capsys):
     assert (tmp_path / "figures" / "ae_curve.png").exists()
     assert json.loads((tmp_path / "analysis" / "ae_curve.json").read_text())["gmi"][0]["a_e"] == 0.0
     assert main(["analyze", "curve", str(tmp_path / "none")]) == 2
+
+
+@pytest.mark.slow
+def test_concealment_study_end_to_end(tmp_path, capsys):
+    """The whole study through the real pipeline (toy budgets): table rows for 0 % and one level."""
+    import copy
+
+    from test_report import TINY
+
+    from midre.cli import main
+
+    base = copy.deepcopy(TINY)
+    base["attacks"] = [{"name": "gmi", "preset": "quick", "params": {"iterations": 3, "batch_size": 8},
+                        "identities": "0-1", "repeats": 1}]
+    base["priors"] = {"preset": "quick", "params": {"gan": {"iterations": 2, "batch_size": 16, "ckpt_every": 1}}}
+    base["metrics"] = {"n_boot": 10, "fid": "none"}
+    import yaml
+
+    cfg = tmp_path / "base.yaml"
+    cfg.write_text(yaml.safe_dump(base))
+    out = tmp_path / "study"
+    assert main(["analyze", "concealment", str(cfg), "--out", str(out), "--levels", "20", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "| 0% | 0 |" in printed and "| 20% | 0.2 |" in printed
+    js = json.loads((out / "concealment.json").read_text())
+    assert js["attack"] == "gmi" and [r["concealment"] for r in js["rows"]] == [0, 20]
+    r20 = js["rows"][1]
+    for s in ("EE", "RE", "FE"):
+        assert 0 <= r20[f"{s}_acc"] <= 100 and 0 <= r20[f"{s}_attacc"] <= 100
+    metas = {t: json.loads((out / "targets" / t / "model.json").read_text())["defense"]
+             for t in ("ee-0.2", "re-0.2", "fe-0.2")}
+    assert metas["ee-0.2"]["name"] == "entire_erasing" and metas["re-0.2"]["name"] == "midre"
+    assert metas["fe-0.2"]["name"] == "fixed_erasing"
+    assert (out / "attacks" / "re-0.2" / "gmi" / "reconstructions.safetensors").exists()

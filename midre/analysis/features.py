@@ -13,12 +13,15 @@ reconstructions' hull overlaps the private hull; under MIDRE it overlaps the RE-
 the private one.  To make the claim checkable, ``features.json`` holds, per target and identity:
 
 * ``overlap``:  area(hull A ∩ hull B) / area(hull A) in the 2-D PCA plane (``recon|private`` ...),
+  per identity (needs >= 3 points per group, else null) and ``pooled`` over the analysed identities,
 * ``inside``:   share of A's points inside hull B (``recon_in_private`` ...),
 * ``centroid``: distance between group centroids in the FULL feature space, divided by the RMS
   radius of the private group (``recon-private``, ``recon-re_private``, ``re_private-private``),
 
-plus their means over identities and ``closer_to`` (the group whose centroid the reconstructions are
-nearer to).
+plus their means over identities (``mean``), the same measures on the pooled groups (``pooled``) and
+``closer_to`` (the group whose centroid the reconstructions are nearer to, mean over identities).  The
+figure shows the pooled groups (or one identity with ``plot_identity``); the report's table gives the
+pooled hull measures and the per-identity mean centroid distances.
 """
 from __future__ import annotations
 
@@ -238,7 +241,7 @@ def feature_analysis(run_dir: str | Path, targets: Optional[Sequence[str]] = Non
             own eraser spec, else MIDRE at 0.4).
         identities: attacked identities to use (default: all attacked ones).
         max_images: private images per identity (RE-private uses the same images).
-        plot_identity: identity drawn in the figure (default: the first analysed identity).
+        plot_identity: draw only this identity in the figure (default: every analysed identity, pooled).
         seed: seed of the eraser.
         splits: dataset splits if the caller has them (else rebuilt from checkpoint metadata).
         write: write ``RUN/analysis/features.json`` and ``RUN/figures/features.png``.
@@ -292,8 +295,7 @@ def feature_analysis(run_dir: str | Path, targets: Optional[Sequence[str]] = Non
         imgs[i], labs[i] = x, torch.full((len(x),), i, dtype=torch.long)
     erased = {i: erase_images(imgs[i], labs[i], eraser, derive_seed(seed, "features", i)) for i in ids}
 
-    plot_identity = ids[0] if plot_identity is None else int(plot_identity)
-    if plot_identity not in ids:
+    if plot_identity is not None and int(plot_identity) not in ids:
         raise ArgumentError(f"plot identity {plot_identity} is not among the analysed identities {ids[:20]}")
     result: dict[str, Any] = {"attack": attack, "identities": ids, "eraser": eraser, "max_images": max_images,
                               "seed": seed, "plot_identity": plot_identity, "target_order": list(targets),
@@ -311,11 +313,14 @@ def feature_analysis(run_dir: str | Path, targets: Optional[Sequence[str]] = Non
         comps, mean, ratio = pca_2d(allf)
         per_id = {str(i): group_measures(feats[i], comps, mean) for i in ids}
         summary = {k: _mean_dicts([per_id[str(i)][k] for i in ids]) for k in ("overlap", "inside", "centroid")}
+        pooled_feats = {g: np.concatenate([feats[i][g] for i in ids]) for g in GROUPS}
+        pooled = group_measures(pooled_feats, comps, mean)
         c = summary["centroid"]
         closer = "re_private" if c["recon-re_private"] < c["recon-private"] else "private"
         result["targets"][t] = {"defense": meta.get("defense"), "explained_variance": ratio.tolist(),
-                                "mean": summary, "closer_to": closer, "per_identity": per_id}
-        plots[t] = {g: (feats[plot_identity][g] - mean) @ comps.T for g in GROUPS}
+                                "mean": summary, "pooled": pooled, "closer_to": closer, "per_identity": per_id}
+        shown = pooled_feats if plot_identity is None else feats[int(plot_identity)]
+        plots[t] = {g: (shown[g] - mean) @ comps.T for g in GROUPS}
     if write:
         atomic_write_json(run_dir / "analysis" / "features.json", _nan_to_none(result))
         plot_features(plots, result, run_dir / "figures" / "features.png")
@@ -343,6 +348,10 @@ def _nan_to_none(o: Any) -> Any:
     return o
 
 
+def _id_text(ids: Sequence[int]) -> str:
+    return ", ".join(str(i) for i in ids[:6]) + (f" … ({len(ids)})" if len(ids) > 6 else "")
+
+
 def plot_features(plots: dict[str, dict[str, np.ndarray]], result: dict[str, Any], path: Path) -> Path:
     """One panel per target: the three groups' 2-D PCA points and convex hulls."""
     from ..report import _plt, _save_fig, defense_label
@@ -362,7 +371,8 @@ def plot_features(plots: dict[str, dict[str, np.ndarray]], result: dict[str, Any
                 hh = np.vstack([h, h[:1]])
                 ax.plot(hh[:, 0], hh[:, 1], color=color, linewidth=2)
         info = result["targets"][t]
-        ov = info["per_identity"][str(result["plot_identity"])]["overlap"]
+        pi = result["plot_identity"]
+        ov = (info["pooled"] if pi is None else info["per_identity"][str(pi)])["overlap"]
 
         def pct(v):
             return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.0f}%"
@@ -374,7 +384,9 @@ def plot_features(plots: dict[str, dict[str, np.ndarray]], result: dict[str, Any
         ax.set_ylabel(f"PC2 ({100 * ev[1]:.0f}% var)")
         ax.grid(alpha=0.25)
         ax.legend(fontsize=8, loc="best")
-    fig.suptitle(f"Penultimate features, identity {result['plot_identity']}, attack {result['attack']} "
+    pi = result["plot_identity"]
+    who = f"identity {pi}" if pi is not None else f"identities {_id_text(result['identities'])} pooled"
+    fig.suptitle(f"Penultimate features, {who}, attack {result['attack']} "
                  f"(PCA fitted per model; overlap = share of the recon hull's area)", fontsize=11)
     fig.tight_layout()
     return _save_fig(fig, path)
@@ -394,8 +406,8 @@ def overlap_table(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     order = [t for t in result.get("target_order", []) if t in tg] + [t for t in tg if t not in result.get("target_order", [])]
     for t in order:
         info = tg[t]
-        m = info.get("mean", {})
-        ov, ins, c = m.get("overlap", {}), m.get("inside", {}), m.get("centroid", {})
+        m, pooled = info.get("mean", {}), info.get("pooled", {})
+        ov, ins, c = pooled.get("overlap", {}), pooled.get("inside", {}), m.get("centroid", {})
         body.append([t, pct(ov.get("recon|private")), pct(ov.get("recon|re_private")),
                      pct(ins.get("recon_in_private")), fmt(c.get("recon-private")), fmt(c.get("recon-re_private")),
                      "RE-private" if info.get("closer_to") == "re_private" else "private"])
