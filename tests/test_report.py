@@ -170,3 +170,18 @@ def test_cli_report(run_dir, capsys, tmp_path):
     assert main(["report", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "not found" in err
+
+
+def test_report_of_a_multi_seed_study(tmp_path):
+    """seeds: [..] runs seed-<s>/ pipelines; the report reads the aggregated table and the first seed's models."""
+    from midre.pipeline import run_pipeline
+    from midre.report import write_report
+
+    cfg = {**TINY, "seeds": [0, 1]}
+    run_pipeline(cfg, tmp_path / "study", progress=False)
+    md = write_report(tmp_path / "study")[0].read_text()
+    assert "Multi-seed study (2 seeds)" in md and "seed-0" in md
+    assert "| seeds | 0, 1 |" in md
+    assert "| evaluation model | tinycnn |" in md                      # models from seed-0
+    nodef = next(line for line in md.splitlines() if line.startswith("| nodef |") and "±" in line)
+    assert nodef.split("|")[2].strip().count("±") == 1                  # Acc mean ± std across seeds
