@@ -124,7 +124,8 @@ def load_results(run_dir: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def write_results_table(path: str | Path, rows: Sequence[dict[str, Any]], columns: Optional[Sequence[str]] = None) -> None:
+def write_results_table(path: str | Path, rows: Sequence[dict[str, Any]],
+                        columns: Optional[Sequence[str]] = None) -> None:
     """Write rows as CSV (atomic); NaN written as an empty cell; extra keys appended as columns."""
     cols = list(columns or RESULT_COLUMNS)
     for r in rows:
@@ -370,7 +371,8 @@ def attack_tables(rows: Sequence[dict[str, Any]]) -> dict[str, tuple[list[str], 
                 name = f"{name} ({d})"
             if r.get("_grid"):
                 name = f"{name} [{r['_grid']}]"
-            line = [name, fmt_pm(r.get("acc"), r.get("acc_std")), fmt_pm(r.get("attack_top1"), r.get("attack_top1_std")), ci,
+            line = [name, fmt_pm(r.get("acc"), r.get("acc_std")),
+                    fmt_pm(r.get("attack_top1"), r.get("attack_top1_std")), ci,
                     fmt_pm(r.get("attack_top5"), r.get("attack_top5_std")), fmt(r.get("knn")), fmt(r.get("fid_eval")),
                     fmt(delta) if not isinstance(delta, str) else delta]
             if has_eps:

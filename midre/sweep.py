@@ -28,7 +28,6 @@ from __future__ import annotations
 import copy
 import itertools
 import json
-import os
 import time
 import traceback
 from dataclasses import dataclass, field

@@ -76,7 +76,8 @@ def concealment_config(config: Any = "quickstart", levels: Sequence[float] = LEV
         if attack not in keys:
             from ..errors import did_you_mean
 
-            raise ArgumentError(f"attack '{attack}' is not in the base config{did_you_mean(attack, [k for k in keys if k])}; "
+            known = [k for k in keys if k]
+            raise ArgumentError(f"attack '{attack}' is not in the base config{did_you_mean(attack, known)}; "
                                 f"its attacks: {', '.join(k for k in keys if k)}")
         atk = copy.deepcopy(atks[keys.index(attack)])
     else:

@@ -264,7 +264,8 @@ def feature_analysis(run_dir: str | Path, targets: Optional[Sequence[str]] = Non
         common = None
         for t in targets:
             d = run_dir / "attacks" / t
-            have = {p.name for p in d.iterdir() if (p / "reconstructions.safetensors").exists()} if d.is_dir() else set()
+            have = ({p.name for p in d.iterdir() if (p / "reconstructions.safetensors").exists()}
+                    if d.is_dir() else set())
             common = have if common is None else common & have
         if not common:
             raise RunDirError(f"no attack was run against all of {', '.join(targets)} in '{run_dir}'; "
@@ -403,7 +404,8 @@ def overlap_table(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             "d(recon, private)", "d(recon, RE-private)", "recon closer to"]
     body = []
     tg = result.get("targets", {})
-    order = [t for t in result.get("target_order", []) if t in tg] + [t for t in tg if t not in result.get("target_order", [])]
+    first = [t for t in result.get("target_order", []) if t in tg]
+    order = first + [t for t in tg if t not in first]
     for t in order:
         info = tg[t]
         m, pooled = info.get("mean", {}), info.get("pooled", {})

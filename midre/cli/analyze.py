@@ -33,7 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--area", type=float, default=None,
                    help="a_e of the eraser making RE-private images (default: the MIDRE target's own eraser)")
     f.add_argument("--identities", default=None, help="attacked identities to use, e.g. 0-4 (default: all attacked)")
-    f.add_argument("--plot-identity", type=int, default=None, help="draw only this identity in the figure (default: all analysed identities, pooled)")
+    f.add_argument("--plot-identity", type=int, default=None,
+                   help="draw only this identity in the figure (default: all analysed identities, pooled)")
     f.add_argument("--max-images", type=int, default=60, help="private images per identity (default 60)")
     f.add_argument("--seed", type=int, default=0, help="seed of the eraser")
     f.add_argument("--no-report", action="store_true", help="do not re-render report.md/html afterwards")
