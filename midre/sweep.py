@@ -21,7 +21,8 @@ Backends: ``local`` runs the trials one after another in this process; ``ray`` s
 task per trial with ``num_cpus`` / ``num_gpus`` resources, so a grid spreads over the GPUs of one or
 many nodes (``address`` joins an existing cluster, e.g. ``ray://head:10001`` or ``auto``).  With a
 multi-node cluster ``DIR`` should be on a shared filesystem for resuming; the results rows travel back
-to the driver either way.  Ray is an optional extra: ``pip install midre[ray]``.
+to the driver either way.  Every node needs midre installed (the trial function is imported from the
+package, not shipped).  Ray is an optional extra: ``pip install midre[ray]``.
 """
 from __future__ import annotations
 

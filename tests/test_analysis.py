@@ -270,3 +270,10 @@ def test_concealment_study_end_to_end(tmp_path, capsys):
     assert metas["ee-0.2"]["name"] == "entire_erasing" and metas["re-0.2"]["name"] == "midre"
     assert metas["fe-0.2"]["name"] == "fixed_erasing"
     assert (out / "attacks" / "re-0.2" / "gmi" / "reconstructions.safetensors").exists()
+
+
+def test_cli_analyze_without_subcommand_shows_help(capsys):
+    from midre.cli import main
+
+    assert main(["analyze"]) == 2
+    assert "features" in capsys.readouterr().out
