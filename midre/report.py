@@ -326,7 +326,9 @@ def settings_summary(run_dir: Path) -> list[tuple[str, str]]:
         timings = run.get("timings")
         total = run.get("total_stage_seconds")
         if isinstance(timings, dict) and timings:
-            t = ", ".join(f"{k} {float(v):.1f}s" for k, v in timings.items() if isinstance(v, (int, float)))
+            stage_order = ["data", "eval", "targets", "priors", "attacks", "metrics", "results", "report", "analysis"]
+            keys = sorted(timings, key=lambda k: (stage_order.index(k) if k in stage_order else len(stage_order), k))
+            t = ", ".join(f"{k} {float(timings[k]):.1f}s" for k in keys if isinstance(timings[k], (int, float)))
             items.append(("time per stage", t + (f" (total {float(total):.1f}s)" if total is not None else "")))
         if run.get("peak_rss_mib") is not None:
             items.append(("peak memory", f"{float(run['peak_rss_mib']):.0f} MiB"))
@@ -392,13 +394,13 @@ def md_table(head: Sequence[str], body: Sequence[Sequence[str]]) -> str:
 _NUMERIC_CELL = re.compile(r"[-+0-9.,±\s\[\]%—]+|OP")
 
 
-def html_table(head: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+def html_table(head: Sequence[str], body: Sequence[Sequence[str]], align_numbers: bool = True) -> str:
     h = "".join(f"<th>{html.escape(str(c))}</th>" for c in head)
     rows = []
     for row in body:
         cells = []
         for i, c in enumerate(row):
-            cls = ' class="num"' if i > 0 and _NUMERIC_CELL.fullmatch(str(c)) else ""
+            cls = ' class="num"' if align_numbers and i > 0 and _NUMERIC_CELL.fullmatch(str(c)) else ""
             cells.append(f"<td{cls}>{html.escape(str(c))}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table><thead><tr>{h}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
@@ -632,7 +634,7 @@ def write_report(run_dir: str | Path, *, max_identities: int = 8, splits: Any = 
         s_html.append(f'<p class="note">{html.escape(study_note)}</p>')
     if settings:
         s_md.append(md_table(["setting", "value"], settings))
-        s_html.append(html_table(["setting", "value"], settings))
+        s_html.append(html_table(["setting", "value"], settings, align_numbers=False))
     if models:
         head = ["model", "arch", "defense", "epochs", "test acc (%)", "train time (s)"]
         body = [[m.name, m.arch, m.defense, DASH if m.epochs is None else str(m.epochs), fmt(m.test_acc),
@@ -705,7 +707,7 @@ def write_report(run_dir: str | Path, *, max_identities: int = 8, splits: Any = 
                                          max_identities=max_identities, subtitles=subs)
             if p:
                 images.append((f"Reconstructions: {a}", p,
-                               f"One row per attacked identity (first {max_identities}); the reconstruction "
+                               f"One row per attacked identity (up to {max_identities}); the reconstruction "
                                "with the highest target confidence per target."))
 
     # feature-space analysis
