@@ -244,7 +244,9 @@ def train_classifier(model: nn.Module, train_set: Dataset, test_set: Optional[Da
             for x, y, idx in loader:
                 x = x.to(device, non_blocking=True)
                 y = torch.as_tensor(y).to(device, non_blocking=True)
-                if x.shape[0] == 0:
+                if x.shape[0] == 0 or (x.shape[0] == 1 and len(train_set) > 1):
+                    # a trailing batch of one image breaks BatchNorm1d heads (VGG16, IR nets); skip it
+                    prog.update(task, advance=1)
                     continue
                 if cfg.hflip:
                     x = _random_hflip(x, flip_gen)
