@@ -162,6 +162,7 @@ class RunState:
         self.session = {"id": len(self.data.get("sessions", [])) + 1, "started": _now(),
                         "resumed": bool(self.data.get("sessions")), "status": "running"}
         self._t0 = time.perf_counter()
+        self._c0 = time.process_time()
 
     @property
     def stages(self) -> dict[str, dict[str, Any]]:
@@ -206,6 +207,7 @@ class RunState:
         d["updated"] = _now()
         sess = dict(self.session)
         sess["seconds"] = round(time.perf_counter() - self._t0, 3)
+        sess["cpu_seconds"] = round(time.process_time() - self._c0, 3)   # all threads; vs. seconds: contention
         sess["peak_rss_mib"] = round(peak_rss_mib(), 1)
         if status:
             sess["status"] = status
@@ -352,7 +354,7 @@ class _Pipeline:
             return None
         self.console.print(f"[bold cyan]{head}[/bold cyan] {label}")
         self.state.start(name, key)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         try:
             extra = fn() or {}
         except BaseException:
@@ -360,7 +362,8 @@ class _Pipeline:
             self.state.save(status="interrupted")
             raise
         secs = time.perf_counter() - t0
-        self.state.done(name, key, secs, peak_rss_mib=round(peak_rss_mib(), 1), **extra)
+        self.state.done(name, key, secs, peak_rss_mib=round(peak_rss_mib(), 1),
+                        cpu_seconds=round(time.process_time() - c0, 3), **extra)
         self.console.print(f"[dim]    {name} finished in {secs:.1f}s (peak memory {peak_rss_mib():.0f} MiB)[/dim]")
         if self.on_stage is not None:
             self.on_stage(name)
@@ -452,7 +455,7 @@ class _Pipeline:
 
         cfg = self.cfg
         d = cfg.dataset
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         self._count += 1
         self.console.print(f"[bold cyan][{self._count}/{self.n_units}][/bold cyan] data: {d.name}"
                            + (f" from {d.root}" if d.root else "") + f" (seed {self.data_seed})")
@@ -478,7 +481,8 @@ class _Pipeline:
         rec = self.state.stages.setdefault("data", {})
         rec.update({"key": self.keys["data"], "status": "done", "summary": splits.summary(),
                     "num_classes": splits.num_classes, "resolution": splits.resolution,
-                    "seconds": round(time.perf_counter() - t0, 3), "peak_rss_mib": round(peak_rss_mib(), 1)})
+                    "seconds": round(time.perf_counter() - t0, 3), "peak_rss_mib": round(peak_rss_mib(), 1),
+                    "cpu_seconds": round(time.process_time() - c0, 3)})
         self.state.save()
 
     # ------------------------------------------------------------------ training
@@ -640,7 +644,7 @@ class _Pipeline:
         t0 = time.perf_counter()
         self.console.print(f"[bold cyan][{self._count}/{self.n_units}][/bold cyan] report")
         _md, html = write_report(self.run_dir, max_identities=self.cfg.report.max_identities, splits=self.splits,
-                                 title=self.cfg.report.title)
+                                 title=self.cfg.report.title or f"midre report: {self.cfg.name} (seed {self.cfg.seed})")
         self.state.stages["report"] = {"status": "done", "finished": _now(),
                                        "seconds": round(time.perf_counter() - t0, 3)}
         self.state.save()
