@@ -228,7 +228,7 @@ def _prepare_dir(run_dir: Path, resume: bool) -> None:
         raise RunDirError(f"'{run_dir}' is a file; give a directory to --out")
     if not run_dir.exists():
         return
-    entries = [p for p in run_dir.iterdir() if p.name != ".lock"]
+    entries = [p for p in run_dir.iterdir() if not p.name.startswith(".")]   # .lock, temp files of a kill
     if not entries:
         return
     if not (run_dir / "run.json").exists():
@@ -377,8 +377,8 @@ class _Pipeline:
         self.state = RunState(run_dir, cfg)
         self.state.check_keys({k: v for k, v in self.keys.items() if not k.startswith("metrics/")})
         self.n_units = len([k for k in self.keys]) + 2
+        self.state.save()                       # run.json first: a directory with any artefact has one
         atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
-        self.state.save()
         res = PipelineResult(run_dir=run_dir, seeds=[cfg.seed])
         try:
             self._data()
@@ -722,8 +722,8 @@ def _run_study(cfg: RunConfig, run_dir: Path, progress: bool, stop_after: Option
     seeds = cfg.run_seeds()
     run_dir.mkdir(parents=True, exist_ok=True)
     state = RunState(run_dir, cfg, kind="study")
-    atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
     state.save()
+    atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
     console = _Console(progress)
     res = PipelineResult(run_dir=run_dir, seeds=seeds)
     per_seed: list[dict[str, Any]] = []

@@ -269,3 +269,40 @@ def test_aggregate_rows_mean_std_ci_and_tradeoff_by_hand():
     assert math.isclose(m["top1_ci_hi"], 45.0 + half, rel_tol=1e-6)
     assert math.isclose(m["delta"], (82.0 - 45.0) / (91.0 - 87.0))                  # trade-off of the means
     assert n["delta"] == "" and math.isnan(m["fid_eval"])
+
+
+@needs_gmi
+def test_sigkill_mid_run_then_resume_gives_identical_results(full_run, tmp_path):
+    """A real `midre run` process killed with SIGKILL, then `midre run --resume DIR`."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    ref, _res, _ = full_run
+    cfg_path = tmp_path / "tiny.yaml"
+    cfg_path.write_text(yaml.safe_dump(tiny()))
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-c", "from midre.cli import main; raise SystemExit(main())"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd + ["run", str(cfg_path), "--out", str(out), "--no-progress"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    killed = False
+    deadline = time.time() + 120
+    while proc.poll() is None and time.time() < deadline:
+        try:
+            stages = json.loads((out / "run.json").read_text()).get("stages", {})
+        except (OSError, ValueError):
+            stages = {}
+        if stages.get("targets/nodef", {}).get("status") == "done":
+            os.kill(proc.pid, signal.SIGKILL)
+            killed = True
+            break
+        time.sleep(0.05)
+    proc.wait(timeout=60)
+    assert killed, "the run finished before it could be killed"
+    assert not (out / "results.csv").exists()
+    rc = subprocess.run(cmd + ["run", "--resume", str(out), "--no-progress"], env=env, capture_output=True,
+                        text=True, timeout=300)
+    assert rc.returncode == 0, rc.stderr
+    assert (out / "results.csv").read_bytes() == (ref / "results.csv").read_bytes()
