@@ -306,3 +306,48 @@ def test_sigkill_mid_run_then_resume_gives_identical_results(full_run, tmp_path)
                         text=True, timeout=300)
     assert rc.returncode == 0, rc.stderr
     assert (out / "results.csv").read_bytes() == (ref / "results.csv").read_bytes()
+
+
+def _tiny_version(name: str) -> dict:
+    from midre.config import load_raw
+
+    raw = load_raw(name)
+    raw.pop("seeds", None)
+    raw["dataset"] = copy.deepcopy(TINY["dataset"])
+    raw["eval_model"]["train"] = {**raw["eval_model"].get("train", {}), "epochs": 1}
+    raw["defaults"]["train"] = {**raw["defaults"].get("train", {}), "epochs": 1}
+    for t in raw["targets"]:
+        (t.get("train") or {}).pop("epochs", None)
+        if isinstance(t.get("defense"), dict) and t["defense"].get("name") == "tldmi":
+            t["defense"]["pretrain_epochs"] = 1
+    raw["attacks"] = []
+    raw["report"] = {"enabled": False}
+    raw["device"] = "cpu"
+    return raw
+
+
+def test_every_builtin_config_trains_all_its_targets_at_tiny_scale(tmp_path):
+    """Every defense / ablation in the shipped configs goes through the one pipeline (1 epoch, tiny data)."""
+    from midre.config import builtin_configs
+
+    for i, name in enumerate(n for n in builtin_configs() if not n.startswith("paper/")):
+        cfg = load_config(_tiny_version(name))
+        res = run_pipeline(cfg, tmp_path / f"r{i}", progress=False)
+        assert res.complete, name
+        assert [r["target"] for r in res.rows] == [t.name for t in cfg.expanded_targets()], name
+        for r in res.rows:
+            assert 0.0 <= r["acc"] <= 100.0, (name, r)
+            if r["defense"] == "dp":
+                assert math.isfinite(r["epsilon"]) and r["epsilon"] > 0, "DP's epsilon reaches the results"
+
+
+@needs_gmi
+def test_adaptive_attack_uses_the_targets_own_eraser(tmp_path):
+    raw = tiny(attacks=[{"name": "gmi", "preset": "quick", "params": {"iterations": 2}, "identities": [0],
+                         "repeats": 1, "adaptive": True}], report={"enabled": False})
+    res = run_pipeline(load_config(raw), tmp_path / "run", progress=False)
+    assert [r["attack"] for r in res.rows] == ["gmi-adaptive", "gmi-adaptive"]
+    m = json.loads((tmp_path / "run" / "attacks" / "midre-0.4" / "gmi-adaptive" / "reconstructions.json").read_text())
+    n = json.loads((tmp_path / "run" / "attacks" / "nodef" / "gmi-adaptive" / "reconstructions.json").read_text())
+    assert m["adaptive"] is True and "Erasing" in m["adaptive_eraser"]
+    assert n["adaptive"] is False and n["adaptive_requested"] is True     # NoDef erases nothing
