@@ -37,6 +37,7 @@ TINY = {
     "priors": {"preset": "quick", "params": {"gan": {"iterations": 4, "batch_size": 16, "ckpt_every": 2}}},
     "metrics": {"fid": "eval", "n_boot": 50},
     "report": {"enabled": True, "max_identities": 2},
+    "analyses": {"features": True},
 }
 
 needs_gmi = pytest.mark.skipif(not _has_attack("gmi"), reason="the gmi attack is not registered yet")
@@ -112,6 +113,9 @@ def test_report_is_written_when_available(full_run):
     except ImportError:
         pytest.skip("midre.report not available")
     assert res.report == out / "report.html" and res.report.is_file() and (out / "report.md").is_file()
+    # analyses.features: the paper's Sec. 3.2 analysis runs before the report and lands in it
+    assert (out / "analysis" / "features.json").is_file() and (out / "figures" / "features.png").is_file()
+    assert "figures/features.png" in (out / "report.md").read_text()
 
 
 @needs_gmi
