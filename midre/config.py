@@ -524,6 +524,12 @@ def validate_names(cfg: RunConfig, where: str = "config") -> None:
         if not d.root:
             raise ConfigError(f"{where}: dataset '{d.name}' needs 'dataset.root': set it to the folder holding "
                               f"the dataset (e.g. `--root /path/to/{d.name}` or `--set dataset.root=...`)")
+    known = DATASETS.info(d.name).get("options")
+    if isinstance(known, dict):
+        for k in d.options:
+            if k not in known:
+                raise ConfigError(f"{where}: unknown option 'dataset.options.{k}' for dataset '{d.name}'"
+                                  f"{did_you_mean(k, known)}; its options are: {', '.join(known) or 'none'}")
     if d.root and not Path(d.root).expanduser().exists():
         raise ConfigError(f"{where}: 'dataset.root' '{d.root}' does not exist; give the folder that holds the "
                           f"{d.name} files")

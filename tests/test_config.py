@@ -171,6 +171,7 @@ def test_missing_targets_is_reported():
     ("targets.1.defense", {"name": "midre", "area": 2.0}, ["targets[1].defense", "area"]),
     ("targets.1.defense", {"name": "midre", "aera": 0.4}, ["targets[1].defense", "did you mean 'area'"]),
     ("device", "gpu", ["device", "cuda"]),
+    ("dataset.options", {"num_privte": 5}, ["dataset.options.num_privte", "did you mean 'num_private'"]),
 ])
 def test_unknown_names_checked_through_the_registries(path, value, words):
     msg = _err(_with(path, value))
