@@ -65,24 +65,31 @@ def _defense_spec(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import ArgumentError
+    from ..errors import ArgumentError, RunDirError
     from ..models import create_model
     from ..training import make_config, train_classifier
-    from ..utils import RunLock
+    from ..utils import RunLock, resolve_device
 
     progress = not args.no_progress
     if args.epochs is not None and args.epochs < 1:
         raise ArgumentError(f"--epochs must be at least 1, got {args.epochs}")
     if args.batch_size < 1:
         raise ArgumentError(f"--batch-size must be at least 1, got {args.batch_size}")
+    resolve_device(args.device)   # a bad --device fails before any data is loaded
     defense = _defense_spec(args)
     cfg = make_config(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
                       lr=args.lr if args.lr is not None else (0.01 if args.optimizer == "sgd" else 1e-3),
                       weight_decay=args.weight_decay, schedule=args.schedule, milestones=args.milestones,
                       hflip=not args.no_hflip, device=args.device, seed=args.seed, num_workers=args.workers)
+    out = Path(args.out or f"runs/train-{args.dataset}-{args.arch}-{defense.name}")
+    for parent in (out, *out.parents):   # an --out under a regular file fails before any work
+        if parent.exists():
+            if not parent.is_dir():
+                raise RunDirError(f"cannot use --out '{out}': '{parent}' is a file, not a directory; "
+                                  "choose another --out")
+            break
     splits = load_splits(args, progress=progress)
     model = create_model(args.arch, num_classes=splits.num_classes, resolution=splits.resolution, weights=args.weights)
-    out = Path(args.out or f"runs/train-{args.dataset}-{args.arch}-{defense.name}")
     train_set = in_memory(splits.private_train, progress)
     test_set = in_memory(splits.private_test, progress)
     public = splits.public if len(splits.public) else None
