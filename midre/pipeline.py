@@ -137,6 +137,17 @@ class _Console:
             self.c.print(msg)
 
 
+def _crash_point(name: str) -> None:
+    """Test hook: ``MIDRE_CRASH_AT=<prefix>`` SIGKILLs this process when a stage whose name starts with
+    ``<prefix>`` begins (after run.json marks it running), e.g. ``targets``, ``priors``, ``attacks``,
+    ``metrics``, ``results``, ``report``.  Used by tests/test_crash_resume.py; unset in normal use."""
+    at = os.environ.get("MIDRE_CRASH_AT")
+    if at and name.startswith(at):
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 # ============================================================================ run state (run.json)
 class RunState:
     """run.json: config hash, versions, per-stage status/key/seconds, sessions with peak memory."""
@@ -356,6 +367,7 @@ class _Pipeline:
         self.state.start(name, key)
         t0, c0 = time.perf_counter(), time.process_time()
         try:
+            _crash_point(name)
             extra = fn() or {}
         except BaseException:
             self.state.interrupted(name, time.perf_counter() - t0)
@@ -587,6 +599,7 @@ class _Pipeline:
         from .metrics import tradeoff
 
         cfg = self.cfg
+        _crash_point("results")
         metas = {t.name: read_meta(self.run_dir / "targets" / t.name) for t in self.targets}
         eval_meta = read_meta(self.run_dir / "eval")
         nodef_default = next((t.name for t in self.targets if self.def_specs[t.name].get("name") == "nodef"), None)
@@ -642,6 +655,7 @@ class _Pipeline:
             self.console.print("[yellow]    report module not available; skipped[/yellow]")
             return None
         t0 = time.perf_counter()
+        _crash_point("report")
         self.console.print(f"[bold cyan][{self._count}/{self.n_units}][/bold cyan] report")
         _md, html = write_report(self.run_dir, max_identities=self.cfg.report.max_identities, splits=self.splits,
                                  title=self.cfg.report.title or f"midre report: {self.cfg.name} (seed {self.cfg.seed})")
