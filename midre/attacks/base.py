@@ -364,6 +364,7 @@ class Attack:
         images, identity, repeat = [], [], []
         curves: list[list[float]] = []
         oracle: Optional[QueryOracle] = None
+        self.extra_meta: dict[str, Any] = {}     # attacks may report facts of the run here
         t0 = time.perf_counter()
         prior_modules = [m for p in priors.values() if hasattr(p, "modules") for m in p.modules()]
         with _FrozenTarget(target, *prior_modules) as model:
@@ -433,6 +434,7 @@ class Attack:
             "adaptive_eraser": repr(adaptive_eraser) if adaptive_eraser is not None else None,
             "loss_curve": loss_curve,
             "target_top1": 100.0 * hits / max(1, len(imgs)),
+            **self.extra_meta,
         }
         return Reconstructions(imgs, ident, torch.cat(repeat), torch.cat(conf), meta)
 

@@ -92,8 +92,10 @@ class BREPMI(Attack):
         return {"z": z, "found": found, "radius": R}
 
     def final_selection(self, oracle, ids, prior, state, gen):
-        self.last_found = int(state["found"].sum())
-        self.last_radius = state.get("radius")
+        em = self.extra_meta
+        em["initial_points_found"] = em.get("initial_points_found", 0) + int(state["found"].sum())
+        if state.get("radius") is not None:
+            em.setdefault("final_radius", []).extend(float(r) for r in state["radius"])
         with torch.no_grad():
             return prior["gan"].generator(state["z"]).clamp(0, 1)
 

@@ -1,0 +1,194 @@
+"""Priors and GAN modules: shapes at 32/64 px, presets/validation, cache, exact resume, public-data-only."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from midre.errors import ArgumentError, DataError
+from midre.models.generators import CondGenerator, DCGANDiscriminator, DCGANGenerator, ProjectionDiscriminator
+from midre.priors import (PRESETS, Prior, assert_public_only, data_fingerprint, model_fingerprint, prepare_priors,
+                          prior_config, train_prior)
+
+TINY = {"iterations": 4, "width": 8, "batch_size": 8, "ckpt_every": 2}
+
+
+@pytest.fixture(scope="module")
+def data():
+    torch.set_num_threads(1)
+    from midre.data import load_dataset
+    from midre.models import create_model
+
+    splits = load_dataset("synthetic", seed=0, num_private=4, num_public=4, images_per_id=8)
+    torch.manual_seed(0)
+    target = create_model("tinycnn", num_classes=4, resolution=32).eval()
+    return splits, target
+
+
+# ------------------------------------------------------------------------------ modules
+@pytest.mark.parametrize("res", [32, 64])
+def test_gan_modules_shapes_and_range(res):
+    z = torch.randn(3, 100)
+    g = DCGANGenerator(100, res, 3, 8)
+    x = g(z)
+    assert x.shape == (3, 3, res, res) and x.min() >= 0 and x.max() <= 1
+    d = DCGANDiscriminator(res, 3, 8, 1)
+    assert d(x).shape == (3, 1)
+    assert d.features(x).shape == (3, d.feature_dim)          # no hard-coded feature constant
+    k = DCGANDiscriminator(res, 3, 8, 5 + 1)
+    assert k(x).shape == (3, 6) and k.class_logits(x).shape == (3, 5)
+    assert torch.allclose(k.class_logits(x), k(x)[:, :5] - k(x)[:, 5:])
+    y = torch.tensor([0, 4, 2])
+    cg = CondGenerator(5, 128, res, 3, 8)
+    xc = cg(torch.randn(3, 128), y)
+    assert xc.shape == (3, 3, res, res) and xc.min() >= 0 and xc.max() <= 1
+    pd = ProjectionDiscriminator(5, res, 3, 8)
+    assert pd(xc, y).shape == (3,)
+
+
+def test_conditional_generator_depends_on_class():
+    cg = CondGenerator(3, 16, 32, 3, 8).eval()
+    for m in cg.modules():   # non-trivial class embeddings
+        if isinstance(m, torch.nn.Embedding):
+            torch.nn.init.normal_(m.weight, 1.0, 0.5)
+    z = torch.randn(1, 16).repeat(2, 1)
+    x = cg(z, torch.tensor([0, 1]))
+    assert not torch.allclose(x[0], x[1])
+
+
+def test_bad_resolution():
+    with pytest.raises(ArgumentError, match="power-of-two"):
+        DCGANGenerator(100, 48)
+
+
+# ------------------------------------------------------------------------------ config
+def test_presets_and_validation():
+    assert prior_config("gan", "paper").iterations == 50000
+    c = prior_config("cgan", "paper")
+    assert (c.topk, c.alpha, c.z_dim, c.betas, c.lr) == (30, 0.2, 128, (0.0, 0.9), 2e-4)
+    assert prior_config("kedmi", "paper").betas == (0.5, 0.999)
+    lo = prior_config("lomma", "paper")
+    assert lo.aug_archs == ["efficientnet_b0", "efficientnet_b1", "efficientnet_b2"] and lo.distill_epochs == 20
+    assert prior_config("gan", "quick").iterations < 1000
+    assert set(PRESETS) == {"paper", "quick"}
+    with pytest.raises(ArgumentError, match="did you mean 'iterations'"):
+        prior_config("gan", "quick", {"iteration": 3})
+    with pytest.raises(ArgumentError, match="batch_size"):
+        prior_config("gan", "quick", {"batch_size": 0})
+    with pytest.raises(ArgumentError, match="did you mean 'cgan'"):
+        prior_config("cgn")
+    with pytest.raises(ArgumentError, match="preset"):
+        prior_config("gan", "fast")
+
+
+def test_per_target_priors_need_a_target(data):
+    splits, _ = data
+    with pytest.raises(ArgumentError, match="per target"):
+        train_prior("kedmi", splits.public, None, config=TINY, preset="quick")
+
+
+# ------------------------------------------------------------------------------ cache + resume
+def test_cache_second_call_loads(data, tmp_path, monkeypatch):
+    from midre import priors as P
+
+    splits, _ = data
+    p1 = train_prior("gan", splits.public, out_dir=tmp_path, config=TINY, preset="quick", seed=0, device="cpu")
+    assert (tmp_path / f"gan-{p1.meta['key']}" / "prior.json").exists()
+    monkeypatch.setattr(P, "_gan_loop", lambda *a, **k: (_ for _ in ()).throw(AssertionError("retrained")))
+    p2 = train_prior("gan", splits.public, out_dir=tmp_path, config=TINY, preset="quick", seed=0, device="cpu")
+    for a, b in zip(p1.generator.state_dict().values(), p2.generator.state_dict().values()):
+        assert torch.equal(a, b)
+    z = torch.randn(2, 100)
+    assert torch.allclose(p1.generator.eval()(z), p2.generator(z))
+    # another seed / config -> another key
+    monkeypatch.undo()
+    p3 = train_prior("gan", splits.public, out_dir=tmp_path, config={**TINY, "iterations": 2}, preset="quick",
+                     seed=0, device="cpu")
+    assert p3.meta["key"] != p1.meta["key"]
+
+
+def test_resume_gives_same_weights_as_uninterrupted(data, tmp_path):
+    splits, target = data
+    full = train_prior("cgan", splits.public, target, out_dir=tmp_path / "a", config=TINY, preset="quick", seed=5,
+                       device="cpu")
+    part = train_prior("cgan", splits.public, target, out_dir=tmp_path / "b", config=TINY, preset="quick", seed=5,
+                       device="cpu", until=2)
+    assert part.meta["complete"] is False
+    root = tmp_path / "b" / f"cgan-{full.meta['key']}"
+    assert (root / "state.safetensors").exists() and not (root / "prior.json").exists()
+    done = train_prior("cgan", splits.public, target, out_dir=tmp_path / "b", config=TINY, preset="quick", seed=5,
+                       device="cpu")
+    assert done.meta["complete"] and not (root / "state.safetensors").exists()
+    for (k, a), b in zip(full.state().items(), done.state().values()):
+        assert torch.equal(a, b), k
+
+
+def test_lomma_prior_feature_dims_and_archs(data, tmp_path):
+    splits, target = data
+    p = train_prior("lomma", splits.public, target, out_dir=tmp_path, preset="quick",
+                    config={"distill_epochs": 1, "aug_archs": ["tinycnn", "smallcnn"], "batch_size": 16},
+                    device="cpu")
+    assert p.p_reg.shape == (target.feature_dim,)      # p_reg lives in the target's penultimate space
+    assert [m.arch for m in p.aug_models] == ["smallcnn"]  # the target's own architecture is skipped
+    assert p.aug_models[0](torch.rand(2, 3, 32, 32)).shape == (2, 4)
+    with torch.no_grad():
+        expect = torch.cat([target.features(splits.public.batch(range(i, min(i + 256, len(splits.public))))[0])
+                            for i in range(0, len(splits.public), 256)]).mean(0)
+    assert torch.allclose(p.p_reg, expect, atol=1e-5)  # n_feature_images >= public size -> all of them
+    back = Prior.load(tmp_path / f"lomma-{p.meta['key']}")
+    assert torch.equal(back.p_reg, p.p_reg) and back.aug_models[0].arch == "smallcnn"
+    with pytest.raises(ArgumentError, match="OTHER architectures"):
+        train_prior("lomma", splits.public, target, preset="quick", config={"aug_archs": ["tinycnn"]}, device="cpu")
+
+
+def test_kedmi_prior_uses_target_soft_labels(data, tmp_path):
+    splits, target = data
+    p = train_prior("kedmi", splits.public, target, out_dir=tmp_path, config=TINY, preset="quick", device="cpu")
+    assert p.discriminator.num_outputs == target.num_classes + 1
+    assert p.meta["target_fingerprint"] == model_fingerprint(target)
+    # another target -> another prior key (one per target)
+    other = type(target)  # same class, different weights
+    del other
+    t2 = __import__("copy").deepcopy(target)
+    with torch.no_grad():
+        next(t2.parameters()).add_(1.0)
+    from midre.priors import prior_key
+
+    assert prior_key("kedmi", splits.public, t2, prior_config("kedmi", "quick", TINY), 0) != p.meta["key"]
+
+
+# ------------------------------------------------------------------------------ public data only (pitfall)
+def test_priors_only_ever_see_public_data(data, tmp_path, monkeypatch):
+    """Pitfall: the GAN prior trained on the PRIVATE set.  Every prior records the fingerprint of the data
+    it trained on; it must be the public split, and the guard refuses public data holding private images."""
+    from midre import priors as P
+
+    splits, target = data
+    seen = []
+    orig = P._Data.__init__
+
+    def spy(self, public_set, device, hflip):
+        seen.append(data_fingerprint(public_set))
+        orig(self, public_set, device, hflip)
+
+    monkeypatch.setattr(P._Data, "__init__", spy)
+
+    class _Attack:
+        prior_kinds = ("gan", "kedmi", "cgan", "lomma")
+
+    cfg = {k: TINY for k in ("gan", "kedmi", "cgan")}
+    cfg["lomma"] = {"distill_epochs": 1, "aug_archs": ["smallcnn"]}
+    priors = prepare_priors(_Attack(), splits.public, target, out_dir=tmp_path, preset="quick", configs=cfg,
+                            device="cpu")
+    pub, priv = data_fingerprint(splits.public), data_fingerprint(splits.private_train)
+    assert seen == [pub] * 4
+    assert all(p.meta["public_fingerprint"] == pub != priv for p in priors.values())
+    assert_public_only(splits.public, splits.private_train, splits.private_test)
+    mixed = splits.public.subset(range(5))
+    from midre.data import TensorImageSet
+
+    leak = TensorImageSet(torch.cat([mixed.images, splits.private_train.images[:1]]),
+                          torch.cat([mixed.targets, splits.private_train.targets[:1]]))
+    with pytest.raises(DataError, match="private"):
+        assert_public_only(leak, splits.private_train)
+    with pytest.raises(ArgumentError, match="unknown prior kind"):
+        prepare_priors(_Attack(), splits.public, target, configs={"gna": {}})
