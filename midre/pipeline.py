@@ -148,6 +148,16 @@ def _crash_point(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def remove_stale_temps(run_dir: Path) -> list[Path]:
+    """Delete temp files (``.<name>.<random>.tmp`` of :func:`midre.utils.atomic_path`) that a killed process
+    left behind.  Called with the run lock held, so no live writer owns them; the real artefacts are
+    never touched (an atomic write either replaced them whole or not at all)."""
+    stale = [p for p in run_dir.rglob(".*.tmp") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
 # ============================================================================ run state (run.json)
 class RunState:
     """run.json: config hash, versions, per-stage status/key/seconds, sessions with peak memory."""
@@ -274,6 +284,7 @@ def run_pipeline(config: Any, out_dir: str | os.PathLike, resume: bool = True, p
     t0 = time.perf_counter()
     _prepare_dir(run_dir, resume)
     with RunLock(run_dir):
+        remove_stale_temps(run_dir)
         if cfg.seeds:
             res = _run_study(cfg, run_dir, progress, stop_after, on_stage)
         else:
