@@ -81,7 +81,7 @@ _PAPER: dict[str, dict[str, Any]] = {
     "lomma": {"distill_epochs": 20, "distill_lr": 0.01, "n_feature_images": 5000},
 }
 _QUICK: dict[str, dict[str, Any]] = {
-    "gan": {"iterations": 300, "width": 16, "n_critic": 2, "batch_size": 64, "lr": 5e-4, "ckpt_every": 100},
+    "gan": {"iterations": 200, "width": 16, "n_critic": 2, "batch_size": 64, "lr": 5e-4, "ckpt_every": 100},
     "kedmi": {"iterations": 300, "width": 16, "n_critic": 1, "batch_size": 64, "lr": 5e-4, "ckpt_every": 100},
     "cgan": {"iterations": 300, "z_dim": 128, "width": 16, "betas": (0.0, 0.9), "n_critic": 1, "topk": 20,
              "alpha": 0.2, "batch_size": 64, "lr": 5e-4, "ckpt_every": 100},

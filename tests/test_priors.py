@@ -146,9 +146,9 @@ def test_kedmi_prior_uses_target_soft_labels(data, tmp_path):
     assert p.discriminator.num_outputs == target.num_classes + 1
     assert p.meta["target_fingerprint"] == model_fingerprint(target)
     # another target -> another prior key (one per target)
-    other = type(target)  # same class, different weights
-    del other
-    t2 = __import__("copy").deepcopy(target)
+    import copy
+
+    t2 = copy.deepcopy(target)   # same architecture, different weights
     with torch.no_grad():
         next(t2.parameters()).add_(1.0)
     from midre.priors import prior_key

@@ -10,7 +10,7 @@ protocol (so the per-sample step depends on the batch size).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Mapping, Optional
 
 import torch
 import torch.nn as nn

@@ -16,7 +16,6 @@ erased candidate feeds every identity model.
 """
 from __future__ import annotations
 
-import torch
 
 from .base import ATTACKS, logit_loss
 from .gmi import GMI
