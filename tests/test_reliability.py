@@ -177,6 +177,20 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], list[str]]] = {
     "resolution-too-small": (lambda t: [*TRAIN, "--resolution", "2", "--out", str(t / "out")], ["resolution"]),
     "unknown-subcommand-option": (lambda t: [*TRAIN, "--epoch", "x", "--out", str(t / "out")], ["--epoch"]),
     "nan-loss-during-training": (_nan_training, ["nan", "checkpoint"]),
+    "report-of-a-missing-run-dir": (lambda t: ["report", str(t / "nothere")], ["not found"]),
+    "evaluate-a-dir-without-reconstructions": (lambda t: ["evaluate", str(t), "--no-progress"],
+                                               ["no reconstructions"]),
+    "evaluate-bad-topk": (lambda t: ["evaluate", str(t), "--topk", "0,x", "--no-progress"], ["--topk"]),
+    "sweep-config-without-a-sweep-section": (lambda t: ["sweep", _yaml(t, TINY_RUN_YAML), "--out", str(t / "out")],
+                                             ["sweep"]),
+    "unknown-built-in-config": (lambda t: ["run", "quickstar", "--out", str(t / "out")], ["quickstart"]),
+    "negative-seed-override": (lambda t: ["run", _yaml(t, TINY_RUN_YAML), "--set", "seed=-4",
+                                          "--out", str(t / "out")], ["seed"]),
+    "zero-repeats-in-config": (lambda t: ["run", _yaml(t, TINY_RUN_YAML), "--set", "attacks.0.repeats=0",
+                                          "--out", str(t / "out")], ["repeats"]),
+    "negative-prior-batch-size": (lambda t: ["run", _yaml(t, TINY_RUN_YAML), "--set",
+                                             "priors.params.gan.batch_size=-1", "--out", str(t / "out")],
+                                  ["batch_size"]),
 }
 
 
