@@ -95,6 +95,9 @@ def run(args: argparse.Namespace) -> int:
     except MidreError:
         if args.public is None:
             raise
+    if splits is not None and splits.num_classes != num_classes:
+        raise CheckpointError(f"the target has {num_classes} classes but its dataset '{tmeta['dataset']['name']}' has "
+                              f"{splits.num_classes} identities; use a checkpoint trained on this dataset")
     if args.public is not None:
         from ..data import load_dataset
 
