@@ -177,6 +177,14 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], list[str]]] = {
     "resolution-too-small": (lambda t: [*TRAIN, "--resolution", "2", "--out", str(t / "out")], ["resolution"]),
     "unknown-subcommand-option": (lambda t: [*TRAIN, "--epoch", "x", "--out", str(t / "out")], ["--epoch"]),
     "nan-loss-during-training": (_nan_training, ["nan", "checkpoint"]),
+    "checkpoint-class-count-vs-its-dataset": (lambda t: ["attack", "--target", str(_patch_meta(
+        _save_ckpt(t / "ck" / "model", num_classes=6), ("dataset", "options", "num_private"), 4)), "--attack", "gmi",
+        "--identities", "0-1", "--repeats", "1", "--device", "cpu", "--no-progress", "--out", str(t / "out")],
+        ["6 classes", "4 identities"]),
+    "checkpoint-resolution-vs-the-data": (lambda t: ["attack", "--target", str(_patch_meta(
+        _save_ckpt(t / "ck" / "model", resolution=24), ("dataset", "resolution"), 16)), "--attack", "gmi",
+        "--identities", "0-1", "--repeats", "1", "--device", "cpu", "--no-progress", "--out", str(t / "out")],
+        ["16 px", "24 px"]),
     "report-of-a-missing-run-dir": (lambda t: ["report", str(t / "nothere")], ["not found"]),
     "evaluate-a-dir-without-reconstructions": (lambda t: ["evaluate", str(t), "--no-progress"],
                                                ["no reconstructions"]),
@@ -197,6 +205,18 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], list[str]]] = {
 # cases that can only fail once work has started (training diverges); the informational lines printed
 # before it are allowed, the error is still exactly one line and the last one
 LATE = {"nan-loss-during-training"}
+
+
+def _patch_meta(st: Path, keys: tuple, value) -> Path:
+    """Edit one nested key of a checkpoint's JSON metadata (the weights stay as they are)."""
+    js = st.with_suffix(".json")
+    meta = json.loads(js.read_text())
+    d = meta
+    for k in keys[:-1]:
+        d = d[k]
+    d[keys[-1]] = value
+    js.write_text(json.dumps(meta))
+    return st
 
 
 def _flat_images(root: Path) -> Path:
