@@ -99,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"{splits.summary()}", file=sys.stderr)
     print(f"training {args.arch} with defense {defense!r} for {cfg.epochs} epochs -> {out}", file=sys.stderr)
     with RunLock(out):
+        for stale in out.glob(".*.tmp"):   # temp files of a killed earlier session (we hold the lock)
+            stale.unlink(missing_ok=True)
         res = train_classifier(model, train_set, test_set, defense=defense, config=cfg, out_dir=out,
                                public_set=public, meta=meta, progress=progress, description=f"train {args.arch}")
     extra = "".join(f" | {k} {v:.3g}" if isinstance(v, float) else f" | {k} {v}" for k, v in res.defense_report.items())
