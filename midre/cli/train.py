@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import ArgumentError, RunDirError
     from ..models import create_model
     from ..training import make_config, train_classifier
-    from ..utils import RunLock, resolve_device
+    from ..utils import RunLock, derive_seed, resolve_device, seed_everything
 
     progress = not args.no_progress
     if args.epochs is not None and args.epochs < 1:
@@ -89,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
                                   "choose another --out")
             break
     splits = load_splits(args, progress=progress)
+    seed_everything(derive_seed(args.seed, "model"))   # same --seed -> same initial weights in every process
     model = create_model(args.arch, num_classes=splits.num_classes, resolution=splits.resolution, weights=args.weights)
     train_set = in_memory(splits.private_train, progress)
     test_set = in_memory(splits.private_test, progress)
