@@ -21,8 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
-    p.add_argument("--lr", type=float, default=None, help="learning rate (default 0.01 for SGD, 1e-3 for Adam)")
-    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default 0.05 for SGD, as the quickstart, 1e-3 for Adam)")
+    p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--schedule", choices=["none", "multistep", "cosine"], default="cosine")
     p.add_argument("--milestones", type=int, nargs="*", default=[])
     p.add_argument("--no-hflip", action="store_true", help="disable the random horizontal flip")
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     resolve_device(args.device)   # a bad --device fails before any data is loaded
     defense = _defense_spec(args)
     cfg = make_config(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
-                      lr=args.lr if args.lr is not None else (0.01 if args.optimizer == "sgd" else 1e-3),
+                      lr=args.lr if args.lr is not None else (0.05 if args.optimizer == "sgd" else 1e-3),
                       weight_decay=args.weight_decay, schedule=args.schedule, milestones=args.milestones,
                       hflip=not args.no_hflip, device=args.device, seed=args.seed, num_workers=args.workers)
     out = Path(args.out or f"runs/train-{args.dataset}-{args.arch}-{defense.name}")
