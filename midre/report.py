@@ -437,14 +437,16 @@ def plot_privacy_utility(rows: Sequence[dict[str, Any]], path: Path) -> Optional
     targets = list(dict.fromkeys(lab(r) for r in pts))
     attacks = list(dict.fromkeys(str(r.get("attack")) for r in pts))
     markers = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">"]
-    cmap = plt.get_cmap("tab10")
-    fig, ax = plt.subplots(figsize=(7.5, 5.2))
+    ncol = 10 if len(targets) <= 10 else 20          # distinct colours for up to 20 targets
+    cmap = plt.get_cmap("tab10" if ncol == 10 else "tab20")
+    many = len(targets) > 8
+    fig, ax = plt.subplots(figsize=(9.5 if many else 7.5, 5.2))
     spots: dict[tuple[float, float], list[str]] = {}
     for r in pts:
         ti, ai = targets.index(lab(r)), attacks.index(str(r.get("attack")))
         std = to_number(r.get("attack_top1_std"))
         yerr = None if is_missing(std) or isinstance(std, str) else std
-        ax.errorbar(r["acc"], r["attack_top1"], yerr=yerr, fmt=markers[ai % len(markers)], color=cmap(ti % 10),
+        ax.errorbar(r["acc"], r["attack_top1"], yerr=yerr, fmt=markers[ai % len(markers)], color=cmap(ti % ncol),
                     markersize=9, capsize=3, markeredgecolor="black", markeredgewidth=0.6)
         spots.setdefault((round(float(r["acc"]), 6), round(float(r["attack_top1"]), 6)), []).append(
             lab(r) + (f" ({r.get('attack')})" if len(attacks) > 1 else ""))
@@ -454,12 +456,15 @@ def plot_privacy_utility(rows: Sequence[dict[str, Any]], path: Path) -> Optional
                     xytext=(7, 6 if k % 2 == 0 else -13), fontsize=9)
     from matplotlib.lines import Line2D
 
-    handles = [Line2D([], [], color=cmap(i % 10), marker="o", linestyle="", markersize=8, label=t)
+    handles = [Line2D([], [], color=cmap(i % ncol), marker="o", linestyle="", markersize=8, label=t)
                for i, t in enumerate(targets)]
     if len(attacks) > 1:
         handles += [Line2D([], [], color="gray", marker=markers[i % len(markers)], linestyle="", markersize=8,
                            label=f"attack: {a}") for i, a in enumerate(attacks)]
-    ax.legend(handles=handles, fontsize=9, loc="best", framealpha=0.85)
+    if many:   # keep the legend off the points
+        ax.legend(handles=handles, fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1.0), framealpha=0.85)
+    else:
+        ax.legend(handles=handles, fontsize=9, loc="best", framealpha=0.85)
     ax.set_xlabel("natural accuracy (%)  → better utility", fontsize=11)
     ax.set_ylabel("attack accuracy top-1 (%)  ↓ better privacy", fontsize=11)
     ax.set_title("Privacy-utility trade-off (best: bottom right)", fontsize=12)
