@@ -17,10 +17,6 @@ from midre.pipeline import COLUMNS, STUDY_EXTRA_COLUMNS, aggregate_rows, run_pip
 from midre.utils import RunLock
 
 
-def _has_attack(name: str) -> bool:
-    from midre.attacks import ATTACKS
-
-    return name in ATTACKS
 
 
 TINY = {
@@ -40,7 +36,6 @@ TINY = {
     "analyses": {"features": True},
 }
 
-needs_gmi = pytest.mark.skipif(not _has_attack("gmi"), reason="the gmi attack is not registered yet")
 
 
 def tiny(**over) -> dict:
@@ -53,8 +48,6 @@ def tiny(**over) -> dict:
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory):
     """One uninterrupted tiny run shared by the tests below."""
-    if not _has_attack("gmi"):
-        pytest.skip("the gmi attack is not registered yet")
     out = tmp_path_factory.mktemp("full") / "run"
     t0 = time.perf_counter()
     res = run_pipeline(load_config(tiny()), out, progress=False)
@@ -67,7 +60,6 @@ def _csv(path: Path) -> list[dict[str, str]]:
 
 
 # ------------------------------------------------------------------------------------------ end to end
-@needs_gmi
 def test_tiny_pipeline_end_to_end_layout_and_budget(full_run):
     out, res, seconds = full_run
     assert res.complete and seconds < 60, seconds
@@ -105,20 +97,14 @@ def test_tiny_pipeline_end_to_end_layout_and_budget(full_run):
     assert cfg_back.hash() == load_config(tiny()).hash()
 
 
-@needs_gmi
 def test_report_is_written_when_available(full_run):
     out, res, _ = full_run
-    try:
-        import midre.report  # noqa: F401
-    except ImportError:
-        pytest.skip("midre.report not available")
     assert res.report == out / "report.html" and res.report.is_file() and (out / "report.md").is_file()
     # analyses.features: the paper's Sec. 3.2 analysis runs before the report and lands in it
     assert (out / "analysis" / "features.json").is_file() and (out / "figures" / "features.png").is_file()
     assert "figures/features.png" in (out / "report.md").read_text()
 
 
-@needs_gmi
 def test_rerun_of_a_complete_run_skips_every_stage_and_keeps_the_numbers(full_run):
     out, _res, _ = full_run
     before = (out / "results.csv").read_bytes()
@@ -129,7 +115,6 @@ def test_rerun_of_a_complete_run_skips_every_stage_and_keeps_the_numbers(full_ru
 
 
 # ------------------------------------------------------------------------------------------ resume
-@needs_gmi
 def test_interrupted_runs_resume_to_identical_results(full_run, tmp_path):
     ref, _res, _ = full_run
     out = tmp_path / "run"
@@ -163,7 +148,6 @@ def test_interrupted_runs_resume_to_identical_results(full_run, tmp_path):
     assert len(run["sessions"]) == 3 and run["sessions"][-1]["resumed"] and run["complete"]
 
 
-@needs_gmi
 def test_cli_resume_prints_the_table_and_report_path(full_run, capsys):
     from midre.cli import main
 
@@ -174,7 +158,6 @@ def test_cli_resume_prints_the_table_and_report_path(full_run, capsys):
 
 
 # ------------------------------------------------------------------------------------------ refusals
-@needs_gmi
 def test_incompatible_config_is_refused_before_any_write(full_run):
     out, _res, _ = full_run
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
@@ -209,7 +192,6 @@ def test_foreign_directory_and_fresh_start_refusals(tmp_path):
         run_pipeline(load_config(tiny(attacks=[])), out, resume=False, progress=False)
 
 
-@needs_gmi
 def test_identities_out_of_range_fail_before_training(tmp_path):
     raw = tiny()
     raw["attacks"][0]["identities"] = "0-9"          # only 6 private identities
@@ -275,7 +257,6 @@ def test_aggregate_rows_mean_std_ci_and_tradeoff_by_hand():
     assert n["delta"] == "" and math.isnan(m["fid_eval"])
 
 
-@needs_gmi
 def test_sigkill_mid_run_then_resume_gives_identical_results(full_run, tmp_path):
     """A real `midre run` process killed with SIGKILL, then `midre run --resume DIR`."""
     import os
@@ -345,7 +326,6 @@ def test_every_builtin_config_trains_all_its_targets_at_tiny_scale(tmp_path):
                 assert math.isfinite(r["epsilon"]) and r["epsilon"] > 0, "DP's epsilon reaches the results"
 
 
-@needs_gmi
 def test_adaptive_attack_uses_the_targets_own_eraser(tmp_path):
     raw = tiny(attacks=[{"name": "gmi", "preset": "quick", "params": {"iterations": 2}, "identities": [0],
                          "repeats": 1, "adaptive": True}], report={"enabled": False})
