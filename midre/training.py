@@ -13,16 +13,15 @@ resumed run reaches exactly the numbers of an uninterrupted one on CPU.
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Sequence
+from typing import Any, Literal, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch.utils.data import DataLoader, Dataset
 
 from .checkpoint import load_state, save_checkpoint, unwrap
