@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=5, help="independent repeats (seeds) per identity (default 5)")
     p.add_argument("--out", required=True, help="output directory for the reconstructions")
     p.add_argument("--preset", default="quick", help="hyper-parameter preset of the attack and priors: "
-                   "quick (32 px synthetic, CPU) or paper (64 px CelebA settings)")
+                   "quick (32 px synthetic, CPU) or paper (64 px CelebA settings); default: quick")
     p.add_argument("--param", action="append", metavar="KEY=VALUE", default=[],
                    help="attack hyper-parameter override, e.g. iterations=300 (repeatable)")
     p.add_argument("--prior-param", action="append", metavar="KIND.KEY=VALUE", default=[],

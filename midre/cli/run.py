@@ -41,8 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from .common import parse_kv
 
     if args.list:
-        for name in builtin_configs():
-            print(name)
+        _print_builtin_configs(builtin_configs())
         return 0
     overrides = parse_kv(args.overrides, "set")
     if args.seed is not None:
@@ -127,3 +126,16 @@ def fmt_pm(mean, std, digits: int = 2) -> str:
     if _missing(mean):
         return "—"
     return fmt(mean, digits) + ("" if _missing(std) else f" ± {fmt(std, digits)}")
+
+
+def _print_builtin_configs(names: list[str]) -> None:
+    """One block per built-in config: its name, description and expected time (fits 80 columns)."""
+    import textwrap
+
+    from ..config import builtin_config_summary
+
+    for name in names:
+        desc, when = builtin_config_summary(name)
+        print(name)
+        for label, text in (("", desc or "(no description)"), ("time: ", when or "not stated")):
+            print(textwrap.fill(label + text, width=78, initial_indent="  ", subsequent_indent="    "))
