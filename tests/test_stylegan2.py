@@ -147,3 +147,18 @@ def test_discriminator_and_resnet_generator():
     assert out.shape == (6,) and torch.isfinite(out).all()
     out.sum().backward()
     assert all(p.grad is not None for p in G.parameters() if p.requires_grad and p.dim() > 0)
+
+
+def test_fused_and_unfused_modulated_conv_agree():
+    from midre.models.stylegan2 import modulated_conv2d
+
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(3, 4, 6, 6, generator=g), torch.randn(5, 4, 3, 3, generator=g)
+    s, f = torch.randn(3, 4, generator=g), setup_filter([1, 3, 3, 1])
+    for up, demod in [(1, True), (2, True), (1, False)]:
+        a = modulated_conv2d(x, w, s, up=up, padding=1, f=f, demodulate=demod, fused=False)
+        b = modulated_conv2d(x, w, s, up=up, padding=1, f=f, demodulate=demod, fused=True)
+        assert torch.allclose(a, b, atol=1e-5), (up, demod)
+    # demodulated outputs have unit-variance filters: scaling the style of a sample changes nothing
+    a = modulated_conv2d(x, w, s, padding=1)
+    assert torch.allclose(a, modulated_conv2d(x, w, s * 3.0, padding=1), atol=1e-4)
