@@ -162,3 +162,21 @@ def test_fused_and_unfused_modulated_conv_agree():
     # demodulated outputs have unit-variance filters: scaling the style of a sample changes nothing
     a = modulated_conv2d(x, w, s, padding=1)
     assert torch.allclose(a, modulated_conv2d(x, w, s * 3.0, padding=1), atol=1e-4)
+
+
+def test_init_kwargs_layouts_of_official_repositories():
+    # stylegan2-ada (synthesis_kwargs dict, TF-converted pickles spell every option out) and the StyleGAN3
+    # repository's stylegan2 config (synthesis options at the top level, fused_modconv_default)
+    ada = dict(z_dim=8, c_dim=0, w_dim=8, img_resolution=16, img_channels=3,
+               mapping_kwargs={"num_layers": 2, "embed_features": None, "layer_features": None, "activation": "lrelu",
+                               "lr_multiplier": 0.01, "w_avg_beta": 0.995},
+               synthesis_kwargs={"channel_base": 128, "channel_max": 8, "num_fp16_res": 0, "conv_clamp": 256,
+                                 "architecture": "skip", "resample_filter": [1, 3, 3, 1], "use_noise": True,
+                                 "activation": "lrelu"})
+    sg3 = dict(z_dim=8, c_dim=0, w_dim=8, img_resolution=16, img_channels=3, mapping_kwargs={"num_layers": 2},
+               channel_base=128, channel_max=8, num_fp16_res=0, conv_clamp=256, fused_modconv_default="inference_only")
+    a, b = Generator(**ada), Generator(**sg3)
+    assert a.state_dict().keys() == b.state_dict().keys()
+    assert Generator(**a.init_kwargs).state_dict().keys() == a.state_dict().keys()
+    with pytest.raises(ArgumentError, match="magnitude_ema_beta"):
+        Generator(**{**sg3, "magnitude_ema_beta": 0.999})            # a StyleGAN3 (alias-free) option
