@@ -224,7 +224,7 @@ class QueryOracle:
 
 
 # ============================================================================ attack base
-ATTACKS: Registry[Callable[..., "Attack"]] = Registry("attack")
+ATTACKS: Registry[Callable[..., "Attack"]] = Registry("attack", group="midre.attacks")
 
 
 class _FrozenTarget:
