@@ -117,6 +117,14 @@ def _load_one(registry: Any, group: str, ep: Any, pkg: str) -> dict:
     return info
 
 
+def evicted(registry: Any, key: str, pkg: str) -> None:
+    """A built-in registered after the plugins took its name: the built-in wins, the plugin goes."""
+    _warn(f"plugin package '{pkg}': {registry.group} entry '{key}' replaced: name clash with the built-in "
+          f"{registry.kind} '{key}'; rename the entry point")
+    global _loaded
+    _loaded = [t for t in _loaded if not (t[0] == registry.group and t[1] == key)]
+
+
 # ------------------------------------------------------------------------------ type checks
 def _accepts(fn: Callable, *names: str) -> bool:
     try:
@@ -128,7 +136,7 @@ def _accepts(fn: Callable, *names: str) -> bool:
     return all(n in params for n in names)
 
 
-def _named_class(obj: Any, base: type, key: str, what: str) -> None:
+def _named_class(obj: Any, key: str, what: str) -> None:
     declared = getattr(obj, "name", None)
     if declared != key:
         raise PluginError(f"{obj.__name__}.name is {declared!r} but the entry point is '{key}'; "
@@ -141,7 +149,7 @@ def _check_defense(obj: Any, key: str) -> dict:
     if inspect.isclass(obj):
         if not issubclass(obj, Defense):
             raise PluginError(f"{obj.__name__} is not a midre.defenses.Defense subclass")
-        _named_class(obj, Defense, key, "Defense")
+        _named_class(obj, key, "Defense")
     elif not callable(obj):
         raise PluginError(f"expected a Defense subclass or a factory, got {type(obj).__name__}")
     return {}
@@ -153,7 +161,7 @@ def _check_attack(obj: Any, key: str) -> dict:
 
     if not (inspect.isclass(obj) and issubclass(obj, Attack)):
         raise PluginError(f"expected a midre.attacks.Attack subclass, got {getattr(obj, '__name__', type(obj).__name__)}")
-    _named_class(obj, Attack, key, "Attack")
+    _named_class(obj, key, "Attack")
     if obj.access not in ACCESS_LEVELS:
         raise PluginError(f"access '{obj.access}' is not one of {', '.join(ACCESS_LEVELS)}")
     bad = [k for k in obj.prior_kinds if k not in PRIOR_KINDS]

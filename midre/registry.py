@@ -28,7 +28,12 @@ class Registry(Generic[T]):
         def deco(fn: Callable[..., T]) -> Callable[..., T]:
             key = name.lower()
             if key in self._items:
-                raise RuntimeError(f"{self.kind} '{name}' registered twice")
+                owner = self._info[key].get("plugin")
+                if not owner or info.get("plugin"):
+                    raise RuntimeError(f"{self.kind} '{name}' registered twice")
+                from .plugins import evicted   # a built-in registered after a plugin took its name
+
+                evicted(self, key, owner)
             self._items[key] = fn
             doc = (fn.__doc__ or "").strip().splitlines()
             self._info[key] = {"description": doc[0] if doc else "", **info}

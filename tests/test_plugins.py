@@ -275,3 +275,27 @@ def test_load_into_waits_for_the_builtins_and_loads_once(monkeypatch, capsys):
     err = capsys.readouterr().err.splitlines()
     assert err == ["midre: warning: plugin package 'fake-pkg': midre.defenses entry 'boom' (x:boom) ignored: "
                    "import failed (RuntimeError: bad thing)"]
+
+
+def test_a_builtin_registered_after_the_plugins_still_wins(monkeypatch, capsys):
+    from midre import plugins
+    from midre.defenses.base import Defense
+    from midre.registry import Registry
+
+    class Late(Defense):
+        """Plugin defense."""
+        name = "late"
+
+    monkeypatch.setattr(plugins, "_entry_points", lambda group: [_EP("late", "x:Late", Late)])
+    monkeypatch.setattr(plugins, "_builtins_ready", lambda pkg: True)
+    reg = Registry("defense", group="midre.defenses")
+    assert reg.get("late") is Late
+
+    def builtin():
+        """The built-in one."""
+
+    reg.register("late")(builtin)
+    assert reg.get("late") is builtin and "plugin" not in reg.info("late")
+    assert "name clash with the built-in defense 'late'" in capsys.readouterr().err
+    with pytest.raises(RuntimeError, match="registered twice"):
+        reg.register("late")(builtin)
