@@ -48,7 +48,7 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 EMBEDDED_DATASETS = ("synthetic", "digits")   # generated or shipped: no root needed
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 # Keys that do not change any number of a run (left out of the run-directory hash).
-NON_RESULT_KEYS = ("name", "description", "expected_time", "device", "report", "sweep")
+NON_RESULT_KEYS = ("name", "description", "expected_time", "device", "report", "sweep", "logging")
 
 
 class _Section(BaseModel):
@@ -165,6 +165,12 @@ class ReportSection(_Section):
     max_identities: int = Field(8, ge=1)
 
 
+class LoggingSection(_Section):
+    """Optional logs (midre/tblog.py): tensorboard = true (RUN_DIR/tensorboard) or a directory."""
+
+    tensorboard: Union[bool, str] = False
+
+
 class AnalysesSection(_Section):
     features: bool = False
     sweep_area: list[float] = []
@@ -196,6 +202,7 @@ class RunConfig(_Section):
     metrics: MetricsSection = MetricsSection()
     report: ReportSection = ReportSection()
     analyses: AnalysesSection = AnalysesSection()
+    logging: LoggingSection = LoggingSection()
     sweep: Optional[dict[str, Any]] = None
 
     @field_validator("name")

@@ -42,6 +42,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
+from . import tblog
 from .config import AttackSection, RunConfig, TargetSection, dump_yaml, load_config, validate_train
 from .errors import ConfigError, MidreError, RunDirError
 from .utils import (RunLock, atomic_write_json, atomic_write_text, config_hash, derive_seed, parse_id_ranges,
@@ -282,8 +283,9 @@ def run_pipeline(config: Any, out_dir: str | os.PathLike, resume: bool = True, p
         raise ConfigError(f"stop_after '{stop_after}' is not a stage; use one of: {', '.join(STAGE_GROUPS)}")
     run_dir = Path(out_dir)
     t0 = time.perf_counter()
+    logs = tblog.from_config(cfg, run_dir)   # checks the extra before anything is written
     _prepare_dir(run_dir, resume)
-    with RunLock(run_dir):
+    with RunLock(run_dir), logs:
         remove_stale_temps(run_dir)
         if cfg.seeds:
             res = _run_study(cfg, run_dir, progress, stop_after, on_stage)

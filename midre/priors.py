@@ -45,6 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .errors import ArgumentError, CheckpointError, DataError, did_you_mean
 from .models.generators import (CondGenerator, DCGANDiscriminator, DCGANGenerator, ProjectionDiscriminator,
                                 build_gan_module)
+from . import tblog
 from .utils import atomic_path, atomic_write_json, config_hash, make_progress, resolve_device
 
 PRIOR_KINDS = ("gan", "kedmi", "cgan", "lomma", "stylegan2")
@@ -410,6 +411,7 @@ def _gan_loop(kind: str, cfg: PriorConfig, data: _Data, target: Optional[nn.Modu
     stop = cfg.iterations if until is None else min(cfg.iterations, until)
     bs = cfg.batch_size
     last: dict[str, float] = {}
+    tb = tblog.prior(root, kind, cfg.iterations)   # no-op unless a TensorBoard session is open
     with make_progress(progress) as prog:
         task = prog.add_task(f"prior {kind}", total=cfg.iterations, completed=start, status="")
         for it in range(start, stop):
@@ -469,6 +471,7 @@ def _gan_loop(kind: str, cfg: PriorConfig, data: _Data, target: Optional[nn.Modu
                                             f"or delete '{root}' to restart")
             last = {"d_loss": float(d_loss.detach()), "g_loss": float(g_loss.detach())}
             prog.update(task, advance=1, status=f"D {last['d_loss']:.3g} G {last['g_loss']:.3g}")
+            tb.step(it + 1, last, G)
             if (it + 1) % cfg.ckpt_every == 0 or it + 1 == stop:
                 resume.save(it + 1, {"G": G, "D": D}, {"G": optG, "D": optD}, gen)
     extra_meta.update({"final_losses": last, "iterations_done": max(stop, start)})
@@ -507,6 +510,7 @@ def _lomma(cfg: PriorConfig, data: _Data, target: nn.Module, root: Path, gen: to
         done, _ = resume.load({f"aug{i}": m for i, m in enumerate(models)}, {"opt": opts[cur]}, gen)
     steps = max(1, (data.n + cfg.batch_size - 1) // cfg.batch_size)
     total_epochs = len(archs) * E
+    tb = tblog.prior(root, "lomma", total_epochs * steps)
     with make_progress(progress) as prog:
         task = prog.add_task("prior lomma", total=total_epochs * steps, completed=done * steps, status="")
         for e_all in range(done, total_epochs):
@@ -531,6 +535,7 @@ def _lomma(cfg: PriorConfig, data: _Data, target: nn.Module, root: Path, gen: to
                 loss.backward()
                 opt.step()
                 prog.update(task, advance=1, status=f"{archs[ai]} KL {float(loss.detach()):.3g}")
+                tb.step(e_all * steps + i // cfg.batch_size + 1, {f"kl_{archs[ai]}": float(loss.detach())})
             m.eval()
             nxt = min((e_all + 1) // E, len(archs) - 1)
             resume.save(e_all + 1, {f"aug{i}": mm for i, mm in enumerate(models)}, {"opt": opts[nxt]}, gen)

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch.utils.data import DataLoader, Dataset
 
+from . import tblog
 from .checkpoint import load_state, save_checkpoint, unwrap
 from .defenses.base import Defense, StepContext, TrainContext, build_defense
 from .errors import ArgumentError, CheckpointError, RunDirError, TrainingDivergedError
@@ -229,6 +230,7 @@ def train_classifier(model: nn.Module, train_set: Dataset, test_set: Optional[Da
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
 
     test_acc = history[-1].get("test_acc") if history else None
+    tb = tblog.training(out, description, len(loader))   # no-op unless a TensorBoard session is open
     with make_progress(progress) as prog:
         task = prog.add_task(description, total=cfg.epochs * len(loader), completed=start_epoch * len(loader),
                              status="")
@@ -273,6 +275,7 @@ def train_classifier(model: nn.Module, train_set: Dataset, test_set: Optional[Da
                     torch.nn.utils.clip_grad_norm_(train_model.parameters(), cfg.grad_clip)
                 scaler.step(opt)
                 scaler.update()
+                tb.step(epoch, x, y, logits, loss, opt)
                 n = y.shape[0]
                 tot_loss += float(loss.detach()) * n
                 tot_correct += int((logits.detach().argmax(1) == y).sum())
@@ -287,6 +290,7 @@ def train_classifier(model: nn.Module, train_set: Dataset, test_set: Optional[Da
                 rec["test_acc"] = test_acc
             rec["seconds"] = time.perf_counter() - t0
             history.append(rec)
+            tb.epoch(rec, opt)
             prog.update(task, status=f"epoch {epoch + 1}/{cfg.epochs} acc {test_acc if test_acc is not None else float('nan'):.1f}%")
             if out is not None:
                 m = _meta(model, defense, cfg, train_set, meta)

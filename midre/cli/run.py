@@ -31,6 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="override a config key, e.g. --set targets.1.train.epochs=20 (repeatable)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars or stage lines")
     p.add_argument("--list", action="store_true", help="list the built-in configs and exit")
+    p.add_argument("--tensorboard", metavar="DIR", default=None,
+                   help="write TensorBoard logs to DIR (needs the 'tensorboard' extra; config key: "
+                        "logging.tensorboard)")
     p.set_defaults(func=run)
 
 
@@ -64,10 +67,14 @@ def run(args: argparse.Namespace) -> int:
         run_dir = Path(args.out) if args.out is not None else Path("runs") / cfg.name
     if args.seed is not None and cfg.seeds:
         raise ArgumentError("--seed cannot override a multi-seed config (it has 'seeds'); edit the seeds list instead")
+    from ..tblog import require, session
+    if args.tensorboard or cfg.logging.tensorboard:
+        require()
     progress = not args.no_progress
     if progress:
         print(f"midre run '{cfg.name}' -> {run_dir}", file=sys.stderr)
-    res = run_pipeline(cfg, run_dir, resume=True, progress=progress, device=args.device)
+    with session(args.tensorboard, base=run_dir):
+        res = run_pipeline(cfg, run_dir, resume=True, progress=progress, device=args.device)
     print_summary(res, cfg)
     return 0
 

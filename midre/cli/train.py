@@ -31,6 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=0, help="data-loading worker processes (lazy datasets)")
     p.add_argument("--out", default=None, help="output directory (default runs/train-<dataset>-<arch>-<defense>)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--tensorboard", metavar="DIR", default=None,
+                   help="write TensorBoard logs to DIR (needs the 'tensorboard' extra)")
     p.set_defaults(func=run)
 
 
@@ -76,6 +78,9 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ArgumentError(f"--batch-size must be at least 1, got {args.batch_size}")
     resolve_device(args.device)   # a bad --device fails before any data is loaded
+    if args.tensorboard:
+        from .. import tblog
+        tblog.require()
     defense = _defense_spec(args)
     cfg = make_config(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
                       lr=args.lr if args.lr is not None else (0.05 if args.optimizer == "sgd" else 1e-3),
@@ -99,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
             "class_names": list(splits.class_names)}
     print(f"{splits.summary()}", file=sys.stderr)
     print(f"training {args.arch} with defense {defense!r} for {cfg.epochs} epochs -> {out}", file=sys.stderr)
-    with RunLock(out):
+    from ..tblog import session
+    with RunLock(out), session(args.tensorboard, base=out.parent):
         for stale in out.glob(".*.tmp"):   # temp files of a killed earlier session (we hold the lock)
             stale.unlink(missing_ok=True)
         res = train_classifier(model, train_set, test_set, defense=defense, config=cfg, out_dir=out,

@@ -102,7 +102,7 @@ class MISplits:
                 f"{len(self.private_test)} test images, {len(self.public)} public images at {self.resolution} px")
 
 
-DATASETS: Registry[Callable[..., MISplits]] = Registry("dataset")
+DATASETS: Registry[Callable[..., MISplits]] = Registry("dataset", group="midre.datasets")
 
 
 def load_dataset(name: str, root: Optional[str] = None, resolution: Optional[int] = None, seed: int = 0,
