@@ -298,6 +298,8 @@ def train_classifier(model: nn.Module, train_set: Dataset, test_set: Optional[Da
                 m = _meta(model, defense, cfg, train_set, meta)
                 m.update({"epoch": epoch + 1, "epochs": cfg.epochs, "test_acc": test_acc, "history": history,
                           "defense_report": defense.report(), "complete": epoch + 1 == cfg.epochs})
+                if ddp.size > 1:
+                    m["world_size"] = ddp.size   # provenance: trained data-parallel (last session's size)
                 if ddp.is_main:
                     _save_epoch(out, model, m, opt, sched, epoch + 1, history)
                 ddp.after_checkpoint(epoch + 1)

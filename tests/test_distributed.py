@@ -155,3 +155,34 @@ def test_torchrun_kill_and_resume_reaches_the_uninterrupted_weights(tmp_path):
     ha = json.loads((tmp_path / "full" / "history.json").read_text())
     hb = json.loads((tmp_path / "resumed" / "history.json").read_text())
     assert [h["loss"] for h in ha] == [h["loss"] for h in hb] and len(ha) == 3
+
+
+TINY_RUN = """
+name: tiny-ddp
+seed: 0
+device: cpu
+dataset: {name: synthetic, resolution: 16, options: {num_private: 4, num_public: 4, images_per_id: 4}}
+eval_model: {arch: tinycnn, train: {epochs: 1, batch_size: 8}}
+defaults: {arch: tinycnn, train: {epochs: 2, batch_size: 8}}
+targets: [{name: nodef, defense: nodef}, {name: midre, defense: {name: midre, area: 0.4}}]
+attacks: [{name: gmi, preset: quick, params: {iterations: 2}, identities: "0-1", repeats: 1}]
+priors: {preset: quick, params: {gan: {iterations: 2, batch_size: 8}}}
+metrics: {fid: none, n_boot: 10}
+report: {enabled: false}
+"""
+
+
+@pytest.mark.slow
+def test_torchrun_pipeline_trains_data_parallel_and_attacks_on_rank_0(tmp_path):
+    (tmp_path / "tiny.yaml").write_text(TINY_RUN)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "midre.cli",
+           "run", "tiny.yaml", "--out", "run", "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    run = tmp_path / "run"
+    assert json.loads((run / "run.json").read_text())["complete"] is True
+    for d in ("eval", "targets/nodef", "targets/midre"):
+        assert json.loads((run / d / "model.json").read_text())["world_size"] == 2
+    assert (run / "attacks" / "midre" / "gmi" / "metrics.json").exists()
+    assert r.stdout.count("midre results") == 1

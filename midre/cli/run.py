@@ -36,6 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..config import builtin_configs, load_config
+    from ..distributed import world
     from ..errors import ArgumentError, RunDirError
     from ..pipeline import run_pipeline
     from .common import parse_kv
@@ -65,11 +66,12 @@ def run(args: argparse.Namespace) -> int:
         run_dir = Path(args.out) if args.out is not None else Path("runs") / cfg.name
     if args.seed is not None and cfg.seeds:
         raise ArgumentError("--seed cannot override a multi-seed config (it has 'seeds'); edit the seeds list instead")
-    progress = not args.no_progress
+    progress = not args.no_progress and world().is_main
     if progress:
         print(f"midre run '{cfg.name}' -> {run_dir}", file=sys.stderr)
     res = run_pipeline(cfg, run_dir, resume=True, progress=progress, device=args.device)
-    print_summary(res, cfg)
+    if world().is_main:   # under torchrun, rank 0 alone reports
+        print_summary(res, cfg)
     return 0
 
 
