@@ -170,8 +170,8 @@ def make_study(run_dir: str | Path, out: Optional[str | Path] = None, *, attack:
     w.writeheader()
     w.writerows(rows)
     atomic_write_text(out / "pairs.csv", buf.getvalue())
-    page = {"study_id": study_id, "key_hint": str((out / "key.json").resolve()), "question": QUESTION, "pairs": shown}
-    atomic_write_text(out / "study.html", render_page(page, title or f"midre user study: {attack}"))
+    page = {"study_id": study_id, "question": QUESTION, "pairs": shown}   # blinded: no target names, no key path
+    atomic_write_text(out / "study.html", render_page(page, title or "Face similarity study"))
     return out
 
 
@@ -223,11 +223,10 @@ def _load_votes(path: Path) -> tuple[Optional[dict], list[tuple[str, str, str]]]
         raise DataError(f"'{path}' has a vote without 'pair' and 'answer'; re-export it from the page") from None
 
 
-def _load_key(key: Optional[str | Path], hints: list[str]) -> dict:
-    cands = [Path(key)] if key is not None else [Path(h) for h in dict.fromkeys(hints)]
-    if not cands:
+def _load_key(key: Optional[str | Path]) -> dict:
+    if key is None:
         raise ArgumentError("no study key: pass --key STUDY_DIR/key.json (written by `midre userstudy make`)")
-    p = cands[0]
+    p = Path(key)
     if p.is_dir():
         p = p / "key.json"
     if not p.exists():
@@ -254,14 +253,14 @@ def fleiss_kappa(table: Sequence[Sequence[int]]) -> float:
     return float("nan") if math.isclose(pe, 1.0) else (pbar - pe) / (1 - pe)
 
 
-def tally(vote_files: Sequence[str | Path], key: Optional[str | Path] = None) -> dict[str, Any]:
+def tally(vote_files: Sequence[str | Path], key: Optional[str | Path]) -> dict[str, Any]:
     """Counts per defense / neither / both, the sign test and Fleiss' kappa of exported votes."""
     from scipy.stats import binomtest
 
     if not vote_files:
         raise ArgumentError("no votes given; pass the JSON files exported by the study page")
     loaded = [(Path(f), *_load_votes(Path(f))) for f in vote_files]
-    k = _load_key(key, [str(v["key_hint"]) for _, v, _ in loaded if v and v.get("key_hint")])
+    k = _load_key(key)
     pairs = {p["id"]: p for p in k["pairs"]}
     A, B = k["defenses"]
     cats = [A, B, "neither", "both"]

@@ -88,7 +88,7 @@ until you export them.</p>
   function go(d) { state.pos = Math.max(0, Math.min(S.pairs.length - 1, state.pos + d)); save(); show(); }
   function exportVotes() {
     return JSON.stringify({
-      format: "midre-userstudy-votes", study_id: S.study_id, key_hint: S.key_hint, rater: state.rater,
+      format: "midre-userstudy-votes", study_id: S.study_id, rater: state.rater,
       exported: new Date().toISOString(),
       votes: S.pairs.filter(function (p) { return state.votes[p.id]; }).map(function (p) {
         return {pair: p.id, answer: state.votes[p.id].answer, time: state.votes[p.id].time};

@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                       description="Tally exported votes (the page's JSON files, or a crowd-sourcing results CSV "
                                   "with pair_id, answer and rater / WorkerId columns).")
     t.add_argument("votes", nargs="+", metavar="VOTES")
-    t.add_argument("--key", default=None, help="the study's key.json (default: the path recorded in the votes)")
+    t.add_argument("--key", default=None, help="the study's key.json (or its directory), written by `make`")
     t.add_argument("--json", default=None, metavar="FILE", help="also write the tally as JSON")
     t.set_defaults(func=run_tally)
     p.set_defaults(func=lambda args: p.error("choose 'make' or 'tally'"))
