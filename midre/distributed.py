@@ -66,6 +66,10 @@ class World:
     def device(self, device: torch.device) -> torch.device:
         """A CUDA device becomes this rank's GPU (one GPU per local rank); CPU stays CPU."""
         if self.size > 1 and device.type == "cuda":
+            if self.local_rank >= torch.cuda.device_count():
+                raise ArgumentError(f"local rank {self.local_rank} needs its own GPU but this machine has "
+                                    f"{torch.cuda.device_count()}; start at most that many processes per machine "
+                                    "(--nproc_per_node) or train on --device cpu")
             return torch.device("cuda", torch.cuda.current_device())
         return device
 

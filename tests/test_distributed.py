@@ -108,6 +108,7 @@ def _child(rank: int, world: int, port: int, out: str) -> None:
     torch.save({k: v.detach().clone() for k, v in res.model.state_dict().items()}, Path(out) / f"weights{rank}.pt")
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_path):
     import torch.multiprocessing as mp
 
