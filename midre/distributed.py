@@ -40,8 +40,8 @@ from .errors import ArgumentError
 from .utils import derive_seed
 
 #: how long ranks > 0 of ``midre run`` may wait for rank 0 between training stages (data loading,
-#: skipped stages): the control channel is a separate gloo group with this timeout.
-CONTROL_TIMEOUT = _dt.timedelta(hours=48)
+#: priors, attacks of rank 0): the control channel is a separate gloo group with this timeout.
+CONTROL_TIMEOUT = _dt.timedelta(days=7)
 
 
 @dataclass
