@@ -36,7 +36,8 @@ def _model() -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 16), nn.Tanh(), nn.Linear(16, 4))
 
 
-CFG = {"epochs": 2, "batch_size": 8, "lr": 0.2, "hflip": False, "device": "cpu", "seed": 5, "schedule": "cosine"}
+CFG = {"epochs": 2, "batch_size": 8, "lr": 0.2, "hflip": False, "device": "cpu", "seed": 5, "schedule": "cosine",
+       "grad_clip": 0.05}   # clipping (after backward) acts on the all-reduced gradient: same as one process
 
 
 # ------------------------------------------------------------------------------ sharding (no processes)
