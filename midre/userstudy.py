@@ -158,13 +158,18 @@ def make_study(run_dir: str | Path, out: Optional[str | Path] = None, *, attack:
             files[k] = f"images/{p.id}-{k}.png"
             atomic_write_bytes(out / files[k], data)
         shown.append({"id": p.id, **{k: "data:image/png;base64," + base64.b64encode(v).decode() for k, v in imgs.items()}})
-        rows.append({"pair_id": p.id, **{f"image_{k}_url": base_url + f for k, f in files.items()}})
+        rows.append({"pair_id": p.id, "study_id": study_id,
+                     **{f"image_{k}_url": base_url + f for k, f in files.items()}})
     key = {"format": KEY_FORMAT, "study_id": study_id, "run_dir": str(run_dir.resolve()), "attack": attack,
            "defenses": defenses, "seed": seed, "answers": list(ANSWERS), "question": QUESTION,
            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
            "pairs": [{"id": p.id, "identity": p.identity, "left": p.left, "right": p.right,
                       "private_index": p.private_index, "recon_index": p.recon_index} for p in pairs]}
     atomic_write_json(out / "key.json", key)
+    kept = {f"{p.id}-{k}.png" for p in pairs for k in ("private", "a", "b")}
+    for old in (out / "images").glob("*.png"):   # images of an earlier study in the same directory
+        if old.name not in kept:
+            old.unlink()
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
     w.writeheader()
@@ -194,8 +199,9 @@ def _read_json(path: Path) -> Any:
         raise DataError(f"'{path}' is not JSON; give the file exported by the study page (or a results CSV)") from None
 
 
-def _csv_votes(path: Path) -> list[tuple[str, str, str]]:
-    """(rater, pair, answer) rows of a crowd-sourcing results CSV (MTurk: WorkerId, Input.pair_id, Answer.answer)."""
+def _csv_votes(path: Path) -> tuple[Optional[dict], list[tuple[str, str, str]]]:
+    """(rater, pair, answer) rows of a crowd-sourcing results CSV (MTurk: WorkerId, Input.pair_id, Answer.answer;
+    an Input.study_id / study_id column, as pairs.csv gives it, is checked against the key)."""
     try:
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
@@ -207,12 +213,17 @@ def _csv_votes(path: Path) -> list[tuple[str, str, str]]:
     if not rows or pc is None or ac is None or rc is None:
         raise DataError(f"'{path}' needs a header with pair_id, answer and rater (or WorkerId, Input.pair_id, "
                         "Answer.answer) and at least one row")
-    return [(r[rc], r[pc], r[ac]) for r in rows]
+    sc = pick("input.study_id", "study_id")
+    ids = {r[sc] for r in rows} if sc else set()
+    if len(ids) > 1:
+        raise DataError(f"'{path}' mixes votes of several studies ({', '.join(sorted(ids))}); tally one study at a time")
+    head = {"study_id": ids.pop()} if ids else None
+    return head, [(r[rc], r[pc], r[ac]) for r in rows]
 
 
 def _load_votes(path: Path) -> tuple[Optional[dict], list[tuple[str, str, str]]]:
     if path.suffix.lower() == ".csv":
-        return None, _csv_votes(path)
+        return _csv_votes(path)
     v = _read_json(path)
     if not isinstance(v, dict) or v.get("format") != VOTES_FORMAT or not isinstance(v.get("votes"), list):
         raise DataError(f"'{path}' is not a midre user-study votes file; export it with the page's 'Export votes' button")

@@ -114,10 +114,10 @@ def test_tally_reads_a_crowdsourcing_results_csv(tmp_path, study):
     key = json.loads((study / "key.json").read_text())
     with (tmp_path / "batch.csv").open("w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["HITId", "WorkerId", "Input.pair_id", "Answer.answer"])
+        w.writerow(["HITId", "WorkerId", "Input.pair_id", "Input.study_id", "Answer.answer"])
         for worker in ("W1", "W2", "W3"):
             for p in key["pairs"]:
-                w.writerow(["h", worker, p["id"], "left"])
+                w.writerow(["h", worker, p["id"], key["study_id"], "left"])
     t = tally([tmp_path / "batch.csv"], key=study)
     lefts = [p["left"] for p in key["pairs"]]
     assert t["counts"][key["defenses"][0]] == 3 * lefts.count(key["defenses"][0])
@@ -132,7 +132,7 @@ def _cli(args, capsys) -> tuple[int, str]:
 
 
 @pytest.mark.parametrize("case", ["no-run", "no-recons", "bad-attack", "bad-defense", "not-json", "other-study",
-                                  "bad-answer", "no-key", "same-file-twice"])
+                                  "bad-answer", "no-key", "same-file-twice", "csv-other-study", "csv-no-columns"])
 def test_bad_input_is_one_line_and_exit_2(case, tmp_path, study, capsys):
     key = json.loads((study / "key.json").read_text())
     good = _votes(tmp_path / "v.json", "r", key, ["left"] * 6)
@@ -144,6 +144,8 @@ def test_bad_input_is_one_line_and_exit_2(case, tmp_path, study, capsys):
     bad.write_text(json.dumps({"format": "midre-userstudy-votes", "study_id": key["study_id"],
                                "votes": [{"pair": key["pairs"][0]["id"], "answer": "maybe"}]}))
     run = study.parents[1]
+    (tmp_path / "o.csv").write_text(f"WorkerId,Input.pair_id,Input.study_id,Answer.answer\nW,{key['pairs'][0]['id']},x,left\n")
+    (tmp_path / "n.csv").write_text("a,b\n1,2\n")
     args = {"no-run": ["userstudy", "make", tmp_path / "nope"],
             "no-recons": ["userstudy", "make", tmp_path / "empty"],
             "bad-attack": ["userstudy", "make", run, "--attack", "ppa", "--out", tmp_path / "o"],
@@ -152,7 +154,9 @@ def test_bad_input_is_one_line_and_exit_2(case, tmp_path, study, capsys):
             "other-study": ["userstudy", "tally", other, "--key", study],
             "bad-answer": ["userstudy", "tally", bad, "--key", study],
             "no-key": ["userstudy", "tally", good],
-            "same-file-twice": ["userstudy", "tally", good, good, "--key", study]}[case]
+            "same-file-twice": ["userstudy", "tally", good, good, "--key", study],
+            "csv-other-study": ["userstudy", "tally", tmp_path / "o.csv", "--key", study],
+            "csv-no-columns": ["userstudy", "tally", tmp_path / "n.csv", "--key", study]}[case]
     rc, err = _cli(args, capsys)
     assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err, err
     assert not (tmp_path / "o").exists()
