@@ -188,3 +188,18 @@ def test_torchrun_pipeline_trains_data_parallel_and_attacks_on_rank_0(tmp_path):
         assert json.loads((run / d / "model.json").read_text())["world_size"] == 2
     assert (run / "attacks" / "midre" / "gmi" / "metrics.json").exists()
     assert r.stdout.count("midre results") == 1
+
+
+def test_world_size_without_torchrun_rendezvous_is_one_line_exit_2(monkeypatch, tmp_path, capsys):
+    import midre.distributed as D
+    from midre.cli import main
+
+    monkeypatch.setattr(D, "_WORLD", None)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    monkeypatch.delenv("MASTER_PORT", raising=False)
+    rc = main(["train", "--dataset", "synthetic", "--epochs", "1", "--device", "cpu", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "torchrun" in err, err
+    assert not (tmp_path / "o").exists()
