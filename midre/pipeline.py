@@ -44,6 +44,7 @@ import torch
 
 from . import tblog
 from .config import AttackSection, RunConfig, TargetSection, dump_yaml, load_config, validate_train
+from .distributed import world
 from .errors import ConfigError, MidreError, RunDirError
 from .utils import (RunLock, atomic_write_json, atomic_write_text, config_hash, derive_seed, parse_id_ranges,
                     resolve_device, seed_everything)
@@ -284,13 +285,20 @@ def run_pipeline(config: Any, out_dir: str | os.PathLike, resume: bool = True, p
     run_dir = Path(out_dir)
     t0 = time.perf_counter()
     logs = tblog.from_config(cfg, run_dir)   # checks the extra before anything is written
+    ddp = world()   # under torchrun: rank 0 runs the pipeline, the others join its training stages
     _prepare_dir(run_dir, resume)
+    ddp.barrier()
+    if not ddp.is_main:
+        return _train_worker(cfg, run_dir, ddp)
     with RunLock(run_dir), logs:
-        remove_stale_temps(run_dir)
-        if cfg.seeds:
-            res = _run_study(cfg, run_dir, progress, stop_after, on_stage)
-        else:
-            res = _Pipeline(cfg, run_dir, progress, on_stage).run(stop_after)
+        try:
+            remove_stale_temps(run_dir)
+            if cfg.seeds:
+                res = _run_study(cfg, run_dir, progress, stop_after, on_stage)
+            else:
+                res = _Pipeline(cfg, run_dir, progress, on_stage).run(stop_after)
+        finally:
+            ddp.send(None)   # ranks > 0: no more training stages
     res.seconds = time.perf_counter() - t0
     res.peak_rss_mib = peak_rss_mib()
     return res
@@ -516,6 +524,7 @@ class _Pipeline:
         from .models import create_model
         from .training import train_classifier
 
+        world().send((self.cfg.seed, meta.get("role"), meta.get("target")))   # ranks > 0 train it too
         seed = derive_seed(self.cfg.seed, seed_key)
         seed_everything(seed)
         model = create_model(arch, num_classes=self.splits.num_classes, resolution=self.splits.resolution, **kwargs)
@@ -719,6 +728,27 @@ def _adaptive_eraser(tmeta: dict):
         return adaptive_eraser_from_meta(tmeta)
     except MidreError:
         return None
+
+
+def _train_worker(cfg: RunConfig, run_dir: Path, ddp: Any) -> PipelineResult:
+    """Ranks > 0 under torchrun: train the stages rank 0 announces (eval / a target of a seed), in
+    lock-step with it; rank 0 alone records run.json, skips finished stages and runs everything else."""
+    pipes: dict[int, _Pipeline] = {}
+    while (msg := ddp.receive()) is not None:
+        seed, role, target = msg
+        p = pipes.get(seed)
+        if p is None:
+            sub_cfg, sub = (cfg.for_seed(seed), run_dir / f"seed-{seed}") if cfg.seeds else (cfg, run_dir)
+            p = pipes[seed] = _Pipeline(sub_cfg, sub, False, None)
+            p.keys, p.n_units = p._keys(), 0
+            p.state = RunState(sub, sub_cfg)
+            p.state.save = lambda status=None: None   # read-only: rank 0 owns run.json
+            p._data()
+        if role == "eval":
+            p._train_eval()
+        else:
+            p._train_target(next(t for t in p.targets if t.name == target))
+    return PipelineResult(run_dir=run_dir, seeds=cfg.run_seeds())
 
 
 # ============================================================================ tables

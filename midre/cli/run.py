@@ -39,6 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..config import builtin_configs, load_config
+    from ..distributed import world
     from ..errors import ArgumentError, RunDirError
     from ..pipeline import run_pipeline
     from .common import parse_kv
@@ -70,12 +71,13 @@ def run(args: argparse.Namespace) -> int:
     from ..tblog import require, session
     if args.tensorboard or cfg.logging.tensorboard:
         require()
-    progress = not args.no_progress
+    progress = not args.no_progress and world().is_main
     if progress:
         print(f"midre run '{cfg.name}' -> {run_dir}", file=sys.stderr)
-    with session(args.tensorboard, base=run_dir):
+    with session(args.tensorboard if world().is_main else None, base=run_dir):   # rank 0 alone logs
         res = run_pipeline(cfg, run_dir, resume=True, progress=progress, device=args.device)
-    print_summary(res, cfg)
+    if world().is_main:   # under torchrun, rank 0 alone reports
+        print_summary(res, cfg)
     return 0
 
 
