@@ -6,8 +6,11 @@ N(mu, diag(exp(log_var))) over z per identity (reparameterised samples, Adam)::
 
     min_{mu, log_var}  E_eps [ softplus(LSE(D_K(G(z)))) - LSE(D_K(G(z))) + lambda_iden * CE(T(G(z)), y) ]
 
-where D_K are the identity logits relative to the fake logit.  Defaults (protocols.md): 2400 iterations,
-Adam lr 0.02, lambda 100; each repeat returns one sample of the learned distribution.
+where D_K are the identity logits relative to the fake logit.  As in the reference release, ``mu``
+starts at 0 and ``log_var`` at 1 (``log_var_init``), one fresh sample per step.  The KedMI release
+clamps z only after the step on a detached copy, which has no effect, so ``z_clip = 0`` here; LOMMA's
+KedMI (``clipz``) clamps every sample to [-1, 1] before G (see lomma.py).  Defaults (protocols.md):
+2400 iterations, Adam lr 0.02, lambda 100; each repeat returns one sample of the learned distribution.
 """
 from __future__ import annotations
 
@@ -24,12 +27,13 @@ class KedMI(GMI):
     name = "kedmi"
     prior_kinds = ("kedmi",)
     defaults = {"iterations": 2400, "lr": 0.02, "lambda_iden": 100.0, "lambda_prior": 1.0, "batch_size": 60,
-                "z_clip": 0.0}
+                "z_clip": 0.0, "log_var_init": 1.0}
     presets = {"quick": {"iterations": 150, "batch_size": 50}}
 
     def init_latents(self, access, ids, prior, gen):
         d = self.generator(prior).z_dim
-        return {"mu": torch.zeros(len(ids), d, device=ids.device), "log_var": torch.zeros(len(ids), d, device=ids.device)}
+        mu = torch.zeros(len(ids), d, device=ids.device)
+        return {"mu": mu, "log_var": torch.full_like(mu, float(self.params["log_var_init"]))}
 
     def prior_loss(self, prior, x):
         lse = prior[self.prior_kinds[0]].discriminator.class_logits(x).logsumexp(1)
@@ -48,9 +52,7 @@ class KedMI(GMI):
         log_var = state["log_var"].clone().requires_grad_(True)
         opt = torch.optim.Adam([mu, log_var], lr=p["lr"])
         for _ in range(p["iterations"]):
-            x = G(self._sample(mu, log_var, gen))
-            loss = p["lambda_prior"] * self.prior_loss(prior, x) + p["lambda_iden"] * self.identity_loss(
-                access, prior, x, ids, eraser)
+            loss = self.objective(access, prior, G(self._sample(mu, log_var, gen)), ids, eraser)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
