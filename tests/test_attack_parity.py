@@ -170,6 +170,24 @@ def test_kedmi_parity_distribution_from_log_var_one(nets):
     assert not torch.allclose(old["log_var"], lv, atol=1e-3)
 
 
+@pytest.mark.parametrize("refit", [False, True])
+def test_kedmi_repeats_are_samples_of_one_fit_as_in_the_release(nets, refit):
+    a = build_attack("kedmi", iterations=3, refit_per_repeat=refit)
+    fits = []
+    fit = a._fit
+
+    def counting(*args, **kw):
+        fits.append(1)
+        return fit(*args, **kw)
+
+    a._fit = counting
+    rec = a.run(nets.T, [0, 1], 3, nets.priors, seed=0)
+    assert len(fits) == (3 if refit else 1)
+    assert len(rec.meta["loss_curve"]) == 3
+    img = [rec.images[rec.repeat == r] for r in range(3)]
+    assert not torch.equal(img[0], img[1]) and not torch.equal(img[1], img[2])   # a new sample per repeat
+
+
 def test_lomma_gmi_parity_regulariser_added_to_the_mean_identity_loss(nets):
     out = _run("lomma_gmi", nets)
     z0 = torch.randn(len(IDS), ZD, generator=_gen())
