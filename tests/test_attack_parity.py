@@ -128,7 +128,7 @@ def kedmi_prior(Dk):
 def lomma_iden(nets, reg_inside_mean=False):
     """Re-thinking_MI: mean over [target, aug...] of -logit_y (NLLLoss on logits) + lam * mean((f - p_reg)^2)."""
     def f(x):
-        feats, logits = nets.T.features(x), None
+        feats = nets.T.features(x)
         logits = nets.T.head(feats)
         losses = [-logits.gather(1, IDS[:, None]).mean()] + [-m(x).gather(1, IDS[:, None]).mean() for m in nets.aug]
         reg = 1.0 * (feats - nets.p_reg).pow(2).mean()
