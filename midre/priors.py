@@ -367,6 +367,15 @@ def _gradient_penalty(D: nn.Module, real: torch.Tensor, fake: torch.Tensor, gen:
     return ((g.flatten(1).norm(dim=1) - 1) ** 2).mean()
 
 
+def _kedmi_discriminator_loss(D: nn.Module, real: torch.Tensor, soft: torch.Tensor, unl: torch.Tensor,
+                              fake: torch.Tensor) -> torch.Tensor:
+    """KedMI's discriminator loss (reference release): soft cross-entropy to the target's soft labels on
+    a labelled batch + 0.5 * [softplus(LSE) - LSE on an unlabelled batch + softplus(LSE) on fakes]."""
+    sup = -(soft * F.log_softmax(D.class_logits(real), 1)).sum(1).mean()
+    lse_u, lse_f = D.class_logits(unl).logsumexp(1), D.class_logits(fake).logsumexp(1)
+    return sup + 0.5 * ((F.softplus(lse_u) - lse_u).mean() + F.softplus(lse_f).mean())
+
+
 def _kedmi_generator_loss(D: nn.Module, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     """KedMI's generator loss (reference release): L1 feature matching of the mean discriminator
     features (mean over feature dims) + 1e-4 * the entropy of D's identity prediction on the fakes,
@@ -433,11 +442,7 @@ def _gan_loop(kind: str, cfg: PriorConfig, data: _Data, target: Optional[nn.Modu
                     with torch.no_grad():
                         fake = G(z)
                     unl, _ = data.sample(bs, gen)          # the reference's separate unlabelled batch
-                    lr_ = D.class_logits(real)
-                    lse_u, lse_f = D.class_logits(unl).logsumexp(1), D.class_logits(fake).logsumexp(1)
-                    sup = -(soft[_i.to(dev)] * F.log_softmax(lr_, 1)).sum(1).mean()   # target soft labels
-                    unsup = 0.5 * ((F.softplus(lse_u) - lse_u).mean() + F.softplus(lse_f).mean())
-                    d_loss = sup + unsup
+                    d_loss = _kedmi_discriminator_loss(D, real, soft[_i.to(dev)], unl, fake)
                 else:
                     yf = torch.randint(K, (bs,), generator=gen).to(dev)
                     with torch.no_grad():

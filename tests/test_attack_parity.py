@@ -436,3 +436,28 @@ def test_brepmi_guards_stop_a_target_that_labels_everything_y():
     state = a.init_latents(everything, y, {"gan": SimpleNamespace(generator=G)}, g)
     out = a.invert(everything, y, {"gan": SimpleNamespace(generator=G)}, state, g, None, lambda v: None, lambda: None)
     assert 100.0 <= float(out["radius"][0]) < 130.0 and torch.isfinite(out["z"]).all()
+
+
+# ------------------------------------------------------------------------------ KedMI's GAN losses
+def test_kedmi_gan_losses_follow_the_release(nets):
+    from midre.priors import _kedmi_discriminator_loss, _kedmi_generator_loss
+
+    g = _gen(4)
+    real, unl, fake = (torch.rand(6, 3, RES, RES, generator=g) for _ in range(3))
+    soft = torch.softmax(torch.randn(6, K, generator=g), 1)
+    Dk = nets.Dk
+
+    def k_logits(x):                       # the release's K logits (fake class implicit)
+        out = Dk(x)
+        return out[:, :K] - out[:, K:]
+
+    def lse(x):
+        return torch.logsumexp(k_logits(x), 1)
+
+    lab = -(soft * F.log_softmax(k_logits(real), 1)).sum() / 6
+    unlab = 0.5 * (F.softplus(lse(unl)).mean() - lse(unl).mean() + F.softplus(lse(fake)).mean())
+    assert torch.allclose(_kedmi_discriminator_loss(Dk, real, soft, unl, fake), lab + unlab, atol=1e-6)
+    mom = (Dk.features(fake).mean(0) - Dk.features(real).mean(0)).abs().mean()
+    p = F.softmax(k_logits(fake), 1)
+    h = -(p * F.log_softmax(k_logits(fake), 1)).sum()
+    assert torch.allclose(_kedmi_generator_loss(Dk, fake, real), mom + 1e-4 * h, atol=1e-6)
