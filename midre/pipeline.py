@@ -509,6 +509,8 @@ class _Pipeline:
         if cfg.attacks and self.public_set is None:
             raise ConfigError(f"dataset '{d.name}' has no public images but the attacks need public data for their "
                               "priors; give a public set (dataset.options, e.g. public: ffhq:/path) or drop the attacks")
+        if cfg.attacks:
+            self._assert_public_only()       # refuse before any training, and again for every prior
         self.data_meta = {"name": d.name, "root": d.root, "resolution": splits.resolution, "seed": self.data_seed,
                           "options": dict(d.options)}
         rec = self.state.stages.setdefault("data", {})
@@ -559,10 +561,24 @@ class _Pipeline:
     def _prior_kwargs(self, kind: str) -> dict:
         return {"preset": self.cfg.priors.preset or "paper", "params": dict(self.cfg.priors.params.get(kind, {}))}
 
+    def _assert_public_only(self) -> None:
+        """Refuse (DataError, one line) when the public set shares any image with the private splits."""
+        from . import priors as P
+        from .errors import DataError
+
+        try:
+            P.assert_public_only(self.public_set, self.train_set, self.test_set)
+        except DataError as e:
+            n = str(e).split(" shares ", 1)[-1].split(" with", 1)[0]
+            raise DataError(f"dataset '{self.cfg.dataset.name}': the public set shares {n} with the private "
+                            "splits; priors must see public identities only: set dataset.options.public to "
+                            "images of other identities") from None
+
     def _prior(self, pname: str, load_only: bool = False) -> Any:
         from . import priors as P
 
         kind, tname = self.prior_units[pname]
+        self._assert_public_only()          # every prior the pipeline trains or loads
         target = self._load(self.run_dir / "targets" / tname)[0] if tname else None
         seed = derive_seed(self.cfg.seed, "prior", kind, tname or "")
         seed_everything(seed)

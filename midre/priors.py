@@ -5,7 +5,8 @@ kind        what it is (used by)
 ==========  ==========================================================================================
 ``gan``     DCGAN generator + critic trained with WGAN-GP on public images (GMI, BREP-MI, LOMMA+GMI)
 ``kedmi``   inversion-specific GAN: (K+1)-output discriminator trained with the target's soft labels
-            on public images, generator by feature matching (KedMI, LOMMA+KedMI); one per target
+            on public images (0.5 x the unsupervised term), generator by L1 feature matching + 1e-4 x
+            the entropy of D's identity prediction (KedMI, LOMMA+KedMI); one per target
 ``cgan``    conditional GAN (conditional-BN generator, projection discriminator, hinge loss) on public
             images pseudo-labelled by the target (top-k most confident per class) + alpha * the
             target's max-margin loss on generated images (PLG-MI); one per target
@@ -375,6 +376,27 @@ def _gradient_penalty(D: nn.Module, real: torch.Tensor, fake: torch.Tensor, gen:
     return ((g.flatten(1).norm(dim=1) - 1) ** 2).mean()
 
 
+def _kedmi_discriminator_loss(D: nn.Module, real: torch.Tensor, soft: torch.Tensor, unl: torch.Tensor,
+                              fake: torch.Tensor) -> torch.Tensor:
+    """KedMI's discriminator loss (reference release): soft cross-entropy to the target's soft labels on
+    a labelled batch + 0.5 * [softplus(LSE) - LSE on an unlabelled batch + softplus(LSE) on fakes]."""
+    sup = -(soft * F.log_softmax(D.class_logits(real), 1)).sum(1).mean()
+    lse_u, lse_f = D.class_logits(unl).logsumexp(1), D.class_logits(fake).logsumexp(1)
+    return sup + 0.5 * ((F.softplus(lse_u) - lse_u).mean() + F.softplus(lse_f).mean())
+
+
+def _kedmi_generator_loss(D: nn.Module, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """KedMI's generator loss (reference release): L1 feature matching of the mean discriminator
+    features (mean over feature dims) + 1e-4 * the entropy of D's identity prediction on the fakes,
+    summed over the batch (the release's HLoss)."""
+    h = D.features(fake)
+    match = (D.features(real).detach().mean(0) - h.mean(0)).abs().mean()
+    out = D.out(h)                                   # one pass: class_logits = out[:, :K] - out[:, K]
+    logits = out[:, :-1] - out[:, -1:]
+    entropy = -(F.softmax(logits, 1) * F.log_softmax(logits, 1)).sum()
+    return match + 1e-4 * entropy
+
+
 @torch.no_grad()
 def _target_probs(target: nn.Module, data: _Data, bs: int = 256) -> torch.Tensor:
     return torch.cat([target(x).float().softmax(1) for x in data.all_batches(bs)])
@@ -429,11 +451,8 @@ def _gan_loop(kind: str, cfg: PriorConfig, data: _Data, target: Optional[nn.Modu
                 elif kind == "kedmi":
                     with torch.no_grad():
                         fake = G(z)
-                    lr_, lf_ = D.class_logits(real), D.class_logits(fake)
-                    lse_r, lse_f = lr_.logsumexp(1), lf_.logsumexp(1)
-                    sup = -(soft[_i.to(dev)] * F.log_softmax(lr_, 1)).sum(1).mean()   # target soft labels
-                    unsup = (F.softplus(lse_r) - lse_r).mean() + F.softplus(lse_f).mean()
-                    d_loss = sup + unsup
+                    unl, _ = data.sample(bs, gen)          # the reference's separate unlabelled batch
+                    d_loss = _kedmi_discriminator_loss(D, real, soft[_i.to(dev)], unl, fake)
                 else:
                     yf = torch.randint(K, (bs,), generator=gen).to(dev)
                     with torch.no_grad():
@@ -449,8 +468,7 @@ def _gan_loop(kind: str, cfg: PriorConfig, data: _Data, target: Optional[nn.Modu
                 g_loss = -D(G(z)).mean()
             elif kind == "kedmi":
                 real, _ = data.sample(bs, gen)
-                fake = G(z)
-                g_loss = (D.features(real).detach().mean(0) - D.features(fake).mean(0)).pow(2).mean()
+                g_loss = _kedmi_generator_loss(D, G(z), real)
             else:
                 yf = torch.randint(K, (bs,), generator=gen).to(dev)
                 fake = G(z, yf)
