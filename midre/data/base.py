@@ -110,3 +110,12 @@ def load_dataset(name: str, root: Optional[str] = None, resolution: Optional[int
     """Build the splits of a registered dataset family (``midre datasets`` lists them)."""
     factory = DATASETS.get(name)
     return factory(root=root, resolution=resolution, seed=seed, **options)
+
+
+def load_pretraining(name: str, resolution: Optional[int] = None, **options: Any) -> TensorImageSet:
+    """The pretraining pool of a dataset family that has one (``synthetic2``): identities disjoint from
+    its private and public sets, labels ``0..n-1`` (the ImageNet / MS-Celeb analogue)."""
+    factory = DATASETS.info(name).get("pretraining")
+    if factory is None:
+        raise DataError(f"dataset '{name}' has no pretraining pool; use 'synthetic2' or pretrain on your own data")
+    return factory(resolution=resolution, **options)
