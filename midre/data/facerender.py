@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ArgumentError
+from ..utils import derive_seed
 from .synthetic import _HAIR_PALETTE, _IRIS_PALETTE, _SKIN_DARK, _SKIN_LIGHT, _c, _palette, _rgb
 
 _LIP_PALETTE = ((0.80, 0.45, 0.45), (0.62, 0.28, 0.30), (0.88, 0.55, 0.52))
@@ -33,6 +34,13 @@ class _Canvas:
         self.e = 1.0 / (res * s)                      # half a pixel in face units
         self._k = -1.0 / (2 * self.e)
 
+    def subset(self, idx: torch.Tensor) -> "_Canvas":
+        """The same canvas for the images ``idx`` only."""
+        cv = object.__new__(_Canvas)
+        cv.X, cv.Y, cv.u, cv.v = self.X, self.Y, self.u[idx], self.v[idx]
+        cv.e, cv._k = self.e[idx], self._k[idx]
+        return cv
+
     def soft(self, d: torch.Tensor) -> torch.Tensor:
         """Coverage of a shape with signed distance ``d`` (negative inside)."""
         return (d * self._k).add_(0.5).clamp_(0, 1)
@@ -52,17 +60,28 @@ def _rotated(cv: _Canvas, cx, cy, angle):
     return ct * ax + st * ay, -st * ax + ct * ay
 
 
-def _random_fields(p: dict[str, torch.Tensor], res: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-image background texture and sensor noise, each from the image's own seed."""
-    B = len(p["tex_seed"])
-    tex_small = torch.empty(B, 1, 5, 5)
-    noise = torch.empty(B, 3, res, res)
-    g = torch.Generator()
-    for i, ts in enumerate(p["tex_seed"].tolist()):
-        g.manual_seed(int(ts))
-        tex_small[i] = torch.rand(1, 5, 5, generator=g)
-        noise[i] = torch.randn(3, res, res, generator=g)
-    return F.interpolate(tex_small, size=(res, res), mode="bicubic", align_corners=False), noise
+_NOISE_BANK: dict[int, torch.Tensor] = {}
+
+
+def _noise_bank(res: int) -> torch.Tensor:
+    """256 fixed Gaussian noise fields per resolution (seeded): images pick one and shift it cyclically."""
+    if res not in _NOISE_BANK:
+        g = torch.Generator().manual_seed(derive_seed(0, "synthetic2-noise-bank", res))
+        _NOISE_BANK[res] = torch.randn(256, 3, res, res, generator=g)
+    return _NOISE_BANK[res]
+
+
+def _random_fields(p: dict[str, torch.Tensor], cv: "_Canvas") -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image background texture (three random low-frequency waves) and sensor noise (one of 256
+    fixed fields, with a random sign)."""
+    t = p["bg_waves"]                                  # (B, 9) in [0, 1): angle, frequency, phase x 3
+    tex = torch.zeros_like(cv.u[:, :1]) + 0.5
+    for k in range(3):
+        a, f, ph = t[:, 3 * k] * 6.2832, 1.0 + 3.0 * t[:, 3 * k + 1], t[:, 3 * k + 2] * 6.2832
+        tex = tex + (0.5 / 3) * torch.cos(_c(f * torch.cos(a)) * cv.X + _c(f * torch.sin(a)) * cv.Y + _c(ph))
+    seeds = p["tex_seed"]
+    sign = (seeds // 256 % 2).float() * 2 - 1
+    return tex, _noise_bank(cv.X.shape[-1])[seeds % 256] * _c(sign * p["noise"])
 
 
 def _colours(p: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -195,8 +214,10 @@ def _hair_front(cv: _Canvas, p, col, img, g):
     """Beard, marks, then what hides the face: the fringe and glasses."""
     u, v, soft = cv.u, cv.v, cv.soft
     fw, fh, cy = _c(p["face_w"]), _c(p["face_h"]), _c(p["face_cy"])
-    beard = torch.maximum(torch.maximum(g["face_d"], _c(p["mouth_y"]) - 0.01 - v), g["du"].abs() - 0.85 * fw)
-    img = img.lerp_(col["brow"] * 1.1, soft(beard) * _c(p["beard"]) * 0.75)
+    # beard: inside the face outline, below a line that rises from the mouth to the sideburns
+    top = _c(p["mouth_y"]) - 0.02 - 0.45 * (g["du"].abs() / fw) ** 2
+    beard = torch.maximum(torch.maximum(g["face_d"], top - v), g["du"].abs() - 0.95 * fw)
+    img = img.lerp_(col["brow"] * 1.1, soft(beard) * _c(p["beard"]) * 0.7)
     for j in range(p["mole_on"].shape[1]):
         mx = g["fx"] + _c(p["mole_x"][:, j]) * fw
         myy = cy + _c(p["mole_y"][:, j]) * fh
@@ -212,17 +233,26 @@ def _hair_front(cv: _Canvas, p, col, img, g):
     edge = brow_y - _c(p["fringe_y"]) + 0.03 * torch.sin(u * 18 + _c(p["fringe_wave"]))
     fr = torch.maximum(v - edge, g["du"].abs() - (fw + 0.02))
     img = img.lerp_(col["hair"], soft(torch.maximum(fr, g["head"])) * _c(p["fringe"]))
-    # glasses: two rims (superellipses) and a bridge
+    idx = p["glasses"].nonzero().flatten()           # only the images that wear glasses
+    if len(idx):
+        sub = {k: t[idx] for k, t in p.items()}
+        img[idx] = _glasses(cv.subset(idx), sub, img[idx], g["gx"][idx])
+    return img
+
+
+def _glasses(cv: _Canvas, p, img, gx):
+    """Two rims (superellipses, round to square), faintly reflecting lenses and a bridge."""
+    u, v, soft = cv.u, cv.v, cv.soft
     on, r, q = _c(p["glasses"]), _c(p["glass_r"]), _c(p["glass_sq"])
     rim_col = _rgb(_palette(p["glass_tone"], ((0.05, 0.05, 0.05), (0.35, 0.22, 0.10), (0.75, 0.70, 0.60))))
     ey = _c(p["eye_y"]) + 0.02
     for sgn in (-1.0, 1.0):
-        cx = g["gx"] + sgn * _c(p["eye_sep"])
+        cx = gx + sgn * _c(p["eye_sep"])
         sq = (((u - cx) / r).abs().clamp(min=1e-6) ** q + ((v - ey) / (0.75 * r)).abs().clamp(min=1e-6) ** q) ** (1 / q)
         img = img.lerp_(rim_col, cv.stroke(((sq - 1) * r).abs(), torch.full_like(r, 0.014)) * on)
         img = img.lerp_(torch.ones(1, 3, 1, 1), soft((sq - 1) * r) * on * 0.08)
     gap_half = (_c(p["eye_sep"]) - r).clamp(min=0.01)
-    bridge = cv.stroke((v - ey + 0.03).abs(), torch.full_like(r, 0.012), (u - g["gx"]).abs() - gap_half)
+    bridge = cv.stroke((v - ey + 0.03).abs(), torch.full_like(r, 0.012), (u - gx).abs() - gap_half)
     return img.lerp_(rim_col, bridge * on)
 
 
@@ -235,15 +265,17 @@ def _camera(p, img, g, noise):
     img = img * _rgb(p["wb"]) * _c(p["bright"])
     mean = img.mean(dim=(1, 2, 3), keepdim=True)
     img = (img - mean) * _c(p["contrast"]) + mean
-    blurred = F.avg_pool2d(img, 3, stride=1, padding=1, count_include_pad=False)
+    pad = F.pad(img, (1, 1, 1, 1), mode="replicate")
+    res = img.shape[-1]
+    blurred = sum(pad[..., i: i + res, j: j + res] for i in range(3) for j in range(3)) / 9
     img = img + (blurred - img) * _c(p["blur"])
-    return (img + _c(p["noise"]) * noise).clamp_(0, 1)
+    return (img + noise).clamp_(0, 1)
 
 
 def _render_chunk(p: dict[str, torch.Tensor], res: int) -> torch.Tensor:
     cv = _Canvas(p, res)
     col = _colours(p)
-    tex, noise = _random_fields(p, res)
+    tex, noise = _random_fields(p, cv)
     img, g = _head(cv, p, col, None, tex)
     img = _eyes(cv, p, col, img, g["gx"])
     img = _brows(cv, p, col, img, g["gx"])

@@ -198,6 +198,7 @@ def _scene(p: dict[str, torch.Tensor], N: torch.Tensor, U: torch.Tensor, v: floa
     p["blur"] = (0.8 * min(v, 1.4)) * U[:, 33]
     p["noise"] = (0.010 + 0.025 * U[:, 34]) * min(v, 2.0)
     p["tex_seed"] = (U[:, 35] * 2**24).long()
+    p["bg_waves"] = U[:, 36:45]
 
 
 def generate(pool: str, ids: list[int], first: int, count: int, resolution: int,
