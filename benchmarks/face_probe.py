@@ -4,8 +4,8 @@ Usage: ``python benchmarks/face_probe.py [--version 1 2] [--identities 50 300] [
 Prints one line per (version, identities, features): private-test top-1 of a ridge probe trained on
 the whole image, the inner-face box (eyes to mouth) alone, and everything outside the box.  The design
 target of synthetic2 (docs/benchmark-v2.md): box alone > box masked.
-v1 = ``synthetic`` at 32 px (its defaults: 48 train / 12 test images per identity, data seed 0);
-v2 = ``synthetic2`` at 64 px (30 train / 10 test images per identity, fixed pools).
+Both versions use 30 training and 10 test images per identity: v1 = ``synthetic`` at 32 px
+(images_per_id 40, test_fraction 0.25, data seed 0), v2 = ``synthetic2`` at 64 px (its defaults).
 """
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ V1_BOX = (-0.45, -0.32, 0.45, 0.58)
 
 def load(version: int, n: int, resolution: int | None):
     if version == 1:
-        s = load_dataset("synthetic", resolution=resolution or 32, seed=0, num_private=n, num_public=0)
+        s = load_dataset("synthetic", resolution=resolution or 32, seed=0, num_private=n, num_public=0,
+                         images_per_id=40, test_fraction=0.25)
         return s, V1_BOX
     s = load_dataset("synthetic2", resolution=resolution or 64, num_private=n, num_public=0)
     return s, INNER_BOX

@@ -29,7 +29,7 @@ import torch
 
 from ..errors import ArgumentError
 from ..utils import derive_seed
-from .base import DATASETS, MISplits, TensorImageSet
+from .base import DATASETS, PRETRAINING_POOLS, MISplits, TensorImageSet
 from .facerender import render_faces2
 
 GENERATOR_VERSION = 2
@@ -277,7 +277,8 @@ def pretraining_pool(resolution: Optional[int] = None, **options: Any) -> Tensor
 
 
 @DATASETS.register("synthetic2", kind="embedded", default_resolution=DEFAULT_RESOLUTION,
-                   options=dict(_OPTIONS), pretraining=pretraining_pool, generator_version=GENERATOR_VERSION)
+                   options=dict(_OPTIONS), pretraining="500 ids x 30 (load_pretraining)",
+                   generator_version=GENERATOR_VERSION)
 def synthetic2(root: Optional[str] = None, resolution: Optional[int] = None, seed: int = 0,
                **options: Any) -> MISplits:
     """Synthetic faces v2 (embedded, 64 px, fixed identity pools; the default for new configs).
@@ -304,3 +305,6 @@ def synthetic2(root: Optional[str] = None, resolution: Optional[int] = None, see
                         "public_per_id": k_pub, "variation": var}, "public_labels": "public identity index"}
     return MISplits(name="synthetic2", resolution=res, num_classes=n_priv, private_train=train, private_test=test,
                     public=public, class_names=[f"id{i:03d}" for i in range(n_priv)], info=info)
+
+
+PRETRAINING_POOLS["synthetic2"] = pretraining_pool
