@@ -162,3 +162,14 @@ def test_v1_is_unchanged():
     assert digest == "29223a37c998125936aef96c5703b8b14a3214771536532dd565978528b43a4c" or \
         torch.allclose(means, ref, atol=0.01)        # other CPUs may round one pixel differently
     assert s.info["generator_version"] == 1 and s.resolution == 32
+
+
+def test_configs_accept_synthetic2_without_a_root():
+    from midre.config import load_config
+    from midre.errors import ConfigError
+
+    cfg = load_config("quickstart", overrides={"dataset.name": "synthetic2", "dataset.resolution": 32,
+                                               "dataset.options": {"num_private": 20, "train_per_id": 10}})
+    assert cfg.dataset.name == "synthetic2" and cfg.dataset.root is None
+    with pytest.raises(ConfigError, match="images_per_id"):
+        load_config("quickstart", overrides={"dataset.name": "synthetic2"})   # a v1 option, not v2's
