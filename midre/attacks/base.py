@@ -74,6 +74,7 @@ class Reconstructions:
     repeat : (N,) long, repeat (seed) index 0..R-1
     confidence : (N,) float, the target's softmax probability of ``identity`` for that image
     meta : dict, attack name + params, access, target checkpoint, seeds, queries, seconds, adaptive
+    latents : optional (N, ...) float, the latent code of each image (StyleGAN / black-box attacks)
     """
 
     images: torch.Tensor
@@ -81,6 +82,7 @@ class Reconstructions:
     repeat: torch.Tensor
     confidence: torch.Tensor
     meta: dict = field(default_factory=dict)
+    latents: Optional[torch.Tensor] = None
 
     def __post_init__(self) -> None:
         n = self.images.shape[0]
@@ -90,6 +92,8 @@ class Reconstructions:
             t = getattr(self, name)
             if t.dim() != 1 or t.shape[0] != n:
                 raise ValueError(f"Reconstructions.{name} must be a 1-D tensor of length {n}")
+        if self.latents is not None and self.latents.shape[0] != n:
+            raise ValueError(f"Reconstructions.latents must have {n} rows")
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -109,6 +113,8 @@ class Reconstructions:
             "repeat": self.repeat.detach().long().cpu().contiguous(),
             "confidence": self.confidence.detach().float().cpu().contiguous(),
         }
+        if self.latents is not None:
+            tensors["latents"] = self.latents.detach().float().cpu().contiguous()
         with atomic_path(out / "reconstructions.safetensors") as tmp:
             save_file(tensors, str(tmp), metadata={"format": RECON_FORMAT})
         atomic_write_json(out / "reconstructions.json", {"format": RECON_FORMAT, "n": len(self), **self.meta})
@@ -142,7 +148,7 @@ class Reconstructions:
         meta.pop("format", None)
         meta.pop("n", None)
         try:
-            return cls(t["images"], t["identity"], t["repeat"], t["confidence"], meta)
+            return cls(t["images"], t["identity"], t["repeat"], t["confidence"], meta, t.get("latents"))
         except ValueError as e:
             raise CheckpointError(f"'{st}' is inconsistent ({e}); re-run the attack") from None
 
@@ -361,7 +367,7 @@ class Attack:
             adaptive_eraser = adaptive_eraser.to(dev) if isinstance(adaptive_eraser, nn.Module) else adaptive_eraser
         bs = int(self.params.get("batch_size", len(ids_all)))
         chunks = [ids_all[i:i + bs] for i in range(0, len(ids_all), bs)]
-        images, identity, repeat = [], [], []
+        images, identity, repeat, latents = [], [], [], []
         curves: list[list[float]] = []
         oracle: Optional[QueryOracle] = None
         self.extra_meta: dict[str, Any] = {}     # attacks may report facts of the run here
@@ -400,6 +406,7 @@ class Attack:
                             state = self.invert(access, ids, priors, state, gen, adaptive_eraser, log, tick)
                             x = self.final_selection(access, ids, priors, state, gen)
                         images.append(x.detach().float().cpu())
+                        latents.append(state.get("latents") if isinstance(state, dict) else None)
                         identity.append(ids.cpu())
                         repeat.append(torch.full((len(chunk),), r, dtype=torch.long))
                         curves.append(curve)
@@ -436,7 +443,8 @@ class Attack:
             "target_top1": 100.0 * hits / max(1, len(imgs)),
             **self.extra_meta,
         }
-        return Reconstructions(imgs, ident, torch.cat(repeat), torch.cat(conf), meta)
+        lat = torch.cat(latents) if latents and all(v is not None for v in latents) else None
+        return Reconstructions(imgs, ident, torch.cat(repeat), torch.cat(conf), meta, lat)
 
     def _priors(self, prior: Any) -> dict[str, Any]:
         if prior is None:
