@@ -496,7 +496,7 @@ class _Pipeline:
         self.ids: dict[str, list[int]] = {}
         for i, a in enumerate(cfg.attacks):
             self.ids[a.key] = _identities(a, splits.num_classes, f"attacks[{i}]")
-        if cfg.attacks and self.public_set is None:
+        if cfg.attacks and self.public_set is None and not _priors_need_no_public(cfg, self.prior_units):
             raise ConfigError(f"dataset '{d.name}' has no public images but the attacks need public data for their "
                               "priors; give a public set (dataset.options, e.g. public: ffhq:/path) or drop the attacks")
         self.data_meta = {"name": d.name, "root": d.root, "resolution": splits.resolution, "seed": self.data_seed,
@@ -572,6 +572,8 @@ class _Pipeline:
         if a.adaptive:
             eraser = _adaptive_eraser(tmeta)
         attack = build_attack(a.name, **({"preset": a.preset} if a.preset else {}), **a.params)
+        if attack.params.get("target_resolution") == 0:      # StyleGAN attacks: images at the target's size
+            attack.params["target_resolution"] = int(self.splits.resolution)
         seed = derive_seed(self.cfg.seed, "attack", a.key)
         seed_everything(seed)
         rec = attack.run(target, self.ids[a.key], a.repeats, prior=priors, seed=seed, progress=self.progress,
@@ -704,7 +706,12 @@ def _ci(v: Any, i: int) -> float:
 
 def _prior_needs_target(kind: str) -> bool:
     """Whether a prior kind is trained per target (KedMI's GAN, PLG-MI's cGAN, LOMMA's augmented models)."""
-    return kind != "gan"   # midre.priors: only the plain GAN prior is shared by all targets
+    return kind not in ("gan", "stylegan2")   # midre.priors: the plain GAN / StyleGAN2 priors are shared by all targets
+
+
+def _priors_need_no_public(cfg: RunConfig, units: dict) -> bool:
+    """True when every prior of the run is a StyleGAN2 given by ``path`` (nothing trained on public data)."""
+    return all(kind == "stylegan2" and cfg.priors.params.get("stylegan2", {}).get("path") for kind, _ in units.values())
 
 
 def _adaptive_eraser(tmeta: dict):
