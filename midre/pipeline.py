@@ -706,7 +706,7 @@ def _ci(v: Any, i: int) -> float:
 
 def _prior_needs_target(kind: str) -> bool:
     """Whether a prior kind is trained per target (KedMI's GAN, PLG-MI's cGAN, LOMMA's augmented models)."""
-    return kind not in ("gan", "stylegan2")   # midre.priors: the plain GAN / StyleGAN2 priors are shared by all targets
+    return kind != "gan"   # midre.priors: only the plain GAN prior is shared by all targets
 
 
 def _priors_need_no_public(cfg: RunConfig, units: dict) -> bool:

@@ -11,9 +11,6 @@ kind        what it is (used by)
             target's max-margin loss on generated images (PLG-MI); one per target
 ``lomma``   augmented models (other architectures distilled from the target on public data with KL to
             its soft labels) + p_reg, the mean target penultimate feature of public images (LOMMA)
-``stylegan2`` a StyleGAN2 generator (PPA, IF-GMI, MIRROR): official weights converted with ``midre
-            convert stylegan2`` given as ``path`` (no training, no public data needed), or a small one
-            trained on the public images (:mod:`midre.models.stylegan2_train`)
 ==========  ==========================================================================================
 
 The target is only ever *queried on public images*; no private image reaches a prior (see
@@ -47,7 +44,7 @@ from .models.generators import (CondGenerator, DCGANDiscriminator, DCGANGenerato
                                 build_gan_module)
 from .utils import atomic_path, atomic_write_json, config_hash, make_progress, resolve_device
 
-PRIOR_KINDS = ("gan", "kedmi", "cgan", "lomma", "stylegan2")
+PRIOR_KINDS = ("gan", "kedmi", "cgan", "lomma")
 PRIOR_FORMAT = "midre-prior"
 
 
@@ -71,7 +68,6 @@ class PriorConfig(BaseModel):
     n_feature_images: int = Field(5000, ge=1)    # lomma: public images for p_reg
     hflip: bool = True
     ckpt_every: int = Field(500, ge=1)
-    path: Optional[str] = None                   # stylegan2: a converted generator (midre convert stylegan2)
 
 
 _PAPER: dict[str, dict[str, Any]] = {
@@ -83,10 +79,6 @@ _PAPER: dict[str, dict[str, Any]] = {
     "cgan": {"iterations": 30000, "z_dim": 128, "betas": (0.0, 0.9), "n_critic": 5, "topk": 30, "alpha": 0.2},
     # LOMMA: EfficientNet-B0/B1/B2 distilled 20 epochs at lr 0.01; p_reg from 5000 public images.
     "lomma": {"distill_epochs": 20, "distill_lr": 0.01, "n_feature_images": 5000},
-    # StyleGAN2: the paper's attacks use official FFHQ / AFHQ weights (give ``path``); training one here
-    # uses StyleGAN2-ADA's small-data defaults (Adam 2.5e-3, betas (0, 0.99), batch 32).
-    "stylegan2": {"iterations": 25000, "z_dim": 512, "width": 512, "batch_size": 32, "lr": 2.5e-3,
-                  "betas": (0.0, 0.99), "n_critic": 1, "ckpt_every": 500},
 }
 _QUICK: dict[str, dict[str, Any]] = {
     "gan": {"iterations": 200, "width": 16, "n_critic": 2, "batch_size": 64, "lr": 5e-4, "ckpt_every": 100},
@@ -95,8 +87,6 @@ _QUICK: dict[str, dict[str, Any]] = {
              "alpha": 0.2, "batch_size": 64, "lr": 5e-4, "ckpt_every": 100},
     "lomma": {"aug_archs": ["smallresnet"], "distill_epochs": 4, "distill_lr": 0.01, "n_feature_images": 5000,
               "batch_size": 64},
-    "stylegan2": {"iterations": 300, "z_dim": 32, "width": 32, "batch_size": 32, "lr": 2.5e-3, "betas": (0.0, 0.99),
-                  "n_critic": 1, "ckpt_every": 100},
 }
 PRESETS = {"paper": _PAPER, "quick": _QUICK}
 
@@ -235,9 +225,11 @@ class Prior:
         kind = meta["kind"]
         prior = cls(kind=kind, meta={k: v for k, v in meta.items() if k not in ("format", "kind")})
         if meta.get("generator"):
-            prior.generator = _load_module(_build(meta["generator"]), state, "G.", st)
+            prior.generator = _load_module(build_gan_module(meta["generator"]["class"], meta["generator"]["config"]),
+                                           state, "G.", st)
         if meta.get("discriminator"):
-            prior.discriminator = _load_module(_build(meta["discriminator"]), state, "D.", st)
+            prior.discriminator = _load_module(
+                build_gan_module(meta["discriminator"]["class"], meta["discriminator"]["config"]), state, "D.", st)
         if meta.get("aug_models"):
             from .models import create_model
 
@@ -247,16 +239,6 @@ class Prior:
         if "p_reg" in state:
             prior.p_reg = state["p_reg"]
         return prior.to("cpu")
-
-
-def _build(spec: dict[str, Any]) -> nn.Module:
-    """A prior module from its recorded class + config (StyleGAN2 networks live in models.stylegan2)."""
-    if spec["class"] in ("StyleGAN2Generator", "StyleGAN2Discriminator"):
-        from .models import stylegan2
-
-        cls = stylegan2.Generator if spec["class"] == "StyleGAN2Generator" else stylegan2.Discriminator
-        return cls(**spec["config"])
-    return build_gan_module(spec["class"], spec["config"])
 
 
 def _load_st(path: Path) -> dict[str, torch.Tensor]:
@@ -574,11 +556,9 @@ def train_prior(kind: str, public_set: Any, target: Optional[nn.Module] = None, 
     """
     _check_kind(kind)
     cfg = prior_config(kind, preset, config)
-    if kind == "stylegan2" and cfg.path:
-        return _converted_stylegan2(cfg, preset, resolve_device(device))
-    if kind not in ("gan", "stylegan2") and target is None:
+    if kind != "gan" and target is None:
         raise ArgumentError(f"the '{kind}' prior is trained per target: pass target=")
-    if public_set is None or len(public_set) < 2:
+    if len(public_set) < 2:
         raise DataError("the public set has fewer than 2 images; priors need public images (check --public)")
     dev = resolve_device(device)
     key = prior_key(kind, public_set, target, cfg, seed)
@@ -609,12 +589,7 @@ def train_prior(kind: str, public_set: Any, target: Optional[nn.Module] = None, 
                 "target_fingerprint": model_fingerprint(target), "resolution": int(data.images.shape[-1]),
                 "channels": int(data.images.shape[1]),
             }
-            if kind == "stylegan2":
-                G, extra = _stylegan2_loop(cfg, data, tmp_root, gen, progress, until)
-                prior = Prior(kind, G)
-                meta["generator"] = {"class": "StyleGAN2Generator", "config": G.init_kwargs}
-                complete = extra["iterations_done"] >= cfg.iterations
-            elif kind in ("gan", "kedmi", "cgan"):
+            if kind in ("gan", "kedmi", "cgan"):
                 G, D, extra = _gan_loop(kind, cfg, data, target, tmp_root, gen, progress, until)
                 prior = Prior(kind, G, D)
                 meta["generator"] = {"class": type(G).__name__, "config": G.config}
@@ -645,26 +620,6 @@ def train_prior(kind: str, public_set: Any, target: Optional[nn.Module] = None, 
     return prior.to(dev)
 
 
-def _converted_stylegan2(cfg: PriorConfig, preset: str, dev: torch.device) -> Prior:
-    """The ``stylegan2`` prior from a converted generator (``path``): loaded, never trained."""
-    from .models.stylegan2 import load_generator
-
-    G, gmeta = load_generator(cfg.path, device=dev)
-    key = config_hash({"kind": "stylegan2", "path": str(cfg.path), "source": gmeta.get("source"), "version": 1})
-    meta = {"key": key, "path": str(cfg.path), "source": gmeta.get("source"), "preset": preset,
-            "generator_resolution": int(G.img_resolution), "channels": int(G.img_channels), "complete": True,
-            "generator": {"class": "StyleGAN2Generator", "config": G.init_kwargs}}
-    return Prior("stylegan2", G, meta=meta)
-
-
-def _stylegan2_loop(cfg: PriorConfig, data: _Data, root: Path, gen: torch.Generator, progress: bool,
-                    until: Optional[int]) -> tuple[nn.Module, dict]:
-    """Train a small StyleGAN2 on the public images (h11a's trainer; resumable through ``root``)."""
-    from .models.stylegan2_train import train_stylegan2
-
-    return train_stylegan2(cfg, data, root, gen, progress=progress, until=until)
-
-
 def load_prior(path: str | Path, device: Any = "cpu") -> Prior:
     """Load a prior directory written by :func:`train_prior`."""
     return Prior.load(path).to(resolve_device(device))
@@ -686,7 +641,7 @@ def prepare_priors(attack: Any, public_set: Any, target: Optional[nn.Module], ou
                             f"configs; choose from: {', '.join(PRIOR_KINDS)}")
     out: dict[str, Prior] = {}
     for kind in attack.prior_kinds:
-        out[kind] = train_prior(kind, public_set, None if kind in ("gan", "stylegan2") else target, out_dir=out_dir,
+        out[kind] = train_prior(kind, public_set, None if kind == "gan" else target, out_dir=out_dir,
                                 config=configs.get(kind), preset=preset, seed=derive_seed(seed, "prior", kind),
                                 progress=progress, device=device)
     return out
