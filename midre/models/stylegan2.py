@@ -523,3 +523,54 @@ def tiny_kwargs(img_resolution: int = 32, z_dim: int = 32, w_dim: int = 32, chan
 def tiny_generator(img_resolution: int = 32, seed: int = 0, **kwargs: Any) -> Generator:
     """A randomly initialised small generator (32 px: 8 ws, about 50k parameters) in eval mode."""
     return build_generator(tiny_kwargs(img_resolution, **kwargs), seed=seed).eval()
+
+
+# ================================================================================ checkpoints
+GENERATOR_KIND = "stylegan2-generator"
+
+
+def save_generator(path: Any, G: Generator, extra_meta: Optional[dict] = None) -> Any:
+    """Write ``path.safetensors`` + ``path.json`` (init kwargs) through midre.checkpoint (atomic)."""
+    from ..checkpoint import save_checkpoint
+
+    meta = {"kind": GENERATOR_KIND, "arch": "stylegan2", "init_kwargs": G.init_kwargs,
+            "resolution": G.img_resolution, "channels": G.img_channels, "z_dim": G.z_dim, "w_dim": G.w_dim,
+            "num_ws": G.num_ws, **(extra_meta or {})}
+    return save_checkpoint(path, G, meta)
+
+
+def load_generator(path: Any, device: Any = "cpu") -> tuple[Generator, dict]:
+    """Load a generator written by :func:`save_generator` / ``midre convert stylegan2`` -> (G in eval mode, meta).
+
+    ``path``: the output directory, ``generator.safetensors`` or ``generator.json``.
+    """
+    import json
+    from pathlib import Path
+
+    from ..checkpoint import load_state
+    from ..errors import CheckpointError
+
+    p = Path(path)
+    stem = p / "generator" if p.is_dir() else (p.with_suffix("") if p.suffix in (".json", ".safetensors") else p)
+    js = stem.with_suffix(".json")
+    if not js.is_file():
+        raise CheckpointError(f"no StyleGAN2 generator at '{path}' ('{js}' missing); convert one with "
+                              "`midre convert stylegan2 FILE.pkl --out DIR`")
+    try:
+        meta = json.loads(js.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise CheckpointError(f"'{js}' is corrupt (not JSON); convert the generator again") from None
+    if not isinstance(meta, dict) or meta.get("kind") != GENERATOR_KIND or not isinstance(meta.get("init_kwargs"), dict):
+        raise CheckpointError(f"'{js}' does not describe a StyleGAN2 generator; give a directory written by "
+                              "`midre convert stylegan2`")
+    try:
+        G = Generator(**meta["init_kwargs"])
+    except (ArgumentError, TypeError) as e:
+        raise CheckpointError(f"'{js}' has init kwargs midre cannot build ({e}); convert the generator again") from None
+    state = load_state(stem.with_suffix(".safetensors"))
+    try:
+        G.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"'{stem}.safetensors' does not match its JSON ({str(e).splitlines()[0][:80]}); "
+                              "convert the generator again") from None
+    return G.to(device).eval(), meta
