@@ -143,7 +143,7 @@ class RLBMI(Attack):
         "buffer": 1000000, "sac_batch": 256, "lr_actor": 5e-4, "lr_critic": 5e-4, "w_state": 2.0,
         "w_action": 2.0, "w_margin": 8.0, "batch_size": 60, "max_queries": 0,
     }
-    presets = {"quick": {"episodes": 150, "hidden": 64, "sac_batch": 32, "batch_size": 50}}
+    presets = {"quick": {"episodes": 100, "hidden": 64, "sac_batch": 32, "batch_size": 50}}
 
     def validate(self) -> None:
         super().validate()
