@@ -34,6 +34,7 @@ import math
 import os
 import platform
 import resource
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -576,13 +577,16 @@ class _Pipeline:
             attack.params["target_resolution"] = int(self.splits.resolution)
         seed = derive_seed(self.cfg.seed, "attack", a.key)
         seed_everything(seed)
+        adir = self.run_dir / "attacks" / t.name / a.key
         rec = attack.run(target, self.ids[a.key], a.repeats, prior=priors, seed=seed, progress=self.progress,
-                         adaptive_eraser=eraser, target_path=str(tdir / "model.safetensors"), device=self.device)
+                         adaptive_eraser=eraser, target_path=str(tdir / "model.safetensors"), device=self.device,
+                         resume_dir=adir / "partial")
         rec.meta["eval"] = str(self.run_dir / "eval" / "model.safetensors")
         rec.meta["target_name"] = t.name
         rec.meta["attack_key"] = a.key
         rec.meta["adaptive_requested"] = a.adaptive
-        rec.save(self.run_dir / "attacks" / t.name / a.key)
+        rec.save(adir)
+        shutil.rmtree(adir / "partial", ignore_errors=True)     # finished chunks of an interrupted attack
         return {"seconds_attack": rec.meta.get("seconds"), "queries": rec.meta.get("queries")}
 
     # ------------------------------------------------------------------ metrics

@@ -319,3 +319,42 @@ def test_latents_roundtrip_and_nothing_pickled(setup, tmp_path):
     assert torch.equal(back.latents, rec.latents) and torch.equal(back.images, rec.images)
     assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["reconstructions.json",
                                                                   "reconstructions.safetensors"]
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_a_killed_run_resumes_from_its_finished_chunks(setup, tmp_path, monkeypatch):
+    """Attack.run(resume_dir=...): chunks finished before a crash are reused, the rest recomputed, and the
+    result equals an uninterrupted run (queries and metadata included)."""
+    from midre.attacks import mirror
+
+    kw = {**SMALL["mirror"], "batch_size": 1, "generations": 3}
+    ref = build_attack("mirror", preset="quick", **kw).run(setup["target"], [0, 1, 2], 2, setup["priors"], seed=1)
+    calls = []
+    orig = mirror.MIRROR.invert
+
+    def crashing(self, *a, **k):
+        calls.append(1)
+        if len(calls) == 4:
+            raise _Killed("killed")
+        return orig(self, *a, **k)
+
+    monkeypatch.setattr(mirror.MIRROR, "invert", crashing)
+    with pytest.raises(_Killed):
+        build_attack("mirror", preset="quick", **kw).run(setup["target"], [0, 1, 2], 2, setup["priors"], seed=1,
+                                                        resume_dir=tmp_path / "p")
+    assert len(list((tmp_path / "p").glob("chunk-*.safetensors"))) == 3
+    calls.clear()
+    rec = build_attack("mirror", preset="quick", **kw).run(setup["target"], [0, 1, 2], 2, setup["priors"], seed=1,
+                                                          resume_dir=tmp_path / "p")
+    assert len(calls) == 3 and rec.meta["resumed_chunks"] == 3          # only the 3 unfinished chunks ran
+    assert torch.equal(rec.images, ref.images) and torch.equal(rec.latents, ref.latents)
+    assert rec.meta["queries"] == ref.meta["queries"] and rec.meta["loss_curve"] == ref.meta["loss_curve"]
+    assert rec.meta["elite_confidence"] == ref.meta["elite_confidence"]
+    # another seed does not reuse the chunks
+    monkeypatch.undo()
+    other = build_attack("mirror", preset="quick", **kw).run(setup["target"], [0, 1, 2], 2, setup["priors"], seed=2,
+                                                            resume_dir=tmp_path / "p")
+    assert other.meta["resumed_chunks"] == 0

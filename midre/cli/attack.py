@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -142,11 +143,13 @@ def _attack(args, attack, target, tmeta, ids, eraser, public, source, prior_cfgs
         priors = prepare_priors(attack, public, target, out_dir=prior_dir, preset=args.preset, seed=args.seed,
                                 progress=progress, device=device, configs=prior_cfgs)
         rec = attack.run(target, ids, args.repeats, priors, seed=args.seed, progress=progress,
-                         adaptive_eraser=eraser, target_path=str(Path(args.target)), device=device)
+                         adaptive_eraser=eraser, target_path=str(Path(args.target)), device=device,
+                         resume_dir=out / ".partial")      # a killed attack continues from its finished chunks
         rec.meta.update({"eval": str(args.eval) if args.eval else None, "public": source,
                          "prior_dir": str(prior_dir), "target_meta": {k: tmeta.get(k) for k in
                                                                       ("arch", "defense", "test_acc", "dataset")}})
         rec.save(out)
+        shutil.rmtree(out / ".partial", ignore_errors=True)
     print(f"{attack.name}: {len(rec)} reconstructions | target top-1 {rec.meta['target_top1']:.1f}% | "
           f"mean target confidence {rec.confidence.mean():.3f} | "
           f"{rec.meta['seconds']:.0f}s" + (f" | {rec.meta['queries']} queries" if rec.meta["queries"] else "")
