@@ -710,7 +710,9 @@ def _ci(v: Any, i: int) -> float:
 
 def _prior_needs_target(kind: str) -> bool:
     """Whether a prior kind is trained per target (KedMI's GAN, PLG-MI's cGAN, LOMMA's augmented models)."""
-    return kind != "gan"   # midre.priors: only the plain GAN prior is shared by all targets
+    from .priors import TARGET_FREE_KINDS
+
+    return kind not in TARGET_FREE_KINDS   # the plain GAN and StyleGAN2 priors are shared by all targets
 
 
 def _priors_need_no_public(cfg: RunConfig, units: dict) -> bool:

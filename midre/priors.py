@@ -11,6 +11,8 @@ kind        what it is (used by)
             target's max-margin loss on generated images (PLG-MI); one per target
 ``lomma``   augmented models (other architectures distilled from the target on public data with KL to
             its soft labels) + p_reg, the mean target penultimate feature of public images (LOMMA)
+``stylegan2`` StyleGAN2 generator: converted official weights (``path``) or a small one trained on
+            public images (PPA, IF-GMI, MIRROR, RLB-MI); see midre/priors_stylegan2.py
 ==========  ==========================================================================================
 
 The target is only ever *queried on public images*; no private image reaches a prior (see
@@ -44,7 +46,8 @@ from .models.generators import (CondGenerator, DCGANDiscriminator, DCGANGenerato
                                 build_gan_module)
 from .utils import atomic_path, atomic_write_json, config_hash, make_progress, resolve_device
 
-PRIOR_KINDS = ("gan", "kedmi", "cgan", "lomma")
+PRIOR_KINDS = ("gan", "kedmi", "cgan", "lomma", "stylegan2")
+TARGET_FREE_KINDS = ("gan", "stylegan2")       # shared by all targets (trained without the target)
 PRIOR_FORMAT = "midre-prior"
 
 
@@ -94,6 +97,10 @@ PRESETS = {"paper": _PAPER, "quick": _QUICK}
 def prior_config(kind: str, preset: str = "paper", config: Any = None) -> PriorConfig:
     """Resolve a kind's preset plus overrides (dict or PriorConfig) into a validated PriorConfig."""
     _check_kind(kind)
+    if kind == "stylegan2":
+        from .priors_stylegan2 import stylegan2_config
+
+        return stylegan2_config(preset, config)
     if preset not in PRESETS:
         raise ArgumentError(f"unknown prior preset '{preset}'{did_you_mean(preset, PRESETS)}; choose one of: "
                             f"{', '.join(sorted(PRESETS))}")
@@ -556,11 +563,16 @@ def train_prior(kind: str, public_set: Any, target: Optional[nn.Module] = None, 
     """
     _check_kind(kind)
     cfg = prior_config(kind, preset, config)
-    if kind != "gan" and target is None:
+    if kind not in TARGET_FREE_KINDS and target is None:
         raise ArgumentError(f"the '{kind}' prior is trained per target: pass target=")
     if len(public_set) < 2:
         raise DataError("the public set has fewer than 2 images; priors need public images (check --public)")
     dev = resolve_device(device)
+    if kind == "stylegan2" and cfg.path:
+        from .priors_stylegan2 import load_converted
+
+        G, meta = load_converted(cfg)
+        return Prior(kind, G, meta=meta).to(dev)
     key = prior_key(kind, public_set, target, cfg, seed)
     root = Path(out_dir) / f"{kind}-{key}" if out_dir is not None else None
     if root is not None and (root / "prior.json").exists():
@@ -589,7 +601,15 @@ def train_prior(kind: str, public_set: Any, target: Optional[nn.Module] = None, 
                 "target_fingerprint": model_fingerprint(target), "resolution": int(data.images.shape[-1]),
                 "channels": int(data.images.shape[1]),
             }
-            if kind in ("gan", "kedmi", "cgan"):
+            if kind == "stylegan2":
+                from .priors_stylegan2 import train_stylegan2
+
+                G, D, extra = train_stylegan2(cfg, data, tmp_root, gen, progress, until)
+                prior = Prior(kind, G, D)
+                meta["generator"] = {"class": "StyleGAN2Generator", "config": G.init_kwargs}
+                meta["discriminator"] = {"class": "StyleGAN2Discriminator", "config": D.init_kwargs}
+                complete = extra["iterations_done"] >= cfg.iterations
+            elif kind in ("gan", "kedmi", "cgan"):
                 G, D, extra = _gan_loop(kind, cfg, data, target, tmp_root, gen, progress, until)
                 prior = Prior(kind, G, D)
                 meta["generator"] = {"class": type(G).__name__, "config": G.config}
@@ -641,7 +661,7 @@ def prepare_priors(attack: Any, public_set: Any, target: Optional[nn.Module], ou
                             f"configs; choose from: {', '.join(PRIOR_KINDS)}")
     out: dict[str, Prior] = {}
     for kind in attack.prior_kinds:
-        out[kind] = train_prior(kind, public_set, None if kind == "gan" else target, out_dir=out_dir,
+        out[kind] = train_prior(kind, public_set, None if kind in TARGET_FREE_KINDS else target, out_dir=out_dir,
                                 config=configs.get(kind), preset=preset, seed=derive_seed(seed, "prior", kind),
                                 progress=progress, device=device)
     return out
