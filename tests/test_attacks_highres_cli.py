@@ -148,3 +148,24 @@ def test_pipeline_runs_the_four_and_resumes_after_a_kill_in_the_attacks(tmp_path
         a = Reconstructions.load(tmp_path / "ref" / "attacks" / "nodef" / name)
         b = Reconstructions.load(tmp_path / "killed" / "attacks" / "nodef" / name)
         assert torch.equal(a.images, b.images) and torch.equal(a.latents, b.latents)
+
+
+def test_pipeline_with_a_converted_generator_needs_no_public_split(tmp_path):
+    """A run whose only prior is a converted StyleGAN2 (the 224-px configs' situation: no public split)."""
+    from midre.models.stylegan2 import save_generator, tiny_generator
+    from midre.pipeline import run_pipeline
+    from midre.config import load_config
+
+    save_generator(tmp_path / "g" / "generator", tiny_generator(32, seed=1, channels=8))
+    opts = {**DATA_OPTS, "num_public": 0}
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(CONFIG.replace(json.dumps(DATA_OPTS), json.dumps(opts)).split("attacks:")[0] + f"""attacks:
+  - {{name: ppa, preset: quick, params: {{pool: 8, iterations: 1, final_views: 1}}, identities: "0-1"}}
+priors: {{preset: quick, params: {{stylegan2: {{path: "{tmp_path / 'g'}"}}}}}}
+metrics: {{fid: none, knn: false, n_boot: 0}}
+report: {{enabled: false}}
+""")
+    res = run_pipeline(load_config(str(cfg)), tmp_path / "run", progress=False)
+    rec = Reconstructions.load(tmp_path / "run" / "attacks" / "nodef" / "ppa")
+    assert rec.images.shape == (2, 3, RES, RES) and res.run_dir.exists()
+    assert not (tmp_path / "run" / "attacks" / "nodef" / "ppa" / "partial").exists()
