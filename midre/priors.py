@@ -11,9 +11,10 @@ kind        what it is (used by)
             target's max-margin loss on generated images (PLG-MI); one per target
 ``lomma``   augmented models (other architectures distilled from the target on public data with KL to
             its soft labels) + p_reg, the mean target penultimate feature of public images (LOMMA)
-``stylegan2`` StyleGAN2 generator: converted official weights (``path``) or a small one trained on
-            public images (PPA, IF-GMI, MIRROR, RLB-MI); see midre/priors_stylegan2.py
 ==========  ==========================================================================================
+
+``stylegan2``: a StyleGAN2 generator for PPA, IF-GMI, MIRROR and RLB-MI: converted official weights
+(``path``) or a small one trained on public images; see midre/priors_stylegan2.py.
 
 The target is only ever *queried on public images*; no private image reaches a prior (see
 :func:`assert_public_only`, used by ``midre attack``).

@@ -147,3 +147,36 @@ def test_discriminator_and_resnet_generator():
     assert out.shape == (6,) and torch.isfinite(out).all()
     out.sum().backward()
     assert all(p.grad is not None for p in G.parameters() if p.requires_grad and p.dim() > 0)
+
+
+def test_fused_and_unfused_modulated_conv_agree():
+    from midre.models.stylegan2 import modulated_conv2d
+
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(3, 4, 6, 6, generator=g), torch.randn(5, 4, 3, 3, generator=g)
+    s, f = torch.randn(3, 4, generator=g), setup_filter([1, 3, 3, 1])
+    for up, demod in [(1, True), (2, True), (1, False)]:
+        a = modulated_conv2d(x, w, s, up=up, padding=1, f=f, demodulate=demod, fused=False)
+        b = modulated_conv2d(x, w, s, up=up, padding=1, f=f, demodulate=demod, fused=True)
+        assert torch.allclose(a, b, atol=1e-5), (up, demod)
+    # demodulated outputs have unit-variance filters: scaling the style of a sample changes nothing
+    a = modulated_conv2d(x, w, s, padding=1)
+    assert torch.allclose(a, modulated_conv2d(x, w, s * 3.0, padding=1), atol=1e-4)
+
+
+def test_init_kwargs_layouts_of_official_repositories():
+    # stylegan2-ada (synthesis_kwargs dict, TF-converted pickles spell every option out) and the StyleGAN3
+    # repository's stylegan2 config (synthesis options at the top level, fused_modconv_default)
+    ada = dict(z_dim=8, c_dim=0, w_dim=8, img_resolution=16, img_channels=3,
+               mapping_kwargs={"num_layers": 2, "embed_features": None, "layer_features": None, "activation": "lrelu",
+                               "lr_multiplier": 0.01, "w_avg_beta": 0.995},
+               synthesis_kwargs={"channel_base": 128, "channel_max": 8, "num_fp16_res": 0, "conv_clamp": 256,
+                                 "architecture": "skip", "resample_filter": [1, 3, 3, 1], "use_noise": True,
+                                 "activation": "lrelu"})
+    sg3 = dict(z_dim=8, c_dim=0, w_dim=8, img_resolution=16, img_channels=3, mapping_kwargs={"num_layers": 2},
+               channel_base=128, channel_max=8, num_fp16_res=0, conv_clamp=256, fused_modconv_default="inference_only")
+    a, b = Generator(**ada), Generator(**sg3)
+    assert a.state_dict().keys() == b.state_dict().keys()
+    assert Generator(**a.init_kwargs).state_dict().keys() == a.state_dict().keys()
+    with pytest.raises(ArgumentError, match="magnitude_ema_beta"):
+        Generator(**{**sg3, "magnitude_ema_beta": 0.999})            # a StyleGAN3 (alias-free) option

@@ -166,3 +166,13 @@ def test_records_keep_only_saved_state(fake_nvidia, tmp_path):
     assert sorted(rec.modules) == ["mapping", "synthesis"]
     fc = rec.modules["mapping"].modules["fc0"]
     assert sorted(fc.parameters) == ["bias", "weight"] and isinstance(fc.parameters["weight"], torch.nn.Parameter)
+
+
+def test_malformed_records_are_refused(fake_nvidia, tmp_path):
+    bad = {"G_ema": _Evil(fake_nvidia.hook, dict(type="class", version=4, module_src=fake_nvidia.src,
+                                                 class_name="Generator", state={"_parameters": [1, 2]}))}
+    pkl = tmp_path / "bad.pkl"
+    pkl.write_bytes(pickle.dumps(bad))
+    with pytest.raises(CheckpointError, match="_parameters"):
+        convert_stylegan2(pkl, tmp_path / "out")
+    assert not fake_nvidia.marker.exists() and not (tmp_path / "out").exists()

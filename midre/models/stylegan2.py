@@ -391,7 +391,7 @@ class MappingNetwork(nn.Module):
 
 # ================================================================================ generator
 _SYNTH_KEYS = ("channel_base", "channel_max", "num_fp16_res", "conv_clamp", "architecture", "resample_filter",
-               "use_noise", "activation", "kernel_size")
+               "use_noise", "activation", "kernel_size", "fused_modconv_default")
 _MAP_KEYS = ("num_layers", "embed_features", "layer_features", "activation", "lr_multiplier", "w_avg_beta")
 
 
@@ -417,6 +417,7 @@ class Generator(nn.Module):
                             "synthesis_kwargs": _jsonable(sk)}
         self.z_dim, self.c_dim, self.w_dim = z_dim, c_dim, w_dim
         self.img_resolution, self.img_channels = img_resolution, img_channels
+        sk.pop("fused_modconv_default", None)      # an execution choice of the official code, not architecture
         self.synthesis = SynthesisNetwork(w_dim, img_resolution, img_channels, **sk)
         self.num_ws = self.synthesis.num_ws
         self.mapping = MappingNetwork(z_dim, c_dim, w_dim, self.num_ws, **mk)

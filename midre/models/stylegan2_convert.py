@@ -50,6 +50,11 @@ class PersistentRecord:
 
     def __init__(self, class_name: str, state: dict):
         self.class_name = class_name
+        for key, kind in (("_parameters", dict), ("_buffers", dict), ("_modules", dict), ("_init_kwargs", dict),
+                          ("_init_args", (tuple, list)), ("_non_persistent_buffers_set", (set, frozenset))):
+            if state.get(key) is not None and not isinstance(state[key], kind):
+                raise CheckpointError(f"the saved '{key}' of a {class_name[:40]} record is a "
+                                      f"{type(state[key]).__name__}; not an official StyleGAN2 pickle, refusing it")
         self.parameters = state.get("_parameters") or {}
         self.buffers = state.get("_buffers") or {}
         self.modules = state.get("_modules") or {}
