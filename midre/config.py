@@ -591,6 +591,7 @@ def validate_names(cfg: RunConfig, where: str = "config") -> None:
                 if tn not in names:
                     raise ConfigError(f"{where}: '{p}.targets' names unknown target '{tn}'"
                                       f"{did_you_mean(tn, names)}; targets are: {', '.join(sorted(names))}")
+        _check_stylegan2_weights(cfg, where)
     if cfg.priors.preset is not None or cfg.priors.params:
         from .priors import PRESETS, prior_config
 
@@ -609,6 +610,21 @@ def validate_names(cfg: RunConfig, where: str = "config") -> None:
                               "give a local Inception-v3 weights file or use fid: eval")
     if cfg.device not in ("auto", "cpu") and not re.fullmatch(r"(cuda|mps)(:\d+)?", cfg.device):
         raise ConfigError(f"{where}: 'device' is '{cfg.device}'; use auto, cpu, cuda or cuda:N")
+
+
+def _check_stylegan2_weights(cfg: RunConfig, where: str) -> None:
+    """On real data, StyleGAN attacks (PPA, IF-GMI, MIRROR) need a converted generator: say so in one line."""
+    from .attacks import build_attack
+
+    sg = [a.name for a in cfg.attacks
+          if "stylegan2" in build_attack(a.name, **({"preset": a.preset} if a.preset else {})).prior_kinds]
+    path = (cfg.priors.params.get("stylegan2") or {}).get("path")
+    if sg and not path and needs_root(cfg.dataset.name):
+        raise ConfigError(f"{where}: attack '{sg[0]}' needs StyleGAN2 weights: convert the official pickle with "
+                          "`midre convert stylegan2 ffhq.pkl --out DIR` and pass `--set priors.params.stylegan2.path=DIR`")
+    if path and not Path(str(path)).expanduser().exists():
+        raise ConfigError(f"{where}: 'priors.params.stylegan2.path' '{path}' does not exist; give the directory "
+                          "written by `midre convert stylegan2`")
 
 
 def dump_yaml(cfg: RunConfig) -> str:

@@ -34,6 +34,7 @@ import math
 import os
 import platform
 import resource
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -506,7 +507,7 @@ class _Pipeline:
         self.ids: dict[str, list[int]] = {}
         for i, a in enumerate(cfg.attacks):
             self.ids[a.key] = _identities(a, splits.num_classes, f"attacks[{i}]")
-        if cfg.attacks and self.public_set is None:
+        if cfg.attacks and self.public_set is None and not _priors_need_no_public(cfg, self.prior_units):
             raise ConfigError(f"dataset '{d.name}' has no public images but the attacks need public data for their "
                               "priors; give a public set (dataset.options, e.g. public: ffhq:/path) or drop the attacks")
         if cfg.attacks:
@@ -599,15 +600,20 @@ class _Pipeline:
         if a.adaptive:
             eraser = _adaptive_eraser(tmeta)
         attack = build_attack(a.name, **({"preset": a.preset} if a.preset else {}), **a.params)
+        if attack.params.get("target_resolution") == 0:      # StyleGAN attacks: images at the target's size
+            attack.params["target_resolution"] = int(self.splits.resolution)
         seed = derive_seed(self.cfg.seed, "attack", a.key)
         seed_everything(seed)
+        adir = self.run_dir / "attacks" / t.name / a.key
         rec = attack.run(target, self.ids[a.key], a.repeats, prior=priors, seed=seed, progress=self.progress,
-                         adaptive_eraser=eraser, target_path=str(tdir / "model.safetensors"), device=self.device)
+                         adaptive_eraser=eraser, target_path=str(tdir / "model.safetensors"), device=self.device,
+                         resume_dir=adir / "partial")
         rec.meta["eval"] = str(self.run_dir / "eval" / "model.safetensors")
         rec.meta["target_name"] = t.name
         rec.meta["attack_key"] = a.key
         rec.meta["adaptive_requested"] = a.adaptive
-        rec.save(self.run_dir / "attacks" / t.name / a.key)
+        rec.save(adir)
+        shutil.rmtree(adir / "partial", ignore_errors=True)     # finished chunks of an interrupted attack
         return {"seconds_attack": rec.meta.get("seconds"), "queries": rec.meta.get("queries")}
 
     # ------------------------------------------------------------------ metrics
@@ -734,6 +740,11 @@ def _prior_needs_target(kind: str) -> bool:
     from .priors import TARGET_FREE_KINDS
 
     return kind not in TARGET_FREE_KINDS   # the plain GAN and StyleGAN2 priors are shared by all targets
+
+
+def _priors_need_no_public(cfg: RunConfig, units: dict) -> bool:
+    """True when every prior of the run is a StyleGAN2 given by ``path`` (nothing trained on public data)."""
+    return all(kind == "stylegan2" and cfg.priors.params.get("stylegan2", {}).get("path") for kind, _ in units.values())
 
 
 def _adaptive_eraser(tmeta: dict):

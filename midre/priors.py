@@ -589,14 +589,14 @@ def train_prior(kind: str, public_set: Any, target: Optional[nn.Module] = None, 
     cfg = prior_config(kind, preset, config)
     if kind not in TARGET_FREE_KINDS and target is None:
         raise ArgumentError(f"the '{kind}' prior is trained per target: pass target=")
-    if len(public_set) < 2:
-        raise DataError("the public set has fewer than 2 images; priors need public images (check --public)")
     dev = resolve_device(device)
-    if kind == "stylegan2" and cfg.path:
+    if kind == "stylegan2" and cfg.path:          # converted weights: nothing trained, no public data needed
         from .priors_stylegan2 import load_converted
 
         G, meta = load_converted(cfg)
         return Prior(kind, G, meta=meta).to(dev)
+    if public_set is None or len(public_set) < 2:
+        raise DataError("the public set has fewer than 2 images; priors need public images (check --public)")
     key = prior_key(kind, public_set, target, cfg, seed)
     root = Path(out_dir) / f"{kind}-{key}" if out_dir is not None else None
     if root is not None and (root / "prior.json").exists():

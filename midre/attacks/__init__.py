@@ -10,6 +10,10 @@ lomma_gmi      white-box    gan, lomma    Nguyen et al. 2023 (+ GMI)
 lomma_kedmi    white-box    kedmi, lomma  Nguyen et al. 2023 (+ KedMI)
 plgmi          white-box    cgan          Yuan et al. 2023
 brepmi         label-only   gan           Kahla et al. 2022
+ppa            white-box    stylegan2     Struppek et al. 2022
+ifgmi          white-box    stylegan2     Qiu et al. 2024
+mirror         black-box    stylegan2     An et al. 2022
+rlbmi          black-box    gan           Han et al. 2023
 =============  ===========  ============  ==========================================
 """
 from .base import (ACCESS_LEVELS, ATTACKS, AccessError, Attack, QueryOracle, Reconstructions,  # noqa: F401
@@ -20,3 +24,8 @@ from .kedmi import KedMI  # noqa: F401,E402
 from .lomma import LommaGMI, LommaKedMI  # noqa: F401,E402
 from .plgmi import PLGMI  # noqa: F401,E402
 from .brepmi import BREPMI  # noqa: F401,E402
+from . import ppa, ifgmi, mirror, rlbmi  # noqa: F401,E402  (high-resolution / black-box attacks)
+from .ppa import PPA  # noqa: F401,E402
+from .ifgmi import IFGMI  # noqa: F401,E402
+from .mirror import MIRROR  # noqa: F401,E402
+from .rlbmi import RLBMI  # noqa: F401,E402

@@ -75,6 +75,7 @@ class Reconstructions:
     repeat : (N,) long, repeat (seed) index 0..R-1
     confidence : (N,) float, the target's softmax probability of ``identity`` for that image
     meta : dict, attack name + params, access, target checkpoint, seeds, queries, seconds, adaptive
+    latents : optional (N, ...) float, the latent code of each image (StyleGAN / black-box attacks)
     """
 
     images: torch.Tensor
@@ -82,6 +83,7 @@ class Reconstructions:
     repeat: torch.Tensor
     confidence: torch.Tensor
     meta: dict = field(default_factory=dict)
+    latents: Optional[torch.Tensor] = None
 
     def __post_init__(self) -> None:
         n = self.images.shape[0]
@@ -91,6 +93,8 @@ class Reconstructions:
             t = getattr(self, name)
             if t.dim() != 1 or t.shape[0] != n:
                 raise ValueError(f"Reconstructions.{name} must be a 1-D tensor of length {n}")
+        if self.latents is not None and self.latents.shape[0] != n:
+            raise ValueError(f"Reconstructions.latents must have {n} rows")
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -110,6 +114,8 @@ class Reconstructions:
             "repeat": self.repeat.detach().long().cpu().contiguous(),
             "confidence": self.confidence.detach().float().cpu().contiguous(),
         }
+        if self.latents is not None:
+            tensors["latents"] = self.latents.detach().float().cpu().contiguous()
         with atomic_path(out / "reconstructions.safetensors") as tmp:
             save_file(tensors, str(tmp), metadata={"format": RECON_FORMAT})
         atomic_write_json(out / "reconstructions.json", {"format": RECON_FORMAT, "n": len(self), **self.meta})
@@ -144,7 +150,7 @@ class Reconstructions:
         meta.pop("format", None)
         meta.pop("n", None)
         try:
-            return cls(t["images"], t["identity"], t["repeat"], t["confidence"], meta)
+            return cls(t["images"], t["identity"], t["repeat"], t["confidence"], meta, t.get("latents"))
         except ValueError as e:
             raise CheckpointError(f"'{st}' is inconsistent ({e}); re-run the attack") from None
 
@@ -223,6 +229,44 @@ class QueryOracle:
 
     def __repr__(self) -> str:
         return f"QueryOracle(mode={self.mode!r}, queries={self.queries})"
+
+
+# ============================================================================ batch-level resume
+class _Partial:
+    """Finished (repeat, batch) chunks of an interrupted ``Attack.run``, one safetensors + JSON per chunk.
+
+    A chunk is written (atomically) as soon as it is done; a later run with the same ``key`` (attack
+    spec, identities, repeats, seed, target weights, priors, adaptive) reloads it instead of recomputing
+    it.  Each chunk is seeded on its own, so a resumed run equals an uninterrupted one."""
+
+    def __init__(self, root: Path, key: str):
+        self.root, self.key = Path(root), key
+
+    def _paths(self, r: int, b: int) -> tuple[Path, Path]:
+        return self.root / f"chunk-{r}-{b}.safetensors", self.root / f"chunk-{r}-{b}.json"
+
+    def save(self, r: int, b: int, tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> None:
+        from safetensors.torch import save_file
+
+        st, js = self._paths(r, b)
+        self.root.mkdir(parents=True, exist_ok=True)
+        with atomic_path(st) as tmp:
+            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
+        atomic_write_json(js, {"key": self.key, **info})
+
+    def load(self, r: int, b: int) -> Optional[tuple[dict[str, torch.Tensor], dict[str, Any]]]:
+        from safetensors.torch import load_file
+
+        st, js = self._paths(r, b)
+        if not (st.exists() and js.exists()):
+            return None
+        try:
+            info = json.loads(js.read_text(encoding="utf-8"))
+            if info.get("key") != self.key:
+                return None
+            return load_file(str(st)), info
+        except Exception:   # noqa: BLE001 - a damaged chunk is recomputed
+            return None
 
 
 # ============================================================================ attack base
@@ -336,11 +380,14 @@ class Attack:
     # --------------------------------------------------------------------- run
     def run(self, target: nn.Module, identities: Sequence[int], repeats: int, prior: Any = None, seed: int = 0,
             progress: bool = False, adaptive_eraser: Optional[nn.Module] = None,
-            target_path: Optional[str] = None, device: Any = None) -> Reconstructions:
+            target_path: Optional[str] = None, device: Any = None,
+            resume_dir: Optional[str | Path] = None) -> Reconstructions:
         """Attack ``identities`` (each ``repeats`` times) and return the reconstructions.
 
         ``prior`` is a mapping {kind: Prior} for the kinds in ``prior_kinds`` (a single Prior is accepted
-        when the attack needs one).  Images come back on the CPU.
+        when the attack needs one).  Images come back on the CPU.  With ``resume_dir`` every finished
+        (repeat, batch) chunk is kept there, and a run interrupted (killed) part-way continues from the
+        chunks already done, with the same result as an uninterrupted run.
         """
         from ..utils import resolve_device
 
@@ -363,10 +410,13 @@ class Attack:
             adaptive_eraser = adaptive_eraser.to(dev) if isinstance(adaptive_eraser, nn.Module) else adaptive_eraser
         bs = int(self.params.get("batch_size", len(ids_all)))
         chunks = [ids_all[i:i + bs] for i in range(0, len(ids_all), bs)]
-        images, identity, repeat = [], [], []
+        images, identity, repeat, latents = [], [], [], []
         curves: list[list[float]] = []
         oracle: Optional[QueryOracle] = None
         self.extra_meta: dict[str, Any] = {}     # attacks may report facts of the run here
+        part = _Partial(Path(resume_dir), self._resume_key(target, ids_all, repeats, seed, priors,
+                                                           adaptive_eraser)) if resume_dir is not None else None
+        resumed = 0
         t0 = time.perf_counter()
         prior_modules = [m for p in priors.values() if hasattr(p, "modules") for m in p.modules()]
         with _FrozenTarget(target, *prior_modules) as model:
@@ -383,6 +433,20 @@ class Attack:
                 task = prog.add_task(f"{self.name}", total=total, status="")
                 for r in range(repeats):
                     for b, chunk in enumerate(chunks):
+                        done = part.load(r, b) if part is not None else None
+                        if done is not None:           # finished before an interruption: reuse it
+                            t, info = done
+                            images.append(t["images"])
+                            identity.append(t["identity"])
+                            repeat.append(t["repeat"])
+                            latents.append(t.get("latents"))
+                            curves.append(list(info["curve"]))
+                            self.extra_meta = dict(info["extra_meta"])
+                            if oracle is not None:
+                                oracle.queries = int(info["queries"])
+                            resumed += 1
+                            prog.update(task, advance=self.steps_per_batch())
+                            continue
                         gen = torch.Generator(device="cpu")
                         gen.manual_seed(derive_seed(seed, self.name, r, b))
                         ids = torch.tensor(chunk, dtype=torch.long, device=dev)
@@ -402,9 +466,16 @@ class Attack:
                             state = self.invert(access, ids, priors, state, gen, adaptive_eraser, log, tick)
                             x = self.final_selection(access, ids, priors, state, gen)
                         images.append(x.detach().float().cpu())
+                        latents.append(state.get("latents") if isinstance(state, dict) else None)
                         identity.append(ids.cpu())
                         repeat.append(torch.full((len(chunk),), r, dtype=torch.long))
                         curves.append(curve)
+                        if part is not None:
+                            t = {"images": images[-1], "identity": identity[-1], "repeat": repeat[-1]}
+                            if latents[-1] is not None:
+                                t["latents"] = latents[-1]
+                            part.save(r, b, t, {"curve": curve, "extra_meta": self.extra_meta,
+                                                "queries": oracle.queries if oracle is not None else None})
             imgs = torch.cat(images)
             ident = torch.cat(identity)
             with torch.no_grad():
@@ -436,9 +507,21 @@ class Attack:
             "adaptive_eraser": repr(adaptive_eraser) if adaptive_eraser is not None else None,
             "loss_curve": loss_curve,
             "target_top1": 100.0 * hits / max(1, len(imgs)),
+            "resumed_chunks": resumed,
             **self.extra_meta,
         }
-        return Reconstructions(imgs, ident, torch.cat(repeat), torch.cat(conf), meta)
+        lat = torch.cat(latents) if latents and all(v is not None for v in latents) else None
+        return Reconstructions(imgs, ident, torch.cat(repeat), torch.cat(conf), meta, lat)
+
+    def _resume_key(self, target: nn.Module, ids: list[int], repeats: int, seed: int, priors: dict[str, Any],
+                    eraser: Any) -> str:
+        from ..priors import model_fingerprint
+        from ..utils import config_hash
+
+        return config_hash({"spec": self.spec(), "ids": ids, "repeats": repeats, "seed": seed,
+                            "target": model_fingerprint(target), "adaptive": repr(eraser),
+                            "priors": {k: getattr(p, "meta", {}).get("key") or
+                                       model_fingerprint(getattr(p, "generator", None)) for k, p in priors.items()}})
 
     def _priors(self, prior: Any) -> dict[str, Any]:
         if prior is None:

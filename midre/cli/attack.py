@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "target's own dataset), attack the given identities of the target, and write "
                     "DIR/reconstructions.safetensors + .json for `midre evaluate DIR`.")
     p.add_argument("--target", required=True, help="target checkpoint (directory, .safetensors or .json)")
-    p.add_argument("--attack", required=True, help="gmi, kedmi, lomma_gmi, lomma_kedmi, plgmi or brepmi")
+    p.add_argument("--attack", required=True,
+                   help="gmi, kedmi, lomma_gmi, lomma_kedmi, plgmi, brepmi, ppa, ifgmi, mirror or rlbmi")
     p.add_argument("--eval", default=None, help="evaluation-model checkpoint, recorded for `midre evaluate`")
     p.add_argument("--public", default=None,
                    help="public data for the priors as NAME[:ROOT], e.g. ffhq:/data/ffhq (default: the public "
@@ -29,7 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--param", action="append", metavar="KEY=VALUE", default=[],
                    help="attack hyper-parameter override, e.g. iterations=300 (repeatable)")
     p.add_argument("--prior-param", action="append", metavar="KIND.KEY=VALUE", default=[],
-                   help="prior hyper-parameter override, e.g. gan.iterations=500 (repeatable)")
+                   help="prior hyper-parameter override, e.g. gan.iterations=500 or stylegan2.path=DIR (a "
+                        "generator converted with `midre convert stylegan2`) (repeatable)")
     p.add_argument("--adaptive", action="store_true",
                    help="adaptive attack: apply the target defense's own eraser to candidates at every step")
     p.add_argument("--prior-dir", default=None, help="prior cache directory (default: OUT/../priors)")
@@ -68,8 +71,8 @@ def run(args: argparse.Namespace) -> int:
     from ..attacks import ATTACKS, adaptive_eraser_from_meta, build_attack
     from ..checkpoint import load_model, read_meta
     from ..errors import ArgumentError, CheckpointError, DataError, MidreError
-    from ..priors import assert_public_only, prepare_priors
-    from ..utils import RunLock, parse_id_ranges, resolve_device
+    from ..priors import assert_public_only
+    from ..utils import parse_id_ranges, resolve_device
 
     progress = not args.no_progress
     # ---- validate everything up front (cheap checks first)
@@ -88,12 +91,17 @@ def run(args: argparse.Namespace) -> int:
             raise CheckpointError(f"the evaluation model has {emeta['num_classes']} classes but the target has "
                                   f"{num_classes}; give an evaluation model trained on the same private identities")
     attack = build_attack(args.attack, preset=args.preset, **parse_kv(args.param, "param"))
+    if attack.params.get("target_resolution") == 0:          # StyleGAN attacks: images at the target's size
+        attack.params["target_resolution"] = int(tmeta["resolution"])
     prior_cfgs = _prior_configs(args.prior_param)
     device = resolve_device(args.device)
     eraser = adaptive_eraser_from_meta(tmeta) if args.adaptive else None
     target, tmeta = load_model(args.target, device=device)
 
-    # ---- public data (never the private split)
+    # ---- public data (never the private split); a converted StyleGAN2 (stylegan2.path) needs none
+    if set(attack.prior_kinds) == {"stylegan2"} and prior_cfgs.get("stylegan2", {}).get("path"):
+        return _attack(args, attack, target, tmeta, ids, eraser, None, "none (converted generator)", prior_cfgs,
+                       device, progress)
     splits = None
     try:
         splits = _load_target_dataset(tmeta)
@@ -122,22 +130,32 @@ def run(args: argparse.Namespace) -> int:
     if splits is not None:
         assert_public_only(public, splits.private_train, splits.private_test)
 
+    return _attack(args, attack, target, tmeta, ids, eraser, public, source, prior_cfgs, device, progress)
+
+
+def _attack(args, attack, target, tmeta, ids, eraser, public, source, prior_cfgs, device, progress) -> int:
+    from ..priors import prepare_priors
+    from ..utils import RunLock
+
     out = Path(args.out)
     prior_dir = Path(args.prior_dir) if args.prior_dir else out.parent / "priors"
     print(f"attack {attack.name} ({attack.access}, preset {args.preset}) on {tmeta['arch']} "
           f"[{tmeta.get('defense', {}).get('name', 'nodef')}] | {len(ids)} identities x {args.repeats} repeats | "
-          f"priors {', '.join(attack.prior_kinds)} from {source} ({len(public)} images) -> {prior_dir}",
+          f"priors {', '.join(attack.prior_kinds)} from {source} ({len(public) if public is not None else 0} images) "
+          f"-> {prior_dir}",
           file=sys.stderr)
     from ..tblog import session
     with RunLock(out), session(args.tensorboard, base=out.parent):
         priors = prepare_priors(attack, public, target, out_dir=prior_dir, preset=args.preset, seed=args.seed,
                                 progress=progress, device=device, configs=prior_cfgs)
         rec = attack.run(target, ids, args.repeats, priors, seed=args.seed, progress=progress,
-                         adaptive_eraser=eraser, target_path=str(Path(args.target)), device=device)
+                         adaptive_eraser=eraser, target_path=str(Path(args.target)), device=device,
+                         resume_dir=out / ".partial")      # a killed attack continues from its finished chunks
         rec.meta.update({"eval": str(args.eval) if args.eval else None, "public": source,
                          "prior_dir": str(prior_dir), "target_meta": {k: tmeta.get(k) for k in
                                                                       ("arch", "defense", "test_acc", "dataset")}})
         rec.save(out)
+        shutil.rmtree(out / ".partial", ignore_errors=True)
     print(f"{attack.name}: {len(rec)} reconstructions | target top-1 {rec.meta['target_top1']:.1f}% | "
           f"mean target confidence {rec.confidence.mean():.3f} | "
           f"{rec.meta['seconds']:.0f}s" + (f" | {rec.meta['queries']} queries" if rec.meta["queries"] else "")

@@ -1,0 +1,171 @@
+"""PPA, IF-GMI, MIRROR, RLB-MI through the real CLI and pipeline: ``midre attack --preset quick`` trains and
+caches the priors on the public split and runs end to end; a converted generator (``stylegan2.path``)
+needs no public data; the paper configs say in one line what is missing; a pipeline killed inside the
+attack stage resumes to the same results.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from midre.attacks import Reconstructions
+
+K = 4
+RES = 16
+DATA_OPTS = {"num_private": K, "num_public": K, "images_per_id": 16}
+# tiny priors: seconds on one core
+PRIOR_PARAMS = ["--prior-param", "stylegan2.iterations=6", "--prior-param", "stylegan2.batch_size=8",
+                "--prior-param", "stylegan2.ckpt_every=3", "--prior-param", "gan.iterations=5",
+                "--prior-param", "gan.width=8", "--prior-param", "gan.batch_size=8"]
+ATTACK_PARAMS = {
+    "ppa": ["pool=32", "iterations=3", "final_views=2"],
+    "ifgmi": ["pool=32", "stages=[2, 2]", "radii_w=[10, 10]", "radii_features=[10, 10]", "final_views=2"],
+    "mirror": ["pool=32", "population=6", "generations=3"],
+    "rlbmi": ["episodes=6", "hidden=16", "sac_batch=4"],
+}
+
+
+@pytest.fixture(scope="module")
+def target(tmp_path_factory):
+    torch.set_num_threads(1)
+    from midre.data import load_dataset
+    from midre.models import create_model
+    from midre.training import TrainConfig, train_classifier
+
+    root = tmp_path_factory.mktemp("hrcli")
+    splits = load_dataset("synthetic", seed=0, resolution=RES, **DATA_OPTS)
+    meta = {"dataset": {"name": "synthetic", "root": None, "resolution": RES, "seed": 0, "options": DATA_OPTS}}
+    train_classifier(create_model("tinycnn", num_classes=K, resolution=RES), splits.private_train,
+                     splits.private_test, out_dir=root / "target", meta=meta, progress=False,
+                     config=TrainConfig(epochs=2, batch_size=16, lr=0.05, device="cpu", amp=False, seed=0))
+    return root
+
+
+def _attack(root: Path, name: str, out: str, *extra: str) -> int:
+    from midre.cli import main
+
+    return main(["attack", "--target", str(root / "target"), "--attack", name, "--identities", "0-1", "--repeats", "1",
+                 "--out", str(root / out), "--prior-dir", str(root / "priors"), "--preset", "quick", "--device", "cpu",
+                 "--no-progress", *PRIOR_PARAMS, *[a for p in ATTACK_PARAMS[name] for a in ("--param", p)], *extra])
+
+
+@pytest.mark.parametrize("name", ["ppa", "ifgmi", "mirror", "rlbmi"])
+def test_cli_quick_preset_end_to_end(target, name):
+    assert _attack(target, name, f"atk-{name}") == 0
+    rec = Reconstructions.load(target / f"atk-{name}")
+    assert rec.images.shape == (2, 3, RES, RES)               # at the target's resolution
+    assert rec.latents is not None and rec.latents.shape[0] == 2
+    assert rec.meta["attack"] == name and rec.meta["params"].get("target_resolution", RES) == RES
+    if name in ("mirror", "rlbmi"):
+        assert rec.meta["queries"] > 0
+    kind = "gan" if name == "rlbmi" else "stylegan2"
+    assert any(p.name.startswith(kind) for p in (target / "priors").iterdir())   # trained and cached
+
+
+def test_cli_converted_generator_needs_no_public_data(target, tmp_path, capsys):
+    from midre.models.stylegan2 import save_generator, tiny_generator
+
+    save_generator(tmp_path / "g" / "generator", tiny_generator(32, seed=1, channels=8))
+    assert _attack(target, "ppa", "atk-conv", "--prior-param", f"stylegan2.path={tmp_path / 'g'}") == 0
+    rec = Reconstructions.load(target / "atk-conv")
+    assert rec.images.shape == (2, 3, RES, RES)               # 32-px generator, resized to the 16-px target
+    capsys.readouterr()
+    assert _attack(target, "ppa", "atk-bad", "--prior-param", f"stylegan2.path={tmp_path / 'none'}") == 2
+    err = capsys.readouterr().err.strip().splitlines()      # the banner, then ONE error line, no traceback
+    assert "convert" in err[-1] and "Traceback" not in "".join(err) and len(err) == 2
+    assert not (target / "atk-bad" / "reconstructions.json").exists()
+
+
+@pytest.mark.parametrize("name", ["paper/facescrub", "paper/dogs", "paper/celeba-ppa"])
+def test_paper_configs_say_the_generator_is_missing(tmp_path, capsys, name):
+    from midre.cli import main
+
+    assert main(["run", name, "--root", str(tmp_path), "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "priors.params.stylegan2.path" in err[0] and "midre convert stylegan2" in err[0]
+    assert not (tmp_path / "run").exists()
+
+
+CONFIG = f"""
+name: hr
+seed: 0
+device: cpu
+dataset: {{name: synthetic, resolution: {RES}, options: {json.dumps(DATA_OPTS)}}}
+eval_model: {{arch: tinycnn, train: {{epochs: 1, batch_size: 16}}}}
+defaults: {{arch: tinycnn, train: {{epochs: 1, batch_size: 16}}}}
+targets: [{{name: nodef, defense: nodef}}]
+attacks:
+  - {{name: ppa, preset: quick, params: {{pool: 16, iterations: 2, final_views: 2}}, identities: "0-1"}}
+  - {{name: ifgmi, preset: quick, params: {{pool: 16, stages: [2, 1], radii_w: [5, 5], radii_features: [5, 5],
+                                          final_views: 2}}, identities: "0-1"}}
+  - {{name: mirror, preset: quick, params: {{pool: 16, population: 4, generations: 2}}, identities: "0-1"}}
+  - {{name: rlbmi, preset: quick, params: {{episodes: 4, hidden: 16, sac_batch: 2}}, identities: "0-1"}}
+priors: {{preset: quick, params: {{stylegan2: {{iterations: 4, batch_size: 8, ckpt_every: 2}},
+                                   gan: {{iterations: 4, width: 8, batch_size: 8}}}}}}
+metrics: {{fid: eval, n_boot: 10}}
+report: {{enabled: false}}
+"""
+
+
+def _run(cfg: Path, out: Path, crash_at: str | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    env.pop("MIDRE_CRASH_AT", None)
+    if crash_at:
+        env["MIDRE_CRASH_AT"] = crash_at
+    code = "import sys; from midre.cli import main; sys.exit(main(sys.argv[1:]))"
+    return subprocess.run([sys.executable, "-c", code, "run", str(cfg), "--out", str(out), "--no-progress"],
+                          env=env, capture_output=True, text=True, timeout=600)
+
+
+def _rows(out: Path) -> list[dict]:
+    with open(out / "results.csv", newline="") as fh:
+        return [{k: v for k, v in r.items() if "seconds" not in k} for r in csv.DictReader(fh)]
+
+
+@pytest.mark.slow
+def test_pipeline_runs_the_four_and_resumes_after_a_kill_in_the_attacks(tmp_path):
+    cfg = tmp_path / "hr.yaml"
+    cfg.write_text(CONFIG)
+    ref = _run(cfg, tmp_path / "ref")
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    rows = _rows(tmp_path / "ref")
+    assert sorted(r["attack"] for r in rows) == ["ifgmi", "mirror", "ppa", "rlbmi"]
+    killed = _run(cfg, tmp_path / "killed", crash_at="attacks/nodef/mirror")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert not (tmp_path / "killed" / "attacks" / "nodef" / "mirror" / "reconstructions.json").exists()
+    again = _run(cfg, tmp_path / "killed")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert _rows(tmp_path / "killed") == rows
+    for name in ("ppa", "ifgmi", "mirror", "rlbmi"):
+        a = Reconstructions.load(tmp_path / "ref" / "attacks" / "nodef" / name)
+        b = Reconstructions.load(tmp_path / "killed" / "attacks" / "nodef" / name)
+        assert torch.equal(a.images, b.images) and torch.equal(a.latents, b.latents)
+
+
+def test_pipeline_with_a_converted_generator_needs_no_public_split(tmp_path):
+    """A run whose only prior is a converted StyleGAN2 (the 224-px configs' situation: no public split)."""
+    from midre.models.stylegan2 import save_generator, tiny_generator
+    from midre.pipeline import run_pipeline
+    from midre.config import load_config
+
+    save_generator(tmp_path / "g" / "generator", tiny_generator(32, seed=1, channels=8))
+    opts = {**DATA_OPTS, "num_public": 0}
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(CONFIG.replace(json.dumps(DATA_OPTS), json.dumps(opts)).split("attacks:")[0] + f"""attacks:
+  - {{name: ppa, preset: quick, params: {{pool: 8, iterations: 1, final_views: 1}}, identities: "0-1"}}
+priors: {{preset: quick, params: {{stylegan2: {{path: "{tmp_path / 'g'}"}}}}}}
+metrics: {{fid: none, knn: false, n_boot: 0}}
+report: {{enabled: false}}
+""")
+    res = run_pipeline(load_config(str(cfg)), tmp_path / "run", progress=False)
+    rec = Reconstructions.load(tmp_path / "run" / "attacks" / "nodef" / "ppa")
+    assert rec.images.shape == (2, 3, RES, RES) and res.run_dir.exists()
+    assert not (tmp_path / "run" / "attacks" / "nodef" / "ppa" / "partial").exists()
