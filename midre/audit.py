@@ -177,13 +177,17 @@ def load_user_model(spec: AuditSpec, num_classes: int, resolution: int) -> tuple
 
 def _load_state_dict_model(path: Path, spec: AuditSpec, num_classes: int, size: int) -> nn.Module:
     from .models import create_model
-    from .models.weights import load_pretrained
+    from .models.weights import load_pretrained, read_state_dict
 
     if _is_torchscript(path):
         raise CheckpointError(f"'{path}' is a TorchScript archive, not a state dict; drop --arch to audit it as "
                               "TorchScript")
     model = create_model(spec.arch, num_classes=num_classes, resolution=size, **spec.model_options)
-    rep = load_pretrained(model, path)
+    try:
+        rep = load_pretrained(model, path)
+    except CheckpointError as e:   # name the key as the user's file spells it (torchvision layout: no prefix)
+        flat = not any(k.startswith(("backbone.", "head.")) for k in read_state_dict(path))
+        raise CheckpointError(str(e).replace("'backbone.", "'") if flat else str(e)) from None
     if rep["head"] != "loaded":
         why = rep["head"].split(":", 1)[-1].strip()
         raise CheckpointError(f"the model in '{path}' does not match the private data's {num_classes} classes "
@@ -593,6 +597,9 @@ class _Audit:
         s = self.spec
         self.out.mkdir(parents=True, exist_ok=True)
         self.state = RunState(self.out, s)
+        other = [k for k in self.state.stages if k.startswith("targets/") and k not in self.keys]
+        if other:
+            raise RunDirError(f"'{self.out}' holds an audit of another model ({other[0][8:]}); use a new --out")
         self.state.check_keys({k: v for k, v in self.keys.items() if not k.startswith("metrics/")})
         self.state.save()
         _write_config(self.out, s, self.data, self.attacks, self.ids)
