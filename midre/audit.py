@@ -256,13 +256,13 @@ def load_private(spec: AuditSpec, progress: bool = False):
             opts["private_classes"] = list(spec.classes)
         splits = load_dataset("imagefolder", root=str(path), resolution=spec.resolution, seed=spec.seed, **opts)
         meta = {"name": "imagefolder", "root": str(path.resolve()), "options": opts}
-    elif spec.data in DATASETS or not any(c in spec.data for c in "/\\."):
+    elif spec.data in DATASETS:
         splits = load_dataset(spec.data, root=spec.root, resolution=spec.resolution, seed=spec.seed,
                               **spec.data_options)
         meta = {"name": spec.data, "root": spec.root, "options": dict(spec.data_options)}
     else:
-        raise DataError(f"private data folder '{path}' does not exist; give a folder with one sub-folder per "
-                        "class, or a registered dataset name (see `midre datasets`)")
+        raise DataError(f"private data '{spec.data}' is neither an existing folder nor a registered dataset; give a "
+                        f"folder with one sub-folder per class, or one of: {', '.join(DATASETS.names())}")
     meta.update({"resolution": splits.resolution, "seed": spec.seed})
     return splits, meta
 
@@ -286,6 +286,10 @@ def prepare_data(spec: AuditSpec, progress: bool = False) -> AuditData:
         order = [str(c) for c in spec.classes]
         if len(set(order)) != len(order):
             raise ArgumentError("--classes lists a class twice; give each class folder once, in training order")
+        if set(order) != set(names):
+            odd = next(iter(set(order) ^ set(names)))
+            raise ArgumentError(f"--classes does not match the data's classes (e.g. '{odd}'); list exactly the "
+                                "classes the model was trained on")
         perm = torch.tensor([order.index(n) for n in names])
         names = order
     train = _reorder(splits.private_train, perm)
