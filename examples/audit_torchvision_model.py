@@ -9,7 +9,7 @@
     python examples/audit_torchvision_model.py --work runs/audit-example     # the run of docs/audit.md
     python examples/audit_torchvision_model.py --work /tmp/a --audit-arg=--preset=paper   # other audit flags
 
-The defaults are the run shown in docs/audit.md (6 people x 20 images at 32 px, 300 public images,
+The defaults are the run shown in docs/audit.md (6 people x 40 images at 32 px, 300 public images,
 PLG-MI and GMI at a reduced CPU budget); extra ``--audit-arg`` flags are appended (a later flag wins).
 """
 from __future__ import annotations
@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 
 
-def export_faces(root: Path, classes: int, images: int, public: int, resolution: int, seed: int) -> None:
+def export_faces(root: Path, classes: int, images: int, public: int, resolution: int, seed: int,
+                 variation: float) -> None:
     """Synthetic faces (midre's procedural identities) written as PNG files, as a user's folder would be."""
     from PIL import Image
 
@@ -31,10 +32,10 @@ def export_faces(root: Path, classes: int, images: int, public: int, resolution:
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(img.permute(1, 2, 0).numpy()).save(path)
 
-    x, y = generate_faces(seed, "private", classes, images, resolution)
+    x, y = generate_faces(seed, "private", classes, images, resolution, variation)
     for i, (img, c) in enumerate(zip(x, y.tolist())):
         save(img, root / "private" / f"person_{c:02d}" / f"{i:04d}.png")
-    x, _ = generate_faces(seed, "public", public, 1, resolution) if public else (torch.empty(0), None)
+    x, _ = generate_faces(seed, "public", public, 1, resolution, variation) if public else (torch.empty(0), None)
     for i, img in enumerate(x):
         save(img, root / "public" / f"{i:04d}.png")
 
@@ -73,24 +74,26 @@ def train_plain_torchvision(folder: Path, out: Path, epochs: int, seed: int, arc
 # the reduced CPU budget of the docs run (the quick presets, fewer iterations)
 AUDIT_BUDGET = ["--attacks", "plgmi,gmi", "--attack-param", "plgmi.iterations=60", "--attack-param",
                 "gmi.iterations=100", "--repeats", "2", "--prior-param", "gan.iterations=150", "--prior-param",
-                "cgan.iterations=150", "--eval-epochs", "15"]
+                "cgan.iterations=150", "--eval-epochs", "12"]
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default="runs/audit-example")
     p.add_argument("--classes", type=int, default=6)
-    p.add_argument("--images", type=int, default=20, help="images per class")
+    p.add_argument("--images", type=int, default=40, help="images per class")
+    p.add_argument("--variation", type=float, default=0.5, help="per-image nuisance of the synthetic faces (0-3)")
     p.add_argument("--public", type=int, default=300, help="public images (other identities)")
     p.add_argument("--resolution", type=int, default=32)
-    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--audit-arg", action="append", default=[], help="extra argument for `midre audit`")
     args = p.parse_args()
     work = Path(args.work)
     t0 = time.perf_counter()
     if not (work / "data" / "private").is_dir():
-        export_faces(work / "data", args.classes, args.images, args.public, args.resolution, args.seed)
+        export_faces(work / "data", args.classes, args.images, args.public, args.resolution, args.seed,
+                     args.variation)
     model_file = work / "resnet18_faces.pth"
     if not model_file.exists():
         acc = train_plain_torchvision(work / "data" / "private", model_file, args.epochs, args.seed)

@@ -408,18 +408,16 @@ def verdict(rows: Sequence[dict], gate_list: Sequence[dict], num_classes: int, a
             f"–{best.get('top1_ci_hi', top1):.1f}%; chance is {chance:.1f}%).")
     if failed:
         level = "inconclusive"
-        text = (f"Inconclusive: the gate(s) {', '.join(failed)} failed, so the attack numbers below cannot be read "
-                f"as privacy. {fact} Fix the failed gates and re-run.")
+        text = (f"The gate(s) {', '.join(failed)} failed, so the attack numbers cannot be read as privacy. {fact} "
+                "Fix the failed gates and re-run.")
     elif lo > chance and top1 >= 50:
-        level, text = "high", f"High leakage. {fact} Your model gives away what its training classes look like."
+        level, text = "high leakage", f"{fact} Your model gives away what its training classes look like."
     elif lo > chance and top1 >= 20:
-        level, text = "moderate", f"Moderate leakage. {fact}"
+        level, text = "moderate leakage", fact
     elif lo > chance:
-        level, text = "low", f"Low but measurable leakage. {fact}"
+        level, text = "low leakage", f"{fact} The leak is small but above chance."
     else:
-        level = "none measured"
-        text = (f"No leakage measured at this budget. {fact} A stronger budget (--preset paper) can only find "
-                "more.")
+        level, text = "no leakage measured", f"{fact} A stronger budget (--preset paper) can only find more."
     return {"level": level, "text": text, "chance": chance, "best_attack": best["attack"], "top1": top1}
 
 
@@ -866,8 +864,8 @@ def _verdict_section(v: dict, spec: AuditSpec, info: dict) -> tuple[str, str]:
             f"{info['input_size']} px, mean {tuple(spec.mean)}, std {tuple(spec.std)}; attack preset "
             f"'{spec.preset}', {spec.repeats} repeats, seed {spec.seed}.")
     md = f"**{v['level'].upper()}** — {v['text']}\n\n_{note}_"
-    color = {"high": "#b00020", "moderate": "#c46200", "low": "#8a7a00", "none measured": "#1b7f3b"}.get(v["level"],
-                                                                                                     "#555")
+    color = {"high leakage": "#b00020", "moderate leakage": "#c46200", "low leakage": "#8a7a00",
+             "no leakage measured": "#1b7f3b"}.get(v["level"], "#555")
     ht = (f"<p style='font-size:17px'><b style='color:{color}'>{html.escape(v['level'].upper())}</b> — "
           f"{html.escape(v['text'])}</p><p class='note'>{html.escape(note)}</p>")
     return md, ht
@@ -896,7 +894,8 @@ def _advice_section(a: dict) -> tuple[str, str]:
     md, ht = [], []
     if a["command"]:
         md.append(f"```bash\n{a['command']}\n```")
-        ht.append(f"<pre><code>{html.escape(a['command'])}</code></pre>")
+        ht.append("<pre style='white-space:pre-wrap;word-break:break-all;background:#f3f3f3;padding:8px'><code>"
+                  f"{html.escape(a['command'])}</code></pre>")
     for text in [a["why_area"], cost, *a["notes"]]:
         md.append(text)
         ht.append(f"<p>{html.escape(text)}</p>")

@@ -128,7 +128,8 @@ def test_audit_end_to_end_white_box(world, tmp_path, capsys):
     # midre reads the model as the user's own pipeline does (class order, normalisation, input size);
     # the two resize 16 -> 32 px differently (PIL vs torch bilinear), hence one image of slack
     assert abs(audit["private_acc"] - float((world["root"] / "resnet18_acc.txt").read_text())) <= 100 / 40 + 1e-6
-    assert audit["verdict"]["level"] in ("inconclusive", "high", "moderate", "low", "none measured")
+    assert audit["verdict"]["level"] in ("inconclusive", "high leakage", "moderate leakage", "low leakage",
+                                        "no leakage measured")
     row = json.loads((out / "results.json").read_text())["rows"][0]
     assert row["attack"] == "gmi" and 0 <= row["attack_top1"] <= 100 and row["knn"] > 0
     assert row["top1_ci_lo"] <= row["attack_top1"] <= row["top1_ci_hi"]
@@ -261,9 +262,9 @@ def test_verdict_levels():
 
     ok = gates(90.0, 90.0, [{"attack": "gmi", "target_top1": 95.0}])
     row = {"attack": "gmi", "attack_top1": 80.0, "top1_ci_lo": 70.0, "top1_ci_hi": 90.0}
-    assert verdict([row], ok, 10, "white-box")["level"] == "high"
+    assert verdict([row], ok, 10, "white-box")["level"] == "high leakage"
     low = {**row, "attack_top1": 12.0, "top1_ci_lo": 4.0, "top1_ci_hi": 20.0}
-    assert verdict([low], ok, 10, "white-box")["level"] == "none measured"
+    assert verdict([low], ok, 10, "white-box")["level"] == "no leakage measured"
     bad = gates(90.0, 20.0, [{"attack": "gmi", "target_top1": 95.0}])
     v = verdict([row], bad, 10, "white-box")
     assert v["level"] == "inconclusive" and "evaluation model is accurate" in v["text"]
