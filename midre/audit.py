@@ -411,7 +411,9 @@ def verdict(rows: Sequence[dict], gate_list: Sequence[dict], num_classes: int, a
         text = (f"The gate(s) {', '.join(failed)} failed, so the attack numbers cannot be read as privacy. {fact} "
                 "Fix the failed gates and re-run.")
     elif lo > chance and top1 >= 50:
-        level, text = "high leakage", f"{fact} Your model gives away what its training classes look like."
+        level, text = "high leakage", (f"{fact} Your model's outputs let an attacker synthesise images that "
+                                       "another model takes for each class; judge below how much a person would "
+                                       "recognise in them.")
     elif lo > chance and top1 >= 20:
         level, text = "moderate leakage", fact
     elif lo > chance:
