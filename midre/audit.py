@@ -48,7 +48,7 @@ _RANK = {"label-only": 0, "black-box": 1, "white-box": 2}
 STRENGTH = ["plgmi", "lomma_kedmi", "ppa", "if_gmi", "lomma_gmi", "kedmi", "mirror", "rlbmi", "gmi", "brepmi"]
 GATE_TARGET_ACC = 50.0      # % of its own training images the model must classify right (class order, normalisation)
 GATE_EVAL_ACC = 50.0        # % held-out accuracy of the evaluation model
-GATE_ATTACK_TOP1 = 50.0     # % of reconstructions the TARGET assigns to the attacked identity (did the attack converge?)
+GATE_ATTACK_TOP1 = 50.0     # % of reconstructions the TARGET assigns to the attacked class (did the attack converge?)
 AUDIT_FORMAT = "midre-audit"
 
 
@@ -608,7 +608,8 @@ class _Audit:
         self.state.save()
         _write_config(self.out, s, self.data, self.attacks, self.ids)
         tname = self.target_name
-        self._stage(f"targets/{tname}", self.keys[f"targets/{tname}"], self._target, f"your model ({self.info['arch']})")
+        self._stage(f"targets/{tname}", self.keys[f"targets/{tname}"], self._target,
+                    f"your model ({self.info['arch']})")
         self._stage("eval", self.keys["eval"], self._eval, "evaluation model")
         self._stage("cost", self.keys["cost"], self._cost, "cost of retraining with MIDRE (measured step)")
         for a in self.attacks:
