@@ -149,6 +149,9 @@ def test_audit_end_to_end_white_box(world, tmp_path, capsys):
     assert "incompatible" in capsys.readouterr().err
     assert _audit(world, out, "--attacks", "gmi", model="script") == 2
     assert "another model" in capsys.readouterr().err
+    # `midre report` would drop the verdict and gates: it points back to `midre audit`
+    assert main(["report", str(out)]) == 2
+    assert "re-run the same `midre audit`" in capsys.readouterr().err
 
 
 def test_audit_torchscript_label_only_is_seeded(world, tmp_path):
