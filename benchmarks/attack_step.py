@@ -1,17 +1,28 @@
-"""Overhead of one attack step (GMI and PLG-MI) relative to the bare forward+backward of generator + target.
+"""Overhead of one attack step against the bare forward + backward of the networks the method needs.
 
-Both are measured in the same run, on the same batch and device:
+For each white-box attack, in one run, on the same batch and device:
 
-* bare:    x = G(z); loss = CE(T(x), y); loss.backward()                       (the irreducible work)
-* attack:  the attack's own ``invert`` loop (midre.attacks), timed per iteration, with everything it
-           does per step: GMI adds the discriminator prior, SGD step and clamp; PLG-MI adds two
-           augmented views (two target passes) and the Adam step.
+* bare:    the method's irreducible work, written out: the latent -> the networks the method itself
+           needs -> its loss -> backward to the latent (no optimiser, no bookkeeping);
+* attack:  midre's own ``invert`` loop (midre.attacks) timed over ``--iters`` iterations, per step.
 
-Target: attack step <= 1.3x the bare step.  Each attack is also compared with the bare work its
-method inherently needs (GMI: + the discriminator prior; PLG-MI: a second target view), which
-isolates the framework overhead (bookkeeping, optimiser step, clamp, augmentation).
+==============  =================================================================================
+attack          bare work (forward + backward)
+==============  =================================================================================
+GMI             G + D (WGAN critic) + T
+KedMI           reparameterised z -> G + D (K+1 outputs) + T
+LOMMA+GMI       G + D + T (logits and penultimate features) + the N augmented models
+LOMMA+KedMI     reparameterised z -> G + D (K+1) + T (logits, features) + the N augmented models
+PLG-MI          G + T on 2 views (the image and its flip); the cost of the two random augmentations
+                (crop/rotate/flip resampling + jitter, forward + backward) is measured and shown
+                separately, and a second ratio includes it in the bare work
+BREP-MI         (label-only, no backward) G + T forward on the sphere points + the candidate
+==============  =================================================================================
 
-    python benchmarks/attack_step.py [--device cpu|cuda] [--resolution 32|64] [--batch 60] [--arch smallcnn]
+Target: attack step <= 1.3x the bare work.  Bare and attack samples alternate (so a change in the
+machine's load hits both) and the median per-step time is reported.
+
+    python benchmarks/attack_step.py [--device cpu|cuda] [--resolution 32] [--batch 60] [--arch smallcnn]
 """
 from __future__ import annotations
 
@@ -28,17 +39,149 @@ def _sync(dev: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def _time(fn, dev, reps: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
+def _clock(fn, dev) -> float:
     _sync(dev)
-    samples = []
+    t = time.perf_counter()
+    fn()
+    _sync(dev)
+    return time.perf_counter() - t
+
+
+def _pair(bare, attack, iters: int, reps: int, dev) -> tuple[float, float]:
+    """Median per-step seconds of (bare, attack), samples interleaved, after one warm-up of each."""
+    bare()
+    attack()
+    tb, ta = [], []
     for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        _sync(dev)
-        samples.append(time.perf_counter() - t)
-    return statistics.median(samples)
+        tb.append(_clock(lambda: [bare() for _ in range(iters)], dev) / iters)
+        ta.append(_clock(attack, dev) / iters)
+    return statistics.median(tb), statistics.median(ta)
+
+
+def _frozen(m, dev):
+    m = m.to(dev).eval()
+    for p in m.parameters():
+        p.requires_grad_(False)
+    return m
+
+
+def _setup(args):
+    from midre.models import create_model
+    from midre.models.generators import CondGenerator, DCGANDiscriminator, DCGANGenerator, ProjectionDiscriminator
+    from midre.priors import Prior
+    from midre.utils import resolve_device
+
+    dev = resolve_device(args.device)
+    torch.manual_seed(0)
+    r, K = args.resolution, args.classes
+    n = dict(T=create_model(args.arch, num_classes=K, resolution=r), G=DCGANGenerator(100, r, 3, args.width),
+             D=DCGANDiscriminator(r, 3, args.width, 1), Dk=DCGANDiscriminator(r, 3, args.width, K + 1),
+             CG=CondGenerator(K, 128, r, 3, args.width), PD=ProjectionDiscriminator(K, r, 3, args.width))
+    n = {k: _frozen(v, dev) for k, v in n.items()}
+    n["aug"] = [_frozen(create_model(args.aug_arch, num_classes=K, resolution=r), dev) for _ in range(args.n_aug)]
+    with torch.no_grad():
+        p_reg = n["T"].features(torch.rand(64, 3, r, r, device=dev)).mean(0)
+    n["priors"] = {"gan": Prior("gan", n["G"], n["D"]), "kedmi": Prior("kedmi", n["G"], n["Dk"]),
+                   "cgan": Prior("cgan", n["CG"], n["PD"]), "lomma": Prior("lomma", aug_models=n["aug"], p_reg=p_reg)}
+    n["p_reg"], n["dev"] = p_reg, dev
+    n["ids"] = torch.arange(args.batch, device=dev) % K
+    return n
+
+
+def _bare_losses(n):
+    """The bare work per method: latent -> networks -> loss (what backward differentiates)."""
+    T, G, D, Dk, ids = n["T"], n["G"], n["D"], n["Dk"], n["ids"]
+
+    def kedmi_prior(x):
+        lse = Dk.class_logits(x).logsumexp(1)
+        return (F.softplus(lse) - lse).mean()
+
+    def lomma_iden(x):
+        logits, f = T.forward_features(x)
+        ls = [-logits.gather(1, ids[:, None]).mean()] + [-m(x).gather(1, ids[:, None]).mean() for m in n["aug"]]
+        return sum(ls) / len(ls) + (f - n["p_reg"]).pow(2).mean()
+
+    return {
+        "gmi": lambda x: -D(x).mean() + 100 * F.cross_entropy(T(x), ids),
+        "kedmi": lambda x: kedmi_prior(x) + 100 * F.cross_entropy(T(x), ids),
+        "lomma_gmi": lambda x: -D(x).mean() + 100 * lomma_iden(x),
+        "lomma_kedmi": lambda x: kedmi_prior(x) + 100 * lomma_iden(x),
+    }
+
+
+def _rows(args, n) -> list[tuple[str, str, float, float]]:
+    from midre.attacks import build_attack
+    from midre.attacks.base import max_margin_loss
+    from midre.attacks.plgmi import random_views
+
+    dev, b, ids, G = n["dev"], args.batch, n["ids"], n["G"]
+    gen = torch.Generator().manual_seed(0)
+    noop = (lambda v: None, lambda: None)
+    rows = []
+    z0 = torch.randn(b, 100, device=dev)
+    for name, loss in _bare_losses(n).items():
+        a = build_attack(name, iterations=args.iters, batch_size=b)
+        dist = name.endswith("kedmi")
+        state = a.init_latents(n["T"], ids, n["priors"], gen)
+
+        def bare(loss=loss, dist=dist):
+            if dist:
+                mu, lv = torch.zeros_like(z0, requires_grad=True), torch.ones_like(z0, requires_grad=True)
+                z = mu + torch.randn_like(z0) * torch.exp(0.5 * lv)
+            else:
+                z = z0.clone().requires_grad_(True)
+            loss(G(z)).backward()
+
+        def attack(a=a, state=state):
+            a.invert(n["T"], ids, n["priors"], state, gen, None, *noop)
+
+        nets = {"gmi": "G + D + T", "kedmi": "G + D(K+1) + T"}.get(name, "G + D + T + ") + (
+            f"{args.n_aug} aug" if name.startswith("lomma") else "")
+        rows.append((name, nets, *_pair(bare, attack, args.iters, args.reps, dev)))
+
+    # PLG-MI: G + T on two views; the augmentation measured on its own
+    zc, CG, T = torch.randn(b, 128, device=dev), n["CG"], n["T"]
+    plg = build_attack("plgmi", iterations=args.iters, batch_size=b)
+
+    def bare_plg():
+        x = CG(zc.clone().requires_grad_(True), ids)
+        (max_margin_loss(T(x), ids).mean() + max_margin_loss(T(x.flip(-1)), ids).mean()).backward()
+
+    def attack_plg():
+        plg.invert(T, ids, n["priors"], {"z": zc}, gen, None, *noop)
+
+    xa = torch.rand(b, 3, args.resolution, args.resolution, device=dev)
+
+    def aug_only():
+        x = xa.clone().requires_grad_(True)
+        (random_views(x, gen).sum() + random_views(x, gen).sum()).backward()
+
+    tb, ta = _pair(bare_plg, attack_plg, args.iters, args.reps, dev)
+    t_aug, _ = _pair(aug_only, lambda: None, args.iters, args.reps, dev)
+    rows.append(("plgmi", "G + 2 x T", tb, ta))
+    rows.append(("plgmi", f"G + 2 x T + 2 augmentations ({t_aug * 1e3:.1f} ms)", tb + t_aug, ta))
+
+    # BREP-MI: label-only, forward only
+    br = build_attack("brepmi", iterations=args.iters, max_iters_at_radius=10 ** 6, batch_size=b)
+    P = br.params["sphere_points"]
+    zb = torch.rand(b, 100, device=dev) - 0.5
+
+    def bare_brep():
+        with torch.no_grad():
+            T(G(torch.cat([zb.repeat_interleave(P, 0), zb]))).argmax(1)
+
+    from midre.attacks.base import QueryOracle
+
+    oracle = QueryOracle(T, "labels")             # what BREP-MI receives in a run (clamp, chunks, count)
+
+    def attack_brep():
+        br.extra_meta = {}
+        br.invert(oracle, ids, n["priors"], {"z": zb, "found": torch.ones(b, dtype=torch.bool, device=dev)},
+                  gen, None, *noop)
+
+    rows.append(("brepmi", f"G + T forward on {P}+1 points", *_pair(bare_brep, attack_brep, args.iters, args.reps,
+                                                                   dev)))
+    return rows
 
 
 def main() -> None:
@@ -48,91 +191,20 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=60)
     ap.add_argument("--width", type=int, default=32, help="GAN width (64 = paper scale)")
     ap.add_argument("--arch", default="smallcnn", help="target architecture")
+    ap.add_argument("--aug-arch", default="smallcnn", help="LOMMA's augmented models (EfficientNet-B0..B2 in the paper)")
+    ap.add_argument("--n-aug", type=int, default=3)
     ap.add_argument("--classes", type=int, default=50)
-    ap.add_argument("--iters", type=int, default=10, help="attack iterations per timed sample")
+    ap.add_argument("--iters", type=int, default=5, help="attack iterations per timed sample")
     ap.add_argument("--reps", type=int, default=5)
     args = ap.parse_args()
-
-    from midre.attacks import build_attack
-    from midre.models import create_model
-    from midre.models.generators import CondGenerator, DCGANDiscriminator, DCGANGenerator, ProjectionDiscriminator
-    from midre.priors import Prior
-    from midre.utils import resolve_device
-
-    dev = resolve_device(args.device)
-    torch.manual_seed(0)
-    r, b, K = args.resolution, args.batch, args.classes
-    T = create_model(args.arch, num_classes=K, resolution=r).to(dev).eval()
-    for p in T.parameters():
-        p.requires_grad_(False)
-    G = DCGANGenerator(100, r, 3, args.width).to(dev).eval()
-    D = DCGANDiscriminator(r, 3, args.width, 1).to(dev).eval()
-    CG = CondGenerator(K, 128, r, 3, args.width).to(dev).eval()
-    PD = ProjectionDiscriminator(K, r, 3, args.width).to(dev).eval()
-    for m in (G, D, CG, PD):
-        for p in m.parameters():
-            p.requires_grad_(False)
-    ids = torch.arange(b, device=dev) % K
-    gen = torch.Generator()
-    gen.manual_seed(0)
-    rows = []
-
-    # ---------------------------------------------------------------- GMI
-    z0 = torch.randn(b, 100, device=dev).clamp(-1, 1)
-
-    def bare_gmi():
-        z = z0.clone().requires_grad_(True)
-        F.cross_entropy(T(G(z)), ids).backward()
-
-    gmi = build_attack("gmi", iterations=args.iters, batch_size=b)
-    prior = {"gan": Prior("gan", G, D)}
-
-    def step_gmi():
-        gmi.invert(T, ids, prior, {"z": z0}, gen, None, lambda v: None, lambda: None)
-
-    t_bare = _time(bare_gmi, dev, args.reps * args.iters)
-    t_att = _time(step_gmi, dev, args.reps) / args.iters
-    rows.append(("GMI", t_bare, t_att, t_att / t_bare))
-
-    def bare_gmi_d():   # the method's own work: G + its discriminator prior + T
-        z = z0.clone().requires_grad_(True)
-        x = G(z)
-        (-D(x).mean() + F.cross_entropy(T(x), ids)).backward()
-
-    t_bare_d = _time(bare_gmi_d, dev, args.reps * args.iters)
-    rows.append(("GMI vs G + D + T", t_bare_d, t_att, t_att / t_bare_d))
-
-    # ---------------------------------------------------------------- PLG-MI
-    zc = torch.randn(b, 128, device=dev)
-
-    def bare_plg():
-        z = zc.clone().requires_grad_(True)
-        F.cross_entropy(T(CG(z, ids)), ids).backward()
-
-    plg = build_attack("plgmi", iterations=args.iters, batch_size=b)
-    cprior = {"cgan": Prior("cgan", CG, PD)}
-
-    def step_plg():
-        plg.invert(T, ids, cprior, {"z": zc}, gen, None, lambda v: None, lambda: None)
-
-    t_bare = _time(bare_plg, dev, args.reps * args.iters)
-    t_att = _time(step_plg, dev, args.reps) / args.iters
-    rows.append(("PLG-MI", t_bare, t_att, t_att / t_bare))
-
-    # bare with two target views (the method's own work: G once, T twice)
-    def bare_plg2():
-        z = zc.clone().requires_grad_(True)
-        x = CG(z, ids)
-        (F.cross_entropy(T(x), ids) + F.cross_entropy(T(x.flip(-1)), ids)).backward()
-
-    t_bare2 = _time(bare_plg2, dev, args.reps * args.iters)
-    rows.append(("PLG-MI vs G + 2 views", t_bare2, t_att, t_att / t_bare2))
-
-    print(f"device {dev} | {args.arch} target, {K} classes | {r} px | batch {b} | GAN width {args.width}")
-    print(f"{'attack':<24}{'bare fwd+bwd (ms)':>20}{'attack step (ms)':>20}{'ratio':>8}  target <= 1.3x")
-    for name, tb, ta, ratio in rows:
-        verdict = "PASS" if ratio <= 1.3 else "FAIL"
-        print(f"{name:<24}{tb * 1e3:>20.2f}{ta * 1e3:>20.2f}{ratio:>8.2f}  {verdict}")
+    n = _setup(args)
+    rows = _rows(args, n)
+    print(f"device {n['dev']} | torch threads {torch.get_num_threads()} | {args.arch} target, {args.classes} classes"
+          f" | {args.resolution} px | batch {args.batch} | GAN width {args.width} | LOMMA {args.n_aug} x {args.aug_arch}")
+    print(f"{'attack':<13}{'bare work':<46}{'bare (ms)':>10}{'step (ms)':>11}{'ratio':>7}  target <= 1.3x")
+    for name, nets, tb, ta in rows:
+        ratio = ta / tb
+        print(f"{name:<13}{nets:<46}{tb * 1e3:>10.2f}{ta * 1e3:>11.2f}{ratio:>7.2f}  {'PASS' if ratio <= 1.3 else 'FAIL'}")
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 EMBEDDED_DATASETS = ("synthetic", "digits")   # generated or shipped: no root needed
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 # Keys that do not change any number of a run (left out of the run-directory hash).
-NON_RESULT_KEYS = ("name", "description", "device", "report", "sweep")
+NON_RESULT_KEYS = ("name", "description", "expected_time", "device", "report", "sweep", "logging")
 
 
 class _Section(BaseModel):
@@ -165,6 +165,12 @@ class ReportSection(_Section):
     max_identities: int = Field(8, ge=1)
 
 
+class LoggingSection(_Section):
+    """Optional logs (midre/tblog.py): tensorboard = true (RUN_DIR/tensorboard) or a directory."""
+
+    tensorboard: Union[bool, str] = False
+
+
 class AnalysesSection(_Section):
     features: bool = False
     sweep_area: list[float] = []
@@ -183,6 +189,7 @@ class RunConfig(_Section):
 
     name: str = "run"
     description: str = ""
+    expected_time: str = ""     # shown by `midre run --list`; measured figures only
     seed: int = Field(0, ge=0)
     seeds: Optional[list[int]] = None
     device: str = "auto"
@@ -195,6 +202,7 @@ class RunConfig(_Section):
     metrics: MetricsSection = MetricsSection()
     report: ReportSection = ReportSection()
     analyses: AnalysesSection = AnalysesSection()
+    logging: LoggingSection = LoggingSection()
     sweep: Optional[dict[str, Any]] = None
 
     @field_validator("name")
@@ -261,6 +269,19 @@ class RunConfig(_Section):
 def builtin_configs() -> list[str]:
     """Names of the configs shipped in midre/configs (e.g. 'quickstart', 'paper/celeba-gmi')."""
     return sorted(str(p.relative_to(CONFIG_DIR).with_suffix("")) for p in CONFIG_DIR.rglob("*.yaml"))
+
+
+def builtin_config_summary(name: str) -> tuple[str, str]:
+    """(description, expected_time) of a built-in config, following ``extends`` for missing keys."""
+    path = CONFIG_DIR / f"{name}.yaml"
+    desc = when = ""
+    for _ in range(8):  # an extends chain is short; this bounds a cycle
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        desc, when = desc or str(raw.get("description", "")), when or str(raw.get("expected_time", ""))
+        if (desc and when) or not raw.get("extends"):
+            break
+        path = (path.parent / str(raw["extends"])).resolve()
+    return desc, when
 
 
 def resolve_config_path(source: str | os.PathLike, base_dir: Optional[Path] = None) -> Path:

@@ -520,7 +520,7 @@ def _recon_fields(recon: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
 def evaluate_reconstructions(recon: Any, eval_model: nn.Module, private_train: Any, private_test: Any = None,
                              target_model: Optional[nn.Module] = None, fid: bool = True,
                              fid_extractor: Union[None, str, Path, Extractor] = None,
-                             face_embedder: Optional[Extractor] = None, baseline: Optional[Mapping] = None,
+                             face_embedder: Union[None, str, Extractor] = None, baseline: Optional[Mapping] = None,
                              topk: Sequence[int] = (1, 5), n_boot: int = 1000, seed: int = 0,
                              batch_size: int = 128, device: Optional[Union[str, torch.device]] = None,
                              progress: bool = False) -> dict[str, Any]:
@@ -535,7 +535,9 @@ def evaluate_reconstructions(recon: Any, eval_model: nn.Module, private_train: A
     fid : compute a FID.  ``fid_extractor`` None -> FID_eval (evaluation-model features); a path ->
         Inception-v3 FID from that LOCAL weights file (key ``fid_inception``); a callable -> custom
         extractor (key ``fid_custom``).
-    face_embedder : optional embedder for ``delta_face``.
+    face_embedder : optional embedder for ``delta_face``; ``"dlib"`` = the ``face`` extra's embedder
+        (midre/face_embedder.py).  When it is not installed, ``delta_face`` is None with a
+        ``delta_face_note`` saying why (never a silent zero).
     baseline : a NoDef metrics dict (``acc``, ``attacc_top1``) -> trade-off ``tradeoff``.
 
     Keys: attack, n, n_identities, n_repeats, acc, attacc_top{k}[_std|_ci95|_per_repeat], knn_dist,
@@ -545,6 +547,9 @@ def evaluate_reconstructions(recon: Any, eval_model: nn.Module, private_train: A
     from .utils import make_progress
 
     images, identity, repeat, conf, meta = _recon_fields(recon)
+    from .face_embedder import resolve_face_embedder
+
+    face_embedder, face_note = resolve_face_embedder(face_embedder)
     num_classes = getattr(eval_model, "num_classes", None)
     if num_classes is not None and int(identity.max()) >= int(num_classes):
         raise ArgumentError(f"attacked identity {int(identity.max())} is outside the evaluation model's {num_classes} "
@@ -552,6 +557,8 @@ def evaluate_reconstructions(recon: Any, eval_model: nn.Module, private_train: A
     dev = _pick_device(eval_model, device)
     n = images.shape[0]
     out: dict[str, Any] = {"attack": meta.get("attack"), "n": int(n)}
+    if face_note is not None:
+        out["delta_face"], out["delta_face_note"] = None, face_note
     steps = [("natural accuracy", len(private_test) if (target_model is not None and private_test is not None) else 0),
              ("attack accuracy", n), ("KNN distance", n), ("FID", n if fid else 0),
              ("delta_face", n if face_embedder is not None else 0)]

@@ -42,7 +42,9 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
+from . import tblog
 from .config import AttackSection, RunConfig, TargetSection, dump_yaml, load_config, validate_train
+from .distributed import world
 from .errors import ConfigError, MidreError, RunDirError
 from .utils import (RunLock, atomic_write_json, atomic_write_text, config_hash, derive_seed, parse_id_ranges,
                     resolve_device, seed_everything)
@@ -282,13 +284,21 @@ def run_pipeline(config: Any, out_dir: str | os.PathLike, resume: bool = True, p
         raise ConfigError(f"stop_after '{stop_after}' is not a stage; use one of: {', '.join(STAGE_GROUPS)}")
     run_dir = Path(out_dir)
     t0 = time.perf_counter()
+    logs = tblog.from_config(cfg, run_dir)   # checks the extra before anything is written
+    ddp = world()   # under torchrun: rank 0 runs the pipeline, the others join its training stages
     _prepare_dir(run_dir, resume)
-    with RunLock(run_dir):
-        remove_stale_temps(run_dir)
-        if cfg.seeds:
-            res = _run_study(cfg, run_dir, progress, stop_after, on_stage)
-        else:
-            res = _Pipeline(cfg, run_dir, progress, on_stage).run(stop_after)
+    ddp.barrier()
+    if not ddp.is_main:
+        return _train_worker(cfg, run_dir, ddp)
+    with RunLock(run_dir), logs:
+        try:
+            remove_stale_temps(run_dir)
+            if cfg.seeds:
+                res = _run_study(cfg, run_dir, progress, stop_after, on_stage)
+            else:
+                res = _Pipeline(cfg, run_dir, progress, on_stage).run(stop_after)
+        finally:
+            ddp.send(None)   # ranks > 0: no more training stages
     res.seconds = time.perf_counter() - t0
     res.peak_rss_mib = peak_rss_mib()
     return res
@@ -499,6 +509,8 @@ class _Pipeline:
         if cfg.attacks and self.public_set is None:
             raise ConfigError(f"dataset '{d.name}' has no public images but the attacks need public data for their "
                               "priors; give a public set (dataset.options, e.g. public: ffhq:/path) or drop the attacks")
+        if cfg.attacks:
+            self._assert_public_only()       # refuse before any training, and again for every prior
         self.data_meta = {"name": d.name, "root": d.root, "resolution": splits.resolution, "seed": self.data_seed,
                           "options": dict(d.options)}
         rec = self.state.stages.setdefault("data", {})
@@ -514,6 +526,7 @@ class _Pipeline:
         from .models import create_model
         from .training import train_classifier
 
+        world().send((self.cfg.seed, meta.get("role"), meta.get("target")))   # ranks > 0 train it too
         seed = derive_seed(self.cfg.seed, seed_key)
         seed_everything(seed)
         model = create_model(arch, num_classes=self.splits.num_classes, resolution=self.splits.resolution, **kwargs)
@@ -548,10 +561,24 @@ class _Pipeline:
     def _prior_kwargs(self, kind: str) -> dict:
         return {"preset": self.cfg.priors.preset or "paper", "params": dict(self.cfg.priors.params.get(kind, {}))}
 
+    def _assert_public_only(self) -> None:
+        """Refuse (DataError, one line) when the public set shares any image with the private splits."""
+        from . import priors as P
+        from .errors import DataError
+
+        try:
+            P.assert_public_only(self.public_set, self.train_set, self.test_set)
+        except DataError as e:
+            n = str(e).split(" shares ", 1)[-1].split(" with", 1)[0]
+            raise DataError(f"dataset '{self.cfg.dataset.name}': the public set shares {n} with the private "
+                            "splits; priors must see public identities only: set dataset.options.public to "
+                            "images of other identities") from None
+
     def _prior(self, pname: str, load_only: bool = False) -> Any:
         from . import priors as P
 
         kind, tname = self.prior_units[pname]
+        self._assert_public_only()          # every prior the pipeline trains or loads
         target = self._load(self.run_dir / "targets" / tname)[0] if tname else None
         seed = derive_seed(self.cfg.seed, "prior", kind, tname or "")
         seed_everything(seed)
@@ -704,7 +731,9 @@ def _ci(v: Any, i: int) -> float:
 
 def _prior_needs_target(kind: str) -> bool:
     """Whether a prior kind is trained per target (KedMI's GAN, PLG-MI's cGAN, LOMMA's augmented models)."""
-    return kind != "gan"   # midre.priors: only the plain GAN prior is shared by all targets
+    from .priors import TARGET_FREE_KINDS
+
+    return kind not in TARGET_FREE_KINDS   # the plain GAN and StyleGAN2 priors are shared by all targets
 
 
 def _adaptive_eraser(tmeta: dict):
@@ -715,6 +744,27 @@ def _adaptive_eraser(tmeta: dict):
         return adaptive_eraser_from_meta(tmeta)
     except MidreError:
         return None
+
+
+def _train_worker(cfg: RunConfig, run_dir: Path, ddp: Any) -> PipelineResult:
+    """Ranks > 0 under torchrun: train the stages rank 0 announces (eval / a target of a seed), in
+    lock-step with it; rank 0 alone records run.json, skips finished stages and runs everything else."""
+    pipes: dict[int, _Pipeline] = {}
+    while (msg := ddp.receive()) is not None:
+        seed, role, target = msg
+        p = pipes.get(seed)
+        if p is None:
+            sub_cfg, sub = (cfg.for_seed(seed), run_dir / f"seed-{seed}") if cfg.seeds else (cfg, run_dir)
+            p = pipes[seed] = _Pipeline(sub_cfg, sub, False, None)
+            p.keys, p.n_units = p._keys(), 0
+            p.state = RunState(sub, sub_cfg)
+            p.state.save = lambda status=None: None   # read-only: rank 0 owns run.json
+            p._data()
+        if role == "eval":
+            p._train_eval()
+        else:
+            p._train_target(next(t for t in p.targets if t.name == target))
+    return PipelineResult(run_dir=run_dir, seeds=cfg.run_seeds())
 
 
 # ============================================================================ tables

@@ -5,13 +5,17 @@ kind        what it is (used by)
 ==========  ==========================================================================================
 ``gan``     DCGAN generator + critic trained with WGAN-GP on public images (GMI, BREP-MI, LOMMA+GMI)
 ``kedmi``   inversion-specific GAN: (K+1)-output discriminator trained with the target's soft labels
-            on public images, generator by feature matching (KedMI, LOMMA+KedMI); one per target
+            on public images (0.5 x the unsupervised term), generator by L1 feature matching + 1e-4 x
+            the entropy of D's identity prediction (KedMI, LOMMA+KedMI); one per target
 ``cgan``    conditional GAN (conditional-BN generator, projection discriminator, hinge loss) on public
             images pseudo-labelled by the target (top-k most confident per class) + alpha * the
             target's max-margin loss on generated images (PLG-MI); one per target
 ``lomma``   augmented models (other architectures distilled from the target on public data with KL to
             its soft labels) + p_reg, the mean target penultimate feature of public images (LOMMA)
 ==========  ==========================================================================================
+
+``stylegan2``: a StyleGAN2 generator for PPA, IF-GMI, MIRROR and RLB-MI: converted official weights
+(``path``) or a small one trained on public images; see midre/priors_stylegan2.py.
 
 The target is only ever *queried on public images*; no private image reaches a prior (see
 :func:`assert_public_only`, used by ``midre attack``).
@@ -42,9 +46,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .errors import ArgumentError, CheckpointError, DataError, did_you_mean
 from .models.generators import (CondGenerator, DCGANDiscriminator, DCGANGenerator, ProjectionDiscriminator,
                                 build_gan_module)
+from . import tblog
 from .utils import atomic_path, atomic_write_json, config_hash, make_progress, resolve_device
 
-PRIOR_KINDS = ("gan", "kedmi", "cgan", "lomma")
+PRIOR_KINDS = ("gan", "kedmi", "cgan", "lomma", "stylegan2")
+TARGET_FREE_KINDS = ("gan", "stylegan2")       # shared by all targets (trained without the target)
 PRIOR_FORMAT = "midre-prior"
 
 
@@ -94,6 +100,10 @@ PRESETS = {"paper": _PAPER, "quick": _QUICK}
 def prior_config(kind: str, preset: str = "paper", config: Any = None) -> PriorConfig:
     """Resolve a kind's preset plus overrides (dict or PriorConfig) into a validated PriorConfig."""
     _check_kind(kind)
+    if kind == "stylegan2":
+        from .priors_stylegan2 import stylegan2_config
+
+        return stylegan2_config(preset, config)
     if preset not in PRESETS:
         raise ArgumentError(f"unknown prior preset '{preset}'{did_you_mean(preset, PRESETS)}; choose one of: "
                             f"{', '.join(sorted(PRESETS))}")
@@ -366,6 +376,27 @@ def _gradient_penalty(D: nn.Module, real: torch.Tensor, fake: torch.Tensor, gen:
     return ((g.flatten(1).norm(dim=1) - 1) ** 2).mean()
 
 
+def _kedmi_discriminator_loss(D: nn.Module, real: torch.Tensor, soft: torch.Tensor, unl: torch.Tensor,
+                              fake: torch.Tensor) -> torch.Tensor:
+    """KedMI's discriminator loss (reference release): soft cross-entropy to the target's soft labels on
+    a labelled batch + 0.5 * [softplus(LSE) - LSE on an unlabelled batch + softplus(LSE) on fakes]."""
+    sup = -(soft * F.log_softmax(D.class_logits(real), 1)).sum(1).mean()
+    lse_u, lse_f = D.class_logits(unl).logsumexp(1), D.class_logits(fake).logsumexp(1)
+    return sup + 0.5 * ((F.softplus(lse_u) - lse_u).mean() + F.softplus(lse_f).mean())
+
+
+def _kedmi_generator_loss(D: nn.Module, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """KedMI's generator loss (reference release): L1 feature matching of the mean discriminator
+    features (mean over feature dims) + 1e-4 * the entropy of D's identity prediction on the fakes,
+    summed over the batch (the release's HLoss)."""
+    h = D.features(fake)
+    match = (D.features(real).detach().mean(0) - h.mean(0)).abs().mean()
+    out = D.out(h)                                   # one pass: class_logits = out[:, :K] - out[:, K]
+    logits = out[:, :-1] - out[:, -1:]
+    entropy = -(F.softmax(logits, 1) * F.log_softmax(logits, 1)).sum()
+    return match + 1e-4 * entropy
+
+
 @torch.no_grad()
 def _target_probs(target: nn.Module, data: _Data, bs: int = 256) -> torch.Tensor:
     return torch.cat([target(x).float().softmax(1) for x in data.all_batches(bs)])
@@ -402,6 +433,7 @@ def _gan_loop(kind: str, cfg: PriorConfig, data: _Data, target: Optional[nn.Modu
     stop = cfg.iterations if until is None else min(cfg.iterations, until)
     bs = cfg.batch_size
     last: dict[str, float] = {}
+    tb = tblog.prior(root, kind, cfg.iterations)   # no-op unless a TensorBoard session is open
     with make_progress(progress) as prog:
         task = prog.add_task(f"prior {kind}", total=cfg.iterations, completed=start, status="")
         for it in range(start, stop):
@@ -419,11 +451,8 @@ def _gan_loop(kind: str, cfg: PriorConfig, data: _Data, target: Optional[nn.Modu
                 elif kind == "kedmi":
                     with torch.no_grad():
                         fake = G(z)
-                    lr_, lf_ = D.class_logits(real), D.class_logits(fake)
-                    lse_r, lse_f = lr_.logsumexp(1), lf_.logsumexp(1)
-                    sup = -(soft[_i.to(dev)] * F.log_softmax(lr_, 1)).sum(1).mean()   # target soft labels
-                    unsup = (F.softplus(lse_r) - lse_r).mean() + F.softplus(lse_f).mean()
-                    d_loss = sup + unsup
+                    unl, _ = data.sample(bs, gen)          # the reference's separate unlabelled batch
+                    d_loss = _kedmi_discriminator_loss(D, real, soft[_i.to(dev)], unl, fake)
                 else:
                     yf = torch.randint(K, (bs,), generator=gen).to(dev)
                     with torch.no_grad():
@@ -439,8 +468,7 @@ def _gan_loop(kind: str, cfg: PriorConfig, data: _Data, target: Optional[nn.Modu
                 g_loss = -D(G(z)).mean()
             elif kind == "kedmi":
                 real, _ = data.sample(bs, gen)
-                fake = G(z)
-                g_loss = (D.features(real).detach().mean(0) - D.features(fake).mean(0)).pow(2).mean()
+                g_loss = _kedmi_generator_loss(D, G(z), real)
             else:
                 yf = torch.randint(K, (bs,), generator=gen).to(dev)
                 fake = G(z, yf)
@@ -461,6 +489,7 @@ def _gan_loop(kind: str, cfg: PriorConfig, data: _Data, target: Optional[nn.Modu
                                             f"or delete '{root}' to restart")
             last = {"d_loss": float(d_loss.detach()), "g_loss": float(g_loss.detach())}
             prog.update(task, advance=1, status=f"D {last['d_loss']:.3g} G {last['g_loss']:.3g}")
+            tb.step(it + 1, last, G)
             if (it + 1) % cfg.ckpt_every == 0 or it + 1 == stop:
                 resume.save(it + 1, {"G": G, "D": D}, {"G": optG, "D": optD}, gen)
     extra_meta.update({"final_losses": last, "iterations_done": max(stop, start)})
@@ -499,6 +528,7 @@ def _lomma(cfg: PriorConfig, data: _Data, target: nn.Module, root: Path, gen: to
         done, _ = resume.load({f"aug{i}": m for i, m in enumerate(models)}, {"opt": opts[cur]}, gen)
     steps = max(1, (data.n + cfg.batch_size - 1) // cfg.batch_size)
     total_epochs = len(archs) * E
+    tb = tblog.prior(root, "lomma", total_epochs * steps)
     with make_progress(progress) as prog:
         task = prog.add_task("prior lomma", total=total_epochs * steps, completed=done * steps, status="")
         for e_all in range(done, total_epochs):
@@ -523,6 +553,7 @@ def _lomma(cfg: PriorConfig, data: _Data, target: nn.Module, root: Path, gen: to
                 loss.backward()
                 opt.step()
                 prog.update(task, advance=1, status=f"{archs[ai]} KL {float(loss.detach()):.3g}")
+                tb.step(e_all * steps + i // cfg.batch_size + 1, {f"kl_{archs[ai]}": float(loss.detach())})
             m.eval()
             nxt = min((e_all + 1) // E, len(archs) - 1)
             resume.save(e_all + 1, {f"aug{i}": mm for i, mm in enumerate(models)}, {"opt": opts[nxt]}, gen)
@@ -556,11 +587,16 @@ def train_prior(kind: str, public_set: Any, target: Optional[nn.Module] = None, 
     """
     _check_kind(kind)
     cfg = prior_config(kind, preset, config)
-    if kind != "gan" and target is None:
+    if kind not in TARGET_FREE_KINDS and target is None:
         raise ArgumentError(f"the '{kind}' prior is trained per target: pass target=")
     if len(public_set) < 2:
         raise DataError("the public set has fewer than 2 images; priors need public images (check --public)")
     dev = resolve_device(device)
+    if kind == "stylegan2" and cfg.path:
+        from .priors_stylegan2 import load_converted
+
+        G, meta = load_converted(cfg)
+        return Prior(kind, G, meta=meta).to(dev)
     key = prior_key(kind, public_set, target, cfg, seed)
     root = Path(out_dir) / f"{kind}-{key}" if out_dir is not None else None
     if root is not None and (root / "prior.json").exists():
@@ -589,7 +625,15 @@ def train_prior(kind: str, public_set: Any, target: Optional[nn.Module] = None, 
                 "target_fingerprint": model_fingerprint(target), "resolution": int(data.images.shape[-1]),
                 "channels": int(data.images.shape[1]),
             }
-            if kind in ("gan", "kedmi", "cgan"):
+            if kind == "stylegan2":
+                from .priors_stylegan2 import train_stylegan2
+
+                G, D, extra = train_stylegan2(cfg, data, tmp_root, gen, progress, until)
+                prior = Prior(kind, G, D)
+                meta["generator"] = {"class": "StyleGAN2Generator", "config": G.init_kwargs}
+                meta["discriminator"] = {"class": "StyleGAN2Discriminator", "config": D.init_kwargs}
+                complete = extra["iterations_done"] >= cfg.iterations
+            elif kind in ("gan", "kedmi", "cgan"):
                 G, D, extra = _gan_loop(kind, cfg, data, target, tmp_root, gen, progress, until)
                 prior = Prior(kind, G, D)
                 meta["generator"] = {"class": type(G).__name__, "config": G.config}
@@ -641,7 +685,7 @@ def prepare_priors(attack: Any, public_set: Any, target: Optional[nn.Module], ou
                             f"configs; choose from: {', '.join(PRIOR_KINDS)}")
     out: dict[str, Prior] = {}
     for kind in attack.prior_kinds:
-        out[kind] = train_prior(kind, public_set, None if kind == "gan" else target, out_dir=out_dir,
+        out[kind] = train_prior(kind, public_set, None if kind in TARGET_FREE_KINDS else target, out_dir=out_dir,
                                 config=configs.get(kind), preset=preset, seed=derive_seed(seed, "prior", kind),
                                 progress=progress, device=device)
     return out

@@ -1,7 +1,7 @@
 """A tiny name -> factory registry (timm-style), shared by datasets, models, defenses and attacks."""
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Generic, Iterator, TypeVar
+from typing import Any, Callable, Dict, Generic, Iterator, Optional, TypeVar
 
 from .errors import unknown_name
 
@@ -9,10 +9,18 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, group: Optional[str] = None):
         self.kind = kind
+        self.group = group              # entry-point group of plugins (midre.plugins), loaded lazily
+        self._plugins_done = group is None
         self._items: Dict[str, Callable[..., T]] = {}
         self._info: Dict[str, Dict[str, Any]] = {}
+
+    def _plugins(self) -> None:
+        if not self._plugins_done:
+            from .plugins import load_into
+
+            load_into(self)
 
     def register(self, name: str, **info: Any) -> Callable[[Callable[..., T]], Callable[..., T]]:
         """Decorator: ``@MODELS.register("resnet18", description="...")``."""
@@ -20,7 +28,12 @@ class Registry(Generic[T]):
         def deco(fn: Callable[..., T]) -> Callable[..., T]:
             key = name.lower()
             if key in self._items:
-                raise RuntimeError(f"{self.kind} '{name}' registered twice")
+                owner = self._info[key].get("plugin")
+                if not owner or info.get("plugin"):
+                    raise RuntimeError(f"{self.kind} '{name}' registered twice")
+                from .plugins import evicted   # a built-in registered after a plugin took its name
+
+                evicted(self, key, owner)
             self._items[key] = fn
             doc = (fn.__doc__ or "").strip().splitlines()
             self._info[key] = {"description": doc[0] if doc else "", **info}
@@ -29,6 +42,7 @@ class Registry(Generic[T]):
         return deco
 
     def get(self, name: str) -> Callable[..., T]:
+        self._plugins()
         key = str(name).lower()
         if key not in self._items:
             raise unknown_name(self.kind, str(name), self._items)
@@ -39,13 +53,16 @@ class Registry(Generic[T]):
         return dict(self._info[str(name).lower()])
 
     def names(self) -> list[str]:
+        self._plugins()
         return sorted(self._items)
 
     def __contains__(self, name: object) -> bool:
+        self._plugins()
         return str(name).lower() in self._items
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
 
     def __len__(self) -> int:
+        self._plugins()
         return len(self._items)

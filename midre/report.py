@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from .errors import RunDirError
+from .plotting import percent_yerr, pyplot, save_fig
 from .utils import atomic_path, atomic_write_text, read_json
 
 DASH = "—"
@@ -407,22 +408,6 @@ def html_table(head: Sequence[str], body: Sequence[Sequence[str]], align_numbers
 
 
 # ----------------------------------------------------------------------------------------- figures
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save_fig(fig, path: Path) -> Path:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=130, bbox_inches="tight")
-    _plt().close(fig)
-    return path
-
-
 def plot_privacy_utility(rows: Sequence[dict[str, Any]], path: Path) -> Optional[Path]:
     """Natural accuracy (x) vs attack top-1 accuracy (y): one point per target and attack, std as error bars."""
     pts = []
@@ -432,7 +417,7 @@ def plot_privacy_utility(rows: Sequence[dict[str, Any]], path: Path) -> Optional
             pts.append({**r, "acc": acc, "attack_top1": att})
     if not pts:
         return None
-    plt = _plt()
+    plt = pyplot()
     lab = lambda r: str(r.get("target")) + (f" [{r['_grid']}]" if r.get("_grid") else "")  # noqa: E731
     targets = list(dict.fromkeys(lab(r) for r in pts))
     attacks = list(dict.fromkeys(str(r.get("attack")) for r in pts))
@@ -445,7 +430,7 @@ def plot_privacy_utility(rows: Sequence[dict[str, Any]], path: Path) -> Optional
     for r in pts:
         ti, ai = targets.index(lab(r)), attacks.index(str(r.get("attack")))
         std = to_number(r.get("attack_top1_std"))
-        yerr = None if is_missing(std) or isinstance(std, str) else std
+        yerr = None if is_missing(std) or isinstance(std, str) else percent_yerr([r["attack_top1"]], [std])
         ax.errorbar(r["acc"], r["attack_top1"], yerr=yerr, fmt=markers[ai % len(markers)], color=cmap(ti % ncol),
                     markersize=9, capsize=3, markeredgecolor="black", markeredgewidth=0.6)
         spots.setdefault((round(float(r["acc"]), 6), round(float(r["attack_top1"]), 6)), []).append(
@@ -475,7 +460,7 @@ def plot_privacy_utility(rows: Sequence[dict[str, Any]], path: Path) -> Optional
     pad_y = max(2.0, (max(ys) - min(ys)) * 0.15)
     ax.set_xlim(max(0.0, min(xs) - pad_x), min(100.0, max(xs) + pad_x) + 0.5)
     ax.set_ylim(max(-1.0, min(ys) - pad_y - 5), min(101.0, max(ys) + pad_y + 5))
-    return _save_fig(fig, path)
+    return save_fig(fig, path)
 
 
 def _private_images(run_dir: Path, splits: Any = None):
@@ -548,7 +533,7 @@ def plot_reconstruction_grid(attack: str, recs: dict[str, Any], private: Any, pa
         return None
     ids = ids[:max_identities]
     cols = (["private"] if private is not None else []) + list(per_target)
-    plt = _plt()
+    plt = pyplot()
     cell = 1.45
     fig, axes = plt.subplots(len(ids), len(cols), figsize=(cell * len(cols) + 0.6, cell * len(ids) + 0.5),
                              squeeze=False)
@@ -577,7 +562,7 @@ def plot_reconstruction_grid(attack: str, recs: dict[str, Any], private: Any, pa
                 ax.set_ylabel(f"id {ident}", fontsize=9)
     fig.suptitle(f"{attack}: private image vs reconstructions", fontsize=11)
     fig.tight_layout()
-    return _save_fig(fig, path)
+    return save_fig(fig, path)
 
 
 # ----------------------------------------------------------------------------------------- report
@@ -679,7 +664,7 @@ def write_report(run_dir: str | Path, *, max_identities: int = 8, splits: Any = 
         p = plot_privacy_utility(rows, figs / "privacy_utility.png")
         if p:
             images.append(("Privacy-utility trade-off", p,
-                           "Each point is one target under one attack; error bars: std over repeats."))
+                           "Each point is one target under one attack; error bars: ± std over repeats, clipped to [0, 100] %."))
         pts = ae_curve_points(rows)
         if any(len(v) >= 2 for v in pts.values()):
             p = plot_ae_curve(rows, figs / "ae_curve.png")

@@ -24,8 +24,10 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch.utils.data import DataLoader, Dataset
 
+from . import tblog
 from .checkpoint import load_state, save_checkpoint, unwrap
 from .defenses.base import Defense, StepContext, TrainContext, build_defense
+from .distributed import world as _world
 from .errors import ArgumentError, CheckpointError, RunDirError, TrainingDivergedError
 from .utils import atomic_path, derive_seed, make_progress, resolve_device, seed_everything
 
@@ -174,7 +176,9 @@ def train_classifier(model: nn.Module, train_set: Dataset, test_set: Optional[Da
     """Train ``model`` on ``train_set`` under ``defense``; see the module docstring."""
     cfg = make_config(config)
     defense = build_defense(defense)
-    device = resolve_device(cfg.device)
+    ddp = _world()   # data-parallel under torchrun (midre.distributed); one process: no-op
+    device = ddp.device(resolve_device(cfg.device))
+    progress = progress and ddp.is_main
     if len(train_set) == 0:
         raise ArgumentError("the training set is empty; check the dataset and its split")
     out = Path(out_dir) if out_dir is not None else None
@@ -193,6 +197,7 @@ def train_classifier(model: nn.Module, train_set: Dataset, test_set: Optional[Da
     # prepare always runs (it may freeze layers or replace the model); on resume the saved weights
     # overwrite whatever it trained, so the result is the same as an uninterrupted run.
     defense.prepare(ctx)
+    ddp.rank_streams(defense)
     model = ctx.model
     model.to(device)
 
@@ -200,10 +205,11 @@ def train_classifier(model: nn.Module, train_set: Dataset, test_set: Optional[Da
     sched = _scheduler(opt, cfg)
 
     gen = torch.Generator()
-    loader = DataLoader(_Indexed(train_set), batch_size=cfg.batch_size, shuffle=True, generator=gen,
+    loader = DataLoader(_Indexed(train_set), **ddp.loader_kwargs(len(train_set), cfg.batch_size, gen),
                         num_workers=cfg.num_workers, drop_last=False,
                         pin_memory=(device.type == "cuda"))
     train_model, opt, loader = defense.wrap_training(model, opt, loader)
+    train_model = ddp.wrap(model, train_model, device)
 
     if resumed:
         import json
@@ -229,14 +235,15 @@ def train_classifier(model: nn.Module, train_set: Dataset, test_set: Optional[Da
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
 
     test_acc = history[-1].get("test_acc") if history else None
+    tb = tblog.training(out, description, len(loader))   # no-op unless a TensorBoard session is open
     with make_progress(progress) as prog:
         task = prog.add_task(description, total=cfg.epochs * len(loader), completed=start_epoch * len(loader),
                              status="")
         for epoch in range(start_epoch, cfg.epochs):
             t0 = time.perf_counter()
-            seed_everything(derive_seed(cfg.seed, "epoch", epoch))
+            seed_everything(derive_seed(cfg.seed, "epoch", epoch, *ddp.keys))
             gen.manual_seed(derive_seed(cfg.seed, "order", epoch))
-            flip_gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "flip", epoch))
+            flip_gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "flip", epoch, *ddp.keys))
             defense.on_epoch_start(epoch, cfg.epochs)
             train_model.train()
             tot_loss, tot_correct, tot_n = 0.0, 0, 0
@@ -273,6 +280,7 @@ def train_classifier(model: nn.Module, train_set: Dataset, test_set: Optional[Da
                     torch.nn.utils.clip_grad_norm_(train_model.parameters(), cfg.grad_clip)
                 scaler.step(opt)
                 scaler.update()
+                tb.step(epoch, x, y, logits, loss, opt)
                 n = y.shape[0]
                 tot_loss += float(loss.detach()) * n
                 tot_correct += int((logits.detach().argmax(1) == y).sum())
@@ -280,6 +288,7 @@ def train_classifier(model: nn.Module, train_set: Dataset, test_set: Optional[Da
                 prog.update(task, advance=1, status=f"epoch {epoch + 1}/{cfg.epochs} loss {tot_loss / max(tot_n, 1):.3f}")
             if sched is not None:
                 sched.step()
+            tot_loss, tot_correct, tot_n = ddp.sum(tot_loss, tot_correct, tot_n)
             rec: dict[str, Any] = {"epoch": epoch + 1, "loss": tot_loss / max(tot_n, 1),
                                    "train_acc": 100.0 * tot_correct / max(tot_n, 1)}
             if test_set is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
@@ -287,12 +296,17 @@ def train_classifier(model: nn.Module, train_set: Dataset, test_set: Optional[Da
                 rec["test_acc"] = test_acc
             rec["seconds"] = time.perf_counter() - t0
             history.append(rec)
+            tb.epoch(rec, opt)
             prog.update(task, status=f"epoch {epoch + 1}/{cfg.epochs} acc {test_acc if test_acc is not None else float('nan'):.1f}%")
             if out is not None:
                 m = _meta(model, defense, cfg, train_set, meta)
                 m.update({"epoch": epoch + 1, "epochs": cfg.epochs, "test_acc": test_acc, "history": history,
                           "defense_report": defense.report(), "complete": epoch + 1 == cfg.epochs})
-                _save_epoch(out, model, m, opt, sched, epoch + 1, history)
+                if ddp.size > 1:
+                    m["world_size"] = ddp.size   # provenance: trained data-parallel (last session's size)
+                if ddp.is_main:
+                    _save_epoch(out, model, m, opt, sched, epoch + 1, history)
+                ddp.after_checkpoint(epoch + 1)
 
     final = unwrap(train_model)
     final.eval()

@@ -8,6 +8,7 @@ import os
 import random
 import re
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -75,6 +76,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with open(tmp_path, "rb+") as fh:
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp_path, _new_file_mode())  # mkstemp makes 0600; a plain open() would honour the umask
         os.replace(tmp_path, path)
     except OSError as e:
         tmp_path.unlink(missing_ok=True)
@@ -82,6 +84,17 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+_UMASK_LOCK = threading.Lock()
+
+
+def _new_file_mode() -> int:
+    """The mode a plain ``open(path, "w")`` would give a new file: 0666 less the process umask."""
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return 0o666 & ~mask
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -144,6 +157,8 @@ class RunLock:
             raise RunDirError(f"cannot use run directory '{self.path.parent}': {e.strerror}; choose a writable --out") from None
         try:
             fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if not self._holds_current_file():  # the previous holder removed it as we opened it
+                raise BlockingIOError
         except BlockingIOError:
             self._fh.close()
             self._fh = None
@@ -156,10 +171,17 @@ class RunLock:
         self._fh.flush()
         return self
 
+    def _holds_current_file(self) -> bool:
+        try:
+            return os.stat(self.path).st_ino == os.fstat(self._fh.fileno()).st_ino
+        except FileNotFoundError:
+            return False
+
     def __exit__(self, *exc: Any) -> None:
         import fcntl
 
         if self._fh is not None:
+            self.path.unlink(missing_ok=True)  # a finished run leaves no lock file behind
             fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
             self._fh.close()
             self._fh = None

@@ -84,7 +84,7 @@ def test_numbers_written_as_yaml_strings_are_accepted():
     # YAML 1.1 (and --defense-param delta=1e-5) reads "1e-5" as a string
     assert build_defense({"name": "dp", "delta": "1e-5"}).delta == 1e-5
     assert build_defense({"name": "mid", "beta": "3e-3", "k": "64"}).params() == {"beta": 0.003, "k": 64,
-                                                                              "sample_at_test": False}
+                                                                              "sample_at_test": True}
     assert build_defense({"name": "tldmi", "freeze": "2"}).freeze == 2
     assert build_defense({"name": "tldmi", "freeze": "0.25"}).freeze == 0.25
     with pytest.raises(ArgumentError, match="beta must be a number"):
@@ -135,8 +135,8 @@ def test_mid_kl_matches_closed_form_and_regularizer():
     assert model.head.encoder.weight.grad is not None
 
 
-def test_mid_prediction_is_deterministic_at_test_time_only():
-    model = MID(k=8).wrap_model(_tiny())
+def test_mid_test_time_prediction_sampled_by_default_or_the_mean():
+    model = MID(k=8, sample_at_test=False).wrap_model(_tiny())
     x = torch.rand(4, 3, RES, RES)
     with torch.no_grad():
         model.train()
@@ -144,10 +144,17 @@ def test_mid_prediction_is_deterministic_at_test_time_only():
         assert not torch.equal(model(x), model(x))
         model.eval()
         a, b = model(x), model(x)
-        mu, _ = model.head.stats(model.features(x))
+        mu, sigma = model.head.stats(model.features(x))
         assert torch.equal(a, b) and torch.allclose(a, model.head.classifier(mu))
-        sampled = MID(k=8, sample_at_test=True).wrap_model(model)
+        # the default (the reference): z = mu + sigma * eps in eval mode too, eps from torch's global RNG
+        sampled = MID(k=8).wrap_model(model)
+        assert sampled.head.sample_at_test and not sampled.training
         assert not torch.equal(sampled(x), sampled(x))
+        torch.manual_seed(3)
+        s1 = sampled(x)
+        torch.manual_seed(3)
+        eps = torch.randn_like(sigma)
+        assert torch.allclose(s1, model.head.classifier(mu + sigma * eps), atol=1e-6)
 
 
 def test_mid_checkpoint_round_trip(tmp_path):
@@ -158,9 +165,13 @@ def test_mid_checkpoint_round_trip(tmp_path):
                            out_dir=tmp_path / "mid", progress=False)
     loaded, meta = load_model(tmp_path / "mid")
     assert isinstance(loaded.head, VIBHead) and loaded.head.k == 8
+    assert loaded.head.sample_at_test                 # the recorded default comes back
     x = torch.rand(3, 3, RES, RES)
     with torch.no_grad():
-        assert torch.allclose(loaded(x), res.model.eval()(x), atol=1e-6)
+        torch.manual_seed(0)
+        a = loaded(x)
+        torch.manual_seed(0)
+        assert torch.allclose(a, res.model.eval()(x), atol=1e-6)
 
 
 # ----------------------------------------------------------------------------------- BiDO

@@ -48,6 +48,8 @@ def _cached(name: str) -> Classifier:
 
 def _build(name: str) -> tuple[Classifier, torch.Tensor]:
     """The model in SMALL_CONFIG (built once per session: construction dominates the test time)."""
+    if MODELS.info(name).get("family") == "timm":
+        pytest.importorskip("timm", reason=f"'{name}' needs the optional timm extra: pip install -e '.[timm]'")
     res, _, batch = SMALL_CONFIG[name]
     x = torch.rand(batch, 3, res, res, generator=torch.Generator().manual_seed(1))
     return _cached(name), x

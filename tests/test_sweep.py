@@ -183,7 +183,7 @@ def test_ray_missing_is_a_clear_error(monkeypatch):
 
 @pytest.mark.ray
 def test_ray_sweep_two_trials(tmp_path):
-    ray = pytest.importorskip("ray")
+    ray = pytest.importorskip("ray", reason="needs the optional ray extra: pip install -e '.[ray]'")
     from midre.sweep import run_sweep
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)

@@ -68,13 +68,15 @@ def ae_curve_points(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, 
 
 
 def plot_ae_curve(rows: Sequence[dict[str, Any]], path: str | Path) -> Optional[Path]:
-    """Acc (solid) and AttAcc (dashed) against a_e, one colour per attack; None when < 2 points."""
-    from ..report import _plt, _save_fig
+    """Acc (solid) and AttAcc (dashed) against a_e, one colour per attack; None when < 2 points.
+
+    Error bars: ± std across rows (seeds), clipped to [0, 100] %."""
+    from ..plotting import percent_yerr, pyplot, save_fig
 
     pts = {a: p for a, p in ae_curve_points(rows).items() if len(p) >= 2}
     if not pts:
         return None
-    plt = _plt()
+    plt = pyplot()
     cmap = plt.get_cmap("tab10")
     fig, ax = plt.subplots(figsize=(7.0, 4.6))
     acc_drawn = False
@@ -82,13 +84,11 @@ def plot_ae_curve(rows: Sequence[dict[str, Any]], path: str | Path) -> Optional[
         xs = [q["a_e"] for q in p]
         if not acc_drawn:
             ys = [q["acc"] for q in p]
-            es = [0.0 if math.isnan(q["acc_std"]) else q["acc_std"] for q in p]
-            ax.errorbar(xs, ys, yerr=es, color="black", marker="o", linewidth=2, capsize=3,
+            ax.errorbar(xs, ys, yerr=percent_yerr(ys, [q["acc_std"] for q in p]), color="black", marker="o", linewidth=2, capsize=3,
                         label="natural accuracy (Acc)")
             acc_drawn = True
         ys = [q["att"] for q in p]
-        es = [0.0 if math.isnan(q["att_std"]) else q["att_std"] for q in p]
-        ax.errorbar(xs, ys, yerr=es, color=cmap(i % 10), marker="s", linestyle="--", linewidth=2, capsize=3,
+        ax.errorbar(xs, ys, yerr=percent_yerr(ys, [q["att_std"] for q in p]), color=cmap(i % 10), marker="s", linestyle="--", linewidth=2, capsize=3,
                     label=f"attack accuracy ({attack})")
     ax.set_xlabel("MIDRE area bound a_e  (0 = no defense)", fontsize=11)
     ax.set_ylabel("accuracy (%)", fontsize=11)
@@ -96,4 +96,4 @@ def plot_ae_curve(rows: Sequence[dict[str, Any]], path: str | Path) -> Optional[
     ax.set_title("Utility and privacy against the erased area", fontsize=12)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=9, loc="best")
-    return _save_fig(fig, Path(path))
+    return save_fig(fig, Path(path))

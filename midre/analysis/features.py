@@ -355,9 +355,10 @@ def _id_text(ids: Sequence[int]) -> str:
 
 def plot_features(plots: dict[str, dict[str, np.ndarray]], result: dict[str, Any], path: Path) -> Path:
     """One panel per target: the three groups' 2-D PCA points and convex hulls."""
-    from ..report import _plt, _save_fig, defense_label
+    from ..plotting import pyplot, save_fig
+    from ..report import defense_label
 
-    plt = _plt()
+    plt = pyplot()
     n = len(plots)
     fig, axes = plt.subplots(1, n, figsize=(5.2 * n, 4.8), squeeze=False)
     for ax, (t, pts) in zip(axes[0], plots.items()):
@@ -390,7 +391,7 @@ def plot_features(plots: dict[str, dict[str, np.ndarray]], result: dict[str, Any
     fig.suptitle(f"Penultimate features, {who}, attack {result['attack']} "
                  f"(PCA fitted per model; overlap = share of the recon hull's area)", fontsize=11)
     fig.tight_layout()
-    return _save_fig(fig, path)
+    return save_fig(fig, path)
 
 
 def overlap_table(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:

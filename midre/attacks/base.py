@@ -51,6 +51,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import ArgumentError, CheckpointError, MidreError, did_you_mean
+from .. import tblog
 from ..registry import Registry
 from ..utils import atomic_path, atomic_write_json, derive_seed, make_progress
 
@@ -112,6 +113,7 @@ class Reconstructions:
         with atomic_path(out / "reconstructions.safetensors") as tmp:
             save_file(tensors, str(tmp), metadata={"format": RECON_FORMAT})
         atomic_write_json(out / "reconstructions.json", {"format": RECON_FORMAT, "n": len(self), **self.meta})
+        tblog.reconstructions(self, out)   # no-op unless a TensorBoard session is open
 
     @classmethod
     def load(cls, out_dir: str | Path) -> "Reconstructions":
@@ -224,7 +226,7 @@ class QueryOracle:
 
 
 # ============================================================================ attack base
-ATTACKS: Registry[Callable[..., "Attack"]] = Registry("attack")
+ATTACKS: Registry[Callable[..., "Attack"]] = Registry("attack", group="midre.attacks")
 
 
 class _FrozenTarget:

@@ -6,13 +6,16 @@ Two changes to the identity loss, prior term unchanged (prior kinds: the base GA
   where f is the target's penultimate feature and p_reg the mean target feature of public images
   (the squared distance is averaged over feature dimensions, so lambda_feat = 1 is width-independent);
 * model augmentation: N augmented models (other architectures distilled from the target on public
-  data) add their own logit losses; the identity term is the average over the N + 1 models.
+  data) add their own logit losses; the logit losses are averaged over the N + 1 models and the
+  regulariser is added to that mean, NOT divided with it (as in the Re-thinking_MI release)::
 
-    loss = prior(x) + lambda_iden / (N + 1) * [ L_T(x) + sum_i -logit_y(M_i(x)) ]
+    loss = prior(x) + lambda_iden * ( [ -logit_y(T(x)) + sum_i -logit_y(M_i(x)) ] / (N + 1)
+                                      + lambda_feat * mean((f(x) - p_reg)^2) )
 
-Defaults (protocols.md): 2400 iterations, lr 0.02, lambda_iden 100, lambda_feat 1; GMI's SGD-momentum
-for ``lomma_gmi`` and KedMI's distributional Adam for ``lomma_kedmi``.  In the adaptive setting the
-erased candidate feeds every identity model.
+Defaults (protocols.md, the release's CelebA config): 2400 iterations, lr 0.02, lambda_iden 100,
+lambda_feat 1; GMI's Nesterov-momentum rule for ``lomma_gmi`` and KedMI's distributional Adam for
+``lomma_kedmi``, whose samples are clamped to [-1, 1] before G (the release's ``clipz``).  In the
+adaptive setting the erased candidate feeds every identity model.
 """
 from __future__ import annotations
 
@@ -28,11 +31,12 @@ class _LommaLoss:
         xt = self.to_target(x, eraser)
         logits, feats = target.forward_features(xt)
         loss = logit_loss(logits, ids).mean()
-        if self.params["lambda_feat"] > 0 and lp.p_reg is not None:
-            loss = loss + self.params["lambda_feat"] * (feats - lp.p_reg).pow(2).mean()
         for m in lp.aug_models:
             loss = loss + logit_loss(m(xt), ids).mean()
-        return loss / (1 + len(lp.aug_models))
+        loss = loss / (1 + len(lp.aug_models))
+        if self.params["lambda_feat"] > 0 and lp.p_reg is not None:
+            loss = loss + self.params["lambda_feat"] * (feats - lp.p_reg).pow(2).mean()
+        return loss
 
 
 class LommaGMI(_LommaLoss, GMI):
@@ -49,7 +53,7 @@ class LommaKedMI(_LommaLoss, KedMI):
 
     name = "lomma_kedmi"
     prior_kinds = ("kedmi", "lomma")
-    defaults = {**KedMI.defaults, "iterations": 2400, "lambda_feat": 1.0}
+    defaults = {**KedMI.defaults, "iterations": 2400, "lambda_feat": 1.0, "z_clip": 1.0}
     presets = {"quick": {"iterations": 150, "batch_size": 50}}
 
 

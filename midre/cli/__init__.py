@@ -13,11 +13,38 @@ import sys
 from typing import Optional, Sequence
 
 # Order = order in `midre --help`.  A module is listed only if it exists in this installation.
-COMMAND_MODULES = ["run", "train", "attack", "evaluate", "report", "sweep", "analyze", "info", "audit"]
+COMMAND_MODULES = ["run", "train", "attack", "evaluate", "report", "sweep", "analyze", "info", "convert", "userstudy",
+                   "audit"]
+
+
+def _worth_showing(default: object) -> bool:
+    """A default worth printing in --help (0 is; None, False, [] and SUPPRESS are not)."""
+    return not (default is None or default is False or default == [] or default == argparse.SUPPRESS)
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Shows each option's default in ``--help`` unless the help text already states it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        shown = _worth_showing(action.default) and action.option_strings
+        if shown and "default" not in text.lower():
+            text += " (default: %(default)s)"
+        return text
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line on stderr and exit code 2."""
+    """argparse, but a usage error is one line on stderr and exit code 2; --help shows defaults."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args, **kwargs):  # type: ignore[override]
+        # an option without help text still lists its default (argparse hides help-less options' defaults)
+        if kwargs.get("help") is None and _worth_showing(kwargs.get("default")):
+            kwargs["help"] = "(default: %(default)s)"
+        return super().add_argument(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         sys.stderr.write(f"{self.prog}: error: {message} (see '{self.prog} --help')\n")

@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=5, help="independent repeats (seeds) per identity (default 5)")
     p.add_argument("--out", required=True, help="output directory for the reconstructions")
     p.add_argument("--preset", default="quick", help="hyper-parameter preset of the attack and priors: "
-                   "quick (32 px synthetic, CPU) or paper (64 px CelebA settings)")
+                   "quick (32 px synthetic, CPU) or paper (64 px CelebA settings); default: quick")
     p.add_argument("--param", action="append", metavar="KEY=VALUE", default=[],
                    help="attack hyper-parameter override, e.g. iterations=300 (repeatable)")
     p.add_argument("--prior-param", action="append", metavar="KIND.KEY=VALUE", default=[],
@@ -36,6 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--tensorboard", metavar="DIR", default=None,
+                   help="write TensorBoard logs to DIR (needs the 'tensorboard' extra)")
     p.set_defaults(func=run)
 
 
@@ -72,6 +74,9 @@ def run(args: argparse.Namespace) -> int:
     progress = not args.no_progress
     # ---- validate everything up front (cheap checks first)
     ATTACKS.get(args.attack)
+    if args.tensorboard:
+        from .. import tblog
+        tblog.require()
     if args.repeats < 1:
         raise ArgumentError(f"--repeats must be at least 1, got {args.repeats}")
     tmeta = read_meta(args.target)
@@ -123,7 +128,8 @@ def run(args: argparse.Namespace) -> int:
           f"[{tmeta.get('defense', {}).get('name', 'nodef')}] | {len(ids)} identities x {args.repeats} repeats | "
           f"priors {', '.join(attack.prior_kinds)} from {source} ({len(public)} images) -> {prior_dir}",
           file=sys.stderr)
-    with RunLock(out):
+    from ..tblog import session
+    with RunLock(out), session(args.tensorboard, base=out.parent):
         priors = prepare_priors(attack, public, target, out_dir=prior_dir, preset=args.preset, seed=args.seed,
                                 progress=progress, device=device, configs=prior_cfgs)
         rec = attack.run(target, ids, args.repeats, priors, seed=args.seed, progress=progress,

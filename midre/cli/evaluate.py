@@ -25,8 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-fid", action="store_true", help="skip the FID")
     p.add_argument("--inception-weights", default=None, metavar="FILE",
                    help="LOCAL torchvision Inception-v3 weights: report Inception FID instead of FID_eval")
-    p.add_argument("--face-embedder", default=None, metavar="CKPT",
-                   help="a midre classifier checkpoint whose L2-normalised features serve as the δ_face embedder")
+    p.add_argument("--face-embedder", default=None, metavar="CKPT|dlib",
+                   help="δ_face embedder: 'dlib' (the 'face' extra's ResNet face descriptor) or a midre classifier "
+                        "checkpoint whose L2-normalised features serve as the embedder")
     p.add_argument("--topk", default="1,5", help="top-k attack accuracies to report (default 1,5)")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of identities for the 95%% CI")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
@@ -139,7 +140,9 @@ def run(args: argparse.Namespace) -> int:
         raise CheckpointError(f"the evaluation model was trained on '{e_ds}' but the target on '{t_ds}'; "
                               "train the evaluation model on the target's private identities")
     face = None
-    if args.face_embedder:
+    if args.face_embedder == "dlib":
+        face = "dlib"          # resolved by the metrics; unavailable -> delta_face None + a note
+    elif args.face_embedder:
         face_model, _ = load_model(_resolve(args.face_embedder, run_dir), device=device)
         face = face_model.features
 

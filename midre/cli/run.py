@@ -31,18 +31,21 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="override a config key, e.g. --set targets.1.train.epochs=20 (repeatable)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars or stage lines")
     p.add_argument("--list", action="store_true", help="list the built-in configs and exit")
+    p.add_argument("--tensorboard", metavar="DIR", default=None,
+                   help="write TensorBoard logs to DIR (needs the 'tensorboard' extra; config key: "
+                        "logging.tensorboard)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..config import builtin_configs, load_config
+    from ..distributed import world
     from ..errors import ArgumentError, RunDirError
     from ..pipeline import run_pipeline
     from .common import parse_kv
 
     if args.list:
-        for name in builtin_configs():
-            print(name)
+        _print_builtin_configs(builtin_configs())
         return 0
     overrides = parse_kv(args.overrides, "set")
     if args.seed is not None:
@@ -65,11 +68,16 @@ def run(args: argparse.Namespace) -> int:
         run_dir = Path(args.out) if args.out is not None else Path("runs") / cfg.name
     if args.seed is not None and cfg.seeds:
         raise ArgumentError("--seed cannot override a multi-seed config (it has 'seeds'); edit the seeds list instead")
-    progress = not args.no_progress
+    from ..tblog import require, session
+    if args.tensorboard or cfg.logging.tensorboard:
+        require()
+    progress = not args.no_progress and world().is_main
     if progress:
         print(f"midre run '{cfg.name}' -> {run_dir}", file=sys.stderr)
-    res = run_pipeline(cfg, run_dir, resume=True, progress=progress, device=args.device)
-    print_summary(res, cfg)
+    with session(args.tensorboard if world().is_main else None, base=run_dir):   # rank 0 alone logs
+        res = run_pipeline(cfg, run_dir, resume=True, progress=progress, device=args.device)
+    if world().is_main:   # under torchrun, rank 0 alone reports
+        print_summary(res, cfg)
     return 0
 
 
@@ -127,3 +135,16 @@ def fmt_pm(mean, std, digits: int = 2) -> str:
     if _missing(mean):
         return "—"
     return fmt(mean, digits) + ("" if _missing(std) else f" ± {fmt(std, digits)}")
+
+
+def _print_builtin_configs(names: list[str]) -> None:
+    """One block per built-in config: its name, description and expected time (fits 80 columns)."""
+    import textwrap
+
+    from ..config import builtin_config_summary
+
+    for name in names:
+        desc, when = builtin_config_summary(name)
+        print(name)
+        for label, text in (("", desc or "(no description)"), ("time: ", when or "not stated")):
+            print(textwrap.fill(label + text, width=78, initial_indent="  ", subsequent_indent="    "))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -31,6 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=0, help="data-loading worker processes (lazy datasets)")
     p.add_argument("--out", default=None, help="output directory (default runs/train-<dataset>-<arch>-<defense>)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--tensorboard", metavar="DIR", default=None,
+                   help="write TensorBoard logs to DIR (needs the 'tensorboard' extra)")
     p.set_defaults(func=run)
 
 
@@ -65,17 +68,22 @@ def _defense_spec(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..distributed import world
     from ..errors import ArgumentError, RunDirError
     from ..models import create_model
     from ..training import make_config, train_classifier
     from ..utils import RunLock, derive_seed, resolve_device, seed_everything
 
-    progress = not args.no_progress
+    ddp = world()   # under torchrun: join the process group; rank 0 alone locks, prints and writes
+    progress = not args.no_progress and ddp.is_main
     if args.epochs is not None and args.epochs < 1:
         raise ArgumentError(f"--epochs must be at least 1, got {args.epochs}")
     if args.batch_size < 1:
         raise ArgumentError(f"--batch-size must be at least 1, got {args.batch_size}")
     resolve_device(args.device)   # a bad --device fails before any data is loaded
+    if args.tensorboard:
+        from .. import tblog
+        tblog.require()
     defense = _defense_spec(args)
     cfg = make_config(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
                       lr=args.lr if args.lr is not None else (0.05 if args.optimizer == "sgd" else 1e-3),
@@ -99,13 +107,17 @@ def run(args: argparse.Namespace) -> int:
             "class_names": list(splits.class_names)}
     print(f"{splits.summary()}", file=sys.stderr)
     print(f"training {args.arch} with defense {defense!r} for {cfg.epochs} epochs -> {out}", file=sys.stderr)
-    with RunLock(out):
-        for stale in out.glob(".*.tmp"):   # temp files of a killed earlier session (we hold the lock)
+    from ..tblog import session
+    with (RunLock(out) if ddp.is_main else contextlib.nullcontext()), \
+            session(args.tensorboard if ddp.is_main else None, base=out.parent):
+        for stale in (out.glob(".*.tmp") if ddp.is_main else ()):   # temp files of a killed earlier session (we hold the lock)
             stale.unlink(missing_ok=True)
         res = train_classifier(model, train_set, test_set, defense=defense, config=cfg, out_dir=out,
                                public_set=public, meta=meta, progress=progress, description=f"train {args.arch}")
     extra = "".join(f" | {k} {v:.3g}" if isinstance(v, float) else f" | {k} {v}" for k, v in res.defense_report.items())
     secs = sum(h.get("seconds", 0) for h in res.history)
+    if not ddp.is_main:
+        return 0
     print(f"natural accuracy {res.test_acc:.2f}% on {len(test_set)} test images | {args.arch} | defense {defense.name}"
           f"{extra} | {secs:.0f}s | {res.checkpoint}")
     return 0

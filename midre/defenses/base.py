@@ -177,7 +177,7 @@ class Compose(Defense):
         return out
 
 
-DEFENSES: Registry[Callable[..., Defense]] = Registry("defense")
+DEFENSES: Registry[Callable[..., Defense]] = Registry("defense", group="midre.defenses")
 
 
 @DEFENSES.register("nodef")

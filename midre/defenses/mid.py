@@ -10,8 +10,14 @@ over the batch.  Reference values: ``beta = 0.003`` (VGG16 on CelebA), ``K = 102
 Choices made here (documented, parameters):
 
 - ``k`` (default 1024) is a parameter; quick presets use a smaller code.
-- Prediction at test time is deterministic, ``z = mu`` (``sample_at_test=False``), so that accuracy,
-  attacks and metrics see one fixed function.  ``sample_at_test=True`` keeps sampling in eval mode.
+- Prediction at test time: by default the code is SAMPLED, ``z = mu + sigma * eps``, in eval mode too
+  (``sample_at_test=True``), because the reference's forward samples in every mode: the MID model
+  that published attacks faced (and whose accuracy the papers report) is the stochastic one, and the
+  noise in its logits and input gradients is part of what the defense does to an attacker.  Runs stay
+  reproducible: eps comes from torch's global generator, which every midre stage seeds.
+  ``sample_at_test=False`` predicts with the mean ``z = mu``: one fixed function (deterministic
+  logits, e.g. for deployment or for isolating the bottleneck's effect from the sampling noise).
+  A checkpoint records the choice in its defense parameters and is reloaded with it.
 - ``wrap_model`` only builds the bottleneck head (architecture); :func:`midre.checkpoint.load_model`
   re-applies it before loading the weights, so a MID checkpoint round-trips.
 """
@@ -31,7 +37,7 @@ from .base import DEFENSES, Defense, StepContext
 class VIBHead(nn.Module):
     """Variational bottleneck head: features (B, D) -> logits (B, C); keeps the last (mu, sigma)."""
 
-    def __init__(self, feature_dim: int, num_classes: int, k: int = 1024, sample_at_test: bool = False):
+    def __init__(self, feature_dim: int, num_classes: int, k: int = 1024, sample_at_test: bool = True):
         super().__init__()
         self.k = int(k)
         self.sample_at_test = bool(sample_at_test)
@@ -73,7 +79,7 @@ class MID(Defense):
 
     name = "mid"
 
-    def __init__(self, beta: float = 0.003, k: int = 1024, sample_at_test: bool = False):
+    def __init__(self, beta: float = 0.003, k: int = 1024, sample_at_test: bool = True):
         beta = number("mid", "beta", beta)
         if not beta >= 0:
             raise ArgumentError(f"mid: beta must be a number >= 0 (e.g. 0.003), got {beta!r}")
@@ -116,6 +122,6 @@ class MID(Defense):
 
 
 @DEFENSES.register("mid", family="baseline")
-def _mid(beta: float = 0.003, k: int = 1024, sample_at_test: bool = False) -> Defense:
+def _mid(beta: float = 0.003, k: int = 1024, sample_at_test: bool = True) -> Defense:
     """MID: variational information bottleneck on the penultimate features, CE + beta * KL."""
     return MID(beta=beta, k=k, sample_at_test=sample_at_test)

@@ -66,7 +66,7 @@ class Classifier(nn.Module):
         return self.head(self.features(x))
 
 
-MODELS: Registry[Callable[..., Classifier]] = Registry("architecture")
+MODELS: Registry[Callable[..., Classifier]] = Registry("architecture", group="midre.models")
 
 
 def create_model(name: str, num_classes: int, resolution: int = 64, weights: Optional[str] = None,

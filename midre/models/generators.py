@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 
 from ..errors import ArgumentError
+from . import stylegan2 as _sg2
 
 
 def _levels(resolution: int) -> int:
@@ -170,6 +171,8 @@ GENERATORS: dict[str, type] = {
     "DCGANDiscriminator": DCGANDiscriminator,
     "CondGenerator": CondGenerator,
     "ProjectionDiscriminator": ProjectionDiscriminator,
+    "StyleGAN2Generator": _sg2.Generator,            # config = the official-style init kwargs
+    "StyleGAN2Discriminator": _sg2.Discriminator,
 }
 
 

@@ -265,8 +265,9 @@ def resnest101(num_classes: int, resolution: int = 224) -> Classifier:
     """timm ResNeSt-101e (split-attention ResNet, PPA's dogs target); 2048-d features."""
     try:
         import timm
-    except ImportError:  # pragma: no cover - timm is a declared dependency
-        raise ArgumentError("architecture 'resnest101' needs the 'timm' package; pip install timm") from None
+    except ImportError:  # timm is the optional [timm] extra
+        raise ArgumentError("architecture 'resnest101' needs the optional 'timm' package; "
+                            "pip install 'midre[timm]' (or pip install timm)") from None
     net = timm.create_model("resnest101e", pretrained=False, num_classes=0)
     blocks = [net.layer1, net.layer2, net.layer3, net.layer4]
     model = Classifier(net, net.num_features, num_classes, blocks=blocks, arch="resnest101")
