@@ -833,7 +833,8 @@ def plot_nearest_pairs(attack: str, adir: Path, nearest: dict, private: Any, cla
                        path: Path, max_pairs: int = 12, per_row: int = 4) -> Optional[Path]:
     """A grid of (reconstruction | nearest private image) pairs, one pair per attacked class."""
     from .attacks.base import Reconstructions
-    from .report import _plt, _save_fig, _to_hwc
+    from .plotting import pyplot, save_fig
+    from .report import _to_hwc
 
     if not nearest:
         return None
@@ -841,7 +842,7 @@ def plot_nearest_pairs(attack: str, adir: Path, nearest: dict, private: Any, cla
     items = sorted(nearest.items(), key=lambda kv: int(kv[0]))[:max_pairs]
     rows = math.ceil(len(items) / per_row)
     cols = 2 * min(per_row, len(items))
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(rows, cols, figsize=(1.5 * cols + 0.4, 1.75 * rows + 0.5), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
@@ -856,7 +857,7 @@ def plot_nearest_pairs(attack: str, adir: Path, nearest: dict, private: Any, cla
             ax.set_title(label, fontsize=8)
     fig.suptitle(f"{attack}: reconstruction | nearest private training image", fontsize=10)
     fig.tight_layout()
-    return _save_fig(fig, path)
+    return save_fig(fig, path)
 
 
 # ============================================================================ report sections (md, html)
