@@ -586,7 +586,9 @@ def _slug(s: str) -> str:
 
 
 def write_report(run_dir: str | Path, *, max_identities: int = 8, splits: Any = None,
-                 title: Optional[str] = None) -> tuple[Path, Path]:
+                 title: Optional[str] = None, lead: Sequence[tuple[str, str, str]] = (),
+                 figures: Sequence[tuple[str, Path, str]] = (), tail: Sequence[tuple[str, str, str]] = (),
+                 standard_figures: bool = True) -> tuple[Path, Path]:
     """Render ``report.md`` + self-contained ``report.html`` (+ ``figures/*.png``) for a run directory.
 
     Args:
@@ -594,6 +596,10 @@ def write_report(run_dir: str | Path, *, max_identities: int = 8, splits: Any = 
         max_identities: rows of each reconstruction grid.
         splits: the dataset splits if the caller holds them (else rebuilt from the checkpoint metadata).
         title: report title (default: "midre report: <dir name>").
+        lead / tail: extra ``(heading, markdown, html)`` sections before the settings / after the figures
+            (``midre audit``: verdict and gates first, the retraining advice last).
+        figures: extra ``(heading, png path, caption)`` figures, shown after the standard ones.
+        standard_figures: False leaves out the privacy-utility plot, the a_e curve and the grids.
 
     Returns:
         ``(md_path, html_path)``.
@@ -613,7 +619,7 @@ def write_report(run_dir: str | Path, *, max_identities: int = 8, splits: Any = 
     title = title or f"midre report: {run_dir.resolve().name}"
 
     # sections: list of (heading, md_text, html_text)
-    sections: list[tuple[str, str, str]] = []
+    sections: list[tuple[str, str, str]] = list(lead)
 
     # settings
     settings = settings_summary(run_dir)
@@ -654,7 +660,7 @@ def write_report(run_dir: str | Path, *, max_identities: int = 8, splits: Any = 
         sections.append(("Results", f"_{msg}_", f'<p class="note">{html.escape(msg)}</p>'))
 
     images: list[tuple[str, Path, str]] = []  # (section, path, caption)
-    if rows:
+    if rows and standard_figures:
         p = plot_privacy_utility(rows, figs / "privacy_utility.png")
         if p:
             images.append(("Privacy-utility trade-off", p,
@@ -668,7 +674,7 @@ def write_report(run_dir: str | Path, *, max_identities: int = 8, splits: Any = 
 
     # reconstruction grids
     grid_notes = []
-    if recs_available:
+    if recs_available and standard_figures:
         by_attack: dict[str, dict[str, Any]] = {}
         for t, a, adir in recs_available:
             try:
@@ -722,6 +728,7 @@ def write_report(run_dir: str | Path, *, max_identities: int = 8, splits: Any = 
                      "private under NoDef and to lean towards RE-private under MIDRE.")
             feat_md = md_table(head, body) + f"\n\n_{fnote}_"
             feat_html = html_table(head, body) + f'<p class="note">{html.escape(fnote)}</p>'
+    images += list(figures)
 
 
     # assemble
@@ -745,6 +752,9 @@ def write_report(run_dir: str | Path, *, max_identities: int = 8, splits: Any = 
     if feat_md and not feat_png.exists():
         md += ["## Feature-space analysis", "", feat_md, ""]
         ht.append(f"<h2>Feature-space analysis</h2>{feat_html}")
+    for head, m, h in tail:
+        md += [f"## {head}", "", m, ""]
+        ht.append(f"<h2>{html.escape(head)}</h2>{h}")
     ht.append("</body></html>")
     md_path, html_path = run_dir / "report.md", run_dir / "report.html"
     atomic_write_text(md_path, "\n".join(md) + "\n")

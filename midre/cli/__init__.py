@@ -13,7 +13,8 @@ import sys
 from typing import Optional, Sequence
 
 # Order = order in `midre --help`.  A module is listed only if it exists in this installation.
-COMMAND_MODULES = ["run", "train", "attack", "evaluate", "report", "sweep", "analyze", "info", "convert", "userstudy"]
+COMMAND_MODULES = ["run", "train", "attack", "evaluate", "report", "sweep", "analyze", "info", "convert", "userstudy",
+                   "audit"]
 
 
 def _worth_showing(default: object) -> bool:

@@ -23,6 +23,13 @@ def run(args: argparse.Namespace) -> int:
 
     if args.max_identities < 1:
         raise ArgumentError(f"--max-identities must be at least 1, got {args.max_identities}")
+    from pathlib import Path
+
+    if (Path(args.dir) / "audit.json").exists():   # its report carries the verdict and gates: audit renders it
+        from ..errors import RunDirError
+
+        raise RunDirError(f"'{args.dir}' holds a `midre audit`; re-run the same `midre audit` command to re-render "
+                          "its report (finished stages are skipped)")
     md, html = write_report(args.dir, max_identities=args.max_identities, title=args.title)
     print(f"wrote {md}\nwrote {html}")
     return 0
