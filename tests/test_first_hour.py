@@ -101,7 +101,7 @@ def test_readme_install_line_brings_every_extra_the_suite_needs():
     install = _readme_block("test-install")
     assert _readme_block("test-command") == "python3 -m pytest -q"
     extras = set(re.search(r"\.\[([a-z0-9_,-]+)\]", install).group(1).split(","))
-    assert {"test", "ray", "timm"} <= extras
+    assert {"test", "ray", "timm", "tensorboard", "face", "userstudy-test"} <= extras
     ci = (REPO / ".ci" / "run").read_text()
     assert "python3 -m venv" in ci and "test-install" in ci and "test-command" in ci
 
