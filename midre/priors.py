@@ -161,7 +161,10 @@ def assert_public_only(public_set: Any, *private_sets: Any) -> None:
     """Raise DataError if any image of the prior's data also appears in a private split.
 
     A prior must only ever see public data (the pitfall of training the GAN on the private set).
+    No public data (a run whose only prior is a converted, pretrained generator) has nothing to check.
     """
+    if public_set is None:
+        return
     pub = _image_hashes(public_set)
     for ps in private_sets:
         if ps is None:
