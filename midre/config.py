@@ -100,7 +100,7 @@ class GatesSection(_Section):
     target_acc: float = Field(85.0, ge=0, le=100)
     attack_top1: dict[str, float] = {"plgmi": 80.0, "kedmi": 60.0, "lomma_gmi": 50.0}
     weakest: Optional[str] = "gmi"        # this attack's NoDef top-1 must stay below every other attack's
-    prior_coverage: float = Field(0.5, ge=0)   # GAN prior's coverage of held-out public images / real images'
+    prior_coverage: float = Field(0.5, ge=0)   # GAN prior's coverage of held-out public images / real images
 
 
 

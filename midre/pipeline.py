@@ -305,6 +305,7 @@ class _Pipeline:
         self.targets = cfg.expanded_targets()
         self.where = "config"
         self._count = 0
+        self.use_zoo = True               # False while `midre zoo build` makes the entries themselves
 
     # ------------------------------------------------------------------ keys (no data needed)
     def _keys(self) -> dict[str, str]:
@@ -550,19 +551,54 @@ class _Pipeline:
             return str(self.run_dir / "backbones" / init[4:] / "model.safetensors")
         return init
 
+    def stage_data(self, stage: str) -> Any:
+        """The images a target-independent stage trains on (its zoo entry's data fingerprint)."""
+        if stage.startswith("backbones/"):
+            name = stage.split("/", 1)[1]
+            return _pool_sets(self.splits, self.cfg.backbones[name].pool, name,
+                              derive_seed(self.data_seed, "pool-holdout"))[0]
+        return self.train_set if stage == "eval" else self.prior_public
+
+    def instrument_stages(self) -> list[str]:
+        """The target-independent stages: backbones, the evaluation model, the shared GAN prior(s)."""
+        if not hasattr(self, "keys"):
+            self.keys = self._keys()
+        return ([f"backbones/{b}" for b in self.cfg.backbones] + ["eval"]
+                + [p for p, (_k, t) in self.prior_units.items() if t is None])
+
+    def run_instrument(self, stages: Sequence[str]) -> None:
+        """Data + the given target-independent stages only (``midre zoo build``); never reads the zoo."""
+        self.use_zoo = False
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.keys = self._keys()
+        self.state = RunState(self.run_dir, self.cfg)
+        self.n_units = len(stages) + 1
+        self.state.save()
+        self._data()
+        for name in stages:
+            if name.startswith("backbones/"):
+                self._stage(name, lambda n=name.split("/", 1)[1]: self._train_backbone(n), f"backbone {name}")
+            elif name == "eval":
+                self._stage(name, self._train_eval, f"evaluation model {self.cfg.eval_model.arch}")
+            else:
+                self._stage(name, lambda p=name: self._prior(p), f"prior {name} (public data only)")
+        self.state.save(status="complete")
+
     def _from_zoo(self, stage: str, dest: Path, data: Any) -> Optional[dict]:
         """Install the zoo entry made by this stage's config and data, if there is one (verified)."""
         from . import zoo
         from .priors import data_fingerprint
 
+        if not self.use_zoo:
+            return None
         hit = zoo.find(stage, self.keys[stage], data_fingerprint(data))
         if hit is None:
             return None
         name, entry = hit
         zoo.install(name, entry, dest)
         self.console.print(f"[dim]    from the zoo: {name} (sha256 verified)[/dim]")
-        return {"source": f"zoo:{name}", **{k: v for k, v in entry.get("figures", {}).items()
-                                            if isinstance(v, (int, float, str))}}
+        figs = entry.get("figures", {})
+        return {"source": f"zoo:{name}", **{k: figs[k] for k in ("test_acc", "train_acc", "pool_classes") if k in figs}}
 
     def _train_backbone(self, bname: str) -> dict:
         from .models import create_model
@@ -621,8 +657,10 @@ class _Pipeline:
         seed = self._prior_seed(kind, tname)
         seed_everything(seed)
         pk = self._prior_kwargs(kind)
-        if tname is None and not load_only and self._from_zoo(pname, self.run_dir / pname, self.prior_public):
-            return None
+        if tname is None and not load_only:
+            hit = self._from_zoo(pname, self.run_dir / pname, self.prior_public)
+            if hit is not None:
+                return hit
         prior = P.train_prior(kind, self.prior_public, target=target, out_dir=self.run_dir / pname,
                               config=pk["params"], preset=pk["preset"], seed=seed, device=self.device,
                               holdout=self.public_holdout,

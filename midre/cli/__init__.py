@@ -13,7 +13,7 @@ import sys
 from typing import Optional, Sequence
 
 # Order = order in `midre --help`.  A module is listed only if it exists in this installation.
-COMMAND_MODULES = ["run", "train", "attack", "evaluate", "report", "sweep", "analyze", "info"]
+COMMAND_MODULES = ["run", "train", "attack", "evaluate", "report", "sweep", "analyze", "info", "zoo"]
 
 
 class _Parser(argparse.ArgumentParser):
