@@ -103,6 +103,8 @@ class MISplits:
 
 
 DATASETS: Registry[Callable[..., MISplits]] = Registry("dataset")
+# dataset family -> factory of its pretraining pool (``load_pretraining``); families without one are absent
+PRETRAINING_POOLS: dict[str, Callable[..., TensorImageSet]] = {}
 
 
 def load_dataset(name: str, root: Optional[str] = None, resolution: Optional[int] = None, seed: int = 0,
@@ -110,3 +112,13 @@ def load_dataset(name: str, root: Optional[str] = None, resolution: Optional[int
     """Build the splits of a registered dataset family (``midre datasets`` lists them)."""
     factory = DATASETS.get(name)
     return factory(root=root, resolution=resolution, seed=seed, **options)
+
+
+def load_pretraining(name: str, resolution: Optional[int] = None, **options: Any) -> TensorImageSet:
+    """The pretraining pool of a dataset family that has one (``synthetic2``): identities disjoint from
+    its private and public sets, labels ``0..n-1`` (the ImageNet / MS-Celeb analogue)."""
+    DATASETS.get(name)                     # unknown names: the registry's did-you-mean error
+    factory = PRETRAINING_POOLS.get(str(name).lower())
+    if factory is None:
+        raise DataError(f"dataset '{name}' has no pretraining pool; use 'synthetic2' or pretrain on your own data")
+    return factory(resolution=resolution, **options)

@@ -1,0 +1,164 @@
+"""synthetic2 (benchmark v2): fixed pools, determinism, disjointness, splits, cache, the region probe, and
+v1 left exactly as it was."""
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import torch
+
+from midre.analysis.probe import box_mask, region_probe
+from midre.data import DATASETS, TensorImageSet, load_dataset, load_pretraining
+from midre.data import facecache
+from midre.data.synthetic2 import (INNER_BOX, MAX_IMAGES, POOLS, PRIVATE_TRAIN, generate, identity_vectors,
+                                   sample_identities)
+from midre.errors import ArgumentError, DataError
+
+
+@pytest.fixture(autouse=True)
+def no_home_cache(monkeypatch, tmp_path):
+    """Never touch the user's cache from the tests."""
+    monkeypatch.setenv("MIDRE_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def _v2(**kw):
+    opts = dict(resolution=32, num_private=4, num_public=3, train_per_id=5, test_per_id=2, public_per_id=4)
+    opts.update(kw)
+    return load_dataset("synthetic2", **opts)
+
+
+def test_shapes_ranges_split_sizes():
+    s = _v2()
+    assert s.name == "synthetic2" and s.num_classes == 4 and s.resolution == 32
+    assert len(s.private_train) == 4 * 5 and len(s.private_test) == 4 * 2 and len(s.public) == 3 * 4
+    for part in (s.private_train, s.private_test, s.public):
+        assert isinstance(part, TensorImageSet) and part.images.shape[1:] == (3, 32, 32)
+    assert torch.equal(s.private_train.targets.bincount(), torch.full((4,), 5))
+    assert torch.equal(s.private_test.targets.bincount(), torch.full((4,), 2))
+    assert torch.equal(s.public.targets.bincount(), torch.full((3,), 4))
+    x, y = s.private_train[0]
+    assert x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1 and isinstance(y, int)
+    assert s.private_train.images.float().std() > 20          # real content
+    assert s.info["seed_changes_images"] is False and s.info["generator_version"] == 2
+
+
+def test_default_is_64px_and_registered_as_embedded():
+    info = DATASETS.info("synthetic2")
+    assert info["kind"] == "embedded" and info["default_resolution"] == 64
+    assert info["options"]["num_private"] >= 300
+    s = load_dataset("synthetic2", num_private=2, num_public=0, train_per_id=1, test_per_id=1)
+    assert s.resolution == 64 and s.private_train.images.shape[-1] == 64
+
+
+def test_run_seed_does_not_change_the_pools():
+    a, b = _v2(seed=0), _v2(seed=12345)
+    for part in ("private_train", "private_test", "public"):
+        assert torch.equal(getattr(a, part).images, getattr(b, part).images)
+        assert torch.equal(getattr(a, part).targets, getattr(b, part).targets)
+    assert torch.equal(identity_vectors(sample_identities("private", range(5))),
+                       identity_vectors(sample_identities("private", range(5))))
+
+
+def test_smaller_options_select_a_prefix_of_the_same_faces():
+    small = _v2(num_private=2, num_public=1, train_per_id=3)
+    big = _v2(num_private=4, num_public=3, train_per_id=5)
+    keep = (big.private_train.targets < 2) & (torch.arange(len(big.private_train)) % 5 < 3)
+    assert torch.equal(small.private_train.images, big.private_train.images[keep])
+    # the test split does not depend on how many training images are used
+    assert torch.equal(small.private_test.images, big.private_test.images[big.private_test.targets < 2])
+    assert torch.equal(small.public.images, big.public.images[big.public.targets < 1])
+
+
+def test_test_images_are_not_training_images():
+    s = _v2(train_per_id=PRIVATE_TRAIN, num_private=2, num_public=0)
+    tr = {hashlib.sha1(x.numpy().tobytes()).hexdigest() for x in s.private_train.images}
+    te = {hashlib.sha1(x.numpy().tobytes()).hexdigest() for x in s.private_test.images}
+    assert len(tr) == len(s.private_train) and not tr & te
+
+
+def test_pools_are_disjoint():
+    vecs = {p: identity_vectors(sample_identities(p, range(n))) for p, n in zip(POOLS, (300, 300, 500))}
+    for i, a in enumerate(POOLS):
+        for b in POOLS[i + 1:]:
+            d = torch.cdist(vecs[a], vecs[b])
+            assert d.min() > 0.05, (a, b)
+    # and every identity inside a pool is a different person
+    d = torch.cdist(vecs["private"], vecs["private"]) + torch.eye(300) * 1e3
+    assert d.min() > 0.05
+
+
+def test_pretraining_pool():
+    pre = load_pretraining("synthetic2", resolution=16, num_identities=3, images_per_id=2)
+    assert pre.images.shape == (6, 3, 16, 16) and pre.targets.tolist() == [0, 0, 1, 1, 2, 2]
+    imgs, _ = generate("pretrain", [0, 1, 2], 0, 2, 16)
+    assert torch.equal(pre.images, imgs)
+    priv, _ = generate("private", [0, 1, 2], 0, 2, 16)
+    assert not torch.equal(pre.images, priv)
+    with pytest.raises(DataError, match="no pretraining pool"):
+        load_pretraining("synthetic")
+
+
+def test_images_vary_within_identity_and_identity_is_in_the_face():
+    """Nuisance is visible (images of one identity differ) and the same identity id -> same geometry."""
+    imgs, labels = generate("private", [0, 1], 0, 6, 32)
+    x = imgs.float()
+    within = (x[:6] - x[:6].mean(0)).abs().mean()
+    assert within > 10                                            # pose, hair, colour, background change
+    assert labels.tolist() == [0] * 6 + [1] * 6
+
+
+@pytest.mark.parametrize("bad", [dict(num_private=1), dict(num_private=5000), dict(train_per_id=31),
+                                 dict(test_per_id=0), dict(public_per_id=MAX_IMAGES + 1), dict(variation=9),
+                                 dict(colour="blue"), dict(resolution=8), dict(num_private="many")])
+def test_bad_options_are_user_errors(bad):
+    with pytest.raises(ArgumentError):
+        _v2(**bad)
+
+
+def test_cache_returns_exactly_the_rendered_bytes(monkeypatch, tmp_path):
+    monkeypatch.setattr(facecache, "MIN_IMAGES", 1)
+    monkeypatch.setattr(facecache, "BLOCK", 3)
+    cold = _v2(resolution=16, num_private=4, num_public=2, train_per_id=2, test_per_id=1, public_per_id=2)
+    files = sorted((tmp_path / "cache").glob("*.safetensors"))
+    assert len(files) == 2 + 2 + 1                 # private train 2 blocks, private test 2, public 1
+    warm = _v2(resolution=16, num_private=4, num_public=2, train_per_id=2, test_per_id=1, public_per_id=2)
+    direct, _ = generate("private", [0, 1, 2, 3], 0, 2, 16)
+    assert torch.equal(cold.private_train.images, direct) and torch.equal(warm.private_train.images, direct)
+    files[0].write_bytes(b"damaged")                # a damaged block is re-rendered, not trusted
+    again = _v2(resolution=16, num_private=4, num_public=2, train_per_id=2, test_per_id=1, public_per_id=2)
+    assert torch.equal(again.private_train.images, cold.private_train.images)
+    assert torch.equal(again.public.images, cold.public.images)
+    assert facecache._load(files[0], tuple(direct[:6].shape)) is not None      # and written again
+    monkeypatch.setenv("MIDRE_CACHE_DIR", "off")
+    assert facecache.cache_dir() is None
+
+
+def test_region_probe_finds_where_identity_lives():
+    g = torch.Generator().manual_seed(0)
+    n_cls, res = 5, 16
+    inside = box_mask(res, INNER_BOX)
+    assert inside.any() and not inside.all()
+
+    def make(k):
+        y = torch.arange(n_cls).repeat_interleave(k)
+        x = torch.rand(len(y), 3, res, res, generator=g) * 255
+        proto = torch.rand(n_cls, 3, res, res, generator=torch.Generator().manual_seed(1)) * 255
+        x = torch.where(inside, 0.5 * x + 0.5 * proto[y], x)   # identity only inside the box
+        return x.round().to(torch.uint8), y
+
+    (xtr, ytr), (xte, yte) = make(10), make(4)
+    r = region_probe(xtr, ytr, xte, yte, INNER_BOX)
+    assert r["box"]["acc"] > 0.9 and r["masked"]["acc"] < 0.5 and r["whole"]["acc"] > 0.8
+
+
+def test_v1_is_unchanged():
+    """v1 (``synthetic``) renders byte-identically to the code before v2 existed (recorded checksum)."""
+    s = load_dataset("synthetic", num_private=3, num_public=2, images_per_id=4, seed=0)
+    means = s.private_train.images.float().mean(dim=(1, 2, 3))[:6]
+    ref = torch.tensor([121.11197662353516, 121.07161712646484, 92.6962890625, 116.71646881103516, 85.875,
+                        85.61328125])
+    assert torch.allclose(means, ref, atol=0.05)
+    digest = hashlib.sha256(s.private_train.images.numpy().tobytes()).hexdigest()
+    assert digest == "29223a37c998125936aef96c5703b8b14a3214771536532dd565978528b43a4c" or \
+        torch.allclose(means, ref, atol=0.01)        # other CPUs may round one pixel differently
+    assert s.info["generator_version"] == 1 and s.resolution == 32
