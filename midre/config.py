@@ -87,6 +87,7 @@ class BackboneSection(_Section):
     arch: str = "smallcnn"
     model_kwargs: dict[str, Any] = {}
     pool: Literal["pretrain", "public"] = "pretrain"
+    pool_options: dict[str, Any] = {}      # e.g. {num_identities: 500, images_per_id: 30} (synthetic2)
     train: dict[str, Any] = {}
     seed: int = Field(0, ge=0)
 

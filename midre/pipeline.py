@@ -319,7 +319,8 @@ class _Pipeline:
             self.backbone_train[bname] = validate_train(self.where, f"backbones.{bname}.train", b.train)
             keys[f"backbones/{bname}"] = config_hash({
                 "base": base, "arch": b.arch, "kwargs": b.model_kwargs, "pool": b.pool,
-                "train": self.backbone_train[bname], "seed": b.seed})
+                "train": self.backbone_train[bname], "seed": b.seed,
+                **({"pool_options": b.pool_options} if b.pool_options else {})})
         self.eval_train = validate_train(self.where, "eval_model.train", cfg.eval_model.train)
         self.eval_seed = cfg.eval_model.seed if cfg.eval_model.seed is not None else cfg.seed
         keys["eval"] = config_hash({"base": base, "arch": cfg.eval_model.arch,
@@ -555,8 +556,7 @@ class _Pipeline:
         """The images a target-independent stage trains on (its zoo entry's data fingerprint)."""
         if stage.startswith("backbones/"):
             name = stage.split("/", 1)[1]
-            return _pool_sets(self.splits, self.cfg.backbones[name].pool, name,
-                              derive_seed(self.data_seed, "pool-holdout"))[0]
+            return self._pool(name)[0]
         return self.train_set if stage == "eval" else self.prior_public
 
     def instrument_stages(self) -> list[str]:
@@ -600,13 +600,22 @@ class _Pipeline:
         figs = entry.get("figures", {})
         return {"source": f"zoo:{name}", **{k: figs[k] for k in ("test_acc", "train_acc", "pool_classes") if k in figs}}
 
+    def _pool(self, bname: str) -> tuple[Any, Any, int]:
+        if not hasattr(self, "_pools"):
+            self._pools: dict[str, tuple[Any, Any, int]] = {}
+        if bname not in self._pools:
+            b = self.cfg.backbones[bname]
+            self._pools[bname] = _pool_sets(self.splits, self.cfg.dataset.name, b.pool, b.pool_options, bname,
+                                            derive_seed(self.data_seed, "pool-holdout"))
+        return self._pools[bname]
+
     def _train_backbone(self, bname: str) -> dict:
         from .models import create_model
         from .training import train_classifier
 
         b = self.cfg.backbones[bname]
         out = self.run_dir / "backbones" / bname
-        train, test, k = _pool_sets(self.splits, b.pool, bname, derive_seed(self.data_seed, "pool-holdout"))
+        train, test, k = self._pool(bname)
         hit = self._from_zoo(f"backbones/{bname}", out, train)
         if hit is not None:
             return hit
@@ -834,12 +843,26 @@ def _holdout_split(public: Any, share: float, seed: int) -> tuple[Any, Any]:
     return public.subset(perm[n_out:].sort().values), public.subset(perm[:n_out].sort().values)
 
 
-def _pool_sets(splits: Any, pool: str, bname: str, seed: int) -> tuple[Any, Any, int]:
+def _pretraining_pool(splits: Any, dataset: str, options: dict, bname: str) -> Any:
+    """The dataset family's pretraining pool (midre.data.load_pretraining), or a ``pretrain`` split."""
+    from .data import base
+
+    if getattr(splits, "pretrain", None) is not None:
+        return splits.pretrain
+    if str(dataset).lower() not in getattr(base, "PRETRAINING_POOLS", {}):
+        return None
+    try:
+        return base.load_pretraining(dataset, resolution=splits.resolution, **options)
+    except MidreError as e:
+        raise ConfigError(f"'backbones.{bname}.pool_options': {e}") from None
+
+
+def _pool_sets(splits: Any, dataset: str, pool: str, options: dict, bname: str, seed: int) -> tuple[Any, Any, int]:
     """(train, test, classes) of a backbone's pretraining pool, labels relabelled 0..K-1, 10 % held out."""
     from .cli.common import in_memory
     from .data.base import TensorImageSet
 
-    src = getattr(splits, "pretrain", None) if pool == "pretrain" else splits.public
+    src = _pretraining_pool(splits, dataset, options, bname) if pool == "pretrain" else splits.public
     if src is None or len(src) == 0:
         raise ConfigError(f"'backbones.{bname}.pool' is '{pool}' but the dataset has no {pool} images; "
                           + ("use pool: public" if pool == "pretrain" else "give the dataset a public split"))
