@@ -135,3 +135,21 @@ def test_report_verdict_follows_the_gates(tmp_path):
     md = (run / "report.md").read_text()
     assert "comparison not valid" not in md and "all passed" in md and "attack_top1: {}" in md
     assert json.loads((run / "gates.json").read_text())["valid"]
+
+
+@pytest.mark.slow
+def test_a_study_gates_its_seed_means(tmp_path):
+    from midre.pipeline import run_pipeline
+
+    cfg = copy.deepcopy(TOY)
+    cfg.update({"seeds": [0, 1], "targets": cfg["targets"][:1]})
+    cfg["eval_model"]["train"]["epochs"] = cfg["defaults"]["train"]["epochs"] = 1
+    cfg["report"] = {"enabled": True, "max_identities": 1}
+    run_pipeline(cfg, tmp_path / "study", progress=False)
+    root = tmp_path / "study"
+    gates = json.loads((root / "gates.json").read_text())
+    seeds = [json.loads((root / f"seed-{s}" / "gates.json").read_text()) for s in (0, 1)]
+    assert gates["verdict"] == NOT_VALID and all(not g["valid"] for g in seeds)    # default floors: 1 iteration
+    priors = [c["subject"] for c in gates["checks"] if c["gate"].startswith("prior")]
+    assert priors == ["seed-0/gan", "seed-1/gan"]
+    assert "comparison not valid" in (root / "report.md").read_text()
