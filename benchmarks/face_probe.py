@@ -24,12 +24,12 @@ from midre.data.synthetic2 import INNER_BOX
 V1_BOX = (-0.45, -0.32, 0.45, 0.58)
 
 
-def load(version: int, n: int, resolution: int | None):
+def load(version: int, n: int, resolution: int | None, variation: float = 1.0):
     if version == 1:
         s = load_dataset("synthetic", resolution=resolution or 32, seed=0, num_private=n, num_public=0,
                          images_per_id=40, test_fraction=0.25)
         return s, V1_BOX
-    s = load_dataset("synthetic2", resolution=resolution or 64, num_private=n, num_public=0)
+    s = load_dataset("synthetic2", resolution=resolution or 64, num_private=n, num_public=0, variation=variation)
     return s, INNER_BOX
 
 
@@ -39,6 +39,7 @@ def main() -> None:
     ap.add_argument("--identities", type=int, nargs="+", default=[50, 300])
     ap.add_argument("--features", nargs="+", default=["pixels"], choices=["pixels", "random"])
     ap.add_argument("--resolution", type=int, default=None, help="default: 32 for v1, 64 for v2")
+    ap.add_argument("--variation", type=float, default=1.0, help="synthetic2's nuisance scale (v2 only)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = ap.parse_args()
@@ -47,11 +48,11 @@ def main() -> None:
     for version in args.version:
         for n in args.identities:
             t0 = time.perf_counter()
-            s, box = load(version, n, args.resolution)
+            s, box = load(version, n, args.resolution, args.variation)
             tr, te = s.private_train, s.private_test
             for feat in args.features:
                 r = region_probe(tr.images, tr.targets, te.images, te.targets, box, features=feat)
-                row = {"version": version, "identities": n, "resolution": s.resolution, "features": feat,
+                row = {"version": version, "identities": n, "variation": args.variation if version == 2 else 1.0, "resolution": s.resolution, "features": feat,
                        "train": len(tr), "test": len(te), "box": list(box),
                        **{k: round(100 * v["acc"], 1) for k, v in r.items()},
                        "alphas": {k: v["alpha"] for k, v in r.items()}}

@@ -103,8 +103,6 @@ class MISplits:
 
 
 DATASETS: Registry[Callable[..., MISplits]] = Registry("dataset")
-# dataset family -> factory of its pretraining pool (``load_pretraining``); families without one are absent
-PRETRAINING_POOLS: dict[str, Callable[..., TensorImageSet]] = {}
 
 
 def load_dataset(name: str, root: Optional[str] = None, resolution: Optional[int] = None, seed: int = 0,
@@ -112,6 +110,10 @@ def load_dataset(name: str, root: Optional[str] = None, resolution: Optional[int
     """Build the splits of a registered dataset family (``midre datasets`` lists them)."""
     factory = DATASETS.get(name)
     return factory(root=root, resolution=resolution, seed=seed, **options)
+
+
+# dataset family -> factory of its pretraining pool (``load_pretraining``); families without one are absent
+PRETRAINING_POOLS: dict[str, Callable[..., TensorImageSet]] = {}
 
 
 def load_pretraining(name: str, resolution: Optional[int] = None, **options: Any) -> TensorImageSet:
