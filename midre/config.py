@@ -48,7 +48,7 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 EMBEDDED_DATASETS = ("synthetic", "digits")   # generated or shipped: no root needed
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 # Keys that do not change any number of a run (left out of the run-directory hash).
-NON_RESULT_KEYS = ("name", "description", "expected_time", "device", "report", "sweep", "logging")
+NON_RESULT_KEYS = ("name", "description", "expected_time", "device", "report", "sweep", "logging", "gates")
 
 
 class _Section(BaseModel):
@@ -77,6 +77,32 @@ class EvalModelSection(_Section):
     arch: str = "smallresnet"
     model_kwargs: dict[str, Any] = {}
     train: dict[str, Any] = {}
+    seed: Optional[int] = Field(None, ge=0)   # fixed seed (part of the instrument, zoo-shareable); default: run seed
+
+
+class BackboneSection(_Section):
+    """A backbone pretrained with plain cross-entropy on a pool of identities disjoint from the private
+    ones (the ImageNet / MS-Celeb analogue); targets start from it with ``train.init: zoo:<name>``."""
+
+    arch: str = "smallcnn"
+    model_kwargs: dict[str, Any] = {}
+    pool: Literal["pretrain", "public"] = "pretrain"
+    pool_options: dict[str, Any] = {}      # e.g. {num_identities: 500, images_per_id: 30} (synthetic2)
+    train: dict[str, Any] = {}
+    seed: int = Field(0, ge=0)
+
+
+class GatesSection(_Section):
+    """Validity gates: floors the instrument must reach on NoDef before defenses are compared (midre.gates).
+    Defaults: the embedded benchmark's floors, fixed from the paper's NoDef profile (issue 9)."""
+
+    enabled: bool = True
+    eval_acc: float = Field(95.0, ge=0, le=100)
+    target_acc: float = Field(85.0, ge=0, le=100)
+    attack_top1: dict[str, float] = {"plgmi": 80.0, "kedmi": 60.0, "lomma_gmi": 50.0}
+    weakest: Optional[str] = "gmi"        # this attack's NoDef top-1 must stay below every other attack's
+    prior_coverage: float = Field(0.5, ge=0)   # GAN prior's coverage of held-out public images / real images
+
 
 
 class DefaultsSection(_Section):
@@ -149,6 +175,8 @@ class PriorsSection(_Section):
 
     preset: Optional[str] = None
     params: dict[str, dict[str, Any]] = {}   # per prior kind, e.g. {gmi: {iterations: 2000}}
+    seed: Optional[int] = Field(None, ge=0)  # fixed seed of the target-independent GAN (zoo-shareable)
+    holdout: float = Field(0.1, ge=0, lt=1)  # share of public images held out of prior training (quality figure)
 
 
 class MetricsSection(_Section):
@@ -195,6 +223,7 @@ class RunConfig(_Section):
     device: str = "auto"
     dataset: DatasetSection = DatasetSection()
     eval_model: EvalModelSection = EvalModelSection()
+    backbones: dict[str, BackboneSection] = {}
     defaults: DefaultsSection = DefaultsSection()
     targets: list[TargetSection] = Field(..., min_length=1)
     attacks: list[AttackSection] = []
@@ -203,6 +232,7 @@ class RunConfig(_Section):
     report: ReportSection = ReportSection()
     analyses: AnalysesSection = AnalysesSection()
     logging: LoggingSection = LoggingSection()
+    gates: GatesSection = GatesSection()
     sweep: Optional[dict[str, Any]] = None
 
     @field_validator("name")
@@ -522,6 +552,26 @@ def _raise_train(where: str, path: str, e: ValidationError):
     raise ConfigError(f"{where}: {msg}")
 
 
+def check_init(where: str, path: str, init: Any, cfg: RunConfig) -> None:
+    """``train.init``: ``zoo:<name>`` of a ``backbones`` entry, or an existing LOCAL weights file."""
+    if init is None:
+        return
+    if not isinstance(init, str) or not init:
+        raise ConfigError(f"{where}: '{path}' must be 'zoo:<backbone>' or a local weights file path")
+    if init.startswith("zoo:"):
+        name = init[4:]
+        if name not in cfg.backbones:
+            raise ConfigError(f"{where}: '{path}' is '{init}' but 'backbones' has no '{name}'"
+                              f"{did_you_mean(name, cfg.backbones)}; add backbones.{name} (arch, pool, train) or "
+                              f"use one of: {', '.join(cfg.backbones) or 'none defined'}")
+        return
+    if "://" in init:
+        raise ConfigError(f"{where}: '{path}' must be a LOCAL file (midre never downloads), got '{init}'")
+    if not Path(init).expanduser().is_file():
+        raise ConfigError(f"{where}: pretrained weights '{init}' ({path}) not found; put the local .safetensors/.pth "
+                          f"file there or set `--set {path}=/path/to/weights`")
+
+
 def needs_root(dataset: str) -> bool:
     from .data import DATASETS
 
@@ -558,6 +608,13 @@ def validate_names(cfg: RunConfig, where: str = "config") -> None:
     validate_train(where, "eval_model.train", cfg.eval_model.train)
     _wrap(where, "defaults.arch", MODELS.get, cfg.defaults.arch)
     validate_train(where, "defaults.train", cfg.defaults.train)
+    for bname, b in cfg.backbones.items():
+        _check_name(bname, "backbone name")
+        _wrap(where, f"backbones.{bname}.arch", MODELS.get, b.arch)
+        validate_train(where, f"backbones.{bname}.train", b.train)
+        if b.train.get("init"):
+            raise ConfigError(f"{where}: 'backbones.{bname}.train.init': a backbone is pretrained from scratch; remove it")
+    check_init(where, "eval_model.train.init", cfg.eval_model.train.get("init"), cfg)
     names: set[str] = set()
     for i, t in enumerate(cfg.expanded_targets()):
         p = f"targets[{i}]"
@@ -568,6 +625,7 @@ def validate_names(cfg: RunConfig, where: str = "config") -> None:
             _wrap(where, f"{p}.arch", MODELS.get, t.arch)
         _wrap(where, f"{p}.defense", build_defense, copy.deepcopy(t.defense))
         validate_train(where, f"{p}.train", cfg.target_train(t))
+        check_init(where, f"{p}.train.init", cfg.target_train(t).get("init"), cfg)
     all_targets = {t.name: t for t in cfg.expanded_targets()}
     for i, t in enumerate(cfg.expanded_targets()):
         if t.reference is not None and t.reference not in all_targets:

@@ -316,6 +316,7 @@ class _Pipeline:
         self.targets = cfg.expanded_targets()
         self.where = "config"
         self._count = 0
+        self.use_zoo = True               # False while `midre zoo build` makes the entries themselves
 
     # ------------------------------------------------------------------ keys (no data needed)
     def _keys(self) -> dict[str, str]:
@@ -324,10 +325,18 @@ class _Pipeline:
         d = cfg.dataset
         base = config_hash({"dataset": d.model_dump(mode="json"), "data_seed": self.data_seed})
         keys: dict[str, str] = {"data": base}
+        self.backbone_train: dict[str, dict] = {}
+        for bname, b in cfg.backbones.items():
+            self.backbone_train[bname] = validate_train(self.where, f"backbones.{bname}.train", b.train)
+            keys[f"backbones/{bname}"] = config_hash({
+                "base": base, "arch": b.arch, "kwargs": b.model_kwargs, "pool": b.pool,
+                "train": self.backbone_train[bname], "seed": b.seed,
+                **({"pool_options": b.pool_options} if b.pool_options else {})})
         self.eval_train = validate_train(self.where, "eval_model.train", cfg.eval_model.train)
+        self.eval_seed = cfg.eval_model.seed if cfg.eval_model.seed is not None else cfg.seed
         keys["eval"] = config_hash({"base": base, "arch": cfg.eval_model.arch,
                                     "kwargs": cfg.eval_model.model_kwargs, "train": self.eval_train,
-                                    "seed": cfg.seed})
+                                    "seed": self.eval_seed, **_init_key(self.eval_train, keys)})
         self.train_cfgs: dict[str, dict] = {}
         self.def_specs: dict[str, dict] = {}
         for i, t in enumerate(self.targets):
@@ -338,7 +347,8 @@ class _Pipeline:
                 raise ConfigError(f"{self.where}: 'targets[{i}].defense': {e}") from None
             keys[f"targets/{t.name}"] = config_hash({
                 "base": base, "arch": cfg.target_arch(t), "kwargs": cfg.target_model_kwargs(t),
-                "defense": self.def_specs[t.name], "train": self.train_cfgs[t.name], "seed": cfg.seed})
+                "defense": self.def_specs[t.name], "train": self.train_cfgs[t.name], "seed": cfg.seed,
+                **_init_key(self.train_cfgs[t.name], keys)})
         self.prior_units: dict[str, tuple[str, Optional[str]]] = {}
         self.attack_priors: dict[tuple[str, str], dict[str, str]] = {}
         for a in cfg.attacks:
@@ -351,7 +361,8 @@ class _Pipeline:
                     if pname not in keys:
                         keys[pname] = config_hash({
                             "base": base, "kind": kind, "preset": cfg.priors.preset,
-                            "params": cfg.priors.params.get(kind, {}), "seed": cfg.seed,
+                            "params": cfg.priors.params.get(kind, {}), "seed": self._prior_seed(kind, tname),
+                            "holdout": cfg.priors.holdout,
                             "target": keys[f"targets/{tname}"] if tname else None})
                         self.prior_units[pname] = (kind, tname)
                     names[kind] = pname
@@ -364,6 +375,12 @@ class _Pipeline:
                 keys[f"metrics/{t.name}/{a.key}"] = config_hash({
                     "attack": akey, "eval": keys["eval"], "metrics": cfg.metrics.model_dump(mode="json")})
         return keys
+
+    def _prior_seed(self, kind: str, tname: Optional[str]) -> int:
+        """A target-independent prior may have a fixed seed (priors.seed: the instrument, zoo-shareable)."""
+        if tname is None and self.cfg.priors.seed is not None:
+            return derive_seed(self.cfg.priors.seed, "prior", kind, "")
+        return derive_seed(self.cfg.seed, "prior", kind, tname or "")
 
     def _prior_kinds(self, a: AttackSection) -> list[str]:
         from .attacks import ATTACKS
@@ -418,6 +435,9 @@ class _Pipeline:
             self._data()
             if stop_after == "data":
                 return self._stopped(res)
+            for bname, b in cfg.backbones.items():
+                self._stage(f"backbones/{bname}", lambda n=bname: self._train_backbone(n),
+                            f"backbone {bname} ({b.arch}, pretrained on the {b.pool} pool)")
             self._stage("eval", self._train_eval, f"evaluation model {cfg.eval_model.arch}")
             if stop_after == "eval":
                 return self._stopped(res)
@@ -502,6 +522,8 @@ class _Pipeline:
         self.train_set = in_memory(splits.private_train, self.progress)
         self.test_set = in_memory(splits.private_test, self.progress)
         self.public_set = in_memory(splits.public, self.progress) if len(splits.public) else None
+        self.prior_public, self.public_holdout = _holdout_split(self.public_set, cfg.priors.holdout,
+                                                                derive_seed(self.data_seed, "public-holdout"))
         self.console.print(f"[dim]    {splits.summary()}[/dim]")
         # data-dependent checks, before any training
         self.ids: dict[str, list[int]] = {}
@@ -528,17 +550,106 @@ class _Pipeline:
         from .training import train_classifier
 
         world().send((self.cfg.seed, meta.get("role"), meta.get("target")))   # ranks > 0 train it too
-        seed = derive_seed(self.cfg.seed, seed_key)
+        seed = derive_seed(self.eval_seed if seed_key == "eval" else self.cfg.seed, seed_key)
         seed_everything(seed)
         model = create_model(arch, num_classes=self.splits.num_classes, resolution=self.splits.resolution, **kwargs)
-        tcfg = {**train, "seed": seed, "device": str(self.device)}
+        tcfg = {**train, "seed": seed, "device": str(self.device), "init": self._resolve_init(train.get("init"))}
         res = train_classifier(model, self.train_set, self.test_set, defense=defense, config=tcfg, out_dir=out,
                                public_set=public, meta={"dataset": self.data_meta, "model_kwargs": dict(kwargs),
                                                         "class_names": list(self.splits.class_names), **meta},
                                progress=self.progress, description=description)
         return {"test_acc": res.test_acc, "defense_report": res.defense_report}
 
+    def _resolve_init(self, init: Optional[str]) -> Optional[str]:
+        """``zoo:<backbone>`` -> this run's copy of that backbone (from the zoo or trained here)."""
+        if init and init.startswith("zoo:"):
+            return str(self.run_dir / "backbones" / init[4:] / "model.safetensors")
+        return init
+
+    def stage_data(self, stage: str) -> Any:
+        """The images a target-independent stage trains on (its zoo entry's data fingerprint)."""
+        if stage.startswith("backbones/"):
+            name = stage.split("/", 1)[1]
+            return self._pool(name)[0]
+        return self.train_set if stage == "eval" else self.prior_public
+
+    def instrument_stages(self) -> list[str]:
+        """The target-independent stages: backbones, the evaluation model, the shared GAN prior(s)."""
+        if not hasattr(self, "keys"):
+            self.keys = self._keys()
+        return ([f"backbones/{b}" for b in self.cfg.backbones] + ["eval"]
+                + [p for p, (_k, t) in self.prior_units.items() if t is None])
+
+    def run_instrument(self, stages: Sequence[str]) -> None:
+        """Data + the given target-independent stages only (``midre zoo build``); never reads the zoo."""
+        self.use_zoo = False
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.keys = self._keys()
+        self.state = RunState(self.run_dir, self.cfg)
+        self.n_units = len(stages) + 1
+        self.state.save()
+        self._data()
+        for name in stages:
+            if name.startswith("backbones/"):
+                self._stage(name, lambda n=name.split("/", 1)[1]: self._train_backbone(n), f"backbone {name}")
+            elif name == "eval":
+                self._stage(name, self._train_eval, f"evaluation model {self.cfg.eval_model.arch}")
+            else:
+                self._stage(name, lambda p=name: self._prior(p), f"prior {name} (public data only)")
+        self.state.save(status="complete")
+
+    def _from_zoo(self, stage: str, dest: Path, data: Any) -> Optional[dict]:
+        """Install the zoo entry made by this stage's config and data, if there is one (verified)."""
+        from . import zoo
+        from .priors import data_fingerprint
+
+        if not self.use_zoo:
+            return None
+        hit = zoo.find(stage, self.keys[stage], data_fingerprint(data))
+        if hit is None:
+            return None
+        name, entry = hit
+        zoo.install(name, entry, dest)
+        self.console.print(f"[dim]    from the zoo: {name} (sha256 verified)[/dim]")
+        figs = entry.get("figures", {})
+        return {"source": f"zoo:{name}", **{k: figs[k] for k in ("test_acc", "train_acc", "pool_classes") if k in figs}}
+
+    def _pool(self, bname: str) -> tuple[Any, Any, int]:
+        if not hasattr(self, "_pools"):
+            self._pools: dict[str, tuple[Any, Any, int]] = {}
+        if bname not in self._pools:
+            b = self.cfg.backbones[bname]
+            self._pools[bname] = _pool_sets(self.splits, self.cfg.dataset.name, b.pool, b.pool_options, bname,
+                                            derive_seed(self.data_seed, "pool-holdout"))
+        return self._pools[bname]
+
+    def _train_backbone(self, bname: str) -> dict:
+        from .models import create_model
+        from .training import train_classifier
+
+        b = self.cfg.backbones[bname]
+        out = self.run_dir / "backbones" / bname
+        train, test, k = self._pool(bname)
+        hit = self._from_zoo(f"backbones/{bname}", out, train)
+        if hit is not None:
+            return hit
+        world().send((self.cfg.seed, "backbone", bname))   # ranks > 0 train it too
+        seed = derive_seed(b.seed, "backbone", bname)
+        seed_everything(seed)
+        model = create_model(b.arch, num_classes=k, resolution=self.splits.resolution, **b.model_kwargs)
+        tcfg = {**self.backbone_train[bname], "seed": seed, "device": str(self.device)}
+        res = train_classifier(model, train, test, config=tcfg, out_dir=out, progress=self.progress,
+                               meta={"role": "backbone", "pool": b.pool, "model_kwargs": dict(b.model_kwargs),
+                                     "dataset": self.data_meta, "pool_images": len(train) + len(test)},
+                               description=f"backbone {bname} ({b.pool} pool)")
+        hist = res.history[-1] if res.history else {}
+        return {"source": "trained", "test_acc": res.test_acc, "train_acc": hist.get("train_acc"),
+                "pool_classes": k}
+
     def _train_eval(self) -> dict:
+        hit = self._from_zoo("eval", self.run_dir / "eval", self.train_set)
+        if hit is not None:
+            return hit
         e = self.cfg.eval_model
         return self._train(self.run_dir / "eval", e.arch, e.model_kwargs, None, self.eval_train, "eval",
                            {"role": "eval"}, f"eval {e.arch}")
@@ -581,11 +692,16 @@ class _Pipeline:
         kind, tname = self.prior_units[pname]
         self._assert_public_only()          # every prior the pipeline trains or loads
         target = self._load(self.run_dir / "targets" / tname)[0] if tname else None
-        seed = derive_seed(self.cfg.seed, "prior", kind, tname or "")
+        seed = self._prior_seed(kind, tname)
         seed_everything(seed)
         pk = self._prior_kwargs(kind)
-        prior = P.train_prior(kind, self.public_set, target=target, out_dir=self.run_dir / pname,
+        if tname is None and not load_only:
+            hit = self._from_zoo(pname, self.run_dir / pname, self.prior_public)
+            if hit is not None:
+                return hit
+        prior = P.train_prior(kind, self.prior_public, target=target, out_dir=self.run_dir / pname,
                               config=pk["params"], preset=pk["preset"], seed=seed, device=self.device,
+                              holdout=self.public_holdout,
                               progress=self.progress and not load_only)
         return prior if load_only else None
 
@@ -682,10 +798,11 @@ class _Pipeline:
                                             _num(metrics[nodef].get("attacc_top1")), row["attack_top1"])
                 rows.append(row)
         write_table(self.run_dir / "results.csv", rows, COLUMNS)
+        gates = write_gates(self.run_dir, cfg, rows, _num(eval_meta.get("test_acc")))
         atomic_write_json(self.run_dir / "results.json", {
             "format": "midre-results", "columns": COLUMNS, "rows": rows, "seed": cfg.seed, "name": cfg.name,
             "eval_model": {"arch": eval_meta.get("arch"), "acc": _num(eval_meta.get("test_acc"))},
-            "dataset": self.data_meta, "nodef_target": nodef_default, "config_hash": cfg.hash()})
+            "dataset": self.data_meta, "nodef_target": nodef_default, "config_hash": cfg.hash(), "gates": gates})
         self.state.stages["results"] = {"key": config_hash(rows), "status": "done", "finished": _now()}
         self.state.save()
         return rows
@@ -721,6 +838,81 @@ class _Pipeline:
         self.state.stages["analysis/features"] = {"status": "done", "finished": _now(),
                                                   "seconds": round(time.perf_counter() - t0, 3)}
         self.state.save()
+
+
+def write_gates(run_dir: Path, cfg: RunConfig, rows: Sequence[dict[str, Any]], eval_acc: float) -> Optional[dict]:
+    """Check the instrument on NoDef (midre.gates) and write RUN/gates.json; None when gates are disabled."""
+    if not cfg.gates.enabled:
+        return None
+    from .gates import check_gates, prior_quality_of_run
+
+    res = check_gates(rows, eval_acc, cfg.gates, {a.key: a.name for a in cfg.attacks},
+                      prior_quality_of_run(run_dir))
+    atomic_write_json(run_dir / "gates.json", res)
+    return res
+
+
+def _init_key(train: dict, keys: dict[str, str]) -> dict[str, str]:
+    """What a ``train.init`` adds to a stage key: the backbone's stage key, or a local file's sha256."""
+    init = train.get("init")
+    if not init:
+        return {}
+    if init.startswith("zoo:"):
+        return {"init": keys[f"backbones/{init[4:]}"]}
+    from .zoo import sha256_file
+
+    try:
+        return {"init": sha256_file(Path(init).expanduser())}
+    except OSError:
+        raise ConfigError(f"pretrained weights '{init}' (train.init) not found; put the local file there or fix "
+                          "the path") from None
+
+
+def _holdout_split(public: Any, share: float, seed: int) -> tuple[Any, Any]:
+    """(images the priors train on, held-out images for their quality figure); a fixed per-data split."""
+    if public is None or share <= 0 or not hasattr(public, "subset") or len(public) < 20:
+        return public, None
+    perm = torch.randperm(len(public), generator=torch.Generator().manual_seed(seed))
+    n_out = max(int(round(share * len(public))), 5)
+    return public.subset(perm[n_out:].sort().values), public.subset(perm[:n_out].sort().values)
+
+
+def _pretraining_pool(splits: Any, dataset: str, options: dict, bname: str) -> Any:
+    """The dataset family's pretraining pool (midre.data.load_pretraining), or a ``pretrain`` split."""
+    from .data import base
+
+    if getattr(splits, "pretrain", None) is not None:
+        return splits.pretrain
+    if str(dataset).lower() not in getattr(base, "PRETRAINING_POOLS", {}):
+        return None
+    try:
+        return base.load_pretraining(dataset, resolution=splits.resolution, **options)
+    except MidreError as e:
+        raise ConfigError(f"'backbones.{bname}.pool_options': {e}") from None
+
+
+def _pool_sets(splits: Any, dataset: str, pool: str, options: dict, bname: str, seed: int) -> tuple[Any, Any, int]:
+    """(train, test, classes) of a backbone's pretraining pool, labels relabelled 0..K-1, 10 % held out."""
+    from .cli.common import in_memory
+    from .data.base import TensorImageSet
+
+    src = _pretraining_pool(splits, dataset, options, bname) if pool == "pretrain" else splits.public
+    if src is None or len(src) == 0:
+        raise ConfigError(f"'backbones.{bname}.pool' is '{pool}' but the dataset has no {pool} images; "
+                          + ("use pool: public" if pool == "pretrain" else "give the dataset a public split"))
+    ts = in_memory(src, False).to_tensors()
+    labels = torch.as_tensor(ts.targets).long()
+    if bool((labels < 0).any()):
+        raise ConfigError(f"'backbones.{bname}.pool': the {pool} images have no identity labels; a backbone is "
+                          "pretrained with cross-entropy on identities")
+    uniq, y = torch.unique(labels, return_inverse=True)
+    if len(uniq) < 2:
+        raise ConfigError(f"'backbones.{bname}.pool': the {pool} pool has fewer than 2 identities")
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    n_test = max(len(y) // 10, 1)
+    test_idx, train_idx = perm[:n_test].sort().values, perm[n_test:].sort().values
+    return (TensorImageSet(ts.images[train_idx], y[train_idx]), TensorImageSet(ts.images[test_idx], y[test_idx]),
+            int(len(uniq)))
 
 
 def _defense_name(spec: dict) -> str:
@@ -773,6 +965,8 @@ def _train_worker(cfg: RunConfig, run_dir: Path, ddp: Any) -> PipelineResult:
             p._data()
         if role == "eval":
             p._train_eval()
+        elif role == "backbone":
+            p._train_backbone(target)
         else:
             p._train_target(next(t for t in p.targets if t.name == target))
     return PipelineResult(run_dir=run_dir, seeds=cfg.run_seeds())
@@ -829,10 +1023,13 @@ def _run_study(cfg: RunConfig, run_dir: Path, progress: bool, stop_after: Option
         if per_seed:
             rows = aggregate_rows(per_seed)
             write_table(run_dir / "results.csv", rows, COLUMNS + STUDY_EXTRA_COLUMNS)
+            eval_accs = [_num(json.loads((run_dir / f"seed-{s}" / "results.json").read_text()).get("eval_model", {})
+                              .get("acc")) for s in seeds if (run_dir / f"seed-{s}" / "results.json").exists()]
+            gates = write_gates(run_dir, cfg, rows, sum(eval_accs) / len(eval_accs) if eval_accs else float("nan"))
             write_table(run_dir / "results_per_seed.csv", per_seed, COLUMNS)
             atomic_write_json(run_dir / "results.json", {
                 "format": "midre-results", "kind": "study", "columns": COLUMNS + STUDY_EXTRA_COLUMNS, "rows": rows,
-                "per_seed": per_seed, "seeds": seeds, "name": cfg.name, "config_hash": cfg.hash(),
+                "per_seed": per_seed, "seeds": seeds, "name": cfg.name, "config_hash": cfg.hash(), "gates": gates,
                 "aggregation": "mean over seeds; *_std and attack_top1_std/attack_top5_std = sample std across "
                                "seeds of the per-seed values; top1_ci = t-interval (95%) across seeds; "
                                "delta = trade-off of the seed means"})

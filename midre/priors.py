@@ -575,7 +575,7 @@ def prior_key(kind: str, public_set: Any, target: Optional[nn.Module], cfg: Prio
 
 def train_prior(kind: str, public_set: Any, target: Optional[nn.Module] = None, out_dir: Optional[str | Path] = None,
                 config: Any = None, preset: str = "paper", seed: int = 0, progress: bool = False,
-                device: Any = "auto", until: Optional[int] = None) -> Prior:
+                device: Any = "auto", until: Optional[int] = None, holdout: Any = None) -> Prior:
     """Train (or load from the cache in ``out_dir``) a prior of ``kind`` on ``public_set`` only.
 
     Parameters
@@ -587,6 +587,8 @@ def train_prior(kind: str, public_set: Any, target: Optional[nn.Module] = None, 
     config : dict / PriorConfig overriding the preset.
     until : stop after this many generator iterations (lomma: epochs) and return None-trained state;
         calling again resumes.  For time-boxed runs and resume tests.
+    holdout : public images kept OUT of ``public_set``; a GAN prior records its sample quality on them in
+        ``meta["quality"]`` (:func:`midre.prior_quality.prior_quality`).
     """
     _check_kind(kind)
     cfg = prior_config(kind, preset, config)
@@ -651,6 +653,10 @@ def train_prior(kind: str, public_set: Any, target: Optional[nn.Module] = None, 
             meta.update(extra)
             meta["seconds"] = time.perf_counter() - t0
             meta["complete"] = complete
+            if complete and holdout is not None:
+                from .prior_quality import prior_quality
+
+                meta["quality"] = prior_quality(prior, holdout, public_set, seed=int(seed), device=dev)
             prior.meta = meta
     finally:
         if target is not None and tgt_state is not None:

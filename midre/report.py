@@ -578,11 +578,30 @@ table{border-collapse:collapse;margin:.8em 0;font-size:14px}th,td{border:1px sol
 th{background:#eef1f5;text-align:left}td.num{text-align:right;font-variant-numeric:tabular-nums}
 tr:nth-child(even) td{background:#fafafa}img{max-width:100%;border:1px solid #ddd;margin:.4em 0}
 .note{color:#555;font-size:13px}code{background:#f3f3f3;padding:0 3px}
+.ok{color:#1a6b1a}.bad{color:#a11;background:#fdecec;padding:.4em}
 """
 
 
 def _slug(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", s).strip("_") or "x"
+
+
+def _gates_section(run_dir: Path) -> Optional[tuple[str, str, str]]:
+    """The validity gates (RUN/gates.json): verdict line + table, or None when the run has none."""
+    from .gates import gates_table, verdict_line
+
+    g = _read_json_safe(run_dir / "gates.json")
+    if not isinstance(g, dict) or "checks" not in g:
+        return None
+    line = verdict_line(g)
+    head, body = gates_table(g)
+    floors = "; ".join(f"{k}: {v}" for k, v in g.get("floors", {}).items())
+    note = f"Floors used (from the config's gates section): {floors}."
+    cls = "ok" if g.get("valid") else "bad"
+    md = f"**{line}**\n\n" + md_table(head, body) + f"\n\n_{note}_"
+    ht = (f'<p class="{cls}"><b>{html.escape(line)}</b></p>' + html_table(head, body, align_numbers=False)
+          + f'<p class="note">{html.escape(note)}</p>')
+    return ("Validity gates (NoDef)", md, ht)
 
 
 def write_report(run_dir: str | Path, *, max_identities: int = 8, splits: Any = None,
@@ -619,7 +638,11 @@ def write_report(run_dir: str | Path, *, max_identities: int = 8, splits: Any = 
     title = title or f"midre report: {run_dir.resolve().name}"
 
     # sections: list of (heading, md_text, html_text)
-    sections: list[tuple[str, str, str]] = list(lead)
+    sections: list[tuple[str, str, str]] = []
+    gates_section = _gates_section(run_dir)      # first: is the instrument valid on NoDef? (midre.gates)
+    if gates_section is not None:
+        sections.append(gates_section)
+    sections.extend(lead)
 
     # settings
     settings = settings_summary(run_dir)

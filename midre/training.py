@@ -54,6 +54,9 @@ class TrainConfig(BaseModel):
     num_workers: int = Field(0, ge=0)
     grad_clip: Optional[float] = Field(None, gt=0)
     eval_every: int = Field(1, ge=1)
+    # start from pretrained weights (a LOCAL file; `midre run` also resolves "zoo:NAME"): the backbone is
+    # loaded, the head is always re-initialised (fine-tuning on new classes)
+    init: Optional[str] = None
 
     @field_validator("milestones")
     @classmethod
@@ -183,6 +186,7 @@ def train_classifier(model: nn.Module, train_set: Dataset, test_set: Optional[Da
         raise ArgumentError("the training set is empty; check the dataset and its split")
     out = Path(out_dir) if out_dir is not None else None
 
+    init_report = _load_init(model, cfg.init)
     seed_everything(derive_seed(cfg.seed, "init"))
     model = defense.wrap_model(model)
     model.to(device)
@@ -194,6 +198,7 @@ def train_classifier(model: nn.Module, train_set: Dataset, test_set: Optional[Da
     state_path = out / "train_state.pt" if out is not None else None
     resumed = state_path is not None and state_path.exists() and (out / "model.json").exists()
     ctx.extra["resuming"] = resumed
+    ctx.extra["init"] = cfg.init       # TL-DMI uses this shared checkpoint instead of its own pre-training
     # prepare always runs (it may freeze layers or replace the model); on resume the saved weights
     # overwrite whatever it trained, so the result is the same as an uninterrupted run.
     defense.prepare(ctx)
@@ -300,6 +305,7 @@ def train_classifier(model: nn.Module, train_set: Dataset, test_set: Optional[Da
             prog.update(task, status=f"epoch {epoch + 1}/{cfg.epochs} acc {test_acc if test_acc is not None else float('nan'):.1f}%")
             if out is not None:
                 m = _meta(model, defense, cfg, train_set, meta)
+                m["init_report"] = init_report
                 m.update({"epoch": epoch + 1, "epochs": cfg.epochs, "test_acc": test_acc, "history": history,
                           "defense_report": defense.report(), "complete": epoch + 1 == cfg.epochs})
                 if ddp.size > 1:
@@ -312,11 +318,24 @@ def train_classifier(model: nn.Module, train_set: Dataset, test_set: Optional[Da
     final.eval()
     report = defense.report()
     m = _meta(model, defense, cfg, train_set, meta)
+    m["init_report"] = init_report
     m.update({"epoch": cfg.epochs, "epochs": cfg.epochs, "test_acc": test_acc, "history": history,
               "defense_report": report, "complete": True})
     return TrainResult(model=final, test_acc=test_acc, history=history,
                        checkpoint=(out / "model.safetensors") if out is not None else None,
                        defense_report=report, meta=m)
+
+
+def _load_init(model: nn.Module, init: Optional[str]) -> Optional[dict[str, Any]]:
+    """Load ``TrainConfig.init`` (a local file) into the backbone; the head stays freshly initialised."""
+    if not init:
+        return None
+    if init.startswith("zoo:"):
+        raise ArgumentError(f"init '{init}' names a zoo backbone, which only `midre run` resolves; give a local "
+                            "weights file here")
+    from .models.weights import load_pretrained
+
+    return load_pretrained(unwrap(model), init, keep_head=False)
 
 
 def _forward_features(model: nn.Module, x: torch.Tensor):

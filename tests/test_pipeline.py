@@ -301,6 +301,8 @@ def _tiny_version(name: str) -> dict:
     raw["dataset"] = copy.deepcopy(TINY["dataset"])
     raw["eval_model"]["train"] = {**raw["eval_model"].get("train", {}), "epochs": 1}
     raw["defaults"]["train"] = {**raw["defaults"].get("train", {}), "epochs": 1}
+    for b in (raw.get("backbones") or {}).values():     # the tiny data has no pretraining pool
+        b.update({"pool": "public", "pool_options": {}, "train": {**b.get("train", {}), "epochs": 1}})
     for t in raw["targets"]:
         (t.get("train") or {}).pop("epochs", None)
         if isinstance(t.get("defense"), dict) and t["defense"].get("name") == "tldmi":

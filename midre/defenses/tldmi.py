@@ -11,6 +11,9 @@ How it works here (``prepare`` runs once before training):
 1. Pre-training, one of:
    - ``pretrained="path"``: load LOCAL weights (a backbone or whole-classifier state dict, via
      :func:`midre.models.weights.load_pretrained`); nothing is downloaded;
+   - otherwise, when the target was initialised from a shared pretrained checkpoint (``train.init``,
+     the benchmark's way: every target starts from the same backbone): nothing more -- TL-DMI then
+     differs from NoDef only by its freezing;
    - otherwise, when the trainer has a public set with identity labels: a copy of the model with a
      temporary head of the public class count is trained on it with
      :func:`midre.training.train_classifier` (``pretrain_*`` settings), and its backbone is kept;
@@ -209,6 +212,8 @@ class TLDMI(Defense):
                 from ..models.weights import load_pretrained
 
                 load_pretrained(model, self.pretrained)
+            elif ctx.extra.get("init"):
+                self.pretrain_report = {"tldmi_pretrained_from": "shared init (train.init)"}
             elif self.pretrain_epochs > 0:
                 if ctx.public_set is None:
                     raise ArgumentError("tldmi: no public set to pre-train on; give the dataset's public split, "

@@ -131,11 +131,14 @@ def to_classifier_state(model: nn.Module, state: Mapping[str, torch.Tensor]
     return body, head
 
 
-def load_pretrained(model: nn.Module, path: str | os.PathLike) -> dict[str, Any]:
+def load_pretrained(model: nn.Module, path: str | os.PathLike, keep_head: bool = True) -> dict[str, Any]:
     """Load local pretrained weights into a midre Classifier (in place).
 
+    ``keep_head=False`` never loads a head from the file (fine-tuning a backbone on new classes: the
+    model keeps its freshly initialised head even when the class counts happen to agree).
+
     Returns a small report: ``{"path", "loaded" (number of tensors), "head": "loaded" | "ignored: ..."
-    | "absent"}``.  Raises :class:`CheckpointError` (one line) for a missing / unsafe / corrupt file,
+    | "absent" | "re-initialised"}``.  Raises :class:`CheckpointError` (one line) for a missing / unsafe / corrupt file,
     missing or unexpected keys, and shape mismatches.
     """
     state = read_state_dict(path)
@@ -146,6 +149,8 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike) -> dict[str, Any]
 
     # head: load only when it matches exactly (same keys and shapes), else keep the fresh one
     head_status = "absent"
+    if head and not keep_head:
+        head, head_status = {}, "re-initialised"
     if head:
         mismatch = [k for k in head if k not in own_head or own_head[k].shape != head[k].shape]
         if not mismatch and set(head) == set(own_head):

@@ -1,0 +1,153 @@
+"""Validity gates: is the instrument strong enough, on NoDef, for a comparison of defenses to mean anything?
+
+Before any defense is compared, a run checks its measuring instrument on the undefended (NoDef) target:
+
+==========================  ==========================================================================
+gate                        passes when
+==========================  ==========================================================================
+evaluation model            its natural accuracy on the private test split >= ``gates.eval_acc``
+NoDef target                each NoDef target's natural accuracy >= ``gates.target_acc``
+attack strength             each attack's NoDef top-1 >= its floor in ``gates.attack_top1`` (by attack
+                            name or label); attacks without a floor are listed for information
+weakest attack              ``gates.weakest`` (GMI) stays below every other attack's NoDef top-1
+prior quality               each GAN prior an attack on NoDef used covers held-out public images at least
+                            ``gates.prior_coverage`` times as well as real public images do
+                            (``relative_coverage`` in ``prior.json`` ``quality``, midre.prior_quality);
+                            a prior without the figure is "not measured"
+==========================  ==========================================================================
+
+Any gate that fails or cannot be measured makes the verdict "comparison not valid".  The defaults are the
+embedded benchmark's floors, fixed from the paper's NoDef profile (issue 9) before any defense was run;
+another setup may override them in its config, and the report records the floors it used.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+PASSED, FAILED, MISSING, INFO = "passed", "failed", "not measured", "info"
+VALID, NOT_VALID = "valid", "comparison not valid"
+PRIOR_KINDS_WITH_SAMPLES = ("gan", "kedmi", "cgan")
+
+
+def _num(v: Any) -> float:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return float("nan")
+    return f
+
+
+def _floor_check(gate: str, subject: str, value: float, floor: float) -> dict[str, Any]:
+    status = MISSING if math.isnan(value) else (PASSED if value >= floor else FAILED)
+    return {"gate": gate, "subject": subject, "value": value, "floor": f">= {floor:g}", "status": status}
+
+
+def _attack_floor(key: str, name: str, floors: Mapping[str, float]) -> Optional[float]:
+    for k in (key, name):
+        if k in floors:
+            return float(floors[k])
+    return None
+
+
+def check_gates(rows: Sequence[Mapping[str, Any]], eval_acc: Any, gates: Any,
+                attack_names: Optional[Mapping[str, str]] = None,
+                prior_quality: Optional[Sequence[Mapping[str, Any]]] = None) -> dict[str, Any]:
+    """Check the instrument on the NoDef rows of a results table.
+
+    Args:
+        rows: results rows (``target``, ``defense``, ``attack``, ``acc``, ``attack_top1``), as in results.csv.
+        eval_acc: the evaluation model's natural accuracy (percent).
+        gates: a :class:`midre.config.GatesSection` or a mapping with the same keys.
+        attack_names: attack key (column ``attack``) -> registered attack name (``lomma_gmi``, ...).
+        prior_quality: ``[{"prior": name, "target": target or None, "relative_coverage": c, ...}]``.
+
+    Returns ``{"valid", "verdict", "checks": [...], "floors": {...}}``; every check has gate, subject,
+    value, floor, status (passed / failed / not measured / info).
+    """
+    g = gates.model_dump() if hasattr(gates, "model_dump") else dict(gates)
+    names = dict(attack_names or {})
+    checks = [_floor_check("evaluation model accuracy (%)", "evaluation model", _num(eval_acc), g["eval_acc"])]
+    nodef = [r for r in rows if str(r.get("defense")) == "nodef"]
+    nodef_targets = list(dict.fromkeys(str(r["target"]) for r in nodef))
+    if not nodef_targets:
+        checks.append({"gate": "NoDef target", "subject": "-", "value": float("nan"), "floor": "present",
+                       "status": MISSING})
+    for t in nodef_targets:
+        acc = next(_num(r.get("acc")) for r in nodef if str(r["target"]) == t)
+        checks.append(_floor_check("NoDef target accuracy (%)", t, acc, g["target_acc"]))
+        top1 = {str(r["attack"]): _num(r.get("attack_top1")) for r in nodef
+                if str(r["target"]) == t and str(r.get("attack") or "")}
+        for key, v in top1.items():
+            floor = _attack_floor(key, names.get(key, key), g["attack_top1"])
+            if floor is None:
+                checks.append({"gate": "attack NoDef top-1 (%)", "subject": f"{key} -> {t}", "value": v,
+                               "floor": "none", "status": INFO})
+            else:
+                checks.append(_floor_check("attack NoDef top-1 (%)", f"{key} -> {t}", v, floor))
+        weak = g.get("weakest")
+        weak_keys = [k for k in top1 if weak and (k == weak or names.get(k) == weak)]
+        others = [v for k, v in top1.items() if k not in weak_keys]
+        for k in weak_keys:
+            if others:
+                bound = min(others)
+                status = MISSING if math.isnan(top1[k]) or math.isnan(bound) else \
+                    (PASSED if top1[k] < bound else FAILED)
+                checks.append({"gate": "weakest attack stays weakest", "subject": f"{k} -> {t}", "value": top1[k],
+                               "floor": f"< {bound:.4g} (min of the others)", "status": status})
+    for q in prior_quality or []:
+        tgt = q.get("target")
+        if tgt is not None and tgt not in nodef_targets:
+            continue
+        subject = str(q.get("prior")) + ("" if tgt is None else f" ({tgt})")
+        checks.append(_floor_check("prior relative coverage (held-out public)", subject,
+                                   _num(q.get("relative_coverage")), g["prior_coverage"]))
+    valid = all(c["status"] in (PASSED, INFO) for c in checks)
+    return {"format": "midre-gates", "valid": valid, "verdict": VALID if valid else NOT_VALID, "checks": checks,
+            "floors": {k: g[k] for k in ("eval_acc", "target_acc", "attack_top1", "weakest", "prior_coverage")}}
+
+
+def prior_quality_of_run(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The ``quality`` record of every sample-generating prior in a run (or each seed of a study)."""
+    run_dir = Path(run_dir)
+    out: list[dict[str, Any]] = []
+    for pj in sorted(run_dir.glob("**/priors/*/*/prior.json")):
+        unit = pj.parent.parent.name                  # "gan" or "<kind>-<target>"
+        kind = next((k for k in PRIOR_KINDS_WITH_SAMPLES if unit == k or unit.startswith(k + "-")), None)
+        if kind is None:
+            continue
+        try:
+            meta = json.loads(pj.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            meta = {}
+        q = meta.get("quality") or {}
+        seed_dir = next((p.name for p in pj.parents if p.name.startswith("seed-")), None)
+        out.append({"prior": unit if seed_dir is None else f"{seed_dir}/{unit}",
+                    "target": None if unit == kind else unit[len(kind) + 1:],
+                    "relative_coverage": q.get("relative_coverage"), "coverage": q.get("coverage"),
+                    "kid": q.get("kid")})
+    return out
+
+
+def gates_table(result: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """(header, body) of the gates table for the report."""
+    head = ["gate", "subject", "value", "floor", "status"]
+    body = []
+    for c in result.get("checks", []):
+        v = _num(c.get("value"))
+        body.append([str(c["gate"]), str(c["subject"]), "—" if math.isnan(v) else f"{v:.4g}", str(c["floor"]),
+                     str(c["status"]).upper() if c["status"] in (FAILED, MISSING) else str(c["status"])])
+    return head, body
+
+
+def verdict_line(result: Mapping[str, Any]) -> str:
+    """One sentence for the top of the report."""
+    if result.get("valid"):
+        return "Validity gates: all passed -- the instrument is strong enough on NoDef for the comparison below."
+    bad = [c for c in result.get("checks", []) if c["status"] in (FAILED, MISSING)]
+    what = "; ".join(f"{c['gate']} {c['subject']} ({c['status']})" for c in bad[:4])
+    more = f" and {len(bad) - 4} more" if len(bad) > 4 else ""
+    return (f"Validity gates: FAILED -- comparison not valid. The instrument did not pass on NoDef: {what}{more}. "
+            "Differences between defenses below do not measure protection.")

@@ -1,0 +1,109 @@
+"""``midre zoo build``: train the target-independent pieces of the zoo's configs and ship them.
+
+Each config in ``midre/zoo/zoo.yaml`` (or given with ``--config``) is run by the pipeline's own stage code
+(:meth:`midre.pipeline._Pipeline.run_instrument`), into a resumable work directory, with the config's fixed
+seeds; each finished piece is copied into ``midre/zoo/weights/<entry>/`` and recorded in the manifest with
+its sha256, the config that made it (name + resolved YAML) and its training figures.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import yaml
+
+from ..errors import ConfigError, did_you_mean
+from . import PACKAGE_ZOO, add_entry, zoo_dir
+
+ZOO_YAML = PACKAGE_ZOO / "zoo.yaml"
+
+
+def zoo_configs() -> list[str]:
+    data = yaml.safe_load(ZOO_YAML.read_text(encoding="utf-8")) or {}
+    return [str(c) for c in data.get("configs") or []]
+
+
+def entry_name(config_name: str, stage: str) -> str:
+    if stage.startswith("backbones/"):
+        return f"{config_name}-backbone-{stage.split('/', 1)[1]}"
+    if stage == "eval":
+        return f"{config_name}-eval"
+    return f"{config_name}-prior-{stage.split('/', 1)[1]}"
+
+
+def _pipeline(source: str, work: Path, progress: bool, device: Optional[str]):
+    from ..config import load_config
+    from ..pipeline import _Pipeline
+
+    cfg = load_config(source)
+    if device is not None:
+        cfg = cfg.model_copy(update={"device": device})
+    if cfg.seeds:
+        cfg = cfg.for_seed(cfg.run_seeds()[0])
+    return cfg, _Pipeline(cfg, work, progress, None)
+
+
+def _files(stage_dir: Path, stage: str) -> list[str]:
+    if stage.startswith("priors/"):
+        return sorted(p.relative_to(stage_dir).as_posix() for p in stage_dir.glob("*/prior.*")
+                      if p.suffix in (".json", ".safetensors"))
+    return ["model.safetensors", "model.json"]
+
+
+def _figures(pipe: Any, stage: str, stage_dir: Path) -> dict[str, Any]:
+    rec = pipe.state.stages.get(stage, {})
+    figs = {k: rec[k] for k in ("test_acc", "train_acc", "pool_classes", "seconds", "peak_rss_mib") if k in rec}
+    if stage.startswith("priors/"):
+        pj = next(stage_dir.glob("*/prior.json"), None)
+        if pj is not None:
+            meta = json.loads(pj.read_text(encoding="utf-8"))
+            figs["quality"] = meta.get("quality")
+            figs["iterations"] = meta.get("config", {}).get("iterations")
+    return figs
+
+
+def build(names: Sequence[str] = (), configs: Optional[Sequence[str]] = None, root: Optional[str | os.PathLike] = None,
+          work_dir: Optional[str | os.PathLike] = None, progress: bool = True, device: Optional[str] = None
+          ) -> list[str]:
+    """Build the named entries (all of the configs' entries when none are named); returns the names built."""
+    from ..config import dump_yaml
+    from ..priors import data_fingerprint
+    from ..utils import RunLock
+
+    configs = list(configs) if configs else zoo_configs()
+    if not configs:
+        raise ConfigError("no zoo configs: list them in midre/zoo/zoo.yaml or pass --config CONFIG")
+    root_dir = zoo_dir(root)
+    work_root = Path(work_dir) if work_dir is not None else root_dir / ".build"
+    plan: dict[str, tuple[str, str]] = {}
+    for c in configs:
+        cfg, pipe = _pipeline(c, work_root, False, device)
+        cname = cfg.name
+        for stage in pipe.instrument_stages():
+            plan[entry_name(cname, stage)] = (c, stage)
+    for n in names:
+        if n not in plan:
+            raise ConfigError(f"unknown zoo entry '{n}'{did_you_mean(n, plan)}; the zoo configs make: {', '.join(plan)}")
+    wanted = list(names) or list(plan)
+    built = []
+    for c in dict.fromkeys(plan[n][0] for n in wanted):
+        cname = _pipeline(c, work_root, False, device)[0].name
+        work = work_root / cname
+        cfg, pipe = _pipeline(c, work, progress, device)
+        stages = [plan[n][1] for n in wanted if plan[n][0] == c]
+        deps = [f"backbones/{i[4:]}" for i in (cfg.eval_model.train.get("init"),) if "eval" in stages and i
+                and i.startswith("zoo:")]
+        order = [s for s in pipe.instrument_stages() if s in stages or s in deps]
+        with RunLock(work):
+            pipe.run_instrument(order)
+        for stage in stages:
+            stage_dir = work / stage
+            name = entry_name(cname, stage)
+            add_entry(name, kind=stage.split("/")[0].rstrip("s"), stage=stage, key=pipe.keys[stage],
+                      fingerprint=data_fingerprint(pipe.stage_data(stage)), src=stage_dir,
+                      files=_files(stage_dir, stage), config=str(c), config_yaml=dump_yaml(cfg),
+                      figures=_figures(pipe, stage, stage_dir), root=root_dir)
+            built.append(name)
+    return built
