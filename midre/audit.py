@@ -572,7 +572,7 @@ class _Audit:
         self.keys = self._keys()
 
     def _given_eval(self) -> nn.Module:
-        from .checkpoint import load_model
+        from .loading import load_model
 
         model, meta = load_model(Path(self.spec.eval).expanduser(), device=self.device)
         if int(meta["num_classes"]) != len(self.data.class_names):
@@ -689,7 +689,7 @@ class _Audit:
         return {"target_top1": rec.meta["target_top1"], "queries": rec.meta.get("queries")}
 
     def _load_eval(self) -> nn.Module:
-        from .checkpoint import load_model
+        from .loading import load_model
 
         if self.eval_model is None:
             self.eval_model = load_model(self.out / "eval", device=self.device)[0]

@@ -13,24 +13,15 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 
-from .errors import CheckpointError, MidreError
-from .utils import atomic_path, atomic_write_json
+from .errors import CheckpointError
+from .utils import atomic_path, atomic_write_json, unwrap
 
 FORMAT = "midre-checkpoint"
 FORMAT_VERSION = 1
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """Strip wrappers (Opacus GradSampleModule, DataParallel, torch.compile) to the Classifier."""
-    while True:
-        inner = getattr(model, "_module", None) or getattr(model, "module", None) or getattr(model, "_orig_mod", None)
-        if isinstance(inner, nn.Module) and inner is not model:
-            model = inner
-        else:
-            return model
-
-
-def _paths(path: str | os.PathLike) -> tuple[Path, Path]:
+def checkpoint_files(path: str | os.PathLike) -> tuple[Path, Path]:
+    """(weights .safetensors, metadata .json) of a checkpoint given as a directory, stem or either file."""
     p = Path(path)
     if p.is_dir():
         p = p / "model"
@@ -46,7 +37,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict[str, A
     """
     from safetensors.torch import save_file
 
-    st_path, js_path = _paths(path)
+    st_path, js_path = checkpoint_files(path)
     model = unwrap(model)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     # safetensors refuses shared storage; clone tensors that alias each other.
@@ -64,7 +55,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict[str, A
 
 
 def read_meta(path: str | os.PathLike) -> dict[str, Any]:
-    st_path, js_path = _paths(path)
+    st_path, js_path = checkpoint_files(path)
     if not js_path.exists():
         if Path(path).exists() and not Path(path).is_dir() and Path(path).suffix not in (".json", ".safetensors"):
             raise CheckpointError(f"'{path}' is not a midre checkpoint; give the model.safetensors written by `midre train`")
@@ -105,47 +96,6 @@ def load_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"'{p}' does not hold a state dict of tensors; give a model checkpoint")
     return obj
-
-
-def build_from_meta(meta: dict[str, Any]) -> nn.Module:
-    """Create the architecture described by metadata and re-apply the defense's model surgery."""
-    from .defenses import build_defense
-    from .models import create_model
-
-    model = create_model(meta["arch"], num_classes=int(meta["num_classes"]), resolution=int(meta["resolution"]),
-                         **(meta.get("model_kwargs") or {}))
-    defense = build_defense(meta.get("defense"))
-    return defense.wrap_model(model)
-
-
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Load a midre checkpoint (dir / .safetensors / .json) -> (model in eval mode, metadata)."""
-    meta = read_meta(path)
-    st_path, _ = _paths(path)
-    state = load_state(st_path)
-    try:
-        model = build_from_meta(meta)
-    except MidreError as e:
-        raise CheckpointError(f"checkpoint '{st_path}' cannot be rebuilt: {e}") from None
-    missing, unexpected = [], []
-    own = model.state_dict()
-    for k in own:
-        if k not in state:
-            missing.append(k)
-    for k, v in state.items():
-        if k not in own:
-            unexpected.append(k)
-        elif own[k].shape != v.shape:
-            raise CheckpointError(
-                f"checkpoint '{st_path}' does not match its metadata: '{k}' has shape {tuple(v.shape)}, "
-                f"the {meta['arch']} model expects {tuple(own[k].shape)}; the file may come from another model")
-    if missing or unexpected:
-        what = f"missing '{missing[0]}'" if missing else f"unexpected '{unexpected[0]}'"
-        raise CheckpointError(f"checkpoint '{st_path}' does not match architecture '{meta['arch']}' ({what}); "
-                              "it was written for another model")
-    model.load_state_dict(state, strict=True)
-    model.to(device).eval()
-    return model, meta
 
 
 def check_compatible(meta: dict[str, Any], *, num_classes: Optional[int] = None, resolution: Optional[int] = None,

@@ -665,7 +665,7 @@ class _Pipeline:
                            f"{t.name} {arch}", public=self.public_set)
 
     def _load(self, path: Path):
-        from .checkpoint import load_model
+        from .loading import load_model
 
         return load_model(path, device=self.device)
 

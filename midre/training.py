@@ -25,11 +25,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch.utils.data import DataLoader, Dataset
 
 from . import tblog
-from .checkpoint import load_state, save_checkpoint, unwrap
+from .checkpoint import load_state, save_checkpoint
 from .defenses.base import Defense, StepContext, TrainContext, build_defense
 from .distributed import world as _world
 from .errors import ArgumentError, CheckpointError, RunDirError, TrainingDivergedError
-from .utils import atomic_path, derive_seed, make_progress, resolve_device, seed_everything
+from .utils import atomic_path, derive_seed, make_progress, resolve_device, seed_everything, unwrap
 
 
 class TrainConfig(BaseModel):
@@ -191,7 +191,7 @@ def train_classifier(model: nn.Module, train_set: Dataset, test_set: Optional[Da
     model = defense.wrap_model(model)
     model.to(device)
     ctx = TrainContext(model=model, train_set=train_set, test_set=test_set, public_set=public_set, config=cfg,
-                       device=device, out_dir=out, progress=progress)
+                       device=device, out_dir=out, progress=progress, train=train_classifier)
 
     history: list[dict[str, Any]] = []
     start_epoch = 0

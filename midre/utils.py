@@ -135,6 +135,17 @@ def config_hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=_json_default).encode()).hexdigest()[:16]
 
 
+# ----------------------------------------------------------------------------------------- models
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """Strip wrappers (Opacus GradSampleModule, DataParallel / DDP, torch.compile) to the Classifier."""
+    while True:
+        inner = getattr(model, "_module", None) or getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if isinstance(inner, torch.nn.Module) and inner is not model:
+            model = inner
+        else:
+            return model
+
+
 # ----------------------------------------------------------------------------------------- run lock
 class RunLock:
     """An exclusive lock on a run directory (fcntl advisory lock on ``DIR/.lock``).

@@ -58,7 +58,7 @@ def run_identical(tmp_path_factory):
 
 def test_feature_analysis_detects_a_perfect_attack(run_identical):
     from midre.analysis.features import extract_features, feature_analysis, overlap_table
-    from midre.checkpoint import load_model
+    from midre.loading import load_model
 
     res = feature_analysis(run_identical, max_images=6, seed=3)
     assert set(res["targets"]) == {"nodef", "midre-0.4"}            # default: NoDef + MIDRE nearest 0.4

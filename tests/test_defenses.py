@@ -158,7 +158,7 @@ def test_mid_test_time_prediction_sampled_by_default_or_the_mean():
 
 
 def test_mid_checkpoint_round_trip(tmp_path):
-    from midre.checkpoint import load_model
+    from midre.loading import load_model
 
     train = _set(32, 4)
     res = train_classifier(_tiny(), train, train, defense={"name": "mid", "k": 8}, config=_cfg(),
@@ -427,7 +427,7 @@ def test_mirad_on_plain_torchvision_resnet_and_non_residual_model():
 
 
 def test_rolss_checkpoint_round_trip(tmp_path):
-    from midre.checkpoint import load_model
+    from midre.loading import load_model
     from midre.models.small import last_stage_blocks
 
     res = train_classifier(_resnet(), _set(16, 4), None, defense="rolss", config=_cfg(), out_dir=tmp_path / "r",
@@ -495,7 +495,7 @@ def test_dp_clips_and_noises_per_sample_gradients(noise):
 
 
 def test_dp_training_reports_epsilon_and_saves_unwrapped_model(tmp_path):
-    from midre.checkpoint import load_model
+    from midre.loading import load_model
 
     d = build_defense({"name": "dp", "noise_multiplier": 1.0, "max_grad_norm": 1.0, "delta": 1e-3})
     res = train_classifier(_tiny(), _set(32, 4), None, defense=d, config=_cfg(epochs=2, batch_size=8, amp=True),

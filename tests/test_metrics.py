@@ -306,7 +306,7 @@ def attack_dir(tmp_path):
 
 
 def test_cli_evaluate_end_to_end(attack_dir, capsys, monkeypatch):
-    from midre.checkpoint import load_model
+    from midre.loading import load_model
     from midre.cli import main
     from midre.metrics import natural_accuracy
 

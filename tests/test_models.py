@@ -451,7 +451,8 @@ def test_weight_file_errors(tmp_path):
 
 
 def test_checkpoint_round_trip_keeps_architecture(tmp_path):
-    from midre.checkpoint import load_model, save_checkpoint
+    from midre.checkpoint import save_checkpoint
+    from midre.loading import load_model
 
     torch.manual_seed(0)
     model = create_model("smallresnet", 4, resolution=32, widths=[8, 16, 32], depths=[1, 1, 2]).eval()

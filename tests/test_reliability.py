@@ -329,7 +329,7 @@ def test_bad_input_gives_one_line_exit_2(case, tmp_path, capsys, monkeypatch):
     assert not _half_written(tmp_path, tmp_path / "out"), _half_written(tmp_path, tmp_path / "out")
     if case == "nan-loss-during-training":
         # the last good checkpoint (epoch 1) is kept and loads
-        from midre.checkpoint import load_model
+        from midre.loading import load_model
 
         model, meta = load_model(tmp_path / "out")
         assert meta["epoch"] == 1 and all(torch.isfinite(p).all() for p in model.parameters())

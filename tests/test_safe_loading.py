@@ -86,7 +86,7 @@ def test_load_state_refuses(evil, tmp_path, suffix):
 
 
 def test_load_model_refuses_a_pickle_in_place_of_the_weights(evil, tmp_path):
-    from midre.checkpoint import load_model
+    from midre.loading import load_model
 
     make, marker = evil
     st = _tiny_ckpt(tmp_path / "ck")

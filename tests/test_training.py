@@ -3,7 +3,8 @@ import json
 import pytest
 import torch
 
-from midre.checkpoint import load_model, save_checkpoint
+from midre.checkpoint import save_checkpoint
+from midre.loading import load_model
 from midre.defenses.base import Defense, build_defense
 from midre.errors import ArgumentError, CheckpointError, TrainingDivergedError
 from midre.models import create_model

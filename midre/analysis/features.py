@@ -250,7 +250,7 @@ def feature_analysis(run_dir: str | Path, targets: Optional[Sequence[str]] = Non
         The JSON-able result (also written to ``features.json``).
     """
     from ..attacks.base import Reconstructions
-    from ..checkpoint import load_model
+    from ..loading import load_model
     from ..report import _private_images
 
     run_dir = Path(run_dir)

@@ -69,7 +69,8 @@ def _load_target_dataset(meta: dict[str, Any]):
 
 def run(args: argparse.Namespace) -> int:
     from ..attacks import ATTACKS, adaptive_eraser_from_meta, build_attack
-    from ..checkpoint import load_model, read_meta
+    from ..checkpoint import read_meta
+    from ..loading import load_model
     from ..errors import ArgumentError, CheckpointError, DataError, MidreError
     from ..priors import assert_public_only
     from ..utils import parse_id_ranges, resolve_device

@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from ..attacks.base import Reconstructions
-    from ..checkpoint import load_model
+    from ..loading import load_model
     from .common import in_memory
     from ..errors import ArgumentError, CheckpointError, DataError
     from ..metrics import evaluate_reconstructions, format_metrics_table

@@ -45,6 +45,9 @@ class TrainContext:
     out_dir: Any = None
     progress: bool = True
     extra: dict = field(default_factory=dict)
+    # the training loop itself (midre.training.train_classifier), for defenses that pre-train a model
+    # (TL-DMI): a defense never imports the trainer that imports it
+    train: Optional[Callable[..., Any]] = None
 
 
 @dataclass

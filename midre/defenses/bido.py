@@ -154,7 +154,7 @@ class BiDO(Defense):
 
     def attach(self, model: nn.Module) -> None:
         """Hook the chosen blocks of ``model`` (idempotent)."""
-        from ..checkpoint import unwrap
+        from ..utils import unwrap
 
         model = unwrap(model)
         if self._hooked is model:
@@ -191,7 +191,7 @@ class BiDO(Defense):
         return _MEASURE_FN[self.measure](K, L)
 
     def regularizer(self, ctx: StepContext) -> Optional[torch.Tensor]:
-        from ..checkpoint import unwrap
+        from ..utils import unwrap
 
         if self._hooked is not unwrap(ctx.model):
             raise ArgumentError("bido: hooks are not attached to this model; the trainer calls prepare(ctx) first")

@@ -18,7 +18,7 @@ Choices made here (documented, parameters):
   ``sample_at_test=False`` predicts with the mean ``z = mu``: one fixed function (deterministic
   logits, e.g. for deployment or for isolating the bottleneck's effect from the sampling noise).
   A checkpoint records the choice in its defense parameters and is reloaded with it.
-- ``wrap_model`` only builds the bottleneck head (architecture); :func:`midre.checkpoint.load_model`
+- ``wrap_model`` only builds the bottleneck head (architecture); :func:`midre.loading.load_model`
   re-applies it before loading the weights, so a MID checkpoint round-trips.
 """
 from __future__ import annotations
@@ -109,7 +109,7 @@ class MID(Defense):
         return model
 
     def regularizer(self, ctx: StepContext) -> Optional[torch.Tensor]:
-        from ..checkpoint import unwrap
+        from ..utils import unwrap
 
         head = getattr(unwrap(ctx.model), "head", None)
         if not isinstance(head, VIBHead):

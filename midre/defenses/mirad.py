@@ -25,7 +25,7 @@ listed by ``model.stage_names`` (see :mod:`midre.models.small`).  A plain torchv
 ``BasicBlock`` / ``Bottleneck`` found in a foreign model is switched to midre's ``skip_scale``
 subclass (same parameters, same state-dict keys).  Non-residual models are refused with one line.
 
-``wrap_model`` sets the deployed skip scales (deterministic: :func:`midre.checkpoint.load_model`
+``wrap_model`` sets the deployed skip scales (deterministic: :func:`midre.loading.load_model`
 re-applies it); for TTS, ``on_epoch_start`` switches the scales between the two stages.
 """
 from __future__ import annotations
@@ -61,7 +61,7 @@ def _adopt_torchvision_blocks(model: nn.Module) -> int:
 
 def target_blocks(model: nn.Module, stages: int = 1) -> list[nn.Module]:
     """Residual blocks of the last ``stages`` stages of ``model`` (raises on a non-residual model)."""
-    from ..checkpoint import unwrap
+    from ..utils import unwrap
     from ..models.small import last_stage_blocks, residual_stages
 
     model = unwrap(model)

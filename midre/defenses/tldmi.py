@@ -172,7 +172,6 @@ class TLDMI(Defense):
     def pretrain(self, model: nn.Module, ctx: TrainContext) -> None:
         import copy
 
-        from ..training import TrainConfig, train_classifier
         from ..utils import derive_seed
 
         public = ctx.public_set
@@ -192,19 +191,21 @@ class TLDMI(Defense):
         temp.head = nn.Linear(int(feature_dim), len(mapping))
         temp.num_classes = len(mapping)
         cfg = ctx.config
-        pcfg = TrainConfig(epochs=self.pretrain_epochs, batch_size=self.pretrain_batch_size,
-                           optimizer=self.pretrain_optimizer, lr=self.pretrain_lr,
-                           device=str(ctx.device), seed=derive_seed(getattr(cfg, "seed", 0), "tldmi-pretrain"),
-                           amp=bool(getattr(cfg, "amp", True)), num_workers=int(getattr(cfg, "num_workers", 0)))
-        res = train_classifier(temp, data, None, defense=None, config=pcfg, progress=ctx.progress,
-                               description="TL-DMI pre-training (public)")
+        pcfg = {"epochs": self.pretrain_epochs, "batch_size": self.pretrain_batch_size,
+                "optimizer": self.pretrain_optimizer, "lr": self.pretrain_lr, "device": str(ctx.device),
+                "seed": derive_seed(getattr(cfg, "seed", 0), "tldmi-pretrain"),
+                "amp": bool(getattr(cfg, "amp", True)), "num_workers": int(getattr(cfg, "num_workers", 0))}
+        if ctx.train is None:
+            raise ArgumentError("tldmi pre-training runs inside midre's training loop (midre.training.train_classifier)")
+        res = ctx.train(temp, data, None, defense=None, config=pcfg, progress=ctx.progress,
+                        description="TL-DMI pre-training (public)")
         model.backbone.load_state_dict(res.model.backbone.state_dict())
         hist = res.history[-1] if res.history else {}
         self.pretrain_report = {"tldmi_public_classes": len(mapping),
                                 "tldmi_pretrain_train_acc": hist.get("train_acc")}
 
     def prepare(self, ctx: TrainContext) -> None:
-        from ..checkpoint import unwrap
+        from ..utils import unwrap
 
         model = unwrap(ctx.model)
         if not ctx.extra.get("resuming", False):
