@@ -834,7 +834,7 @@ def plot_nearest_pairs(attack: str, adir: Path, nearest: dict, private: Any, cla
     """A grid of (reconstruction | nearest private image) pairs, one pair per attacked class."""
     from .attacks.base import Reconstructions
     from .plotting import pyplot, save_fig
-    from .report import _to_hwc
+    from .results import to_hwc
 
     if not nearest:
         return None
@@ -852,7 +852,7 @@ def plot_nearest_pairs(attack: str, adir: Path, nearest: dict, private: Any, cla
         for j, (img, label) in enumerate(((rec.images[nn_["recon"]], f"{name}\nreconstruction"),
                                           (private[nn_["private"]][0], f"nearest private\nd² {nn_['sq_dist']:.3g}"))):
             ax = axes[r][2 * c0 + j]
-            arr, cmap = _to_hwc(img)
+            arr, cmap = to_hwc(img)
             ax.imshow(arr, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
             ax.set_title(label, fontsize=8)
     fig.suptitle(f"{attack}: reconstruction | nearest private training image", fontsize=10)
@@ -876,7 +876,7 @@ def _verdict_section(v: dict, spec: AuditSpec, info: dict) -> tuple[str, str]:
 
 
 def _gates_section(gate_list: Sequence[dict]) -> tuple[str, str]:
-    from .report import fmt, html_table, md_table
+    from .results import fmt, html_table, md_table
 
     head = ["gate", "value (%)", "threshold (%)", "passed", "what it measures / fix"]
     body = [[g["gate"], fmt(g["value"], 1), fmt(g["threshold"], 0), "yes" if g["passed"] else "NO",
