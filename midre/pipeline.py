@@ -504,7 +504,7 @@ class _Pipeline:
 
     # ------------------------------------------------------------------ data
     def _data(self) -> None:
-        from .cli.common import in_memory
+        from .data.base import in_memory
         from .data import load_dataset
 
         cfg = self.cfg
@@ -859,7 +859,7 @@ def _init_key(train: dict, keys: dict[str, str]) -> dict[str, str]:
         return {}
     if init.startswith("zoo:"):
         return {"init": keys[f"backbones/{init[4:]}"]}
-    from .zoo import sha256_file
+    from .utils import sha256_file
 
     try:
         return {"init": sha256_file(Path(init).expanduser())}
@@ -893,8 +893,7 @@ def _pretraining_pool(splits: Any, dataset: str, options: dict, bname: str) -> A
 
 def _pool_sets(splits: Any, dataset: str, pool: str, options: dict, bname: str, seed: int) -> tuple[Any, Any, int]:
     """(train, test, classes) of a backbone's pretraining pool, labels relabelled 0..K-1, 10 % held out."""
-    from .cli.common import in_memory
-    from .data.base import TensorImageSet
+    from .data.base import TensorImageSet, in_memory
 
     src = _pretraining_pool(splits, dataset, options, bname) if pool == "pretrain" else splits.public
     if src is None or len(src) == 0:

@@ -135,6 +135,14 @@ def config_hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=_json_default).encode()).hexdigest()[:16]
 
 
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 # ----------------------------------------------------------------------------------------- models
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """Strip wrappers (Opacus GradSampleModule, DataParallel / DDP, torch.compile) to the Classifier."""
