@@ -511,25 +511,9 @@ class _Audit:
 
     # ------------------------------------------------------------------ stages (keys in run.json)
     def _stage(self, name: str, key: str, fn, label: str) -> None:
-        from .pipeline import peak_rss_mib
-
         self._count += 1
-        head = f"[{self._count}/{self.n_units}]"
-        if self.state.is_done(name, key):
-            self.console.print(f"[dim]{head} {label}: done earlier, skipped[/dim]")
-            return
-        self.console.print(f"[bold cyan]{head}[/bold cyan] {label}")
-        self.state.start(name, key)
-        t0 = time.perf_counter()
-        try:
-            extra = fn() or {}
-        except BaseException:
-            self.state.interrupted(name, time.perf_counter() - t0)
-            self.state.save(status="interrupted")
-            raise
-        secs = time.perf_counter() - t0
-        self.state.done(name, key, secs, peak_rss_mib=round(peak_rss_mib(), 1), **extra)
-        self.console.print(f"[dim]    {name} finished in {secs:.1f}s[/dim]")
+        self.state.run_stage(name, key, fn, label, f"[{self._count}/{self.n_units}]", self.console,
+                             cpu_seconds=False, note_memory=False)
 
     def _keys(self) -> dict[str, str]:
         s = self.spec
