@@ -111,7 +111,7 @@ def _bare_losses(n):
 
 def _rows(args, n) -> list[tuple[str, str, float, float]]:
     from midre.attacks import build_attack
-    from midre.attacks.base import max_margin_loss
+    from midre.losses import max_margin_loss
     from midre.attacks.plgmi import random_views
 
     dev, b, ids, G = n["dev"], args.batch, n["ids"], n["G"]

@@ -9,3 +9,4 @@ Data flow::
 __version__ = "0.1.0"
 
 from .errors import MidreError  # noqa: F401
+from . import plugins  # noqa: F401,E402  (installs the registries' entry-point plugin loader)

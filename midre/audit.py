@@ -511,25 +511,9 @@ class _Audit:
 
     # ------------------------------------------------------------------ stages (keys in run.json)
     def _stage(self, name: str, key: str, fn, label: str) -> None:
-        from .pipeline import peak_rss_mib
-
         self._count += 1
-        head = f"[{self._count}/{self.n_units}]"
-        if self.state.is_done(name, key):
-            self.console.print(f"[dim]{head} {label}: done earlier, skipped[/dim]")
-            return
-        self.console.print(f"[bold cyan]{head}[/bold cyan] {label}")
-        self.state.start(name, key)
-        t0 = time.perf_counter()
-        try:
-            extra = fn() or {}
-        except BaseException:
-            self.state.interrupted(name, time.perf_counter() - t0)
-            self.state.save(status="interrupted")
-            raise
-        secs = time.perf_counter() - t0
-        self.state.done(name, key, secs, peak_rss_mib=round(peak_rss_mib(), 1), **extra)
-        self.console.print(f"[dim]    {name} finished in {secs:.1f}s[/dim]")
+        self.state.run_stage(name, key, fn, label, f"[{self._count}/{self.n_units}]", self.console,
+                             cpu_seconds=False, note_memory=False)
 
     def _keys(self) -> dict[str, str]:
         s = self.spec
@@ -834,7 +818,7 @@ def plot_nearest_pairs(attack: str, adir: Path, nearest: dict, private: Any, cla
     """A grid of (reconstruction | nearest private image) pairs, one pair per attacked class."""
     from .attacks.base import Reconstructions
     from .plotting import pyplot, save_fig
-    from .report import _to_hwc
+    from .results import to_hwc
 
     if not nearest:
         return None
@@ -852,7 +836,7 @@ def plot_nearest_pairs(attack: str, adir: Path, nearest: dict, private: Any, cla
         for j, (img, label) in enumerate(((rec.images[nn_["recon"]], f"{name}\nreconstruction"),
                                           (private[nn_["private"]][0], f"nearest private\nd² {nn_['sq_dist']:.3g}"))):
             ax = axes[r][2 * c0 + j]
-            arr, cmap = _to_hwc(img)
+            arr, cmap = to_hwc(img)
             ax.imshow(arr, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
             ax.set_title(label, fontsize=8)
     fig.suptitle(f"{attack}: reconstruction | nearest private training image", fontsize=10)
@@ -876,7 +860,7 @@ def _verdict_section(v: dict, spec: AuditSpec, info: dict) -> tuple[str, str]:
 
 
 def _gates_section(gate_list: Sequence[dict]) -> tuple[str, str]:
-    from .report import fmt, html_table, md_table
+    from .results import fmt, html_table, md_table
 
     head = ["gate", "value (%)", "threshold (%)", "passed", "what it measures / fix"]
     body = [[g["gate"], fmt(g["value"], 1), fmt(g["threshold"], 0), "yes" if g["passed"] else "NO",

@@ -390,6 +390,23 @@ def load_raw(source: str | os.PathLike, _seen: Optional[list[Path]] = None,
     return deep_merge(merged, data)
 
 
+def raw_config(config: Any) -> dict[str, Any]:
+    """A raw (unvalidated) config dict from a RunConfig, a dict (its ``extends`` resolved) or a
+    name / path (via :func:`load_raw`)."""
+    if isinstance(config, RunConfig):
+        return config.to_dict()
+    if isinstance(config, dict):
+        raw = copy.deepcopy(config)
+        if "extends" in raw:
+            parents = raw.pop("extends")
+            merged: dict = {}
+            for p in [parents] if isinstance(parents, str) else list(parents):
+                merged = deep_merge(merged, load_raw(p))
+            raw = deep_merge(merged, raw)
+        return raw
+    return load_raw(config)
+
+
 def set_override(data: dict, key: str, value: Any) -> dict:
     """Apply ``a.b.0.c=value`` (``--set``) to a raw config mapping in place; returns it."""
     parts = key.split(".")

@@ -216,6 +216,30 @@ class RunState:
         rec["seconds"] = round(float(rec.get("seconds_before", 0.0)) + seconds, 3)
         self.save()
 
+    def run_stage(self, name: str, key: str, fn: Callable[[], Any], label: str, head: str, console: Any, *,
+                  cpu_seconds: bool = True, note_memory: bool = True) -> Optional[dict]:
+        """Run ``fn`` unless stage ``name`` is done with ``key``: announce it, record its start, time it,
+        mark it interrupted (and re-raise) on any exception, else record it done with the peak memory
+        (and CPU seconds) plus the fields ``fn`` returns.  Returns those fields, None when skipped."""
+        if self.is_done(name, key):
+            console.print(f"[dim]{head} {label}: done earlier, skipped[/dim]")
+            return None
+        console.print(f"[bold cyan]{head}[/bold cyan] {label}")
+        self.start(name, key)
+        t0, c0 = time.perf_counter(), time.process_time()
+        try:
+            extra = fn() or {}
+        except BaseException:
+            self.interrupted(name, time.perf_counter() - t0)
+            self.save(status="interrupted")
+            raise
+        secs = time.perf_counter() - t0
+        cpu = {"cpu_seconds": round(time.process_time() - c0, 3)} if cpu_seconds else {}
+        self.done(name, key, secs, peak_rss_mib=round(peak_rss_mib(), 1), **cpu, **extra)
+        memory = f" (peak memory {peak_rss_mib():.0f} MiB)" if note_memory else ""
+        console.print(f"[dim]    {name} finished in {secs:.1f}s{memory}[/dim]")
+        return extra
+
     def interrupted(self, name: str, seconds: float) -> None:
         rec = self.stages.get(name)
         if rec is not None and rec.get("status") == "running":
@@ -396,27 +420,15 @@ class _Pipeline:
     # ------------------------------------------------------------------ stage wrapper
     def _stage(self, name: str, fn: Callable[[], Any], label: str, derived: bool = False) -> Any:
         """Run ``fn`` unless ``name`` is done with the same key; record timings in run.json."""
-        key = self.keys[name]
         self._count += 1
-        head = f"[{self._count}/{self.n_units}]"
-        if self.state.is_done(name, key):
-            self.console.print(f"[dim]{head} {label}: done earlier, skipped[/dim]")
-            return None
-        self.console.print(f"[bold cyan]{head}[/bold cyan] {label}")
-        self.state.start(name, key)
-        t0, c0 = time.perf_counter(), time.process_time()
-        try:
+
+        def guarded() -> Any:
             _crash_point(name)
-            extra = fn() or {}
-        except BaseException:
-            self.state.interrupted(name, time.perf_counter() - t0)
-            self.state.save(status="interrupted")
-            raise
-        secs = time.perf_counter() - t0
-        self.state.done(name, key, secs, peak_rss_mib=round(peak_rss_mib(), 1),
-                        cpu_seconds=round(time.process_time() - c0, 3), **extra)
-        self.console.print(f"[dim]    {name} finished in {secs:.1f}s (peak memory {peak_rss_mib():.0f} MiB)[/dim]")
-        if self.on_stage is not None:
+            return fn()
+
+        extra = self.state.run_stage(name, self.keys[name], guarded, label, f"[{self._count}/{self.n_units}]",
+                                     self.console)
+        if extra is not None and self.on_stage is not None:
             self.on_stage(name)
         return extra
 
@@ -504,7 +516,7 @@ class _Pipeline:
 
     # ------------------------------------------------------------------ data
     def _data(self) -> None:
-        from .cli.common import in_memory
+        from .data.base import in_memory
         from .data import load_dataset
 
         cfg = self.cfg
@@ -859,7 +871,7 @@ def _init_key(train: dict, keys: dict[str, str]) -> dict[str, str]:
         return {}
     if init.startswith("zoo:"):
         return {"init": keys[f"backbones/{init[4:]}"]}
-    from .zoo import sha256_file
+    from .utils import sha256_file
 
     try:
         return {"init": sha256_file(Path(init).expanduser())}
@@ -893,8 +905,7 @@ def _pretraining_pool(splits: Any, dataset: str, options: dict, bname: str) -> A
 
 def _pool_sets(splits: Any, dataset: str, pool: str, options: dict, bname: str, seed: int) -> tuple[Any, Any, int]:
     """(train, test, classes) of a backbone's pretraining pool, labels relabelled 0..K-1, 10 % held out."""
-    from .cli.common import in_memory
-    from .data.base import TensorImageSet
+    from .data.base import TensorImageSet, in_memory
 
     src = _pretraining_pool(splits, dataset, options, bname) if pool == "pretrain" else splits.public
     if src is None or len(src) == 0:

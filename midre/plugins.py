@@ -28,6 +28,8 @@ import re
 import sys
 from typing import Any, Callable
 
+from .registry import set_plugin_hooks
+
 GROUPS = {"midre.defenses": "midre.defenses", "midre.attacks": "midre.attacks",
           "midre.models": "midre.models", "midre.datasets": "midre.data"}   # group -> package of built-ins
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -186,3 +188,6 @@ _CHECKS: dict[str, Callable[[Any, str], dict]] = {
     "midre.defenses": _check_defense, "midre.attacks": _check_attack,
     "midre.models": _check_model, "midre.datasets": _check_dataset,
 }
+
+
+set_plugin_hooks(load_into, evicted)

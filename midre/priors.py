@@ -47,7 +47,9 @@ from .errors import ArgumentError, CheckpointError, DataError, did_you_mean
 from .models.generators import (CondGenerator, DCGANDiscriminator, DCGANGenerator, ProjectionDiscriminator,
                                 build_gan_module)
 from . import tblog
-from .utils import atomic_path, atomic_write_json, config_hash, make_progress, resolve_device
+from .gan_state import GanResume, load_module, load_safetensors
+from .losses import max_margin_loss
+from .utils import atomic_path, atomic_write_json, config_hash, make_progress, model_fingerprint, resolve_device
 
 PRIOR_KINDS = ("gan", "kedmi", "cgan", "lomma", "stylegan2")
 TARGET_FREE_KINDS = ("gan", "stylegan2")       # shared by all targets (trained without the target)
@@ -140,17 +142,6 @@ def data_fingerprint(imageset: Any) -> str:
     return h.hexdigest()[:16]
 
 
-def model_fingerprint(model: Optional[nn.Module]) -> Optional[str]:
-    """sha256 of a model's state dict (the cache key of per-target priors)."""
-    if model is None:
-        return None
-    h = hashlib.sha256()
-    for k, v in sorted(model.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes() if v.numel() else b"")
-    return h.hexdigest()[:16]
-
-
 def _image_hashes(imageset: Any) -> set[bytes]:
     ts = imageset.to_tensors()
     flat = ts.images.reshape(len(ts.images), -1).contiguous().numpy()
@@ -234,109 +225,24 @@ class Prior:
             raise CheckpointError(f"'{js}' is corrupt; delete '{out}' to retrain the prior") from None
         if meta.get("format") != PRIOR_FORMAT:
             raise CheckpointError(f"'{js}' is not a midre prior; delete it or choose another --prior-dir")
-        state = _load_st(st)
+        state = load_safetensors(st)
         kind = meta["kind"]
         prior = cls(kind=kind, meta={k: v for k, v in meta.items() if k not in ("format", "kind")})
         if meta.get("generator"):
-            prior.generator = _load_module(build_gan_module(meta["generator"]["class"], meta["generator"]["config"]),
-                                           state, "G.", st)
+            prior.generator = load_module(build_gan_module(meta["generator"]["class"], meta["generator"]["config"]),
+                                          state, "G.", st)
         if meta.get("discriminator"):
-            prior.discriminator = _load_module(
+            prior.discriminator = load_module(
                 build_gan_module(meta["discriminator"]["class"], meta["discriminator"]["config"]), state, "D.", st)
         if meta.get("aug_models"):
             from .models import create_model
 
             for i, a in enumerate(meta["aug_models"]):
                 m = create_model(a["arch"], num_classes=int(a["num_classes"]), resolution=int(a["resolution"]))
-                prior.aug_models.append(_load_module(m, state, f"aug{i}.", st))
+                prior.aug_models.append(load_module(m, state, f"aug{i}.", st))
         if "p_reg" in state:
             prior.p_reg = state["p_reg"]
         return prior.to("cpu")
-
-
-def _load_st(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"'{path}' is truncated or corrupt ({str(e)[:60]}); delete its directory to retrain") from None
-
-
-def _load_module(m: nn.Module, state: dict[str, torch.Tensor], prefix: str, where: Path) -> nn.Module:
-    sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    try:
-        m.load_state_dict(sub, strict=True)
-    except RuntimeError as e:
-        raise CheckpointError(f"'{where}' does not match its metadata ({str(e).splitlines()[0][:80]}); "
-                              "delete its directory to retrain") from None
-    return m.eval()
-
-
-# ================================================================================ resume state
-def _flat_opt(opt: torch.optim.Optimizer, prefix: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    sd = opt.state_dict()
-    tensors: dict[str, torch.Tensor] = {}
-    for pid, st in sd["state"].items():
-        for k, v in st.items():
-            tensors[f"{prefix}.{pid}.{k}"] = (v if isinstance(v, torch.Tensor) else torch.tensor(v)).detach().cpu().clone()
-    return tensors, {"param_groups": sd["param_groups"]}
-
-
-def _restore_opt(opt: torch.optim.Optimizer, prefix: str, tensors: dict[str, torch.Tensor], info: dict) -> None:
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for k, v in tensors.items():
-        if k.startswith(prefix + "."):
-            _, pid, name = k.split(".", 2)
-            state.setdefault(int(pid), {})[name] = v
-    opt.load_state_dict({"state": state, "param_groups": info["param_groups"]})
-
-
-class _Resume:
-    """Resume state of a GAN training: modules + optimizers + RNG + iteration, in safetensors + JSON."""
-
-    def __init__(self, root: Path):
-        self.st, self.js = root / "state.safetensors", root / "state.json"
-
-    def save(self, it: int, modules: dict[str, nn.Module], opts: dict[str, torch.optim.Optimizer],
-             gen: torch.Generator, extra: Optional[dict[str, torch.Tensor]] = None) -> None:
-        from safetensors.torch import save_file
-
-        tensors: dict[str, torch.Tensor] = {"rng": gen.get_state().clone()}
-        info: dict[str, Any] = {"iteration": it, "opts": {}}
-        for name, m in modules.items():
-            tensors.update({f"{name}.{k}": v.detach().cpu().contiguous().clone() for k, v in m.state_dict().items()})
-        for name, o in opts.items():
-            t, i = _flat_opt(o, f"opt_{name}")
-            tensors.update(t)
-            info["opts"][name] = i
-        for k, v in (extra or {}).items():
-            tensors[f"extra.{k}"] = v.detach().cpu().contiguous().clone()
-        with atomic_path(self.st) as tmp:
-            save_file(tensors, str(tmp))
-        atomic_write_json(self.js, info)
-
-    def load(self, modules: dict[str, nn.Module], opts: dict[str, torch.optim.Optimizer],
-             gen: torch.Generator) -> tuple[int, dict[str, torch.Tensor]]:
-        if not (self.st.exists() and self.js.exists()):
-            return 0, {}
-        try:
-            info = json.loads(self.js.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return 0, {}
-        tensors = _load_st(self.st)
-        for name, m in modules.items():
-            _load_module(m, tensors, f"{name}.", self.st).train()
-        for name, o in opts.items():
-            _restore_opt(o, f"opt_{name}", tensors, info["opts"][name])
-        gen.set_state(tensors["rng"])
-        extra = {k[len("extra."):]: v for k, v in tensors.items() if k.startswith("extra.")}
-        return int(info["iteration"]), extra
-
-    def clear(self) -> None:
-        self.st.unlink(missing_ok=True)
-        self.js.unlink(missing_ok=True)
 
 
 # ================================================================================ training
@@ -431,7 +337,7 @@ def _gan_loop(kind: str, cfg: PriorConfig, data: _Data, target: Optional[nn.Modu
     D.to(dev).train()
     optG = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=cfg.betas)
     optD = torch.optim.Adam(D.parameters(), lr=cfg.lr, betas=cfg.betas)
-    resume = _Resume(root)
+    resume = GanResume(root)
     start, _ = resume.load({"G": G, "D": D}, {"G": optG, "D": optD}, gen)
     stop = cfg.iterations if until is None else min(cfg.iterations, until)
     bs = cfg.batch_size
@@ -477,8 +383,6 @@ def _gan_loop(kind: str, cfg: PriorConfig, data: _Data, target: Optional[nn.Modu
                 fake = G(z, yf)
                 g_loss = -D(fake, yf).mean()
                 if cfg.alpha > 0:
-                    from .attacks.base import max_margin_loss
-
                     g_loss = g_loss + cfg.alpha * max_margin_loss(target(fake), yf).mean()
             optG.zero_grad(set_to_none=True)
             g_loss.backward()
@@ -522,7 +426,7 @@ def _lomma(cfg: PriorConfig, data: _Data, target: nn.Module, root: Path, gen: to
     E = cfg.distill_epochs
     models = [create_model(a, num_classes=K, resolution=res).to(dev) for a in archs]
     opts = [torch.optim.SGD(m.parameters(), lr=cfg.distill_lr, momentum=0.9, weight_decay=1e-4) for m in models]
-    resume = _Resume(root)
+    resume = GanResume(root)
     # resume granularity: one epoch of one augmented model ("iteration" = epochs done over all models)
     done = 0
     if resume.js.exists():
@@ -665,7 +569,7 @@ def train_prior(kind: str, public_set: Any, target: Optional[nn.Module] = None, 
                 p.requires_grad_(f)
     if complete and root is not None:
         prior.save(root)
-        _Resume(root).clear()
+        GanResume(root).clear()
     if out_dir is None:
         import shutil
 

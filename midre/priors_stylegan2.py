@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import ArgumentError, DataError, TrainingDivergedError, did_you_mean
+from .gan_state import GanResume
 from .models.stylegan2 import Discriminator, Generator, load_generator
 from .utils import config_hash, make_progress
 
@@ -150,8 +151,6 @@ def train_stylegan2(cfg: StyleGAN2PriorConfig, data: Any, root: Path, gen: torch
     Resume state (G, D, G_ema, both optimisers, the RNG) is written to ``root`` every ``ckpt_every``
     iterations by midre.priors' resume helper; a second call continues from it.
     """
-    from .priors import _Resume
-
     dev = data.device
     res, ch = int(data.images.shape[-1]), int(data.images.shape[1])
     if res < 8 or res & (res - 1):
@@ -163,7 +162,7 @@ def train_stylegan2(cfg: StyleGAN2PriorConfig, data: Any, root: Path, gen: torch
     optG = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=cfg.betas, eps=1e-8)
     c = cfg.r1_interval / (cfg.r1_interval + 1) if cfg.r1_gamma > 0 else 1.0   # lazy-regularisation correction
     optD = torch.optim.Adam(D.parameters(), lr=cfg.lr * c, betas=(cfg.betas[0] ** c, cfg.betas[1] ** c), eps=1e-8)
-    resume = _Resume(root)
+    resume = GanResume(root)
     mods, opts = {"G": G, "D": D, "G_ema": G_ema}, {"G": optG, "D": optD}
     start, _ = resume.load(mods, opts, gen)
     G_ema.eval()

@@ -7,6 +7,16 @@ from .errors import unknown_name
 
 T = TypeVar("T")
 
+# The plugin loader, (load_into(registry), evicted(registry, key, package)): installed by
+# :mod:`midre.plugins` (imported by the ``midre`` package), so this module imports no plugin code.
+_plugin_hooks: Optional[tuple[Callable[[Any], None], Callable[[Any, str, str], None]]] = None
+
+
+def set_plugin_hooks(load_into: Callable[[Any], None], evicted: Callable[[Any, str, str], None]) -> None:
+    """Install the entry-point plugin loader every registry with a ``group`` calls lazily."""
+    global _plugin_hooks
+    _plugin_hooks = (load_into, evicted)
+
 
 class Registry(Generic[T]):
     def __init__(self, kind: str, group: Optional[str] = None):
@@ -17,10 +27,8 @@ class Registry(Generic[T]):
         self._info: Dict[str, Dict[str, Any]] = {}
 
     def _plugins(self) -> None:
-        if not self._plugins_done:
-            from .plugins import load_into
-
-            load_into(self)
+        if not self._plugins_done and _plugin_hooks is not None:
+            _plugin_hooks[0](self)
 
     def register(self, name: str, **info: Any) -> Callable[[Callable[..., T]], Callable[..., T]]:
         """Decorator: ``@MODELS.register("resnet18", description="...")``."""
@@ -31,9 +39,8 @@ class Registry(Generic[T]):
                 owner = self._info[key].get("plugin")
                 if not owner or info.get("plugin"):
                     raise RuntimeError(f"{self.kind} '{name}' registered twice")
-                from .plugins import evicted   # a built-in registered after a plugin took its name
-
-                evicted(self, key, owner)
+                if _plugin_hooks is not None:   # a built-in registered after a plugin took its name
+                    _plugin_hooks[1](self, key, owner)
             self._items[key] = fn
             doc = (fn.__doc__ or "").strip().splitlines()
             self._info[key] = {"description": doc[0] if doc else "", **info}

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+from .config import raw_config
 from .errors import ArgumentError, ConfigError, MidreError, RunDirError
 from .utils import atomic_write_json, atomic_write_text, config_hash, make_progress, read_json
 
@@ -148,25 +149,6 @@ def trial_config(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]
     return raw
 
 
-def _load_raw(config: Any) -> dict[str, Any]:
-    from .config import RunConfig, load_raw
-
-    if isinstance(config, RunConfig):
-        return config.to_dict()
-    if isinstance(config, dict):
-        raw = copy.deepcopy(config)
-        if "extends" in raw:
-            from .config import deep_merge
-
-            parents = raw.pop("extends")
-            merged: dict = {}
-            for p in [parents] if isinstance(parents, str) else list(parents):
-                merged = deep_merge(merged, load_raw(p))
-            raw = deep_merge(merged, raw)
-        return raw
-    return load_raw(config)
-
-
 # ----------------------------------------------------------------------------------------- one trial
 def run_trial(raw_config: dict[str, Any], trial_dir: str, resume: bool = True, progress: bool = False,
               num_threads: Optional[int] = None) -> dict[str, Any]:
@@ -189,7 +171,7 @@ def run_trial(raw_config: dict[str, Any], trial_dir: str, resume: bool = True, p
 
 def collect_trial_rows(trial_dir: Path) -> list[dict[str, Any]]:
     """Results rows of a trial directory (its results table, or its seed-<s>/ pipelines' tables)."""
-    from .report import load_results
+    from .results import load_results
 
     rows = load_results(trial_dir)
     if rows:
@@ -235,7 +217,7 @@ def _write_state(out_dir: Path, spec: SweepSpec, backend: str) -> None:
 
 
 def _write_table(out_dir: Path, spec: SweepSpec, rows_by_trial: dict[int, list[dict]]) -> tuple[list[dict], Path]:
-    from .report import RESULT_COLUMNS, write_results_table
+    from .results import RESULT_COLUMNS, write_results_table
 
     rows = []
     for t in spec.trials:
@@ -276,7 +258,7 @@ def run_sweep(config: Any, out_dir: str | Path, backend: Optional[str] = None, a
         SweepResult with the trials' status and the collected rows.  Failed trials are recorded in
         ``sweep.json`` with their error; the others still run and are collected.
     """
-    raw = _load_raw(config)
+    raw = raw_config(config)
     spec = parse_sweep(raw)
     backend = backend or spec.backend
     if backend not in BACKENDS:

@@ -44,7 +44,7 @@ QUESTION = "Which reconstructed image shows the same person as the private image
 
 # ============================================================================ choosing what to show
 def _attacks(art_dir: Path) -> dict[str, dict[str, Path]]:
-    from .report import attack_dirs
+    from .results import attack_dirs
 
     out: dict[str, dict[str, Path]] = {}
     for target, attack, adir in attack_dirs(art_dir):
@@ -53,7 +53,7 @@ def _attacks(art_dir: Path) -> dict[str, dict[str, Path]]:
 
 
 def _choose(run_dir: Path, attack: Optional[str], defenses: Optional[Sequence[str]]) -> tuple[Path, str, list[str], dict]:
-    from .report import artefact_dir
+    from .results import artefact_dir
 
     if not run_dir.is_dir():
         raise ArgumentError(f"run directory '{run_dir}' does not exist; give the --out of a `midre run`")
@@ -133,14 +133,14 @@ def make_study(run_dir: str | Path, out: Optional[str | Path] = None, *, attack:
                base_url: str = "", title: Optional[str] = None) -> Path:
     """Build the study page, key, CSV and images from ``run_dir``; returns the output directory."""
     from .attacks.base import Reconstructions
-    from .report import _private_images
+    from .results import private_images
 
     run_dir = Path(run_dir)
     if max_identities is not None and max_identities < 1:
         raise ArgumentError(f"--max-identities must be at least 1, got {max_identities}")
     art, attack, defenses, targets = _choose(run_dir, attack, defenses)
     recs = {d: Reconstructions.load(targets[d]) for d in defenses}
-    private = _private_images(art)
+    private = private_images(art)
     if private is None or getattr(private, "targets", None) is None:
         raise DataError(f"the private images of '{run_dir}' cannot be rebuilt (dataset missing or moved); "
                         "make the dataset root available as recorded in the run's config.yaml")

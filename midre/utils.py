@@ -135,6 +135,25 @@ def config_hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=_json_default).encode()).hexdigest()[:16]
 
 
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def model_fingerprint(model: Optional[nn.Module]) -> Optional[str]:
+    """sha256 of a model's state dict (the cache key of per-target priors)."""
+    if model is None:
+        return None
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes() if v.numel() else b"")
+    return h.hexdigest()[:16]
+
+
 # ----------------------------------------------------------------------------------------- models
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """Strip wrappers (Opacus GradSampleModule, DataParallel / DDP, torch.compile) to the Classifier."""

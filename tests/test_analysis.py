@@ -127,7 +127,7 @@ def test_cli_analyze_features(run_identical, capsys):
 
 # ----------------------------------------------------------------------------------------- concealment
 def test_concealment_config_builds_the_paper_grid():
-    from midre.analysis.concealment import concealment_config
+    from midre.concealment import concealment_config
     from midre.config import load_config
 
     base = {"name": "b", "dataset": {"name": "synthetic", "resolution": 16},
@@ -162,7 +162,7 @@ def test_concealment_config_builds_the_paper_grid():
 def test_concealment_schemes_hide_the_same_share_of_pixels(level):
     """Equal pixel concealment (the premise of Table 1): RE and FE erase c of every image, EE erases
     every pixel of a share c of each identity's images in an epoch."""
-    from midre.analysis.concealment import scheme_defense
+    from midre.concealment import scheme_defense
     from midre.data.base import TensorImageSet
     from midre.defenses import build_defense
     from midre.defenses.base import TrainContext
@@ -181,7 +181,7 @@ def test_concealment_schemes_hide_the_same_share_of_pixels(level):
 
 
 def test_concealment_table_pivot_and_files(tmp_path):
-    from midre.analysis.concealment import concealment_table, table_markdown, write_table_files
+    from midre.concealment import concealment_table, table_markdown, write_table_files
 
     rows = [{"target": "nodef", "acc": 97.0, "attack_top1": 87.0, "attack_top1_std": 1.0}]
     for i, (s, acc, att) in enumerate([("ee", 97.5, 80.0), ("re", 96.0, 60.0), ("fe", 97.2, 86.0)]):
@@ -225,7 +225,7 @@ def test_ae_curve_points_average_seeds_and_skip_other_defenses(tmp_path):
 
 def test_cli_analyze_curve(tmp_path, capsys):
     from midre.cli import main
-    from midre.report import write_results_table
+    from midre.results import write_results_table
 
     write_results_table(tmp_path / "results.csv", [
         {"target": "nodef", "defense": "nodef", "attack": "gmi", "acc": 90.0, "attack_top1": 80.0},

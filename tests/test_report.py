@@ -34,7 +34,7 @@ def make_run(root: Path, identical_recon: bool = False, attack: str = "gmi", row
     from midre.loading import load_model
     from midre.data import load_dataset
     from midre.pipeline import run_pipeline
-    from midre.report import write_results_table
+    from midre.results import write_results_table
 
     run = root / "run"
     run_pipeline(TINY, run, progress=False)
@@ -77,7 +77,7 @@ def run_dir(tmp_path_factory):
 
 
 def test_format_helpers():
-    from midre.report import DASH, fmt, fmt_pm, parse_params, to_number
+    from midre.results import DASH, fmt, fmt_pm, parse_params, to_number
 
     assert fmt(float("nan")) == DASH and fmt("") == DASH and fmt(None) == DASH
     assert fmt("OP") == "OP"
@@ -131,7 +131,8 @@ def test_report_grid_uses_best_reconstruction_per_identity(run_dir):
 
 
 def test_epsilon_column_and_missing_results(tmp_path):
-    from midre.report import attack_tables, load_results, write_report, write_results_table
+    from midre.report import attack_tables, write_report
+    from midre.results import load_results, write_results_table
 
     rows = [{"target": "dp", "defense": "dp", "attack": "gmi", "acc": 50.0, "attack_top1": 10.0,
              "attack_top1_std": 1.0, "epsilon": 8.0},
@@ -153,7 +154,7 @@ def test_epsilon_column_and_missing_results(tmp_path):
 
 
 def test_results_json_rows_preferred(tmp_path):
-    from midre.report import load_results
+    from midre.results import load_results
 
     (tmp_path / "results.json").write_text(json.dumps({"rows": [{"target": "a", "acc": "12.5", "delta": "OP"}]}))
     (tmp_path / "results.csv").write_text("target,acc\nb,1\n")

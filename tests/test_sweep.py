@@ -30,7 +30,7 @@ def test_expand_grid_and_parse():
     assert BASE["targets"][1]["defense"]["area"] == 0.4          # the base is never mutated
     # the shipped example sweep parses and every trial is a valid config
     from midre.config import load_config
-    from midre.sweep import _load_raw
+    from midre.config import raw_config as _load_raw
 
     ex = parse_sweep(_load_raw("sweeps/area-seeds"))
     assert len(ex.trials) == 12 and ex.num_cpus == 2

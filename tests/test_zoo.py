@@ -41,7 +41,8 @@ def _sources(run: Path) -> dict:
 
 def test_build_writes_manifest_with_hashes_config_and_figures(zoo, capsys):
     root, _cfg = zoo
-    from midre.zoo import load_manifest, sha256_file
+    from midre.utils import sha256_file
+    from midre.zoo import load_manifest
 
     m = load_manifest(root)
     assert sorted(m["entries"]) == ENTRIES

@@ -12,7 +12,7 @@ from typing import Any, Optional, Sequence
 
 def row_area(row: dict[str, Any]) -> Optional[float]:
     """MIDRE's a_e of a results row: 0.0 for NoDef, ``area`` for a plain MIDRE target, else None."""
-    from ..report import parse_params
+    from ..results import parse_params
 
     d = str(row.get("defense") or "").strip().lower()
     if d in ("nodef", "none", ""):
@@ -34,7 +34,7 @@ def row_area(row: dict[str, Any]) -> Optional[float]:
 def ae_curve_points(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, float]]]:
     """Per attack: points {a_e, acc, att, att_std} sorted by a_e (several rows at one a_e are averaged,
     e.g. several seeds; their spread across rows is then reported as ``att_std``)."""
-    from ..report import is_missing, to_number
+    from ..results import is_missing, to_number
 
     groups: dict[str, dict[float, list[dict[str, Any]]]] = {}
     for r in rows:

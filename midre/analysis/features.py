@@ -209,7 +209,7 @@ def _defense_name(spec: Any) -> str:
 
 def default_targets(run_dir: Path, area: float = 0.4) -> list[str]:
     """NoDef and the MIDRE target whose a_e is closest to ``area`` (paper: a_e 0.4)."""
-    from ..report import target_dirs
+    from ..results import target_dirs
 
     nodef, midre = [], []
     for t in target_dirs(run_dir):
@@ -251,7 +251,7 @@ def feature_analysis(run_dir: str | Path, targets: Optional[Sequence[str]] = Non
     """
     from ..attacks.base import Reconstructions
     from ..loading import load_model
-    from ..report import _private_images
+    from ..results import private_images
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -279,7 +279,7 @@ def feature_analysis(run_dir: str | Path, targets: Optional[Sequence[str]] = Non
         eraser = next((dict(m["defense"]) for m in metas.values()
                        if isinstance(m.get("defense"), dict) and _defense_name(m["defense"]) == "midre"),
                       {"name": "midre", "area": 0.4})
-    private = _private_images(run_dir, splits)
+    private = private_images(run_dir, splits)
     if private is None:
         raise RunDirError(f"cannot rebuild the private images of '{run_dir}' (dataset in model.json unavailable); "
                           "pass the dataset root the run used")
@@ -328,17 +328,6 @@ def feature_analysis(run_dir: str | Path, targets: Optional[Sequence[str]] = Non
     return result
 
 
-def analyze_features(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
-    """:func:`feature_analysis` then, when the run already has a report, re-render it with the figure
-    (the hook :mod:`midre.pipeline` calls for ``analyses.features: true``)."""
-    res = feature_analysis(run_dir, **kwargs)
-    if (Path(run_dir) / "report.html").exists():
-        from ..report import write_report
-
-        write_report(run_dir, splits=kwargs.get("splits"))
-    return res
-
-
 def _nan_to_none(o: Any) -> Any:
     if isinstance(o, dict):
         return {k: _nan_to_none(v) for k, v in o.items()}
@@ -356,7 +345,7 @@ def _id_text(ids: Sequence[int]) -> str:
 def plot_features(plots: dict[str, dict[str, np.ndarray]], result: dict[str, Any], path: Path) -> Path:
     """One panel per target: the three groups' 2-D PCA points and convex hulls."""
     from ..plotting import pyplot, save_fig
-    from ..report import defense_label
+    from ..results import defense_label
 
     plt = pyplot()
     n = len(plots)
@@ -396,7 +385,7 @@ def plot_features(plots: dict[str, dict[str, np.ndarray]], result: dict[str, Any
 
 def overlap_table(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """The report's table of the mean measures per target."""
-    from ..report import fmt
+    from ..results import fmt
 
     def pct(v):
         return fmt(None if v is None else 100 * v, 1)

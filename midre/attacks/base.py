@@ -48,12 +48,11 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..errors import ArgumentError, CheckpointError, MidreError, did_you_mean
 from .. import tblog
 from ..registry import Registry
-from ..utils import atomic_path, atomic_write_json, derive_seed, make_progress
+from ..utils import atomic_path, atomic_write_json, derive_seed, make_progress, model_fingerprint
 
 ACCESS_LEVELS = ("white-box", "black-box", "label-only")
 RECON_FORMAT = "midre-reconstructions"
@@ -515,7 +514,6 @@ class Attack:
 
     def _resume_key(self, target: nn.Module, ids: list[int], repeats: int, seed: int, priors: dict[str, Any],
                     eraser: Any) -> str:
-        from ..priors import model_fingerprint
         from ..utils import config_hash
 
         return config_hash({"spec": self.spec(), "ids": ids, "repeats": repeats, "seed": seed,
@@ -549,18 +547,6 @@ def build_attack(name: str, preset: str = "paper", **params: Any) -> Attack:
 
 
 # ============================================================================ shared losses
-def max_margin_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Per-sample max-margin loss: max_{c != y} logit_c - logit_y (PLG-MI)."""
-    real = logits.gather(1, y[:, None]).squeeze(1)
-    other = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf")).amax(1)
-    return other - real
-
-
-def logit_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Per-sample LOMMA logit loss: -logit_y."""
-    return -logits.gather(1, y[:, None]).squeeze(1)
-
-
 def adaptive_eraser_from_meta(meta: Mapping[str, Any]) -> nn.Module:
     """The batched eraser of the target's own defense (paper D.5), built from its checkpoint metadata."""
     from ..defenses.midre import eraser_for

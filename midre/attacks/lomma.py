@@ -20,7 +20,8 @@ adaptive setting the erased candidate feeds every identity model.
 from __future__ import annotations
 
 
-from .base import ATTACKS, logit_loss
+from ..losses import logit_loss
+from .base import ATTACKS
 from .gmi import GMI
 from .kedmi import KedMI
 

@@ -16,7 +16,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .base import ATTACKS, Attack, max_margin_loss
+from ..losses import max_margin_loss
+from .base import ATTACKS, Attack
 
 
 def random_views(x: torch.Tensor, gen: torch.Generator, scale=(0.8, 1.0), jitter: float = 0.2,

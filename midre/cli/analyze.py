@@ -67,7 +67,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_features(args: argparse.Namespace) -> int:
     from ..analysis.features import feature_analysis, overlap_table
-    from ..report import md_table, write_report
+    from ..report import write_report
+    from ..results import md_table
     from ..utils import parse_id_ranges
 
     ids = parse_id_ranges(args.identities) if args.identities else None
@@ -87,7 +88,7 @@ def run_features(args: argparse.Namespace) -> int:
 
 
 def run_concealment(args: argparse.Namespace) -> int:
-    from ..analysis.concealment import concealment_study
+    from ..concealment import concealment_study
 
     res = concealment_study(args.config, args.out, levels=args.levels, attack=args.attack,
                             progress=not args.no_progress, device=args.device)
@@ -101,7 +102,7 @@ def run_curve(args: argparse.Namespace) -> int:
 
     from ..analysis.curves import ae_curve_points, plot_ae_curve
     from ..errors import RunDirError
-    from ..report import load_results
+    from ..results import load_results
     from ..utils import atomic_write_json
 
     run_dir = Path(args.run_dir)

@@ -41,16 +41,3 @@ def load_splits(args: argparse.Namespace, progress: bool = True):
     if args.resolution is not None and args.resolution < 8:
         raise ArgumentError(f"--resolution {args.resolution} is too small; use at least 8 pixels")
     return load_dataset(args.dataset, root=args.root, resolution=args.resolution, seed=args.seed, **opts)
-
-
-def in_memory(imageset, progress: bool = True, limit_bytes: int = 4 << 30):
-    """Decode a dataset into RAM when it fits comfortably (fast CPU epochs), else keep it lazy."""
-    if hasattr(imageset, "images"):
-        return imageset
-    n = len(imageset)
-    if n == 0:
-        return imageset
-    x, _ = imageset[0]
-    if n * x.numel() > limit_bytes:
-        return imageset
-    return imageset.to_tensors(progress=progress)

@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..attacks.base import Reconstructions
     from ..loading import load_model
-    from .common import in_memory
+    from ..data.base import in_memory
     from ..errors import ArgumentError, CheckpointError, DataError
     from ..metrics import evaluate_reconstructions, format_metrics_table
     from ..utils import atomic_write_json, read_json, resolve_device

@@ -31,9 +31,10 @@ def run(args: argparse.Namespace) -> int:
 
     from ..config import set_override
     from ..errors import ArgumentError
-    from ..sweep import _load_raw, run_sweep
+    from ..config import raw_config
+    from ..sweep import run_sweep
 
-    raw = _load_raw(args.config)
+    raw = raw_config(args.config)
     for item in args.overrides:
         if "=" not in item:
             raise ArgumentError(f"--set '{item}' must look like KEY=VALUE, e.g. --set device=cpu")

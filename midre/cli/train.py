@@ -6,7 +6,8 @@ import contextlib
 import sys
 from pathlib import Path
 
-from .common import add_data_args, in_memory, load_splits, parse_kv
+from ..data.base import in_memory
+from .common import add_data_args, load_splits, parse_kv
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
         args.zoo_parser.print_help()
         return 2
     if args.zoo_command == "build":
-        from ..zoo.build import build
+        from ..zoo_build import build
 
         names = build(args.names, configs=args.config, root=args.zoo_dir, work_dir=args.work,
                       progress=not args.no_progress, device=args.device)

@@ -124,3 +124,16 @@ def load_pretraining(name: str, resolution: Optional[int] = None, **options: Any
     if factory is None:
         raise DataError(f"dataset '{name}' has no pretraining pool; use 'synthetic2' or pretrain on your own data")
     return factory(resolution=resolution, **options)
+
+
+def in_memory(imageset, progress: bool = True, limit_bytes: int = 4 << 30):
+    """Decode a dataset into RAM when it fits comfortably (fast CPU epochs), else keep it lazy."""
+    if hasattr(imageset, "images"):
+        return imageset
+    n = len(imageset)
+    if n == 0:
+        return imageset
+    x, _ = imageset[0]
+    if n * x.numel() > limit_bytes:
+        return imageset
+    return imageset.to_tensors(progress=progress)

@@ -22,7 +22,6 @@ whose sha256 differs from the manifest is refused (:class:`ZooError`, one line, 
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import shutil
@@ -30,7 +29,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..errors import MidreError
-from ..utils import atomic_path, atomic_write_json
+from ..utils import atomic_path, atomic_write_json, sha256_file
 
 PACKAGE_ZOO = Path(__file__).resolve().parent
 FORMAT = "midre-zoo"
@@ -45,14 +44,6 @@ def zoo_dir(root: Optional[str | os.PathLike] = None) -> Path:
         return Path(root)
     env = os.environ.get("MIDRE_ZOO_DIR")
     return Path(env) if env else PACKAGE_ZOO
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_manifest(root: Optional[str | os.PathLike] = None) -> dict[str, Any]:

@@ -1,5 +1,7 @@
 """``midre zoo build``: train the target-independent pieces of the zoo's configs and ship them.
 
+It drives the pipeline, so it sits above it; :mod:`midre.zoo` (manifest, lookup, install) stays below.
+
 Each config in ``midre/zoo/zoo.yaml`` (or given with ``--config``) is run by the pipeline's own stage code
 (:meth:`midre.pipeline._Pipeline.run_instrument`), into a resumable work directory, with the config's fixed
 seeds; each finished piece is copied into ``midre/zoo/weights/<entry>/`` and recorded in the manifest with
@@ -14,8 +16,8 @@ from typing import Any, Optional, Sequence
 
 import yaml
 
-from ..errors import ConfigError, did_you_mean
-from . import PACKAGE_ZOO, add_entry, zoo_dir
+from .errors import ConfigError, did_you_mean
+from .zoo import PACKAGE_ZOO, add_entry, zoo_dir
 
 ZOO_YAML = PACKAGE_ZOO / "zoo.yaml"
 
@@ -34,8 +36,8 @@ def entry_name(config_name: str, stage: str) -> str:
 
 
 def _pipeline(source: str, work: Path, progress: bool, device: Optional[str]):
-    from ..config import load_config
-    from ..pipeline import _Pipeline
+    from .config import load_config
+    from .pipeline import _Pipeline
 
     cfg = load_config(source)
     if device is not None:
@@ -68,9 +70,9 @@ def build(names: Sequence[str] = (), configs: Optional[Sequence[str]] = None, ro
           work_dir: Optional[str | os.PathLike] = None, progress: bool = True, device: Optional[str] = None
           ) -> list[str]:
     """Build the named entries (all of the configs' entries when none are named); returns the names built."""
-    from ..config import dump_yaml
-    from ..priors import data_fingerprint
-    from ..utils import RunLock
+    from .config import dump_yaml
+    from .priors import data_fingerprint
+    from .utils import RunLock
 
     configs = list(configs) if configs else zoo_configs()
     if not configs:
