@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-pytest.importorskip("tensorboard", reason="the optional 'tensorboard' extra is not installed")
+pytest.importorskip("tensorboard", reason="needs the optional tensorboard extra: pip install -e '.[tensorboard]'")
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
 from midre import tblog  # noqa: E402
