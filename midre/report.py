@@ -336,6 +336,178 @@ def _gates_section(run_dir: Path) -> Optional[tuple[str, str, str]]:
     return ("Validity gates (NoDef)", md, ht)
 
 
+Section = tuple[str, str, str]  # (heading, markdown, html)
+Image = tuple[str, Path, str]   # (heading, png path, caption)
+
+
+def _settings_section(run_dir: Path, art_dir: Path, study_note: Optional[str]) -> Optional[Section]:
+    """The "Settings" section: study note, settings table and the table of trained models."""
+    settings = settings_summary(run_dir)
+    models = collect_models(art_dir)
+    s_md, s_html = [], []
+    if study_note:
+        s_md.append(f"_{study_note}_")
+        s_html.append(f'<p class="note">{html.escape(study_note)}</p>')
+    if settings:
+        s_md.append(md_table(["setting", "value"], settings))
+        s_html.append(html_table(["setting", "value"], settings, align_numbers=False))
+    if models:
+        head = ["model", "arch", "defense", "epochs", "test acc (%)", "train time (s)"]
+        body = [[m.name, m.arch, m.defense, DASH if m.epochs is None else str(m.epochs), fmt(m.test_acc),
+                 fmt(m.train_seconds, 1)] for m in models]
+        s_md.append(md_table(head, body))
+        s_html.append(html_table(head, body))
+    if not s_md:
+        return None
+    return ("Settings", "\n\n".join(s_md), "".join(s_html))
+
+
+def _results_section(rows: Sequence[dict[str, Any]]) -> Section:
+    """The "Results" section: one table per attack, or a note when the table is missing."""
+    if not rows:
+        msg = "No results table yet (results.csv missing): the pipeline has not finished its evaluation stage."
+        return ("Results", f"_{msg}_", f'<p class="note">{html.escape(msg)}</p>')
+    t_md, t_html = [], []
+    for a, (head, body) in attack_tables(rows).items():
+        h3 = f"Attack: {a}" if a.strip() and a != DASH else "No attack run (natural accuracy only)"
+        t_md.append(f"### {h3}\n\n" + md_table(head, body))
+        t_html.append(f"<h3>{html.escape(h3)}</h3>" + html_table(head, body))
+    note = ("Acc: natural test accuracy; AttAcc: share of reconstructions the evaluation model assigns to the "
+            "attacked identity (mean ± std over repeats, %); KNN: nearest private-feature distance; Δ: "
+            "(AttAcc drop)/(Acc drop) vs NoDef, OP = defended model more accurate; "
+            f"{DASH} = not measured.")
+    t_md.append(f"_{note}_")
+    t_html.append(f'<p class="note">{html.escape(note)}</p>')
+    return ("Results", "\n\n".join(t_md), "".join(t_html))
+
+
+def _summary_figures(rows: Sequence[dict[str, Any]], figs: Path) -> list[Image]:
+    """The privacy-utility plot and, when a_e was swept, the a_e curve."""
+    from .analysis.curves import ae_curve_points, plot_ae_curve
+
+    images: list[Image] = []
+    p = plot_privacy_utility(rows, figs / "privacy_utility.png")
+    if p:
+        images.append(("Privacy-utility trade-off", p,
+                       "Each point is one target under one attack; error bars: ± std over repeats, clipped to [0, 100] %."))
+    pts = ae_curve_points(rows)
+    if any(len(v) >= 2 for v in pts.values()):
+        p = plot_ae_curve(rows, figs / "ae_curve.png")
+        if p:
+            images.append(("a_e sweep", p, "Natural accuracy and attack accuracy against MIDRE's area bound "
+                                            "a_e (0 = no defense)."))
+    return images
+
+
+def _load_all_reconstructions(recs_available, art_dir: Path, splits: Any,
+                              notes: list[str]) -> tuple[dict[str, dict[str, Any]], Any]:
+    """Reconstructions by attack then target, and the private images (None if unavailable);
+    problems are appended to ``notes``."""
+    by_attack: dict[str, dict[str, Any]] = {}
+    for t, a, adir in recs_available:
+        try:
+            by_attack.setdefault(a, {})[t] = load_reconstructions(adir)
+        except Exception as e:  # noqa: BLE001 - a broken artefact is reported, not fatal
+            notes.append(f"{t}/{a}: reconstructions unreadable ({type(e).__name__})")
+    private = None
+    if by_attack:
+        try:
+            private = private_images(art_dir, splits)
+        except Exception:  # noqa: BLE001
+            private = None
+        if private is None:
+            notes.append("private images unavailable (dataset could not be rebuilt); grids show "
+                         "reconstructions only")
+    return by_attack, private
+
+
+def _attack_subtitles(rows: Sequence[dict[str, Any]], attack: str) -> dict[str, str]:
+    """Per target, the "AttAcc x%" caption of its grid column under ``attack``."""
+    subs = {}
+    for r in rows:
+        v = to_number(r.get("attack_top1"))
+        if str(r.get("attack")) == attack and not isinstance(v, str) and not is_missing(v):
+            subs[str(r.get("target"))] = f"AttAcc {v:.1f}%"
+    return subs
+
+
+def _reconstruction_figures(rows: Sequence[dict[str, Any]], recs_available, art_dir: Path, figs: Path,
+                            splits: Any, max_identities: int, notes: list[str]) -> list[Image]:
+    """One reconstruction grid per attack (targets in results-table order)."""
+    by_attack, private = _load_all_reconstructions(recs_available, art_dir, splits, notes)
+    order = list(dict.fromkeys(str(r.get("target")) for r in rows))
+    images: list[Image] = []
+    for a, recs in by_attack.items():
+        recs = dict(sorted(recs.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order else len(order),
+                                                         kv[0])))
+        p = plot_reconstruction_grid(a, recs, private, figs / f"reconstructions_{_slug(a)}.png",
+                                     max_identities=max_identities, subtitles=_attack_subtitles(rows, a))
+        if p:
+            images.append((f"Reconstructions: {a}", p,
+                           f"One row per attacked identity (up to {max_identities}); the reconstruction "
+                           "with the highest target confidence per target."))
+    return images
+
+
+def _feature_analysis(run_dir: Path, art_dir: Path, figs: Path) -> tuple[Path, Optional[Image], str, str]:
+    """The feature-space figure and overlap table: ``(png path, image or None, md, html)``."""
+    feat_png = figs / "features.png"
+    feat_json = run_dir / "analysis" / "features.json"
+    if not feat_png.exists() and art_dir != run_dir:
+        feat_png, feat_json = art_dir / "figures" / "features.png", art_dir / "analysis" / "features.json"
+    image: Optional[Image] = None
+    if feat_png.exists():
+        image = ("Feature-space analysis", feat_png,
+                 "Penultimate features (PCA to 2-D, fitted per model) of private, RE-private and "
+                 "reconstructed images; one convex hull per group (paper Sec. 3.2).")
+    feat_md, feat_html = "", ""
+    if feat_json.exists():
+        fj = read_json_safe(feat_json)
+        if isinstance(fj, dict) and isinstance(fj.get("targets"), dict):
+            from .analysis.features import overlap_table
+
+            head, body = overlap_table(fj)
+            fnote = ("∩: share of the reconstructions' hull area (2-D PCA, identities pooled) inside the other "
+                     "group's hull; d: distance between group centroids in the full feature space divided by the "
+                     "RMS radius of the private features (mean over identities). Paper Sec. 3.2 expects recon to match "
+                     "private under NoDef and to lean towards RE-private under MIDRE.")
+            feat_md = md_table(head, body) + f"\n\n_{fnote}_"
+            feat_html = html_table(head, body) + f'<p class="note">{html.escape(fnote)}</p>'
+    return feat_png, image, feat_md, feat_html
+
+
+def _render(title: str, run_dir: Path, sections: Sequence[Section], notes: Sequence[str],
+            images: Sequence[Image], feat: tuple[Path, Optional[Image], str, str],
+            tail: Sequence[Section]) -> tuple[str, str]:
+    """Assemble the markdown and the self-contained HTML text of the report."""
+    feat_png, _, feat_md, feat_html = feat
+    md = [f"# {title}", ""]
+    ht = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+          f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
+    for head, m, h in sections:
+        md += [f"## {head}", "", m, ""]
+        ht.append(f"<h2>{html.escape(head)}</h2>{h}")
+    if notes:
+        md += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+        ht.append("<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
+    for head, p, cap in images:
+        rel = p.relative_to(run_dir).as_posix()
+        md += [f"## {head}", "", f"![{head}]({rel})", "", f"_{cap}_", ""]
+        ht.append(f"<h2>{html.escape(head)}</h2><img alt='{html.escape(head)}' "
+                  f"src='data:image/png;base64,{_img_b64(p)}'/><p class='note'>{html.escape(cap)}</p>")
+        if head == "Feature-space analysis" and feat_md:
+            md += [feat_md, ""]
+            ht.append(feat_html)
+    if feat_md and not feat_png.exists():
+        md += ["## Feature-space analysis", "", feat_md, ""]
+        ht.append(f"<h2>Feature-space analysis</h2>{feat_html}")
+    for head, m, h in tail:
+        md += [f"## {head}", "", m, ""]
+        ht.append(f"<h2>{html.escape(head)}</h2>{h}")
+    ht.append("</body></html>")
+    return "\n".join(md) + "\n", "".join(ht) + "\n"
+
+
 def write_report(run_dir: str | Path, *, max_identities: int = 8, splits: Any = None,
                  title: Optional[str] = None, lead: Sequence[tuple[str, str, str]] = (),
                  figures: Sequence[tuple[str, Path, str]] = (), tail: Sequence[tuple[str, str, str]] = (),
@@ -355,8 +527,6 @@ def write_report(run_dir: str | Path, *, max_identities: int = 8, splits: Any = 
     Returns:
         ``(md_path, html_path)``.
     """
-    from .analysis.curves import ae_curve_points, plot_ae_curve
-
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunDirError(f"run directory '{run_dir}' not found; give the --out directory of `midre run`")
@@ -369,151 +539,29 @@ def write_report(run_dir: str | Path, *, max_identities: int = 8, splits: Any = 
     figs = run_dir / "figures"
     title = title or f"midre report: {run_dir.resolve().name}"
 
-    # sections: list of (heading, md_text, html_text)
-    sections: list[tuple[str, str, str]] = []
     gates_section = _gates_section(run_dir)      # first: is the instrument valid on NoDef? (midre.gates)
-    if gates_section is not None:
-        sections.append(gates_section)
+    sections: list[Section] = [gates_section] if gates_section is not None else []
     sections.extend(lead)
+    settings = _settings_section(run_dir, art_dir, study_note)
+    if settings is not None:
+        sections.append(settings)
+    sections.append(_results_section(rows))
 
-    # settings
-    settings = settings_summary(run_dir)
-    models = collect_models(art_dir)
-    s_md, s_html = [], []
-    if study_note:
-        s_md.append(f"_{study_note}_")
-        s_html.append(f'<p class="note">{html.escape(study_note)}</p>')
-    if settings:
-        s_md.append(md_table(["setting", "value"], settings))
-        s_html.append(html_table(["setting", "value"], settings, align_numbers=False))
-    if models:
-        head = ["model", "arch", "defense", "epochs", "test acc (%)", "train time (s)"]
-        body = [[m.name, m.arch, m.defense, DASH if m.epochs is None else str(m.epochs), fmt(m.test_acc),
-                 fmt(m.train_seconds, 1)] for m in models]
-        s_md.append(md_table(head, body))
-        s_html.append(html_table(head, body))
-    if s_md:
-        sections.append(("Settings", "\n\n".join(s_md), "".join(s_html)))
-
-    # results tables
-    if rows:
-        tabs = attack_tables(rows)
-        t_md, t_html = [], []
-        for a, (head, body) in tabs.items():
-            h3 = f"Attack: {a}" if a.strip() and a != DASH else "No attack run (natural accuracy only)"
-            t_md.append(f"### {h3}\n\n" + md_table(head, body))
-            t_html.append(f"<h3>{html.escape(h3)}</h3>" + html_table(head, body))
-        note = ("Acc: natural test accuracy; AttAcc: share of reconstructions the evaluation model assigns to the "
-                "attacked identity (mean ± std over repeats, %); KNN: nearest private-feature distance; Δ: "
-                "(AttAcc drop)/(Acc drop) vs NoDef, OP = defended model more accurate; "
-                f"{DASH} = not measured.")
-        t_md.append(f"_{note}_")
-        t_html.append(f'<p class="note">{html.escape(note)}</p>')
-        sections.append(("Results", "\n\n".join(t_md), "".join(t_html)))
-    else:
-        msg = "No results table yet (results.csv missing): the pipeline has not finished its evaluation stage."
-        sections.append(("Results", f"_{msg}_", f'<p class="note">{html.escape(msg)}</p>'))
-
-    images: list[tuple[str, Path, str]] = []  # (section, path, caption)
+    images: list[Image] = []
+    notes: list[str] = []
     if rows and standard_figures:
-        p = plot_privacy_utility(rows, figs / "privacy_utility.png")
-        if p:
-            images.append(("Privacy-utility trade-off", p,
-                           "Each point is one target under one attack; error bars: ± std over repeats, clipped to [0, 100] %."))
-        pts = ae_curve_points(rows)
-        if any(len(v) >= 2 for v in pts.values()):
-            p = plot_ae_curve(rows, figs / "ae_curve.png")
-            if p:
-                images.append(("a_e sweep", p, "Natural accuracy and attack accuracy against MIDRE's area bound "
-                                                "a_e (0 = no defense)."))
-
-    # reconstruction grids
-    grid_notes = []
+        images += _summary_figures(rows, figs)
     if recs_available and standard_figures:
-        by_attack: dict[str, dict[str, Any]] = {}
-        for t, a, adir in recs_available:
-            try:
-                by_attack.setdefault(a, {})[t] = load_reconstructions(adir)
-            except Exception as e:  # noqa: BLE001 - a broken artefact is reported, not fatal
-                grid_notes.append(f"{t}/{a}: reconstructions unreadable ({type(e).__name__})")
-        private = None
-        if by_attack:
-            try:
-                private = private_images(art_dir, splits)
-            except Exception:  # noqa: BLE001
-                private = None
-            if private is None:
-                grid_notes.append("private images unavailable (dataset could not be rebuilt); grids show "
-                                  "reconstructions only")
-        order = list(dict.fromkeys(str(r.get("target")) for r in rows))
-        for a, recs in by_attack.items():
-            recs = dict(sorted(recs.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order else len(order),
-                                                             kv[0])))
-            subs = {}
-            for r in rows:
-                v = to_number(r.get("attack_top1"))
-                if str(r.get("attack")) == a and not isinstance(v, str) and not is_missing(v):
-                    subs[str(r.get("target"))] = f"AttAcc {v:.1f}%"
-            p = plot_reconstruction_grid(a, recs, private, figs / f"reconstructions_{_slug(a)}.png",
-                                         max_identities=max_identities, subtitles=subs)
-            if p:
-                images.append((f"Reconstructions: {a}", p,
-                               f"One row per attacked identity (up to {max_identities}); the reconstruction "
-                               "with the highest target confidence per target."))
-
-    # feature-space analysis
-    feat_png = figs / "features.png"
-    feat_json = run_dir / "analysis" / "features.json"
-    if not feat_png.exists() and art_dir != run_dir:
-        feat_png, feat_json = art_dir / "figures" / "features.png", art_dir / "analysis" / "features.json"
-    feat_md, feat_html = "", ""
-    if feat_png.exists():
-        images.append(("Feature-space analysis", feat_png,
-                       "Penultimate features (PCA to 2-D, fitted per model) of private, RE-private and "
-                       "reconstructed images; one convex hull per group (paper Sec. 3.2)."))
-    if feat_json.exists():
-        fj = read_json_safe(feat_json)
-        if isinstance(fj, dict) and isinstance(fj.get("targets"), dict):
-            from .analysis.features import overlap_table
-
-            head, body = overlap_table(fj)
-            fnote = ("∩: share of the reconstructions' hull area (2-D PCA, identities pooled) inside the other "
-                     "group's hull; d: distance between group centroids in the full feature space divided by the "
-                     "RMS radius of the private features (mean over identities). Paper Sec. 3.2 expects recon to match "
-                     "private under NoDef and to lean towards RE-private under MIDRE.")
-            feat_md = md_table(head, body) + f"\n\n_{fnote}_"
-            feat_html = html_table(head, body) + f'<p class="note">{html.escape(fnote)}</p>'
+        images += _reconstruction_figures(rows, recs_available, art_dir, figs, splits, max_identities, notes)
+    feat = _feature_analysis(run_dir, art_dir, figs)
+    if feat[1] is not None:
+        images.append(feat[1])
     images += list(figures)
 
-
-    # assemble
-    md = [f"# {title}", ""]
-    ht = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-          f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
-    for head, m, h in sections:
-        md += [f"## {head}", "", m, ""]
-        ht.append(f"<h2>{html.escape(head)}</h2>{h}")
-    if grid_notes:
-        md += ["## Notes", ""] + [f"- {n}" for n in grid_notes] + [""]
-        ht.append("<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in grid_notes) + "</ul>")
-    for head, p, cap in images:
-        rel = p.relative_to(run_dir).as_posix()
-        md += [f"## {head}", "", f"![{head}]({rel})", "", f"_{cap}_", ""]
-        ht.append(f"<h2>{html.escape(head)}</h2><img alt='{html.escape(head)}' "
-                  f"src='data:image/png;base64,{_img_b64(p)}'/><p class='note'>{html.escape(cap)}</p>")
-        if head == "Feature-space analysis" and feat_md:
-            md += [feat_md, ""]
-            ht.append(feat_html)
-    if feat_md and not feat_png.exists():
-        md += ["## Feature-space analysis", "", feat_md, ""]
-        ht.append(f"<h2>Feature-space analysis</h2>{feat_html}")
-    for head, m, h in tail:
-        md += [f"## {head}", "", m, ""]
-        ht.append(f"<h2>{html.escape(head)}</h2>{h}")
-    ht.append("</body></html>")
+    md_text, html_text = _render(title, run_dir, sections, notes, images, feat, tail)
     md_path, html_path = run_dir / "report.md", run_dir / "report.html"
-    atomic_write_text(md_path, "\n".join(md) + "\n")
-    atomic_write_text(html_path, "".join(ht) + "\n")
+    atomic_write_text(md_path, md_text)
+    atomic_write_text(html_path, html_text)
     return md_path, html_path
 
 

@@ -172,6 +172,177 @@ def _meta(model: nn.Module, defense: Defense, cfg: TrainConfig, train_set: Any, 
     }
 
 
+@dataclass
+class _Loop:
+    """What the epochs of one training run share (built once by :func:`train_classifier`)."""
+
+    cfg: TrainConfig
+    defense: Defense
+    ddp: Any
+    device: torch.device
+    model: nn.Module            # the defense's model: what is checkpointed
+    train_model: nn.Module      # what batches run through (defense / data-parallel wrappers)
+    opt: Any
+    sched: Any
+    loader: Any
+    gen: torch.Generator        # the loader's shuffling generator
+    train_set: Dataset
+    test_set: Optional[Dataset]
+    out: Optional[Path]
+    tb: Any = None
+    use_amp: bool = False
+    amp_dtype: torch.dtype = torch.float16
+    scaler: Any = None
+
+
+def _prepare_model(model: nn.Module, defense: Defense, cfg: TrainConfig, ddp: Any, device: torch.device,
+                   out: Optional[Path], progress: bool, train_set: Dataset, test_set: Optional[Dataset],
+                   public_set: Optional[Dataset]) -> tuple[nn.Module, bool]:
+    """Wrap the model for ``defense`` and run its ``prepare`` hook; returns ``(model, resuming)``."""
+    seed_everything(derive_seed(cfg.seed, "init"))
+    model = defense.wrap_model(model)
+    model.to(device)
+    ctx = TrainContext(model=model, train_set=train_set, test_set=test_set, public_set=public_set, config=cfg,
+                       device=device, out_dir=out, progress=progress, train=train_classifier)
+    state_path = out / "train_state.pt" if out is not None else None
+    resumed = state_path is not None and state_path.exists() and (out / "model.json").exists()
+    ctx.extra["resuming"] = resumed
+    ctx.extra["init"] = cfg.init       # TL-DMI uses this shared checkpoint instead of its own pre-training
+    # prepare always runs (it may freeze layers or replace the model); on resume the saved weights
+    # overwrite whatever it trained, so the result is the same as an uninterrupted run.
+    defense.prepare(ctx)
+    ddp.rank_streams(defense)
+    model = ctx.model
+    model.to(device)
+    return model, resumed
+
+
+def _build_loop(model: nn.Module, defense: Defense, cfg: TrainConfig, ddp: Any, device: torch.device,
+                train_set: Dataset, test_set: Optional[Dataset], out: Optional[Path]) -> _Loop:
+    """Optimizer, schedule and loader, each wrapped by the defense and for data-parallel training."""
+    opt = _optimizer(model, cfg)
+    sched = _scheduler(opt, cfg)
+    gen = torch.Generator()
+    loader = DataLoader(_Indexed(train_set), **ddp.loader_kwargs(len(train_set), cfg.batch_size, gen),
+                        num_workers=cfg.num_workers, drop_last=False,
+                        pin_memory=(device.type == "cuda"))
+    train_model, opt, loader = defense.wrap_training(model, opt, loader)
+    train_model = ddp.wrap(model, train_model, device)
+    return _Loop(cfg=cfg, defense=defense, ddp=ddp, device=device, model=model, train_model=train_model,
+                 opt=opt, sched=sched, loader=loader, gen=gen, train_set=train_set, test_set=test_set, out=out)
+
+
+def _resume(s: _Loop) -> tuple[int, list[dict[str, Any]]]:
+    """Load the last finished epoch of ``s.out`` (weights, optimizer, schedule, history) into ``s``;
+    returns ``(start_epoch, history)``; a damaged resume state starts the training over."""
+    import json
+
+    out = s.out
+    try:
+        st = load_state(out / "train_state.pt")
+        weights = load_state(out / "model.safetensors")
+    except CheckpointError:
+        return 0, []
+    saved = json.loads((out / "model.json").read_text())
+    if int(saved.get("epochs", s.cfg.epochs)) != s.cfg.epochs or saved.get("defense") != s.defense.spec():
+        raise RunDirError(
+            f"'{out}' holds a training run with other settings (epochs/defense); use a new --out or delete it")
+    unwrap(s.model).load_state_dict(weights, strict=True)
+    _load_optimizer_state(s.opt, s.sched, st)
+    start_epoch = int(st["epoch"].item())
+    history = json.loads((out / "history.json").read_text()) if (out / "history.json").exists() else []
+    return start_epoch, history[:start_epoch]
+
+
+def _train_step(s: _Loop, x: torch.Tensor, y: torch.Tensor, idx: Any, epoch: int,
+                flip_gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One optimisation step on a batch (flip, defense transform, forward, loss, backward, clip, step);
+    returns ``(loss, logits, y)`` with ``y`` as the defense transformed it."""
+    cfg, defense = s.cfg, s.defense
+    if cfg.hflip:
+        x = _random_hflip(x, flip_gen)
+    x, y = defense.transform_batch(x, y, torch.as_tensor(idx))
+    with torch.autocast(s.device.type, dtype=s.amp_dtype, enabled=s.use_amp):
+        if defense.needs_features:
+            logits, feats = _forward_features(s.train_model, x)
+        else:
+            logits, feats = s.train_model(x), None
+        loss = defense.task_loss(logits, y)
+        if loss is None:
+            loss = F.cross_entropy(logits.float(), y)
+        reg = defense.regularizer(StepContext(model=s.train_model, x=x, y=y, logits=logits, features=feats,
+                                              epoch=epoch, epochs=cfg.epochs))
+        if reg is not None:
+            loss = loss + reg
+    if not torch.isfinite(loss):
+        kept = " (the last good checkpoint is kept)" if s.out is not None and (s.out / "model.json").exists() else ""
+        raise TrainingDivergedError(
+            f"loss became {loss.item()} in epoch {epoch + 1}{kept}; lower the learning rate or check the defense settings")
+    s.opt.zero_grad(set_to_none=True)
+    s.scaler.scale(loss).backward()
+    if cfg.grad_clip is not None:  # after backward, so it clips the real gradients
+        s.scaler.unscale_(s.opt)
+        torch.nn.utils.clip_grad_norm_(s.train_model.parameters(), cfg.grad_clip)
+    s.scaler.step(s.opt)
+    s.scaler.update()
+    s.tb.step(epoch, x, y, logits, loss, s.opt)
+    return loss, logits, y
+
+
+def _run_epoch(s: _Loop, epoch: int, prog: Any, task: Any) -> dict[str, Any]:
+    """Train one epoch (its randomness derived from (seed, epoch)) and return its history record."""
+    cfg, ddp = s.cfg, s.ddp
+    t0 = time.perf_counter()
+    seed_everything(derive_seed(cfg.seed, "epoch", epoch, *ddp.keys))
+    s.gen.manual_seed(derive_seed(cfg.seed, "order", epoch))
+    flip_gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "flip", epoch, *ddp.keys))
+    s.defense.on_epoch_start(epoch, cfg.epochs)
+    s.train_model.train()
+    tot_loss, tot_correct, tot_n = 0.0, 0, 0
+    for x, y, idx in s.loader:
+        x = x.to(s.device, non_blocking=True)
+        y = torch.as_tensor(y).to(s.device, non_blocking=True)
+        if x.shape[0] == 0 or (x.shape[0] == 1 and len(s.train_set) > 1):
+            # a trailing batch of one image breaks BatchNorm1d heads (VGG16, IR nets); skip it
+            prog.update(task, advance=1)
+            continue
+        loss, logits, y = _train_step(s, x, y, idx, epoch, flip_gen)
+        n = y.shape[0]
+        tot_loss += float(loss.detach()) * n
+        tot_correct += int((logits.detach().argmax(1) == y).sum())
+        tot_n += n
+        prog.update(task, advance=1, status=f"epoch {epoch + 1}/{cfg.epochs} loss {tot_loss / max(tot_n, 1):.3f}")
+    if s.sched is not None:
+        s.sched.step()
+    tot_loss, tot_correct, tot_n = ddp.sum(tot_loss, tot_correct, tot_n)
+    rec: dict[str, Any] = {"epoch": epoch + 1, "loss": tot_loss / max(tot_n, 1),
+                           "train_acc": 100.0 * tot_correct / max(tot_n, 1)}
+    if s.test_set is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
+        rec["test_acc"] = evaluate_accuracy(unwrap(s.train_model), s.test_set, device=s.device)
+    rec["seconds"] = time.perf_counter() - t0
+    return rec
+
+
+def _run_meta(s: _Loop, meta: Optional[dict], init_report: Optional[dict], epoch: int, test_acc: Optional[float],
+              history: list, report: Optional[dict] = None) -> dict:
+    """Checkpoint metadata after ``epoch`` epochs (``report``: the defense's report, else asked for now)."""
+    m = _meta(s.model, s.defense, s.cfg, s.train_set, meta)
+    m["init_report"] = init_report
+    m.update({"epoch": epoch, "epochs": s.cfg.epochs, "test_acc": test_acc, "history": history,
+              "defense_report": s.defense.report() if report is None else report,
+              "complete": epoch == s.cfg.epochs})
+    return m
+
+
+def _checkpoint_epoch(s: _Loop, m: dict, epoch: int, history: list) -> None:
+    """Write the checkpoint of a finished epoch (main process only) and sync the data-parallel ranks."""
+    if s.ddp.size > 1:
+        m["world_size"] = s.ddp.size   # provenance: trained data-parallel (last session's size)
+    if s.ddp.is_main:
+        _save_epoch(s.out, s.model, m, s.opt, s.sched, epoch, history)
+    s.ddp.after_checkpoint(epoch)
+
+
 def train_classifier(model: nn.Module, train_set: Dataset, test_set: Optional[Dataset] = None,
                      defense: Defense | str | dict | None = None, config: TrainConfig | dict | None = None,
                      out_dir: Optional[str | Path] = None, public_set: Optional[Dataset] = None,
@@ -187,140 +358,33 @@ def train_classifier(model: nn.Module, train_set: Dataset, test_set: Optional[Da
     out = Path(out_dir) if out_dir is not None else None
 
     init_report = _load_init(model, cfg.init)
-    seed_everything(derive_seed(cfg.seed, "init"))
-    model = defense.wrap_model(model)
-    model.to(device)
-    ctx = TrainContext(model=model, train_set=train_set, test_set=test_set, public_set=public_set, config=cfg,
-                       device=device, out_dir=out, progress=progress, train=train_classifier)
+    model, resumed = _prepare_model(model, defense, cfg, ddp, device, out, progress, train_set, test_set,
+                                    public_set)
+    s = _build_loop(model, defense, cfg, ddp, device, train_set, test_set, out)
+    start_epoch, history = _resume(s) if resumed else (0, [])
 
-    history: list[dict[str, Any]] = []
-    start_epoch = 0
-    state_path = out / "train_state.pt" if out is not None else None
-    resumed = state_path is not None and state_path.exists() and (out / "model.json").exists()
-    ctx.extra["resuming"] = resumed
-    ctx.extra["init"] = cfg.init       # TL-DMI uses this shared checkpoint instead of its own pre-training
-    # prepare always runs (it may freeze layers or replace the model); on resume the saved weights
-    # overwrite whatever it trained, so the result is the same as an uninterrupted run.
-    defense.prepare(ctx)
-    ddp.rank_streams(defense)
-    model = ctx.model
-    model.to(device)
-
-    opt = _optimizer(model, cfg)
-    sched = _scheduler(opt, cfg)
-
-    gen = torch.Generator()
-    loader = DataLoader(_Indexed(train_set), **ddp.loader_kwargs(len(train_set), cfg.batch_size, gen),
-                        num_workers=cfg.num_workers, drop_last=False,
-                        pin_memory=(device.type == "cuda"))
-    train_model, opt, loader = defense.wrap_training(model, opt, loader)
-    train_model = ddp.wrap(model, train_model, device)
-
-    if resumed:
-        import json
-
-        try:
-            st = load_state(state_path)
-            weights = load_state(out / "model.safetensors")
-        except CheckpointError:
-            st = None  # a damaged resume state: start this training over
-        if st is not None:
-            saved = json.loads((out / "model.json").read_text())
-            if int(saved.get("epochs", cfg.epochs)) != cfg.epochs or saved.get("defense") != defense.spec():
-                raise RunDirError(
-                    f"'{out}' holds a training run with other settings (epochs/defense); use a new --out or delete it")
-            unwrap(model).load_state_dict(weights, strict=True)
-            _load_optimizer_state(opt, sched, st)
-            start_epoch = int(st["epoch"].item())
-            history = json.loads((out / "history.json").read_text()) if (out / "history.json").exists() else []
-            history = history[:start_epoch]
-
-    use_amp = cfg.amp and device.type == "cuda"
-    amp_dtype = torch.bfloat16 if (use_amp and torch.cuda.is_bf16_supported()) else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    s.use_amp = cfg.amp and device.type == "cuda"
+    s.amp_dtype = torch.bfloat16 if (s.use_amp and torch.cuda.is_bf16_supported()) else torch.float16
+    s.scaler = torch.amp.GradScaler("cuda", enabled=s.use_amp and s.amp_dtype == torch.float16)
 
     test_acc = history[-1].get("test_acc") if history else None
-    tb = tblog.training(out, description, len(loader))   # no-op unless a TensorBoard session is open
+    s.tb = tblog.training(out, description, len(s.loader))   # no-op unless a TensorBoard session is open
     with make_progress(progress) as prog:
-        task = prog.add_task(description, total=cfg.epochs * len(loader), completed=start_epoch * len(loader),
-                             status="")
+        task = prog.add_task(description, total=cfg.epochs * len(s.loader),
+                             completed=start_epoch * len(s.loader), status="")
         for epoch in range(start_epoch, cfg.epochs):
-            t0 = time.perf_counter()
-            seed_everything(derive_seed(cfg.seed, "epoch", epoch, *ddp.keys))
-            gen.manual_seed(derive_seed(cfg.seed, "order", epoch))
-            flip_gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "flip", epoch, *ddp.keys))
-            defense.on_epoch_start(epoch, cfg.epochs)
-            train_model.train()
-            tot_loss, tot_correct, tot_n = 0.0, 0, 0
-            for x, y, idx in loader:
-                x = x.to(device, non_blocking=True)
-                y = torch.as_tensor(y).to(device, non_blocking=True)
-                if x.shape[0] == 0 or (x.shape[0] == 1 and len(train_set) > 1):
-                    # a trailing batch of one image breaks BatchNorm1d heads (VGG16, IR nets); skip it
-                    prog.update(task, advance=1)
-                    continue
-                if cfg.hflip:
-                    x = _random_hflip(x, flip_gen)
-                x, y = defense.transform_batch(x, y, torch.as_tensor(idx))
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                    if defense.needs_features:
-                        logits, feats = _forward_features(train_model, x)
-                    else:
-                        logits, feats = train_model(x), None
-                    loss = defense.task_loss(logits, y)
-                    if loss is None:
-                        loss = F.cross_entropy(logits.float(), y)
-                    reg = defense.regularizer(StepContext(model=train_model, x=x, y=y, logits=logits, features=feats,
-                                                          epoch=epoch, epochs=cfg.epochs))
-                    if reg is not None:
-                        loss = loss + reg
-                if not torch.isfinite(loss):
-                    kept = " (the last good checkpoint is kept)" if out is not None and (out / "model.json").exists() else ""
-                    raise TrainingDivergedError(
-                        f"loss became {loss.item()} in epoch {epoch + 1}{kept}; lower the learning rate or check the defense settings")
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if cfg.grad_clip is not None:  # after backward, so it clips the real gradients
-                    scaler.unscale_(opt)
-                    torch.nn.utils.clip_grad_norm_(train_model.parameters(), cfg.grad_clip)
-                scaler.step(opt)
-                scaler.update()
-                tb.step(epoch, x, y, logits, loss, opt)
-                n = y.shape[0]
-                tot_loss += float(loss.detach()) * n
-                tot_correct += int((logits.detach().argmax(1) == y).sum())
-                tot_n += n
-                prog.update(task, advance=1, status=f"epoch {epoch + 1}/{cfg.epochs} loss {tot_loss / max(tot_n, 1):.3f}")
-            if sched is not None:
-                sched.step()
-            tot_loss, tot_correct, tot_n = ddp.sum(tot_loss, tot_correct, tot_n)
-            rec: dict[str, Any] = {"epoch": epoch + 1, "loss": tot_loss / max(tot_n, 1),
-                                   "train_acc": 100.0 * tot_correct / max(tot_n, 1)}
-            if test_set is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
-                test_acc = evaluate_accuracy(unwrap(train_model), test_set, device=device)
-                rec["test_acc"] = test_acc
-            rec["seconds"] = time.perf_counter() - t0
+            rec = _run_epoch(s, epoch, prog, task)
+            test_acc = rec.get("test_acc", test_acc)
             history.append(rec)
-            tb.epoch(rec, opt)
+            s.tb.epoch(rec, s.opt)
             prog.update(task, status=f"epoch {epoch + 1}/{cfg.epochs} acc {test_acc if test_acc is not None else float('nan'):.1f}%")
             if out is not None:
-                m = _meta(model, defense, cfg, train_set, meta)
-                m["init_report"] = init_report
-                m.update({"epoch": epoch + 1, "epochs": cfg.epochs, "test_acc": test_acc, "history": history,
-                          "defense_report": defense.report(), "complete": epoch + 1 == cfg.epochs})
-                if ddp.size > 1:
-                    m["world_size"] = ddp.size   # provenance: trained data-parallel (last session's size)
-                if ddp.is_main:
-                    _save_epoch(out, model, m, opt, sched, epoch + 1, history)
-                ddp.after_checkpoint(epoch + 1)
+                _checkpoint_epoch(s, _run_meta(s, meta, init_report, epoch + 1, test_acc, history), epoch + 1, history)
 
-    final = unwrap(train_model)
+    final = unwrap(s.train_model)
     final.eval()
     report = defense.report()
-    m = _meta(model, defense, cfg, train_set, meta)
-    m["init_report"] = init_report
-    m.update({"epoch": cfg.epochs, "epochs": cfg.epochs, "test_acc": test_acc, "history": history,
-              "defense_report": report, "complete": True})
+    m = _run_meta(s, meta, init_report, cfg.epochs, test_acc, history, report=report)
     return TrainResult(model=final, test_acc=test_acc, history=history,
                        checkpoint=(out / "model.safetensors") if out is not None else None,
                        defense_report=report, meta=m)
