@@ -390,20 +390,24 @@ def load_raw(source: str | os.PathLike, _seen: Optional[list[Path]] = None,
     return deep_merge(merged, data)
 
 
+def _with_parents(raw: dict) -> dict:
+    """An in-memory config dict with its ``extends`` parents (paths or built-in names) merged under it."""
+    if "extends" not in raw:
+        return raw
+    parents = raw.pop("extends")
+    merged: dict = {}
+    for parent in [parents] if isinstance(parents, str) else list(parents):
+        merged = deep_merge(merged, load_raw(parent))
+    return deep_merge(merged, raw)
+
+
 def raw_config(config: Any) -> dict[str, Any]:
     """A raw (unvalidated) config dict from a RunConfig, a dict (its ``extends`` resolved) or a
     name / path (via :func:`load_raw`)."""
     if isinstance(config, RunConfig):
         return config.to_dict()
     if isinstance(config, dict):
-        raw = copy.deepcopy(config)
-        if "extends" in raw:
-            parents = raw.pop("extends")
-            merged: dict = {}
-            for p in [parents] if isinstance(parents, str) else list(parents):
-                merged = deep_merge(merged, load_raw(p))
-            raw = deep_merge(merged, raw)
-        return raw
+        return _with_parents(copy.deepcopy(config))
     return load_raw(config)
 
 
@@ -443,13 +447,7 @@ def load_config(source: Any = "quickstart", overrides: Optional[dict[str, Any]] 
     if isinstance(source, RunConfig):
         raw, where = source.to_dict(), "config"
     elif isinstance(source, dict):
-        raw, where = copy.deepcopy(source), "config"
-        if "extends" in raw:
-            parents = raw.pop("extends")
-            merged: dict = {}
-            for parent in [parents] if isinstance(parents, str) else list(parents):
-                merged = deep_merge(merged, load_raw(parent))
-            raw = deep_merge(merged, raw)
+        raw, where = _with_parents(copy.deepcopy(source)), "config"
     else:
         path = resolve_config_path(source)
         raw, where = load_raw(path), f"config '{path}'"

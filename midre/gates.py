@@ -27,17 +27,11 @@ import math
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
+from .results import as_float
+
 PASSED, FAILED, MISSING, INFO = "passed", "failed", "not measured", "info"
 VALID, NOT_VALID = "valid", "comparison not valid"
 PRIOR_KINDS_WITH_SAMPLES = ("gan", "kedmi", "cgan")
-
-
-def _num(v: Any) -> float:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return float("nan")
-    return f
 
 
 def _floor_check(gate: str, subject: str, value: float, floor: float) -> dict[str, Any]:
@@ -69,16 +63,16 @@ def check_gates(rows: Sequence[Mapping[str, Any]], eval_acc: Any, gates: Any,
     """
     g = gates.model_dump() if hasattr(gates, "model_dump") else dict(gates)
     names = dict(attack_names or {})
-    checks = [_floor_check("evaluation model accuracy (%)", "evaluation model", _num(eval_acc), g["eval_acc"])]
+    checks = [_floor_check("evaluation model accuracy (%)", "evaluation model", as_float(eval_acc), g["eval_acc"])]
     nodef = [r for r in rows if str(r.get("defense")) == "nodef"]
     nodef_targets = list(dict.fromkeys(str(r["target"]) for r in nodef))
     if not nodef_targets:
         checks.append({"gate": "NoDef target", "subject": "-", "value": float("nan"), "floor": "present",
                        "status": MISSING})
     for t in nodef_targets:
-        acc = next(_num(r.get("acc")) for r in nodef if str(r["target"]) == t)
+        acc = next(as_float(r.get("acc")) for r in nodef if str(r["target"]) == t)
         checks.append(_floor_check("NoDef target accuracy (%)", t, acc, g["target_acc"]))
-        top1 = {str(r["attack"]): _num(r.get("attack_top1")) for r in nodef
+        top1 = {str(r["attack"]): as_float(r.get("attack_top1")) for r in nodef
                 if str(r["target"]) == t and str(r.get("attack") or "")}
         for key, v in top1.items():
             floor = _attack_floor(key, names.get(key, key), g["attack_top1"])
@@ -103,7 +97,7 @@ def check_gates(rows: Sequence[Mapping[str, Any]], eval_acc: Any, gates: Any,
             continue
         subject = str(q.get("prior")) + ("" if tgt is None else f" ({tgt})")
         checks.append(_floor_check("prior relative coverage (held-out public)", subject,
-                                   _num(q.get("relative_coverage")), g["prior_coverage"]))
+                                   as_float(q.get("relative_coverage")), g["prior_coverage"]))
     valid = all(c["status"] in (PASSED, INFO) for c in checks)
     return {"format": "midre-gates", "valid": valid, "verdict": VALID if valid else NOT_VALID, "checks": checks,
             "floors": {k: g[k] for k in ("eval_acc", "target_acc", "attack_top1", "weakest", "prior_coverage")}}
@@ -136,7 +130,7 @@ def gates_table(result: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
     head = ["gate", "subject", "value", "floor", "status"]
     body = []
     for c in result.get("checks", []):
-        v = _num(c.get("value"))
+        v = as_float(c.get("value"))
         body.append([str(c["gate"]), str(c["subject"]), "—" if math.isnan(v) else f"{v:.4g}", str(c["floor"]),
                      str(c["status"]).upper() if c["status"] in (FAILED, MISSING) else str(c["status"])])
     return head, body

@@ -47,6 +47,7 @@ from . import tblog
 from .config import AttackSection, RunConfig, TargetSection, dump_yaml, load_config, validate_train
 from .distributed import world
 from .errors import ConfigError, MidreError, RunDirError
+from .results import as_float
 from .utils import (RunLock, atomic_write_json, atomic_write_text, config_hash, derive_seed, parse_id_ranges,
                     resolve_device, seed_everything)
 
@@ -92,14 +93,6 @@ def versions() -> dict[str, str]:
 
     return {"midre": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
             "numpy": numpy.__version__, "python": platform.python_version(), "platform": platform.platform()}
-
-
-def _num(v: Any) -> float:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return float("nan")
-    return f
 
 
 def _identities(a: AttackSection, num_classes: int, where: str) -> list[int]:
@@ -788,16 +781,16 @@ class _Pipeline:
                 spec = self.def_specs[t.name]
                 rep = meta.get("defense_report") or {}
                 m = metrics.get(t.name, {})
-                acc = _num(meta.get("test_acc"))
+                acc = as_float(meta.get("test_acc"))
                 row: dict[str, Any] = {
                     "target": t.name, "defense": _defense_name(spec),
                     "defense_params": json.dumps({k: v for k, v in spec.items() if k != "name"}, sort_keys=True),
                     "attack": a.key if a is not None else "", "acc": acc,
-                    "attack_top1": _num(m.get("attacc_top1")), "attack_top1_std": _num(m.get("attacc_top1_std")),
-                    "attack_top5": _num(m.get("attacc_top5")), "attack_top5_std": _num(m.get("attacc_top5_std")),
+                    "attack_top1": as_float(m.get("attacc_top1")), "attack_top1_std": as_float(m.get("attacc_top1_std")),
+                    "attack_top5": as_float(m.get("attacc_top5")), "attack_top5_std": as_float(m.get("attacc_top5_std")),
                     "top1_ci_lo": _ci(m.get("attacc_top1_ci95"), 0), "top1_ci_hi": _ci(m.get("attacc_top1_ci95"), 1),
-                    "knn": _num(m.get("knn_dist")), "fid_eval": _num(m.get("fid_eval", m.get("fid_inception"))),
-                    "delta": "", "epsilon": _num(rep.get("epsilon")), "seed": cfg.seed,
+                    "knn": as_float(m.get("knn_dist")), "fid_eval": as_float(m.get("fid_eval", m.get("fid_inception"))),
+                    "delta": "", "epsilon": as_float(rep.get("epsilon")), "seed": cfg.seed,
                     "repeats": a.repeats if a is not None else "",
                     "identities": len(self.ids[a.key]) if a is not None else "",
                 }
@@ -806,14 +799,14 @@ class _Pipeline:
                 nodef = t.reference or nodef_default
                 row["reference"] = nodef if nodef != t.name else ""
                 if a is not None and nodef is not None and t.name != nodef and nodef in metrics:
-                    row["delta"] = tradeoff(_num(metas[nodef].get("test_acc")), acc,
-                                            _num(metrics[nodef].get("attacc_top1")), row["attack_top1"])
+                    row["delta"] = tradeoff(as_float(metas[nodef].get("test_acc")), acc,
+                                            as_float(metrics[nodef].get("attacc_top1")), row["attack_top1"])
                 rows.append(row)
         write_table(self.run_dir / "results.csv", rows, COLUMNS)
-        gates = write_gates(self.run_dir, cfg, rows, _num(eval_meta.get("test_acc")))
+        gates = write_gates(self.run_dir, cfg, rows, as_float(eval_meta.get("test_acc")))
         atomic_write_json(self.run_dir / "results.json", {
             "format": "midre-results", "columns": COLUMNS, "rows": rows, "seed": cfg.seed, "name": cfg.name,
-            "eval_model": {"arch": eval_meta.get("arch"), "acc": _num(eval_meta.get("test_acc"))},
+            "eval_model": {"arch": eval_meta.get("arch"), "acc": as_float(eval_meta.get("test_acc"))},
             "dataset": self.data_meta, "nodef_target": nodef_default, "config_hash": cfg.hash(), "gates": gates})
         self.state.stages["results"] = {"key": config_hash(rows), "status": "done", "finished": _now()}
         self.state.save()
@@ -934,7 +927,7 @@ def _defense_name(spec: dict) -> str:
 
 def _ci(v: Any, i: int) -> float:
     if isinstance(v, (list, tuple)) and len(v) == 2:
-        return _num(v[i])
+        return as_float(v[i])
     return float("nan")
 
 
@@ -1034,7 +1027,7 @@ def _run_study(cfg: RunConfig, run_dir: Path, progress: bool, stop_after: Option
         if per_seed:
             rows = aggregate_rows(per_seed)
             write_table(run_dir / "results.csv", rows, COLUMNS + STUDY_EXTRA_COLUMNS)
-            eval_accs = [_num(json.loads((run_dir / f"seed-{s}" / "results.json").read_text()).get("eval_model", {})
+            eval_accs = [as_float(json.loads((run_dir / f"seed-{s}" / "results.json").read_text()).get("eval_model", {})
                               .get("acc")) for s in seeds if (run_dir / f"seed-{s}" / "results.json").exists()]
             gates = write_gates(run_dir, cfg, rows, sum(eval_accs) / len(eval_accs) if eval_accs else float("nan"))
             write_table(run_dir / "results_per_seed.csv", per_seed, COLUMNS)
@@ -1086,19 +1079,19 @@ def aggregate_rows(per_seed: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                                                            "repeats", "identities", "reference")}
         row["seed"] = ",".join(str(r["seed"]) for r in rs)
         row["n_seeds"] = len(rs)
-        row["acc"], row["acc_std"] = mean_std([_num(r["acc"]) for r in rs])
-        top1 = [_num(r["attack_top1"]) for r in rs]
+        row["acc"], row["acc_std"] = mean_std([as_float(r["acc"]) for r in rs])
+        top1 = [as_float(r["attack_top1"]) for r in rs]
         row["attack_top1"], row["attack_top1_std"] = mean_std(top1)
-        row["attack_top5"], row["attack_top5_std"] = mean_std([_num(r["attack_top5"]) for r in rs])
+        row["attack_top5"], row["attack_top5_std"] = mean_std([as_float(r["attack_top5"]) for r in rs])
         v = [x for x in top1 if not math.isnan(x)]
         if len(v) > 1:
             half = float(stats.t.ppf(0.975, len(v) - 1)) * row["attack_top1_std"] / math.sqrt(len(v))
             row["top1_ci_lo"], row["top1_ci_hi"] = row["attack_top1"] - half, row["attack_top1"] + half
         else:
             row["top1_ci_lo"] = row["top1_ci_hi"] = float("nan")
-        row["knn"], row["knn_std"] = mean_std([_num(r["knn"]) for r in rs])
-        row["fid_eval"], row["fid_eval_std"] = mean_std([_num(r["fid_eval"]) for r in rs])
-        row["epsilon"] = mean_std([_num(r.get("epsilon")) for r in rs])[0]
+        row["knn"], row["knn_std"] = mean_std([as_float(r["knn"]) for r in rs])
+        row["fid_eval"], row["fid_eval_std"] = mean_std([as_float(r["fid_eval"]) for r in rs])
+        row["epsilon"] = mean_std([as_float(r.get("epsilon")) for r in rs])[0]
         row["delta"] = ""
         out.append(row)
     # trade-off of the seed means against the NoDef target of the same attack

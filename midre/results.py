@@ -27,6 +27,14 @@ RESULT_COLUMNS = ["target", "defense", "defense_params", "attack", "acc", "attac
 
 
 # ----------------------------------------------------------------------------------------- values
+def as_float(v: Any) -> float:
+    """``float(v)``, or NaN when ``v`` is missing or not a number."""
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
 def to_number(v: Any) -> Any:
     """'' / None / 'nan' -> nan; numeric strings -> float; anything else (e.g. 'OP') unchanged."""
     if v is None:
