@@ -608,7 +608,7 @@ class _Pipeline:
         from . import zoo
         from .priors import data_fingerprint
 
-        if not self.use_zoo:
+        if not self.use_zoo or data is None:   # no data (a converted generator): nothing the zoo could match
             return None
         hit = zoo.find(stage, self.keys[stage], data_fingerprint(data))
         if hit is None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from midre.data.base import DATASETS, MISplits, TensorImageSet
+from midre.errors import ArgumentError
 
 NAME = "toy-quadrants"
 
@@ -26,7 +27,9 @@ def _make(n: int, kinds: list[tuple[int, list[int]]], g: torch.Generator) -> Ten
 
 if NAME not in DATASETS:
     @DATASETS.register(NAME, kind="embedded", needs_root=False, options={"n": "images per private split"})
-    def _toy(root=None, resolution=None, seed=0, n: int = 96) -> MISplits:
+    def _toy(root=None, resolution=None, seed=0, n: int = 96, **unknown) -> MISplits:
+        if unknown:   # like every registered family: an unknown option is a user error
+            raise ArgumentError(f"dataset '{NAME}' has no option '{next(iter(unknown))}'; it takes: n")
         g = torch.Generator().manual_seed(int(seed))
         private = [(0, [0]), (0, [1]), (1, [0]), (1, [1])]
         public = [(0, [0, 1]), (1, [0, 1]), (0, [2]), (1, [2])]

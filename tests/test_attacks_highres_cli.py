@@ -85,9 +85,23 @@ def test_cli_converted_generator_needs_no_public_data(target, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("name", ["paper/facescrub", "paper/dogs", "paper/celeba-ppa"])
-def test_paper_configs_say_the_generator_is_missing(tmp_path, capsys, name):
+def test_paper_configs_say_the_generator_is_missing(tmp_path, capsys, monkeypatch, name):
     from midre.cli import main
+    from midre.config import raw_config, resolve_config_path
 
+    def inits(node):   # every train.init of the config (local pretrained weights, relative to the cwd)
+        if isinstance(node, dict):
+            yield from ([node["init"]] if isinstance(node.get("init"), str) else [])
+            for v in node.values():
+                yield from inits(v)
+        elif isinstance(node, list):
+            for v in node:
+                yield from inits(v)
+
+    monkeypatch.chdir(tmp_path)   # the pretrained weights are present: only the generator is missing
+    for rel in set(inits(raw_config(str(resolve_config_path(name))))):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"")
     assert main(["run", name, "--root", str(tmp_path), "--out", str(tmp_path / "run"), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "priors.params.stylegan2.path" in err[0] and "midre convert stylegan2" in err[0]
