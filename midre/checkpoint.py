@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -54,18 +54,28 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict[str, A
     return st_path
 
 
+def read_json_record(js: Path, corrupt: str, foreign: str, is_ours: Callable[[dict], bool]) -> dict[str, Any]:
+    """The JSON side of a saved artefact: a dict that ``is_ours`` accepts, else one CheckpointError line
+    (``corrupt`` when it is not JSON, ``foreign`` when it is JSON of something else)."""
+    try:
+        meta = json.loads(Path(js).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise CheckpointError(corrupt) from None
+    if not isinstance(meta, dict) or not is_ours(meta):
+        raise CheckpointError(foreign)
+    return meta
+
+
 def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     st_path, js_path = checkpoint_files(path)
     if not js_path.exists():
         if Path(path).exists() and not Path(path).is_dir() and Path(path).suffix not in (".json", ".safetensors"):
             raise CheckpointError(f"'{path}' is not a midre checkpoint; give the model.safetensors written by `midre train`")
         raise CheckpointError(f"checkpoint metadata '{js_path}' not found; give a directory or .safetensors written by `midre train`")
-    try:
-        meta = json.loads(js_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise CheckpointError(f"checkpoint metadata '{js_path}' is corrupt (not JSON); re-train or restore the file") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointError(f"'{js_path}' is not midre checkpoint metadata; give a checkpoint written by `midre train`")
+    meta = read_json_record(
+        js_path, f"checkpoint metadata '{js_path}' is corrupt (not JSON); re-train or restore the file",
+        f"'{js_path}' is not midre checkpoint metadata; give a checkpoint written by `midre train`",
+        lambda m: m.get("format") == FORMAT)
     for key in ("arch", "num_classes", "resolution"):
         if key not in meta:
             raise CheckpointError(f"checkpoint metadata '{js_path}' lacks '{key}'; re-train the model with this midre version")

@@ -43,6 +43,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .checkpoint import read_json_record
 from .errors import ArgumentError, CheckpointError, DataError, did_you_mean
 from .models.generators import (CondGenerator, DCGANDiscriminator, DCGANGenerator, ProjectionDiscriminator,
                                 build_gan_module)
@@ -219,12 +220,9 @@ class Prior:
         if not js.exists() or not st.exists():
             raise CheckpointError(f"no trained prior in '{out}'; train it with `midre attack` (it trains priors) "
                                   "or midre.priors.train_prior")
-        try:
-            meta = json.loads(js.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise CheckpointError(f"'{js}' is corrupt; delete '{out}' to retrain the prior") from None
-        if meta.get("format") != PRIOR_FORMAT:
-            raise CheckpointError(f"'{js}' is not a midre prior; delete it or choose another --prior-dir")
+        meta = read_json_record(js, f"'{js}' is corrupt; delete '{out}' to retrain the prior",
+                                f"'{js}' is not a midre prior; delete it or choose another --prior-dir",
+                                lambda m: m.get("format") == PRIOR_FORMAT)
         state = load_safetensors(st)
         kind = meta["kind"]
         prior = cls(kind=kind, meta={k: v for k, v in meta.items() if k not in ("format", "kind")})

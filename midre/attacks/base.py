@@ -49,6 +49,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import torch
 import torch.nn as nn
 
+from ..checkpoint import read_json_record
 from ..errors import ArgumentError, CheckpointError, MidreError, did_you_mean
 from .. import tblog
 from ..registry import Registry
@@ -133,12 +134,9 @@ class Reconstructions:
         if not st.exists() or not js.exists():
             raise CheckpointError(f"no reconstructions in '{p}' (need reconstructions.safetensors + .json); "
                                   "run `midre attack --out DIR` first")
-        try:
-            meta = json.loads(js.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise CheckpointError(f"'{js}' is corrupt (not JSON); re-run the attack") from None
-        if not isinstance(meta, dict) or meta.get("format") != RECON_FORMAT:
-            raise CheckpointError(f"'{js}' is not a midre reconstructions file; re-run the attack")
+        meta = read_json_record(js, f"'{js}' is corrupt (not JSON); re-run the attack",
+                                f"'{js}' is not a midre reconstructions file; re-run the attack",
+                                lambda m: m.get("format") == RECON_FORMAT)
         try:
             t = load_file(str(st))
         except (SafetensorError, OSError, ValueError) as e:

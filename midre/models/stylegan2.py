@@ -556,10 +556,9 @@ def load_generator(path: Any, device: Any = "cpu") -> tuple[Generator, dict]:
 
     ``path``: the output directory, ``generator.safetensors`` or ``generator.json``.
     """
-    import json
     from pathlib import Path
 
-    from ..checkpoint import load_state
+    from ..checkpoint import load_state, read_json_record
     from ..errors import CheckpointError
 
     p = Path(path)
@@ -568,13 +567,10 @@ def load_generator(path: Any, device: Any = "cpu") -> tuple[Generator, dict]:
     if not js.is_file():
         raise CheckpointError(f"no StyleGAN2 generator at '{path}' ('{js}' missing); convert one with "
                               "`midre convert stylegan2 FILE.pkl --out DIR`")
-    try:
-        meta = json.loads(js.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise CheckpointError(f"'{js}' is corrupt (not JSON); convert the generator again") from None
-    if not isinstance(meta, dict) or meta.get("kind") != GENERATOR_KIND or not isinstance(meta.get("init_kwargs"), dict):
-        raise CheckpointError(f"'{js}' does not describe a StyleGAN2 generator; give a directory written by "
-                              "`midre convert stylegan2`")
+    meta = read_json_record(js, f"'{js}' is corrupt (not JSON); convert the generator again",
+                            f"'{js}' does not describe a StyleGAN2 generator; give a directory written by "
+                            "`midre convert stylegan2`",
+                            lambda m: m.get("kind") == GENERATOR_KIND and isinstance(m.get("init_kwargs"), dict))
     try:
         G = Generator(**meta["init_kwargs"])
     except (ArgumentError, TypeError) as e:
