@@ -346,7 +346,7 @@ class _Pipeline:
         for bname, b in cfg.backbones.items():
             self.backbone_train[bname] = validate_train(self.where, f"backbones.{bname}.train", b.train)
             keys[f"backbones/{bname}"] = config_hash({
-                "base": base, "arch": b.arch, "kwargs": b.model_kwargs, "pool": b.pool,
+                "base": _backbone_base(d, b.pool, base), "arch": b.arch, "kwargs": b.model_kwargs, "pool": b.pool,
                 "train": self.backbone_train[bname], "seed": b.seed,
                 **({"pool_options": b.pool_options} if b.pool_options else {})})
         self.eval_train = validate_train(self.where, "eval_model.train", cfg.eval_model.train)
@@ -880,6 +880,16 @@ def _holdout_split(public: Any, share: float, seed: int) -> tuple[Any, Any]:
     perm = torch.randperm(len(public), generator=torch.Generator().manual_seed(seed))
     n_out = max(int(round(share * len(public))), 5)
     return public.subset(perm[n_out:].sort().values), public.subset(perm[:n_out].sort().values)
+
+
+def _backbone_base(d: Any, pool: str, base: str) -> str:
+    """What a backbone's data depends on: a family's fixed pretraining pool depends only on the family and the
+    resolution (not on the private/public options or the data seed), so configs that differ there share it."""
+    from .data import base as data_base
+
+    if pool == "pretrain" and str(d.name).lower() in getattr(data_base, "PRETRAINING_POOLS", {}):
+        return config_hash({"pretraining_pool": str(d.name).lower(), "resolution": d.resolution})
+    return base
 
 
 def _pretraining_pool(splits: Any, dataset: str, options: dict, bname: str) -> Any:

@@ -121,3 +121,22 @@ def test_paper_configs_name_local_pretrained_weights(name, tmp_path, capsys, mon
     assert main(["run", name, "--root", str(tmp_path / "data"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "pretrained weights" in err and "not found" in err
+
+
+def test_a_fixed_pretraining_pool_backbone_does_not_depend_on_the_private_options(tmp_path):
+    """A family's pretraining pool (synthetic2) depends only on family + resolution: configs that differ in their
+    private / public options or data seed share the backbone (and its zoo entry); its own settings still count."""
+    from midre.config import load_config
+    from midre.pipeline import _Pipeline
+
+    def keys(**over):
+        return _Pipeline(load_config("quickstart", overrides=over), tmp_path / "k", False, None)._keys()
+
+    base = keys()
+    other = keys(**{"dataset.options": {"num_private": 20, "num_public": 40}, "dataset.seed": 3})
+    assert other["backbones/smallcnn"] == base["backbones/smallcnn"]
+    assert other["eval"] != base["eval"]                      # the evaluation model trains on the private data
+    assert keys(**{"dataset.resolution": 48})["backbones/smallcnn"] != base["backbones/smallcnn"]
+    assert keys(**{"backbones.smallcnn.pool_options.num_identities": 400})["backbones/smallcnn"] \
+        != base["backbones/smallcnn"]
+    assert keys(**{"backbones.smallcnn.pool": "public"})["backbones/smallcnn"] != base["backbones/smallcnn"]
