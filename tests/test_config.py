@@ -62,9 +62,27 @@ def test_quickstart_is_the_papers_comparison():
     assert names == ["nodef", "midre-0.4", "midre-0.8"]
     assert cfg.targets[1].defense == {"name": "midre", "area": 0.4}
     assert cfg.targets[2].defense == {"name": "midre", "area": 0.8}
-    assert cfg.dataset.name == "synthetic" and cfg.dataset.resolution == 32
+    assert cfg.dataset.name == "synthetic2" and cfg.dataset.resolution == 32
     assert cfg.eval_model.arch != cfg.defaults.arch            # evaluation model: another architecture
     assert 2 <= len(cfg.attacks) <= 3
+    names = [a.name for a in cfg.attacks]
+    assert "gmi" in names and {"kedmi", "lomma_gmi", "lomma_kedmi", "plgmi"} & set(names)   # a strong attack too
+    # every target starts from the shared backbone; the instrument's pieces have fixed seeds (zoo-shareable)
+    assert cfg.defaults.train["init"] == "zoo:smallcnn" and cfg.eval_model.train["init"] == "zoo:smallresnet"
+    assert cfg.eval_model.seed is not None and cfg.priors.seed is not None and cfg.dataset.seed is not None
+
+
+def test_calibration_configs_share_the_quickstarts_instrument(tmp_path):
+    """calibration-v2 measures the quickstart's own backbones, evaluation model and GAN prior (same keys)."""
+    from midre.pipeline import _Pipeline
+
+    keys = [_Pipeline(load_config(n), tmp_path / n, False, None)._keys()
+            for n in ("quickstart", "calibration-v2", "calibration-v2-strong")]
+    for stage in ("backbones/smallcnn", "backbones/smallresnet", "eval"):
+        assert keys[0][stage] == keys[1][stage] == keys[2][stage], stage
+    assert keys[0]["priors/gan"] == keys[1]["priors/gan"]
+    assert all(t.defense == "nodef" for n in ("calibration-v2", "calibration-v2-strong")
+               for t in load_config(n).targets)
 
 
 @pytest.mark.parametrize("name", [n for n in builtin_configs() if not n.startswith("paper/")])
@@ -76,16 +94,20 @@ def test_every_builtin_config_validates_against_the_registries(name):
     assert again.hash() == cfg.hash()
 
 
-def test_study_has_three_seeds_and_more_attacks():
+def test_study_has_three_seeds_and_more_identities_on_the_quickstarts_instrument():
     study, quick = load_config("study", check=False), load_config("quickstart", check=False)
     assert len(study.run_seeds()) >= 3
-    assert len(study.attacks) > len(quick.attacks)
-    assert [t.name for t in study.targets] == [t.name for t in quick.targets]
+    assert {t.name for t in quick.targets} <= {t.name for t in study.targets}
+    assert [a.name for a in study.attacks] == [a.name for a in quick.attacks]
+    assert all(a.identities == "all" and a.repeats >= 2 for a in study.attacks)
+    for section in ("dataset", "backbones", "eval_model", "priors", "gates"):   # the calibrated instrument
+        assert getattr(study, section) == getattr(quick, section), section
     assert study.for_seed(2).seed == 2 and study.for_seed(2).seeds is None
 
 
-def test_baselines_lists_every_defense():
-    cfg = load_config("baselines", check=False)
+@pytest.mark.parametrize("name", ["baselines", "baselines-v1"])
+def test_baselines_lists_every_defense(name):
+    cfg = load_config(name, check=False)
     names = set()
     for t in cfg.targets:
         specs = t.defense if isinstance(t.defense, list) else [t.defense]

@@ -169,11 +169,11 @@ def test_configs_accept_synthetic2_without_a_root():
     from midre.config import load_config
     from midre.errors import ConfigError
 
-    cfg = load_config("quickstart", overrides={"dataset.name": "synthetic2", "dataset.resolution": 32,
+    cfg = load_config("quickstart-v1", overrides={"dataset.name": "synthetic2", "dataset.resolution": 32,
                                                "dataset.options": {"num_private": 20, "train_per_id": 10}})
     assert cfg.dataset.name == "synthetic2" and cfg.dataset.root is None
     with pytest.raises(ConfigError, match="images_per_id"):
-        load_config("quickstart", overrides={"dataset.name": "synthetic2"})   # a v1 option, not v2's
+        load_config("quickstart-v1", overrides={"dataset.name": "synthetic2"})   # a v1 option, not v2's
 
 
 def test_synthetic2_runs_through_the_pipeline(tmp_path):
