@@ -264,6 +264,16 @@ def attack_accuracy_from_logits(logits: torch.Tensor, identity: Any, repeat: Any
     return out
 
 
+def eval_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 128,
+                device: Optional[Union[str, torch.device]] = None) -> torch.Tensor:
+    """Logits of ``model`` (eval mode) on ``images`` (float [0, 1] or uint8), float32 on the CPU: the same
+    batching and scaling as every metric here, for analyses that need per-image predictions."""
+    images = _check_images(torch.as_tensor(images))
+    dev = _pick_device(model, device)
+    with torch.no_grad(), _eval_mode(model):
+        return _batched(model, images, batch_size, dev)
+
+
 def attack_accuracy(eval_model: nn.Module, images: torch.Tensor, identity: Any, repeat: Any = None,
                     topk: Sequence[int] = (1, 5), n_boot: int = 1000, seed: int = 0, batch_size: int = 128,
                     device: Optional[Union[str, torch.device]] = None,

@@ -1049,6 +1049,11 @@ def _run_study(cfg: RunConfig, run_dir: Path, progress: bool, stop_after: Option
                                "delta = trade-off of the seed means"})
             res.rows = rows
             res.results_csv, res.results_json = run_dir / "results.csv", run_dir / "results.json"
+        if stop_after is None and complete and per_seed and any(str(t.name) == "nodef" for t in cfg.targets) \
+                and len(cfg.targets) > 1 and cfg.attacks:
+            from .analysis.paired import write_paired
+
+            console.print(f"paired differences -> {write_paired(run_dir)}")
         if stop_after is None and cfg.report.enabled and complete:
             try:
                 from .report import write_report

@@ -381,6 +381,18 @@ def _results_section(rows: Sequence[dict[str, Any]]) -> Section:
     return ("Results", "\n\n".join(t_md), "".join(t_html))
 
 
+def _paired_section(run_dir: Path) -> Optional[Section]:
+    """Paired NoDef - defense differences with CIs (RUN/analysis/paired.json, `midre analyze paired`)."""
+    from .analysis.paired import paired_table
+
+    data = read_json_safe(run_dir / "analysis" / "paired.json")
+    if not isinstance(data, dict) or not data.get("rows"):
+        return None
+    head, body, note = paired_table(data["rows"])
+    return ("Paired differences (NoDef - defense)", md_table(head, body) + "\n\n" + note,
+            html_table(head, body) + f"<p class='note'>{html.escape(note)}</p>")
+
+
 def _summary_figures(rows: Sequence[dict[str, Any]], figs: Path) -> list[Image]:
     """The privacy-utility plot and, when a_e was swept, the a_e curve."""
     from .analysis.curves import ae_curve_points, plot_ae_curve
@@ -546,6 +558,9 @@ def write_report(run_dir: str | Path, *, max_identities: int = 8, splits: Any = 
     if settings is not None:
         sections.append(settings)
     sections.append(_results_section(rows))
+    paired = _paired_section(run_dir)
+    if paired is not None:
+        sections.append(paired)
 
     images: list[Image] = []
     notes: list[str] = []

@@ -1,0 +1,201 @@
+"""Paired differences between a reference target (NoDef) and every defense, with confidence intervals.
+
+Does a defense lower attack accuracy more than it lowers natural accuracy?  In a midre run all targets of
+one seed share their initialisation and batch order, the attacks attack the same identities with the same
+repeats, and natural accuracy is measured on the same test images, so the comparison is PAIRED:
+
+* attack:  ``d_att`` = AttAcc(reference) - AttAcc(defense), from the per-identity success rates (top-1 of
+  the evaluation model, averaged over the repeats), identity by identity;
+* utility: ``d_acc`` = Acc(reference) - Acc(defense), test image by test image;
+* the gap ``d_att - d_acc`` (percentage points): > 0 when the defense removes more attack success than
+  natural accuracy.
+
+Every figure is the mean over seeds.  The 95 % interval (``*_ci``) is a two-stage percentile bootstrap:
+resample the seeds, then within each drawn seed resample the identities and (independently) the test
+images, all with replacement; ``d_att``, ``d_acc`` and the gap share the draws.  With few seeds the seed
+stage has little to resample, so the t-interval across the per-seed differences is reported beside it
+(``*_seed_t_ci``; needs >= 2 seeds) and the per-seed values are listed.
+
+The analysis recomputes every prediction from the saved models and reconstructions and checks that they
+reproduce the run's own AttAcc / Acc (within 0.01 points); a mismatch is an error, not a footnote.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import RunDirError
+
+CI_LEVEL = 0.95
+
+
+def _seed_dirs(run_dir: Path) -> list[Path]:
+    subs = sorted((p for p in run_dir.glob("seed-*") if (p / "run.json").exists()),
+                  key=lambda p: int(p.name.split("-", 1)[1]))
+    if subs:
+        return subs
+    if (run_dir / "run.json").exists():
+        return [run_dir]
+    raise RunDirError(f"'{run_dir}' is not a midre run or study directory (no run.json); run `midre run` into it")
+
+
+def _test_split(seed_dir: Path) -> Any:
+    from ..config import load_config
+    from ..data import load_dataset
+
+    cfg = load_config(seed_dir / "config.yaml")
+    d = cfg.dataset
+    data_seed = d.seed if d.seed is not None else cfg.seed
+    return load_dataset(d.name, root=d.root, resolution=d.resolution, seed=data_seed, **d.options).private_test
+
+
+def _correct(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
+    from ..metrics import eval_logits
+
+    return (eval_logits(model, images).argmax(1) == labels).numpy().astype(np.float64)
+
+
+def _seed_record(seed_dir: Path, reference: str) -> dict[str, Any]:
+    """Per-test-image correctness of every target, per-identity attack success of every (target, attack)."""
+    from ..attacks.base import Reconstructions
+    from ..data.base import in_memory
+    from ..loading import load_model
+
+    results = json.loads((seed_dir / "results.json").read_text(encoding="utf-8"))
+    rows = results.get("rows", [])
+    test = in_memory(_test_split(seed_dir), False).to_tensors()
+    eval_model, _ = load_model(seed_dir / "eval" / "model.safetensors")
+    acc_correct, att_hits, recorded = {}, {}, {}
+    for r in rows:
+        t, a = str(r["target"]), str(r.get("attack") or "")
+        if t not in acc_correct:
+            model, _ = load_model(seed_dir / "targets" / t / "model.safetensors")
+            acc_correct[t] = _correct(model, test.images, torch.as_tensor(test.targets).long())
+            _check(acc_correct[t].mean() * 100.0, r.get("acc"), f"{seed_dir.name}: Acc of {t}")
+        if not a:
+            continue
+        rec = Reconstructions.load(seed_dir / "attacks" / t / a)
+        hit = _correct(eval_model, rec.images, rec.identity.long())
+        ids = rec.identity.long().numpy()
+        uniq = np.unique(ids)
+        att_hits[(t, a)] = {int(i): float(hit[ids == i].mean()) for i in uniq}
+        _check(hit.mean() * 100.0, r.get("attack_top1"), f"{seed_dir.name}: AttAcc of {a} on {t}")
+        recorded[(t, a)] = r
+    if reference not in acc_correct:
+        raise RunDirError(f"'{seed_dir}' has no target named '{reference}' to compare against; pass --reference")
+    return {"acc": acc_correct, "att": att_hits, "rows": recorded}
+
+
+def _check(mine: float, theirs: Any, what: str) -> None:
+    try:
+        t = float(theirs)
+    except (TypeError, ValueError):
+        return
+    if math.isfinite(t) and abs(mine - t) > 0.01:
+        raise RunDirError(f"{what}: recomputed {mine:.3f} % but the run recorded {t:.3f} %; the run directory's "
+                          "models or reconstructions changed after it was evaluated -- rerun `midre run` into it")
+
+
+def _t_ci(values: Sequence[float]) -> Optional[list[float]]:
+    if len(values) < 2:
+        return None
+    from scipy import stats
+
+    arr = np.asarray(values, dtype=np.float64)
+    half = stats.t.ppf(0.5 + CI_LEVEL / 2, len(arr) - 1) * arr.std(ddof=1) / math.sqrt(len(arr))
+    return [float(arr.mean() - half), float(arr.mean() + half)]
+
+
+def _pair(seeds: list[dict], reference: str, target: str, attack: str, n_boot: int, rng: np.random.Generator
+          ) -> dict[str, Any]:
+    d_att, d_acc = [], []          # per seed: per-identity and per-image differences (arrays)
+    for s in seeds:
+        ref, dfn = s["att"][(reference, attack)], s["att"][(target, attack)]
+        ids = sorted(set(ref) & set(dfn))
+        d_att.append(np.array([ref[i] - dfn[i] for i in ids]) * 100.0)
+        d_acc.append((s["acc"][reference] - s["acc"][target]) * 100.0)
+    per_att = [float(x.mean()) for x in d_att]
+    per_acc = [float(x.mean()) for x in d_acc]
+    per_gap = [a - b for a, b in zip(per_att, per_acc)]
+    boots = np.empty((n_boot, 3))
+    k = len(seeds)
+    for b in range(n_boot):
+        pick = rng.integers(0, k, size=k)
+        att = [d_att[j][rng.integers(0, len(d_att[j]), size=len(d_att[j]))].mean() for j in pick]
+        acc = [d_acc[j][rng.integers(0, len(d_acc[j]), size=len(d_acc[j]))].mean() for j in pick]
+        boots[b] = (np.mean(att), np.mean(acc), np.mean(att) - np.mean(acc))
+    lo, hi = np.percentile(boots, [100 * (1 - CI_LEVEL) / 2, 100 * (1 + CI_LEVEL) / 2], axis=0)
+    row = seeds[0]["rows"][(target, attack)]
+    return {"target": target, "defense": row.get("defense"), "attack": attack, "reference": reference,
+            "n_seeds": k, "n_identities": int(np.mean([len(x) for x in d_att])),
+            "n_test_images": int(np.mean([len(x) for x in d_acc])),
+            "d_att": float(np.mean(per_att)), "d_att_ci": [float(lo[0]), float(hi[0])], "d_att_seed_t_ci": _t_ci(per_att),
+            "d_acc": float(np.mean(per_acc)), "d_acc_ci": [float(lo[1]), float(hi[1])], "d_acc_seed_t_ci": _t_ci(per_acc),
+            "gap": float(np.mean(per_gap)), "gap_ci": [float(lo[2]), float(hi[2])], "gap_seed_t_ci": _t_ci(per_gap),
+            "d_att_per_seed": per_att, "d_acc_per_seed": per_acc}
+
+
+def paired_differences(run_dir: str | Path, reference: str = "nodef", n_boot: int = 2000, seed: int = 0
+                       ) -> list[dict[str, Any]]:
+    """Paired NoDef - defense differences of a run or study directory (see the module docstring)."""
+    run_dir = Path(run_dir)
+    seeds = [_seed_record(d, reference) for d in _seed_dirs(run_dir)]
+    rng = np.random.default_rng(seed)
+    pairs = sorted({key for s in seeds for key in s["att"]}, key=lambda k: (k[1], k[0]))
+    out = []
+    for target, attack in pairs:
+        if target == reference or not all((reference, attack) in s["att"] and (target, attack) in s["att"]
+                                           for s in seeds):
+            continue
+        out.append(_pair(seeds, reference, target, attack, n_boot, rng))
+    return out
+
+
+def _ci(v: Optional[Sequence[float]]) -> str:
+    return "--" if v is None else f"[{v[0]:+.1f}, {v[1]:+.1f}]"
+
+
+HEAD = ["defense target", "attack", "d_att (pp)", "95 % CI", "d_acc (pp)", "95 % CI", "gap d_att - d_acc", "95 % CI",
+        "gap: t across seeds", "per seed d_att / d_acc"]
+
+
+def paired_table(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]], str]:
+    """(head, body, note) of the paired-differences table (markdown / HTML by midre.results)."""
+    body = [[str(r["target"]), str(r["attack"]), f"{r['d_att']:+.1f}", _ci(r["d_att_ci"]), f"{r['d_acc']:+.1f}",
+             _ci(r["d_acc_ci"]), f"{r['gap']:+.1f}", _ci(r["gap_ci"]), _ci(r["gap_seed_t_ci"]),
+             ", ".join(f"{a:+.1f}/{b:+.1f}" for a, b in zip(r["d_att_per_seed"], r["d_acc_per_seed"]))]
+            for r in rows]
+    n = rows[0] if rows else {}
+    note = (f"Reference: {n.get('reference', 'nodef')}; {n.get('n_seeds', 0)} seed(s), {n.get('n_identities', 0)} "
+            f"identities attacked, {n.get('n_test_images', 0)} test images per seed. d_att = AttAcc(reference) - "
+            "AttAcc(defense), d_acc = Acc(reference) - Acc(defense), in percentage points, paired per seed; gap > 0: "
+            "the defense removes more attack success than natural accuracy. CI: two-stage percentile bootstrap "
+            "(seeds, then identities / test images); 't across seeds': t-interval of the per-seed gaps.")
+    return HEAD, body, note
+
+
+def paired_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    from ..results import md_table
+
+    head, body, note = paired_table(rows)
+    return md_table(head, body) + "\n\n" + note + "\n"
+
+
+def write_paired(run_dir: str | Path, reference: str = "nodef", n_boot: int = 2000, seed: int = 0) -> Path:
+    """Compute and write RUN/analysis/paired.json + paired.md; returns the markdown path."""
+    from ..utils import atomic_write_json, atomic_write_text
+
+    run_dir = Path(run_dir)
+    rows = paired_differences(run_dir, reference, n_boot, seed)
+    if not rows:
+        raise RunDirError(f"'{run_dir}' has no attack run on both '{reference}' and a defense target")
+    atomic_write_json(run_dir / "analysis" / "paired.json", {"format": "midre-paired", "n_boot": n_boot,
+                                                             "seed": seed, "rows": rows})
+    md = run_dir / "analysis" / "paired.md"
+    atomic_write_text(md, paired_markdown(rows))
+    return md
