@@ -66,6 +66,16 @@ def _figures(pipe: Any, stage: str, stage_dir: Path) -> dict[str, Any]:
     return figs
 
 
+def _built_on(device: Any) -> str:
+    import platform
+
+    import torch
+
+    dev = torch.device(device)
+    what = torch.cuda.get_device_name(dev) if dev.type == "cuda" else (platform.processor() or platform.machine())
+    return f"{dev.type}: {what}, torch {torch.__version__}"
+
+
 def build(names: Sequence[str] = (), configs: Optional[Sequence[str]] = None, root: Optional[str | os.PathLike] = None,
           work_dir: Optional[str | os.PathLike] = None, progress: bool = True, device: Optional[str] = None
           ) -> list[str]:
@@ -106,6 +116,6 @@ def build(names: Sequence[str] = (), configs: Optional[Sequence[str]] = None, ro
             add_entry(name, kind=stage.split("/")[0].rstrip("s"), stage=stage, key=pipe.keys[stage],
                       fingerprint=data_fingerprint(pipe.stage_data(stage)), src=stage_dir,
                       files=_files(stage_dir, stage), config=str(c), config_yaml=dump_yaml(cfg),
-                      figures=_figures(pipe, stage, stage_dir), root=root_dir)
+                      figures=_figures(pipe, stage, stage_dir), built_on=_built_on(pipe.device), root=root_dir)
             built.append(name)
     return built

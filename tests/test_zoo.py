@@ -49,6 +49,7 @@ def test_build_writes_manifest_with_hashes_config_and_figures(zoo, capsys):
     for name, e in m["entries"].items():
         assert e["files"] and all(sha256_file(root / "weights" / name / f) == h for f, h in e["files"].items())
         assert "toy-quadrants" in e["config_yaml"] and e["key"] and e["data_fingerprint"]
+        assert e["built_on"].startswith("cpu: ") and "torch" in e["built_on"]
     assert m["entries"]["toyzoo-eval"]["figures"]["test_acc"] is not None
     assert m["entries"]["toyzoo-backbone-bb"]["figures"]["pool_classes"] == 6
     assert "coverage" in m["entries"]["toyzoo-prior-gan"]["figures"]["quality"]
@@ -132,3 +133,39 @@ def test_package_zoo_is_consistent():
     check(PACKAGE_ZOO)
     text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
     assert "zoo/weights/**/*" in text and "zoo/manifest.json" in text
+
+
+def test_the_shipped_zoo_verifies_and_serves_the_quickstart():
+    """The package's zoo: every file's sha256 checks, and the quickstart's instrument stages all match an entry
+    (same stage key; the data fingerprints are checked when a run renders the data)."""
+    from midre.config import load_config
+    from midre.pipeline import _Pipeline
+    from midre.zoo import PACKAGE_ZOO, check, load_manifest
+
+    assert len(check(PACKAGE_ZOO)) >= 4
+    entries = load_manifest(PACKAGE_ZOO)["entries"]
+    assert sum(e["bytes"] for e in entries.values()) < 50 * 2 ** 20           # tens of MB at most
+    pipe = _Pipeline(load_config("quickstart"), PACKAGE_ZOO / ".probe", False, None)
+    keys = pipe._keys()
+    pipe.keys = keys
+    for stage in pipe.instrument_stages():
+        assert any(e["stage"] == stage and e["key"] == keys[stage] for e in entries.values()), stage
+
+
+
+def test_a_fresh_quickstart_takes_its_whole_instrument_from_the_shipped_zoo(tmp_path, monkeypatch):
+    """Rendered here, the quickstart's images have the fingerprints the shipped entries were built on, so the
+    backbones, the evaluation model and the GAN prior are installed (sha256-verified), never retrained."""
+    from midre.config import load_config
+    from midre.pipeline import run_pipeline
+
+    monkeypatch.setenv("MIDRE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("MIDRE_ZOO_DIR", raising=False)
+    cfg = load_config("quickstart", overrides={"targets": [{"name": "nodef", "defense": "nodef"}],
+                                               "attacks": [{"name": "gmi", "identities": "0-1"}],
+                                               "device": "cpu"})
+    run_pipeline(cfg, tmp_path / "run", progress=False, stop_after="priors")
+    stages = json.loads((tmp_path / "run" / "run.json").read_text())["stages"]
+    for stage in ("backbones/smallcnn", "backbones/smallresnet", "eval", "priors/gan"):
+        assert stages[stage]["source"].startswith("zoo:quickstart-"), (stage, stages[stage])
+    assert "source" not in stages["targets/nodef"] or stages["targets/nodef"]["source"] == "trained"

@@ -106,7 +106,7 @@ def install(name: str, entry: dict[str, Any], dest: Path, root: Optional[str | o
 
 
 def add_entry(name: str, *, kind: str, stage: str, key: str, fingerprint: str, src: Path, files: list[str],
-              config: str, config_yaml: str, figures: dict[str, Any],
+              config: str, config_yaml: str, figures: dict[str, Any], built_on: Optional[str] = None,
               root: Optional[str | os.PathLike] = None) -> dict[str, Any]:
     """Copy built files into the zoo and record them (sha256, config, figures) in the manifest."""
     dest = entry_dir(name, root)
@@ -120,6 +120,8 @@ def add_entry(name: str, *, kind: str, stage: str, key: str, fingerprint: str, s
              "bytes": sum((dest / rel).stat().st_size for rel in files), "config": config,
              "config_yaml": config_yaml, "figures": figures,
              "built": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    if built_on:
+        entry["built_on"] = built_on
     manifest = load_manifest(root)
     manifest["entries"][name] = entry
     manifest["entries"] = dict(sorted(manifest["entries"].items()))
