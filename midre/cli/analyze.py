@@ -56,7 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.set_defaults(func=run_concealment)
 
     q = asub.add_parser(
-        "paired", help="paired NoDef - defense differences of Acc and AttAcc with 95 % CIs (run or study)",
+        "paired", help="paired NoDef - defense differences of Acc and AttAcc with 95 %% CIs (run or study)",
         description="Recompute every prediction from RUN's models and reconstructions (checked against the run's "
                     "own Acc / AttAcc), pair each defense target with the reference target per seed, identity and "
                     "test image, and write RUN/analysis/paired.json + paired.md: d_att, d_acc and their gap with "
