@@ -144,7 +144,11 @@ def paired_differences(run_dir: str | Path, reference: str = "nodef", n_boot: in
                        ) -> list[dict[str, Any]]:
     """Paired NoDef - defense differences of a run or study directory (see the module docstring)."""
     run_dir = Path(run_dir)
-    seeds = [_seed_record(d, reference) for d in _seed_dirs(run_dir)]
+    dirs = [d for d in _seed_dirs(run_dir) if (d / "results.json").exists()]   # a study stopped early: its finished seeds
+    if not dirs:
+        raise RunDirError(f"'{run_dir}' has no finished seed (results.json); let `midre run` finish one first")
+    seeds = [_seed_record(d, reference) for d in dirs]
+    names = [d.name for d in dirs]
     rng = np.random.default_rng(seed)
     pairs = sorted({key for s in seeds for key in s["att"]}, key=lambda k: (k[1], k[0]))
     out = []
@@ -152,7 +156,7 @@ def paired_differences(run_dir: str | Path, reference: str = "nodef", n_boot: in
         if target == reference or not all((reference, attack) in s["att"] and (target, attack) in s["att"]
                                            for s in seeds):
             continue
-        out.append(_pair(seeds, reference, target, attack, n_boot, rng))
+        out.append({**_pair(seeds, reference, target, attack, n_boot, rng), "seed_dirs": names})
     return out
 
 
