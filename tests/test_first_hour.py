@@ -108,3 +108,12 @@ def test_readme_install_line_brings_every_extra_the_suite_needs():
 
 def test_ci_script_parses():
     subprocess.run(["bash", "-n", str(REPO / ".ci" / "run")], check=True)
+
+
+def test_piping_a_listing_into_head_is_not_a_traceback():
+    import subprocess
+    import sys
+
+    p = subprocess.run(f"{sys.executable} -m midre run --list | head -1", shell=True, capture_output=True, text=True,
+                       timeout=120)
+    assert p.stdout.strip() and "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr, p.stderr
