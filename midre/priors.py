@@ -419,8 +419,10 @@ def _lomma(cfg: PriorConfig, data: _Data, target: nn.Module, root: Path, gen: to
     tarch = str(getattr(target, "arch", ""))
     archs = [a for a in cfg.aug_archs if a.lower() != tarch.lower()]
     if not archs:
+        other = "smallcnn" if tarch.lower() == "smallresnet" else "smallresnet"
         raise ArgumentError(f"LOMMA needs augmented models of OTHER architectures than the target ('{tarch}'); "
-                            "set aug_archs to e.g. ['smallresnet']")
+                            f"set priors.params.lomma.aug_archs to e.g. ['{other}'], or leave this target out of "
+                            "the LOMMA attack (its 'targets' list)")
     E = cfg.distill_epochs
     models = [create_model(a, num_classes=K, resolution=res).to(dev) for a in archs]
     opts = [torch.optim.SGD(m.parameters(), lr=cfg.distill_lr, momentum=0.9, weight_decay=1e-4) for m in models]
