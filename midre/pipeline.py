@@ -47,7 +47,7 @@ from . import tblog
 from .config import AttackSection, RunConfig, TargetSection, dump_yaml, load_config, validate_train
 from .distributed import world
 from .errors import ConfigError, MidreError, RunDirError
-from .results import as_float
+from .results import as_float, t_interval
 from .utils import (RunLock, atomic_write_json, atomic_write_text, config_hash, derive_seed, parse_id_ranges,
                     resolve_device, seed_everything)
 
@@ -1073,8 +1073,6 @@ def aggregate_rows(per_seed: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean +- std across seeds per (target, attack); see results.json 'aggregation'."""
     import statistics
 
-    from scipy import stats
-
     from .metrics import tradeoff
 
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -1098,12 +1096,7 @@ def aggregate_rows(per_seed: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         top1 = [as_float(r["attack_top1"]) for r in rs]
         row["attack_top1"], row["attack_top1_std"] = mean_std(top1)
         row["attack_top5"], row["attack_top5_std"] = mean_std([as_float(r["attack_top5"]) for r in rs])
-        v = [x for x in top1 if not math.isnan(x)]
-        if len(v) > 1:
-            half = float(stats.t.ppf(0.975, len(v) - 1)) * row["attack_top1_std"] / math.sqrt(len(v))
-            row["top1_ci_lo"], row["top1_ci_hi"] = row["attack_top1"] - half, row["attack_top1"] + half
-        else:
-            row["top1_ci_lo"] = row["top1_ci_hi"] = float("nan")
+        row["top1_ci_lo"], row["top1_ci_hi"] = t_interval(top1) or (float("nan"), float("nan"))
         row["knn"], row["knn_std"] = mean_std([as_float(r["knn"]) for r in rs])
         row["fid_eval"], row["fid_eval_std"] = mean_std([as_float(r["fid_eval"]) for r in rs])
         row["epsilon"] = mean_std([as_float(r.get("epsilon")) for r in rs])[0]

@@ -52,6 +52,20 @@ def to_number(v: Any) -> Any:
         return s
 
 
+def t_interval(values: Sequence[float], level: float = 0.95) -> Optional[tuple[float, float]]:
+    """Student-t interval of the mean of ``values`` (NaN dropped); None with fewer than 2 values."""
+    import statistics
+
+    from scipy import stats
+
+    v = [float(x) for x in values if not math.isnan(float(x))]
+    if len(v) < 2:
+        return None
+    m, sd = statistics.fmean(v), statistics.stdev(v)
+    half = float(stats.t.ppf(0.5 + level / 2, len(v) - 1)) * sd / math.sqrt(len(v))
+    return m - half, m + half
+
+
 def is_missing(v: Any) -> bool:
     return v is None or (isinstance(v, float) and not math.isfinite(v)) or (isinstance(v, str) and v.strip() == "")
 

@@ -102,13 +102,10 @@ def _check(mine: float, theirs: Any, what: str) -> None:
 
 
 def _t_ci(values: Sequence[float]) -> Optional[list[float]]:
-    if len(values) < 2:
-        return None
-    from scipy import stats
+    from ..results import t_interval
 
-    arr = np.asarray(values, dtype=np.float64)
-    half = stats.t.ppf(0.5 + CI_LEVEL / 2, len(arr) - 1) * arr.std(ddof=1) / math.sqrt(len(arr))
-    return [float(arr.mean() - half), float(arr.mean() + half)]
+    ci = t_interval(values, CI_LEVEL)
+    return None if ci is None else [float(ci[0]), float(ci[1])]
 
 
 def _pair(seeds: list[dict], reference: str, target: str, attack: str, n_boot: int, rng: np.random.Generator
