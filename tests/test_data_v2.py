@@ -200,3 +200,16 @@ report: {enabled: true}
     assert (out / "results.csv").exists() and (out / "report.html").exists()
     meta = json.loads((out / "targets" / "nodef" / "model.json").read_text())
     assert meta["dataset"]["name"] == "synthetic2"
+
+
+def test_cache_min_images_setting_is_checked(monkeypatch):
+    from midre.data.facecache import MIN_IMAGES, _min_images
+    from midre.errors import ArgumentError
+
+    monkeypatch.delenv("MIDRE_CACHE_MIN_IMAGES", raising=False)
+    assert _min_images() == MIN_IMAGES
+    monkeypatch.setenv("MIDRE_CACHE_MIN_IMAGES", "0")
+    assert _min_images() == 0
+    monkeypatch.setenv("MIDRE_CACHE_MIN_IMAGES", "lots")
+    with pytest.raises(ArgumentError, match="MIDRE_CACHE_MIN_IMAGES"):
+        _min_images()

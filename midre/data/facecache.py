@@ -30,6 +30,19 @@ def cache_dir() -> Optional[Path]:
     return Path(base) / "midre" / "synthetic2"
 
 
+def _min_images() -> int:
+    """Smallest request cached (``MIDRE_CACHE_MIN_IMAGES``; 0 caches every request)."""
+    raw = os.environ.get("MIDRE_CACHE_MIN_IMAGES", "").strip()
+    if not raw:
+        return MIN_IMAGES
+    if not raw.isdigit():
+        from ..errors import ArgumentError
+
+        raise ArgumentError(f"MIDRE_CACHE_MIN_IMAGES must be a whole number of images (0 caches everything), "
+                            f"got {raw!r}; fix or unset it")
+    return int(raw)
+
+
 def _source_hash() -> str:
     h = hashlib.sha256(torch.__version__.encode())
     here = Path(__file__).parent
@@ -67,7 +80,7 @@ def render_cached(render: Callable[[list[int]], torch.Tensor], pool: str, ids: l
     ``render(block_ids)`` renders uint8 images (identity-major) of the given identities.
     """
     root = cache_dir()
-    min_images = int(os.environ.get("MIDRE_CACHE_MIN_IMAGES", MIN_IMAGES))   # 0: cache every request
+    min_images = _min_images()
     if root is None or len(ids) * count < min_images:
         return render(ids)
     key = _source_hash()
