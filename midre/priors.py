@@ -72,6 +72,7 @@ class PriorConfig(BaseModel):
     topk: int = Field(30, ge=1)                  # cgan: public images per class by pseudo-label
     alpha: float = Field(0.2, ge=0)              # cgan: weight of the target's inversion loss
     aug_archs: list[str] = ["efficientnet_b0", "efficientnet_b1", "efficientnet_b2"]   # lomma
+    aug_kwargs: dict[str, Any] = {}              # lomma: constructor options of the augmented models
     distill_epochs: int = Field(20, ge=0)
     distill_lr: float = Field(0.01, gt=0)
     n_feature_images: int = Field(5000, ge=1)    # lomma: public images for p_reg
@@ -236,7 +237,8 @@ class Prior:
             from .models import create_model
 
             for i, a in enumerate(meta["aug_models"]):
-                m = create_model(a["arch"], num_classes=int(a["num_classes"]), resolution=int(a["resolution"]))
+                m = create_model(a["arch"], num_classes=int(a["num_classes"]), resolution=int(a["resolution"]),
+                                 **(a.get("kwargs") or {}))
                 prior.aug_models.append(load_module(m, state, f"aug{i}.", st))
         if "p_reg" in state:
             prior.p_reg = state["p_reg"]
@@ -424,7 +426,7 @@ def _lomma(cfg: PriorConfig, data: _Data, target: nn.Module, root: Path, gen: to
                             f"set priors.params.lomma.aug_archs to e.g. ['{other}'], or leave this target out of "
                             "the LOMMA attack (its 'targets' list)")
     E = cfg.distill_epochs
-    models = [create_model(a, num_classes=K, resolution=res).to(dev) for a in archs]
+    models = [create_model(a, num_classes=K, resolution=res, **cfg.aug_kwargs).to(dev) for a in archs]
     opts = [torch.optim.SGD(m.parameters(), lr=cfg.distill_lr, momentum=0.9, weight_decay=1e-4) for m in models]
     resume = GanResume(root)
     # resume granularity: one epoch of one augmented model ("iteration" = epochs done over all models)
@@ -473,8 +475,11 @@ def _lomma(cfg: PriorConfig, data: _Data, target: nn.Module, root: Path, gen: to
 
 
 def prior_key(kind: str, public_set: Any, target: Optional[nn.Module], cfg: PriorConfig, seed: int) -> str:
+    dump = cfg.model_dump()
+    if not dump["aug_kwargs"]:      # added later: an empty value keeps the keys of earlier priors (the zoo's)
+        dump.pop("aug_kwargs")
     return config_hash({"kind": kind, "public": data_fingerprint(public_set), "target": model_fingerprint(target),
-                        "config": cfg.model_dump(), "seed": int(seed), "version": 1})
+                        "config": dump, "seed": int(seed), "version": 1})
 
 
 def train_prior(kind: str, public_set: Any, target: Optional[nn.Module] = None, out_dir: Optional[str | Path] = None,
@@ -551,7 +556,8 @@ def train_prior(kind: str, public_set: Any, target: Optional[nn.Module] = None, 
             else:
                 models, p_reg, extra = _lomma(cfg, data, target, tmp_root, gen, progress, until)
                 prior = Prior(kind, aug_models=models, p_reg=p_reg)
-                meta["aug_models"] = [{"arch": m.arch, "num_classes": m.num_classes, "resolution": meta["resolution"]}
+                meta["aug_models"] = [{"arch": m.arch, "num_classes": m.num_classes, "resolution": meta["resolution"],
+                                       "kwargs": dict(cfg.aug_kwargs)}
                                       for m in models]
                 complete = not extra.get("incomplete", False)
             meta.update(extra)

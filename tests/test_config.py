@@ -85,6 +85,21 @@ def test_calibration_configs_share_the_quickstarts_instrument(tmp_path):
                for t in load_config(n).targets)
 
 
+def test_study_64_is_the_issue_sized_study_and_calibration_64_measures_its_instrument(tmp_path):
+    """study-64: 64 px, >= 100 identities attacked x 5 restarts, 3 seeds; calibration-64 shares its pieces."""
+    from midre.pipeline import _Pipeline
+
+    study = load_config("study-64", check=False)
+    assert study.dataset.resolution == 64 and study.dataset.options["num_private"] >= 100
+    assert len(study.run_seeds()) >= 3 and study.targets[0].defense == "nodef"
+    assert all(a.identities == "all" and a.repeats >= 5 for a in study.attacks)
+    assert {a.name for a in study.attacks} & {"kedmi", "lomma_gmi", "lomma_kedmi", "plgmi"}
+    keys = [_Pipeline(load_config(n), tmp_path / n, False, None)._keys() for n in ("study-64", "calibration-64")]
+    for stage in ("backbones/smallcnn", "backbones/smallresnet", "eval", "priors/gan"):
+        assert keys[0][stage] == keys[1][stage], stage
+    assert all(t.defense == "nodef" for t in load_config("calibration-64").targets)
+
+
 @pytest.mark.parametrize("name", [n for n in builtin_configs() if not n.startswith("paper/")])
 def test_every_builtin_config_validates_against_the_registries(name):
     cfg = load_config(name)

@@ -289,6 +289,25 @@ def test_json_kwargs_and_small_stem():
         assert r.eval()(torch.rand(1, 3, 32, 32)).shape == (1, 3)
 
 
+@pytest.mark.parametrize("name", ["smallcnn", "smallresnet"])
+def test_stem_stride_quarters_the_first_maps_and_keeps_weight_shapes(name):
+    plain = create_model(name, 5, resolution=64)
+    fast = create_model(name, 5, resolution=64, stem_stride=2)
+    assert {k: v.shape for k, v in plain.state_dict().items()} == {k: v.shape for k, v in fast.state_dict().items()}
+    first = [m for m in fast.modules() if isinstance(m, nn.Conv2d)][0]
+    assert first.stride == (2, 2)
+    seen = []
+    hook = first.register_forward_hook(lambda m, i, o: seen.append(o.shape[-1]))
+    with torch.no_grad():
+        assert fast.eval()(torch.rand(2, 3, 64, 64)).shape == (2, 5)
+    hook.remove()
+    assert seen == [32]
+    with pytest.raises(ArgumentError, match="stem_stride"):
+        create_model(name, 5, resolution=64, stem_stride=3)
+    with pytest.raises(ArgumentError, match="stem_stride=2 needs at least 32 px"):
+        create_model(name, 5, resolution=16, stem_stride=2)
+
+
 # ---------------------------------------------------------------- pretrained weights (local only)
 
 def _same_params(a: nn.Module, b: nn.Module, prefix: str = "") -> bool:

@@ -141,6 +141,30 @@ def test_lomma_prior_feature_dims_and_archs(data, tmp_path):
         train_prior("lomma", splits.public, target, preset="quick", config={"aug_archs": ["tinycnn"]}, device="cpu")
 
 
+def test_lomma_aug_kwargs_build_and_reload_the_same_models(data, tmp_path):
+    from midre.priors import PriorConfig, prior_key
+
+    splits, target = data
+    p = train_prior("lomma", splits.public, target, out_dir=tmp_path, preset="quick",
+                    config={"distill_epochs": 1, "aug_archs": ["smallresnet"], "aug_kwargs": {"stem_stride": 2},
+                            "batch_size": 16}, device="cpu")
+    back = Prior.load(tmp_path / f"lomma-{p.meta['key']}")
+    for m in (p.aug_models[0], back.aug_models[0]):
+        assert m.backbone.stem[0].stride == (2, 2)
+    x = splits.public.batch(range(4))[0]
+    with torch.no_grad():
+        assert torch.equal(p.aug_models[0](x), back.aug_models[0](x))
+    # an empty aug_kwargs leaves the keys of priors made before the field existed (the shipped zoo's)
+    cfg = PriorConfig()
+    old = {k: v for k, v in cfg.model_dump().items() if k != "aug_kwargs"}
+    from midre.utils import config_hash
+    assert prior_key("gan", splits.public, None, cfg, 0) == config_hash(
+        {"kind": "gan", "public": data_fingerprint(splits.public), "target": model_fingerprint(None),
+         "config": old, "seed": 0, "version": 1})
+    assert prior_key("gan", splits.public, None, cfg.model_copy(update={"aug_kwargs": {"stem_stride": 2}}), 0) \
+        != prior_key("gan", splits.public, None, cfg, 0)
+
+
 def test_kedmi_prior_uses_target_soft_labels(data, tmp_path):
     splits, target = data
     p = train_prior("kedmi", splits.public, target, out_dir=tmp_path, config=TINY, preset="quick", device="cpu")

@@ -168,18 +168,20 @@ def skip_add(residual: torch.Tensor, shortcut: Callable[[], torch.Tensor], skip_
 # Plain small CNNs
 # ---------------------------------------------------------------------------------------------
 
-def _conv_block(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
+def _conv_block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout),
                          nn.ReLU(inplace=True), nn.MaxPool2d(2))
 
 
 class SmallCNN(nn.Module):
-    """``len(widths)`` conv-BN-ReLU-maxpool blocks, then global average pooling."""
+    """``len(widths)`` conv-BN-ReLU-maxpool blocks, then global average pooling.  ``stem_stride=2``
+    makes the first convolution strided (a quarter of the compute at 64 px, for CPU models)."""
 
-    def __init__(self, widths: Sequence[int], in_channels: int = 3):
+    def __init__(self, widths: Sequence[int], in_channels: int = 3, stem_stride: int = 1):
         super().__init__()
         chans = [in_channels, *widths]
-        self.stages = nn.Sequential(*[_conv_block(a, b) for a, b in zip(chans[:-1], chans[1:])])
+        self.stages = nn.Sequential(*[_conv_block(a, b, stem_stride if i == 0 else 1)
+                                      for i, (a, b) in enumerate(zip(chans[:-1], chans[1:]))])
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.feature_dim = chans[-1]
         for m in self.modules():
@@ -190,22 +192,26 @@ class SmallCNN(nn.Module):
         return torch.flatten(self.pool(self.stages(x)), 1)
 
 
-def _small_cnn(arch: str, num_classes: int, widths: list[int]) -> Classifier:
-    net = SmallCNN(widths)
+def _small_cnn(arch: str, num_classes: int, widths: list[int], stem_stride: int = 1) -> Classifier:
+    net = SmallCNN(widths, stem_stride=stem_stride)
     return Classifier(net, net.feature_dim, num_classes, blocks=list(net.stages), arch=arch)
 
 
 @MODELS.register("smallcnn", family="small", resolution=32)
 @validated("smallcnn", min_resolution=16)
-def smallcnn(num_classes: int, resolution: int = 32, widths: Sequence[int] = (32, 64, 128, 256)) -> Classifier:
-    """Default CPU model: 4 conv-BN-ReLU-pool blocks (32-64-128-256), global pool, 256-d features."""
+def smallcnn(num_classes: int, resolution: int = 32, widths: Sequence[int] = (32, 64, 128, 256),
+             stem_stride: int = 1) -> Classifier:
+    """Default CPU model: 4 conv-BN-ReLU-pool blocks (32-64-128-256), global pool, 256-d features.
+    ``stem_stride=2``: strided first convolution (64 px at about the cost of 32 px)."""
     widths = check_int_list("smallcnn", "widths", widths)
-    if resolution < 2 ** len(widths):
-        raise ArgumentError(f"'smallcnn' with {len(widths)} blocks needs at least {2 ** len(widths)} px, "
-                            f"got resolution={resolution}; use fewer widths or larger images")
+    check_choice("smallcnn", "stem_stride", stem_stride, stem_stride in (1, 2), "1 or 2")
+    need = stem_stride * 2 ** len(widths)
+    if resolution < need:
+        raise ArgumentError(f"'smallcnn' with {len(widths)} blocks and stem_stride={stem_stride} needs at least "
+                            f"{need} px, got resolution={resolution}; use fewer widths or larger images")
     if len(widths) < 3:
         raise ArgumentError(f"option widths={widths!r} is invalid for 'smallcnn': expected at least 3 blocks")
-    return _small_cnn("smallcnn", num_classes, widths)
+    return _small_cnn("smallcnn", num_classes, widths, stem_stride)
 
 
 @MODELS.register("tinycnn", family="small", resolution=32)
@@ -250,9 +256,11 @@ class SmallResNet(nn.Module):
     """conv3x3-BN-ReLU stem, stages of :class:`ResidualBlock` (first block of each stage has
     stride 2), global average pooling."""
 
-    def __init__(self, widths: Sequence[int], depths: Sequence[int], stem: int = 32, in_channels: int = 3):
+    def __init__(self, widths: Sequence[int], depths: Sequence[int], stem: int = 32, in_channels: int = 3,
+                 stem_stride: int = 1):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, stem, 3, padding=1, bias=False), nn.BatchNorm2d(stem),
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, stem, 3, stride=stem_stride, padding=1, bias=False),
+                                  nn.BatchNorm2d(stem),
                                   nn.ReLU(inplace=True))
         stages, cin = [], stem
         for w, d in zip(widths, depths):
@@ -273,16 +281,19 @@ class SmallResNet(nn.Module):
 @MODELS.register("smallresnet", family="small", resolution=32)
 @validated("smallresnet", min_resolution=16)
 def smallresnet(num_classes: int, resolution: int = 32, widths: Sequence[int] = (32, 64, 128, 256),
-                depths: Sequence[int] = (1, 1, 1, 2)) -> Classifier:
-    """Small residual net (4 stages, 32-64-128-256) with skip_scale blocks, for MI-RAD on CPU."""
+                depths: Sequence[int] = (1, 1, 1, 2), stem_stride: int = 1) -> Classifier:
+    """Small residual net (4 stages, 32-64-128-256) with skip_scale blocks, for MI-RAD on CPU.
+    ``stem_stride=2``: strided stem convolution (64 px at about the cost of 32 px)."""
     widths = check_int_list("smallresnet", "widths", widths)
     depths = check_int_list("smallresnet", "depths", depths, length=len(widths))
+    check_choice("smallresnet", "stem_stride", stem_stride, stem_stride in (1, 2), "1 or 2")
     if len(widths) < 3:
         raise ArgumentError(f"option widths={widths!r} is invalid for 'smallresnet': expected at least 3 stages")
-    if resolution < 2 ** len(widths):
-        raise ArgumentError(f"'smallresnet' with {len(widths)} stages needs at least {2 ** len(widths)} px, "
-                            f"got resolution={resolution}; use fewer stages or larger images")
-    net = SmallResNet(widths, depths)
+    need = stem_stride * 2 ** len(widths)
+    if resolution < need:
+        raise ArgumentError(f"'smallresnet' with {len(widths)} stages and stem_stride={stem_stride} needs at least "
+                            f"{need} px, got resolution={resolution}; use fewer stages or larger images")
+    net = SmallResNet(widths, depths, stem_stride=stem_stride)
     model = Classifier(net, net.feature_dim, num_classes, blocks=list(net.stages), arch="smallresnet")
     model.stage_names = [[f"backbone.stages.{i}.{j}" for j in range(d)] for i, d in enumerate(depths)]
     return model
