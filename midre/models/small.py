@@ -95,6 +95,15 @@ def check_choice(arch: str, name: str, value: Any, ok: bool, expected: str) -> N
         raise ArgumentError(f"option {name}={value!r} is invalid for '{arch}': expected {expected}")
 
 
+def check_downsampling(arch: str, unit: str, halvings: int, stem_stride: Any, resolution: int) -> None:
+    """``stem_stride`` is 1 or 2, and the input survives the stem and ``halvings`` stride-2 steps."""
+    check_choice(arch, "stem_stride", stem_stride, stem_stride in (1, 2), "1 or 2")
+    need = stem_stride * 2 ** halvings
+    if resolution < need:
+        raise ArgumentError(f"'{arch}' with {halvings} {unit} and stem_stride={stem_stride} needs at least {need} px, "
+                            f"got resolution={resolution}; use fewer {unit} or larger images")
+
+
 def check_int_list(arch: str, name: str, value: Any, length: Optional[int] = None) -> list[int]:
     """Validate a list of positive ints (JSON gives lists, Python callers may give tuples)."""
     if isinstance(value, (list, tuple)) and value and all(isinstance(v, int) and not isinstance(v, bool) and v > 0
@@ -204,11 +213,7 @@ def smallcnn(num_classes: int, resolution: int = 32, widths: Sequence[int] = (32
     """Default CPU model: 4 conv-BN-ReLU-pool blocks (32-64-128-256), global pool, 256-d features.
     ``stem_stride=2``: strided first convolution (64 px at about the cost of 32 px)."""
     widths = check_int_list("smallcnn", "widths", widths)
-    check_choice("smallcnn", "stem_stride", stem_stride, stem_stride in (1, 2), "1 or 2")
-    need = stem_stride * 2 ** len(widths)
-    if resolution < need:
-        raise ArgumentError(f"'smallcnn' with {len(widths)} blocks and stem_stride={stem_stride} needs at least "
-                            f"{need} px, got resolution={resolution}; use fewer widths or larger images")
+    check_downsampling("smallcnn", "blocks", len(widths), stem_stride, resolution)
     if len(widths) < 3:
         raise ArgumentError(f"option widths={widths!r} is invalid for 'smallcnn': expected at least 3 blocks")
     return _small_cnn("smallcnn", num_classes, widths, stem_stride)
@@ -286,13 +291,9 @@ def smallresnet(num_classes: int, resolution: int = 32, widths: Sequence[int] = 
     ``stem_stride=2``: strided stem convolution (64 px at about the cost of 32 px)."""
     widths = check_int_list("smallresnet", "widths", widths)
     depths = check_int_list("smallresnet", "depths", depths, length=len(widths))
-    check_choice("smallresnet", "stem_stride", stem_stride, stem_stride in (1, 2), "1 or 2")
     if len(widths) < 3:
         raise ArgumentError(f"option widths={widths!r} is invalid for 'smallresnet': expected at least 3 stages")
-    need = stem_stride * 2 ** len(widths)
-    if resolution < need:
-        raise ArgumentError(f"'smallresnet' with {len(widths)} stages and stem_stride={stem_stride} needs at least "
-                            f"{need} px, got resolution={resolution}; use fewer stages or larger images")
+    check_downsampling("smallresnet", "stages", len(widths), stem_stride, resolution)
     net = SmallResNet(widths, depths, stem_stride=stem_stride)
     model = Classifier(net, net.feature_dim, num_classes, blocks=list(net.stages), arch="smallresnet")
     model.stage_names = [[f"backbone.stages.{i}.{j}" for j in range(d)] for i, d in enumerate(depths)]
