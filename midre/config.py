@@ -541,6 +541,18 @@ def _wrap(where: str, path: str, fn, *args, **kwargs):
         raise ConfigError(f"{where}: '{path}': {e}") from None
 
 
+def _check_model(where: str, path: str, arch: str, kwargs: dict[str, Any], resolution: Optional[int]) -> None:
+    """``arch`` with ``kwargs`` builds at the run's resolution (on the meta device: no memory, no weights)."""
+    import torch
+
+    from .models import MODELS, create_model
+
+    _wrap(where, f"{path}.arch", MODELS.get, arch)
+    res = resolution or MODELS.info(arch).get("resolution") or 64
+    with torch.device("meta"):
+        _wrap(where, f"{path}.model_kwargs", create_model, arch, 2, res, **kwargs)
+
+
 def validate_train(where: str, path: str, train: dict[str, Any]) -> dict[str, Any]:
     """Validate a ``train`` mapping against midre.training.TrainConfig; returns the full dump."""
     for k in ("seed", "device"):
@@ -619,13 +631,13 @@ def validate_names(cfg: RunConfig, where: str = "config") -> None:
     if d.root and not Path(d.root).expanduser().exists():
         raise ConfigError(f"{where}: 'dataset.root' '{d.root}' does not exist; give the folder that holds the "
                           f"{d.name} files")
-    _wrap(where, "eval_model.arch", MODELS.get, cfg.eval_model.arch)
+    _check_model(where, "eval_model", cfg.eval_model.arch, cfg.eval_model.model_kwargs, cfg.dataset.resolution)
     validate_train(where, "eval_model.train", cfg.eval_model.train)
-    _wrap(where, "defaults.arch", MODELS.get, cfg.defaults.arch)
+    _check_model(where, "defaults", cfg.defaults.arch, cfg.defaults.model_kwargs, cfg.dataset.resolution)
     validate_train(where, "defaults.train", cfg.defaults.train)
     for bname, b in cfg.backbones.items():
         _check_name(bname, "backbone name")
-        _wrap(where, f"backbones.{bname}.arch", MODELS.get, b.arch)
+        _check_model(where, f"backbones.{bname}", b.arch, b.model_kwargs, cfg.dataset.resolution)
         validate_train(where, f"backbones.{bname}.train", b.train)
         if b.train.get("init"):
             raise ConfigError(f"{where}: 'backbones.{bname}.train.init': a backbone is pretrained from scratch; remove it")
@@ -636,8 +648,8 @@ def validate_names(cfg: RunConfig, where: str = "config") -> None:
         if t.name in names:
             raise ConfigError(f"{where}: target name '{t.name}' is used twice; give every target its own name")
         names.add(t.name)
-        if t.arch is not None:
-            _wrap(where, f"{p}.arch", MODELS.get, t.arch)
+        if t.arch is not None or t.model_kwargs is not None:
+            _check_model(where, p, cfg.target_arch(t), cfg.target_model_kwargs(t), cfg.dataset.resolution)
         _wrap(where, f"{p}.defense", build_defense, copy.deepcopy(t.defense))
         validate_train(where, f"{p}.train", cfg.target_train(t))
         check_init(where, f"{p}.train.init", cfg.target_train(t).get("init"), cfg)

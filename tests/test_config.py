@@ -385,3 +385,16 @@ def test_cli_resume_of_a_non_run_is_refused(tmp_path, capsys):
 
     rc = main(["run", "--resume", str(tmp_path), "--no-progress"])
     assert rc == 2 and "no midre run to resume" in capsys.readouterr().err
+
+
+def test_bad_model_kwargs_fail_at_load_time_naming_the_key(tmp_path):
+    """A wrong architecture option is one ConfigError before any stage runs (built on the meta device)."""
+    from midre.pipeline import run_pipeline
+
+    with pytest.raises(ConfigError, match=r"'defaults.model_kwargs': option stem_stride=3 .*expected 1 or 2"):
+        load_config({"extends": "study-64", "defaults": {"model_kwargs": {"stem_stride": 3}}})
+    with pytest.raises(ConfigError, match=r"'eval_model.model_kwargs': 'smallresnet' .*needs at least 32 px"):
+        load_config({"extends": "study-64", "dataset": {"resolution": 16}})
+    with pytest.raises(ConfigError, match="model_kwargs"):
+        run_pipeline({"extends": "study-64", "eval_model": {"model_kwargs": {"widht": [8]}}}, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
