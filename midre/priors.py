@@ -476,8 +476,8 @@ def _lomma(cfg: PriorConfig, data: _Data, target: nn.Module, root: Path, gen: to
 
 def prior_key(kind: str, public_set: Any, target: Optional[nn.Module], cfg: PriorConfig, seed: int) -> str:
     dump = cfg.model_dump()
-    if not dump["aug_kwargs"]:      # added later: an empty value keeps the keys of earlier priors (the zoo's)
-        dump.pop("aug_kwargs")
+    if not dump.get("aug_kwargs"):  # added later: an empty value keeps the keys of earlier priors (the zoo's)
+        dump.pop("aug_kwargs", None)
     return config_hash({"kind": kind, "public": data_fingerprint(public_set), "target": model_fingerprint(target),
                         "config": dump, "seed": int(seed), "version": 1})
 
