@@ -266,6 +266,78 @@ class _Partial:
             return None
 
 
+def _check_run_args(identities: Sequence[int], repeats: Any, num_classes: int) -> list[int]:
+    ids = [int(i) for i in identities]
+    if not ids:
+        raise ArgumentError("no identities to attack; give e.g. --identities 0-9")
+    bad = [i for i in ids if i < 0 or (num_classes and i >= num_classes)]
+    if bad:
+        raise ArgumentError(f"identity {bad[0]} is out of range; the target has {num_classes} classes, "
+                            f"use 0-{num_classes - 1}")
+    if not isinstance(repeats, int) or repeats < 1:
+        raise ArgumentError(f"repeats must be an integer >= 1, got {repeats!r}")
+    return ids
+
+
+class _Chunks:
+    """The finished (repeat, batch) chunks of one ``Attack.run``, in order."""
+
+    def __init__(self) -> None:
+        self.images: list[torch.Tensor] = []
+        self.identity: list[torch.Tensor] = []
+        self.repeat: list[torch.Tensor] = []
+        self.latents: list[Optional[torch.Tensor]] = []
+        self.curves: list[list[float]] = []
+        self.resumed = 0
+
+    def add(self, images: torch.Tensor, identity: torch.Tensor, r: int, latents: Optional[torch.Tensor],
+            curve: list[float]) -> None:
+        self.images.append(images)
+        self.identity.append(identity)
+        self.repeat.append(torch.full((len(identity),), r, dtype=torch.long))
+        self.latents.append(latents)
+        self.curves.append(curve)
+
+    def add_resumed(self, t: dict[str, torch.Tensor], info: dict[str, Any], oracle: Optional[QueryOracle]) -> dict:
+        """Append a chunk saved before an interruption; returns its attack's ``extra_meta``."""
+        self.images.append(t["images"])
+        self.identity.append(t["identity"])
+        self.repeat.append(t["repeat"])
+        self.latents.append(t.get("latents"))
+        self.curves.append(list(info["curve"]))
+        if oracle is not None:
+            oracle.queries = int(info["queries"])
+        self.resumed += 1
+        return dict(info["extra_meta"])
+
+    def last_tensors(self) -> dict[str, torch.Tensor]:
+        t = {"images": self.images[-1], "identity": self.identity[-1], "repeat": self.repeat[-1]}
+        if self.latents[-1] is not None:
+            t["latents"] = self.latents[-1]
+        return t
+
+    def mean_curve(self) -> list[float]:
+        n_it = min((len(c) for c in self.curves), default=0)
+        return [float(sum(c[i] for c in self.curves) / len(self.curves)) for i in range(n_it)]
+
+    def all_latents(self) -> Optional[torch.Tensor]:
+        lat = self.latents
+        return torch.cat(lat) if lat and all(v is not None for v in lat) else None
+
+
+@torch.no_grad()
+def _target_scores(model: nn.Module, imgs: torch.Tensor, ident: torch.Tensor,
+                   dev: torch.device) -> tuple[torch.Tensor, int]:
+    """The target's confidence in the attacked identity for each image, and its top-1 hit count."""
+    conf, hits = [], 0
+    for i in range(0, len(imgs), 256):
+        p = model(imgs[i:i + 256].to(dev)).float().softmax(1)
+        yb = ident[i:i + 256].to(dev)
+        conf.append(p.gather(1, yb[:, None]).squeeze(1).cpu())
+        hits += int((p.argmax(1) == yb).sum())
+    return torch.cat(conf), hits
+
+
 # ============================================================================ attack base
 ATTACKS: Registry[Callable[..., "Attack"]] = Registry("attack", group="midre.attacks")
 
@@ -390,102 +462,83 @@ class Attack:
 
         priors = self._priors(prior)
         num_classes = int(getattr(target, "num_classes", 0))
-        ids_all = [int(i) for i in identities]
-        if not ids_all:
-            raise ArgumentError("no identities to attack; give e.g. --identities 0-9")
-        bad = [i for i in ids_all if i < 0 or (num_classes and i >= num_classes)]
-        if bad:
-            raise ArgumentError(f"identity {bad[0]} is out of range; the target has {num_classes} classes, "
-                                f"use 0-{num_classes - 1}")
-        if not isinstance(repeats, int) or repeats < 1:
-            raise ArgumentError(f"repeats must be an integer >= 1, got {repeats!r}")
+        ids_all = _check_run_args(identities, repeats, num_classes)
         dev = resolve_device(device) if device is not None else next(target.parameters()).device
         target = target.to(dev)
         for p in priors.values():
             p.to(dev)
-        if adaptive_eraser is not None:
-            adaptive_eraser = adaptive_eraser.to(dev) if isinstance(adaptive_eraser, nn.Module) else adaptive_eraser
+        if isinstance(adaptive_eraser, nn.Module):
+            adaptive_eraser = adaptive_eraser.to(dev)
         bs = int(self.params.get("batch_size", len(ids_all)))
         chunks = [ids_all[i:i + bs] for i in range(0, len(ids_all), bs)]
-        images, identity, repeat, latents = [], [], [], []
-        curves: list[list[float]] = []
-        oracle: Optional[QueryOracle] = None
+        out = _Chunks()
         self.extra_meta: dict[str, Any] = {}     # attacks may report facts of the run here
         part = _Partial(Path(resume_dir), self._resume_key(target, ids_all, repeats, seed, priors,
                                                            adaptive_eraser)) if resume_dir is not None else None
-        resumed = 0
         t0 = time.perf_counter()
         prior_modules = [m for p in priors.values() if hasattr(p, "modules") for m in p.modules()]
         with _FrozenTarget(target, *prior_modules) as model:
-            if self.access == "white-box":
-                access: Any = model
-            elif self.access in ("black-box", "label-only"):
-                oracle = QueryOracle(model, "probs" if self.access == "black-box" else "labels",
-                                     max_queries=self.params.get("max_queries") or None)
-                access = oracle
-            else:  # pragma: no cover - guarded by the registry tests
-                raise ArgumentError(f"attack '{self.name}' declares unknown access '{self.access}'")
-            total = repeats * len(chunks) * self.steps_per_batch()
+            access, oracle = self._access_to(model)
+            steps = self.steps_per_batch()
             with make_progress(progress) as prog:
-                task = prog.add_task(f"{self.name}", total=total, status="")
+                task = prog.add_task(f"{self.name}", total=repeats * len(chunks) * steps, status="")
                 for r in range(repeats):
                     for b, chunk in enumerate(chunks):
                         done = part.load(r, b) if part is not None else None
                         if done is not None:           # finished before an interruption: reuse it
-                            t, info = done
-                            images.append(t["images"])
-                            identity.append(t["identity"])
-                            repeat.append(t["repeat"])
-                            latents.append(t.get("latents"))
-                            curves.append(list(info["curve"]))
-                            self.extra_meta = dict(info["extra_meta"])
-                            if oracle is not None:
-                                oracle.queries = int(info["queries"])
-                            resumed += 1
-                            prog.update(task, advance=self.steps_per_batch())
+                            self.extra_meta = out.add_resumed(*done, oracle)
+                            prog.update(task, advance=steps)
                             continue
-                        gen = torch.Generator(device="cpu")
-                        gen.manual_seed(derive_seed(seed, self.name, r, b))
-                        ids = torch.tensor(chunk, dtype=torch.long, device=dev)
-                        curve: list[float] = []
-
-                        def log(v: float, _c=curve) -> None:
-                            _c.append(float(v))
-
-                        def tick(_r=r, _b=b, _c=curve) -> None:
-                            last = f"loss {_c[-1]:.3g}" if _c else ""
-                            prog.update(task, advance=1, status=f"rep {_r + 1}/{repeats} batch {_b + 1}/{len(chunks)} {last}")
-
-                        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-                            torch.manual_seed(derive_seed(seed, self.name, "global", r, b))
-                            state = self.init_latents(access, ids, priors, gen)
-                            state = self.select_candidates(access, ids, priors, state, gen)
-                            state = self.invert(access, ids, priors, state, gen, adaptive_eraser, log, tick)
-                            x = self.final_selection(access, ids, priors, state, gen)
-                        images.append(x.detach().float().cpu())
-                        latents.append(state.get("latents") if isinstance(state, dict) else None)
-                        identity.append(ids.cpu())
-                        repeat.append(torch.full((len(chunk),), r, dtype=torch.long))
-                        curves.append(curve)
+                        where = f"rep {r + 1}/{repeats} batch {b + 1}/{len(chunks)}"
+                        self._attack_chunk(out, access, priors, chunk, r, b, seed, dev, adaptive_eraser,
+                                           lambda status: prog.update(task, advance=1, status=f"{where} {status}"))
                         if part is not None:
-                            t = {"images": images[-1], "identity": identity[-1], "repeat": repeat[-1]}
-                            if latents[-1] is not None:
-                                t["latents"] = latents[-1]
-                            part.save(r, b, t, {"curve": curve, "extra_meta": self.extra_meta,
-                                                "queries": oracle.queries if oracle is not None else None})
-            imgs = torch.cat(images)
-            ident = torch.cat(identity)
-            with torch.no_grad():
-                conf, hits = [], 0
-                for i in range(0, len(imgs), 256):
-                    p = model(imgs[i:i + 256].to(dev)).float().softmax(1)
-                    yb = ident[i:i + 256].to(dev)
-                    conf.append(p.gather(1, yb[:, None]).squeeze(1).cpu())
-                    hits += int((p.argmax(1) == yb).sum())
-        seconds = time.perf_counter() - t0
-        n_it = min((len(c) for c in curves), default=0)
-        loss_curve = [float(sum(c[i] for c in curves) / len(curves)) for i in range(n_it)]
-        meta = {
+                            part.save(r, b, out.last_tensors(), {
+                                "curve": out.curves[-1], "extra_meta": self.extra_meta,
+                                "queries": oracle.queries if oracle is not None else None})
+            imgs, ident = torch.cat(out.images), torch.cat(out.identity)
+            conf, hits = _target_scores(model, imgs, ident, dev)
+        meta = self._run_meta(priors, target_path, num_classes, ids_all, repeats, seed, len(chunks), oracle,
+                              time.perf_counter() - t0, adaptive_eraser, out, hits, len(imgs))
+        return Reconstructions(imgs, ident, torch.cat(out.repeat), conf, meta, out.all_latents())
+
+    def _access_to(self, model: nn.Module) -> tuple[Any, Optional[QueryOracle]]:
+        """What the attack may touch: the model itself (white-box) or a counting query oracle."""
+        if self.access == "white-box":
+            return model, None
+        if self.access in ("black-box", "label-only"):
+            oracle = QueryOracle(model, "probs" if self.access == "black-box" else "labels",
+                                 max_queries=self.params.get("max_queries") or None)
+            return oracle, oracle
+        raise ArgumentError(f"attack '{self.name}' declares unknown access '{self.access}'")  # pragma: no cover
+
+    def _attack_chunk(self, out: "_Chunks", access: Any, priors: dict[str, Any], chunk: list[int], r: int, b: int,
+                      seed: int, dev: torch.device, eraser: Any, advance: Callable[[str], None]) -> None:
+        """Invert one (repeat, batch) chunk, seeded on its own, and append it to ``out``."""
+        gen = torch.Generator(device="cpu")
+        gen.manual_seed(derive_seed(seed, self.name, r, b))
+        ids = torch.tensor(chunk, dtype=torch.long, device=dev)
+        curve: list[float] = []
+
+        def log(v: float) -> None:
+            curve.append(float(v))
+
+        def tick() -> None:
+            advance(f"loss {curve[-1]:.3g}" if curve else "")
+
+        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+            torch.manual_seed(derive_seed(seed, self.name, "global", r, b))
+            state = self.init_latents(access, ids, priors, gen)
+            state = self.select_candidates(access, ids, priors, state, gen)
+            state = self.invert(access, ids, priors, state, gen, eraser, log, tick)
+            x = self.final_selection(access, ids, priors, state, gen)
+        out.add(x.detach().float().cpu(), ids.cpu(), r, state.get("latents") if isinstance(state, dict) else None,
+                curve)
+
+    def _run_meta(self, priors: dict[str, Any], target_path: Any, num_classes: int, ids_all: list[int],
+                  repeats: int, seed: int, n_chunks: int, oracle: Optional[QueryOracle], seconds: float,
+                  eraser: Any, out: "_Chunks", hits: int, n_images: int) -> dict[str, Any]:
+        return {
             "attack": self.name,
             "access": self.access,
             "preset": self.preset,
@@ -497,18 +550,16 @@ class Attack:
             "identities": ids_all,
             "repeats": repeats,
             "seed": seed,
-            "seeds": [[derive_seed(seed, self.name, r, b) for b in range(len(chunks))] for r in range(repeats)],
+            "seeds": [[derive_seed(seed, self.name, r, b) for b in range(n_chunks)] for r in range(repeats)],
             "queries": oracle.queries if oracle is not None else None,
             "seconds": seconds,
-            "adaptive": adaptive_eraser is not None,
-            "adaptive_eraser": repr(adaptive_eraser) if adaptive_eraser is not None else None,
-            "loss_curve": loss_curve,
-            "target_top1": 100.0 * hits / max(1, len(imgs)),
-            "resumed_chunks": resumed,
+            "adaptive": eraser is not None,
+            "adaptive_eraser": repr(eraser) if eraser is not None else None,
+            "loss_curve": out.mean_curve(),
+            "target_top1": 100.0 * hits / max(1, n_images),
+            "resumed_chunks": out.resumed,
             **self.extra_meta,
         }
-        lat = torch.cat(latents) if latents and all(v is not None for v in latents) else None
-        return Reconstructions(imgs, ident, torch.cat(repeat), torch.cat(conf), meta, lat)
 
     def _resume_key(self, target: nn.Module, ids: list[int], repeats: int, seed: int, priors: dict[str, Any],
                     eraser: Any) -> str:
