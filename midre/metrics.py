@@ -527,6 +527,38 @@ def _recon_fields(recon: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
     return images, identity, repeat, conf, meta
 
 
+def _attack_accuracy_keys(att: Mapping[str, Any], topk: Sequence[int]) -> dict[str, Any]:
+    out = {key: att[key] for key in ("n_identities", "n_repeats")}
+    for k in topk:
+        for suffix in ("", "_std", "_ci95", "_per_repeat"):
+            out[f"attacc_top{k}{suffix}"] = att[f"top{k}{suffix}"]
+    return out
+
+
+def _fid_keys(fid_extractor: Union[None, str, Path, Extractor], q: torch.Tensor, ref: Mapping[int, torch.Tensor],
+              classes: list[int], images: torch.Tensor, private_train: Any, batch_size: int, dev: torch.device,
+              advance: Callable[[int], None]) -> dict[str, Any]:
+    """FID_eval on the evaluation features already computed (``q``, ``ref``), or an Inception / custom FID."""
+    if fid_extractor is None:
+        key, fake = "fid_eval", q
+        real = torch.cat([ref[c] for c in classes])
+        advance(len(images))
+    else:
+        if isinstance(fid_extractor, (str, Path)):
+            key, ext = "fid_inception", load_inception_extractor(fid_extractor)
+        else:
+            key, ext = "fid_custom", fid_extractor
+        ext_dev = _pick_device(ext, dev)
+        with _eval_mode(ext):
+            fake = _batched(ext, images, batch_size, ext_dev, advance)
+            real = _batched(ext, _class_images(private_train, classes)[0], batch_size, ext_dev)
+    try:
+        res = fid_from_features(real, fake)
+    except ArgumentError as e:
+        return {key: None, f"{key}_note": str(e)}
+    return {key: res["value"], **{f"{key}_{k}": res[k] for k in ("n_real", "n_fake", "feature_dim", "rank_deficient")}}
+
+
 def evaluate_reconstructions(recon: Any, eval_model: nn.Module, private_train: Any, private_test: Any = None,
                              target_model: Optional[nn.Module] = None, fid: bool = True,
                              fid_extractor: Union[None, str, Path, Extractor] = None,
@@ -588,11 +620,7 @@ def evaluate_reconstructions(recon: Any, eval_model: nn.Module, private_train: A
         stage("attack accuracy")
         att = attack_accuracy(eval_model, images, identity, repeat, topk=topk, n_boot=n_boot, seed=seed,
                               batch_size=batch_size, device=dev, advance=advance)
-        for key in ("n_identities", "n_repeats"):
-            out[key] = att[key]
-        for k in topk:
-            for suffix in ("", "_std", "_ci95", "_per_repeat"):
-                out[f"attacc_top{k}{suffix}"] = att[f"top{k}{suffix}"]
+        out.update(_attack_accuracy_keys(att, topk))
         stage("KNN distance")
         # the reconstructions' evaluation features and the private features serve KNN and FID_eval
         classes = torch.unique(identity).tolist()
@@ -604,28 +632,7 @@ def evaluate_reconstructions(recon: Any, eval_model: nn.Module, private_train: A
         out["delta_eval"] = out["knn_dist"]
         if fid:
             stage("FID")
-            if fid_extractor is None:
-                key, fake = "fid_eval", q
-                real = torch.cat([ref[c] for c in classes])
-                advance(n)
-            else:
-                if isinstance(fid_extractor, (str, Path)):
-                    key, ext = "fid_inception", load_inception_extractor(fid_extractor)
-                else:
-                    key, ext = "fid_custom", fid_extractor
-                ext_dev = _pick_device(ext, dev)
-                with _eval_mode(ext):
-                    fake = _batched(ext, images, batch_size, ext_dev, advance)
-                    real = _batched(ext, _class_images(private_train, classes)[0], batch_size, ext_dev)
-            try:
-                res = fid_from_features(real, fake)
-            except ArgumentError as e:
-                out[key] = None
-                out[f"{key}_note"] = str(e)
-            else:
-                out[key] = res["value"]
-                for k in ("n_real", "n_fake", "feature_dim", "rank_deficient"):
-                    out[f"{key}_{k}"] = res[k]
+            out.update(_fid_keys(fid_extractor, q, ref, classes, images, private_train, batch_size, dev, advance))
         if face_embedder is not None:
             stage("delta_face")
             out["delta_face"] = delta_face(face_embedder, images, identity, private_train, batch_size=batch_size,

@@ -311,28 +311,75 @@ def _target_probs(target: nn.Module, data: _Data, bs: int = 256) -> torch.Tensor
     return torch.cat([target(x).float().softmax(1) for x in data.all_batches(bs)])
 
 
-def _gan_loop(kind: str, cfg: PriorConfig, data: _Data, target: Optional[nn.Module], root: Path,
-              gen: torch.Generator, progress: bool, until: Optional[int]) -> tuple[nn.Module, nn.Module, dict]:
-    dev = data.device
+def _build_gan(kind: str, cfg: PriorConfig, data: _Data, target: Optional[nn.Module]) -> tuple[nn.Module, nn.Module, dict, dict]:
+    """Generator, discriminator, per-kind context (target soft labels / pseudo-labelled pool) and meta."""
     res, ch = int(data.images.shape[-1]), int(data.images.shape[1])
+    ctx: dict[str, Any] = {}
     extra_meta: dict[str, Any] = {}
     if kind == "gan":
         G = DCGANGenerator(cfg.z_dim, res, ch, cfg.width)
         D = DCGANDiscriminator(res, ch, cfg.width, 1)
     elif kind == "kedmi":
-        K = int(target.num_classes)
+        K = ctx["K"] = int(target.num_classes)
         G = DCGANGenerator(cfg.z_dim, res, ch, cfg.width)
         D = DCGANDiscriminator(res, ch, cfg.width, K + 1)
-        soft = _target_probs(target, data)
+        ctx["soft"] = _target_probs(target, data)
     else:  # cgan
-        K = int(target.num_classes)
+        K = ctx["K"] = int(target.num_classes)
         G = CondGenerator(K, cfg.z_dim, res, ch, cfg.width)
         D = ProjectionDiscriminator(K, res, ch, cfg.width)
         probs = _target_probs(target, data)
         k = min(cfg.topk, data.n)
         top = probs.topk(k, dim=0).indices.T.cpu()                     # (K, k) public indices per class
-        pool_idx, pool_lab = top.reshape(-1), torch.arange(K).repeat_interleave(k)
+        ctx["pool_idx"], ctx["pool_lab"] = top.reshape(-1), torch.arange(K).repeat_interleave(k)
         extra_meta["pseudo_label_confidence"] = float(probs.topk(k, dim=0).values.mean())
+    return G, D, ctx, extra_meta
+
+
+def _critic_loss(kind: str, cfg: PriorConfig, G: nn.Module, D: nn.Module, data: _Data, gen: torch.Generator,
+                 ctx: dict) -> torch.Tensor:
+    """One discriminator step's loss (WGAN-GP / KedMI's semi-supervised / PLG-MI's hinge), batches drawn here."""
+    bs, dev = cfg.batch_size, data.device
+    if kind == "cgan":
+        real, j = data.sample(bs, gen, ctx["pool_idx"])      # top-k pseudo-labelled public images
+        y_real = ctx["pool_lab"][j].to(dev)
+    else:
+        real, _i = data.sample(bs, gen)
+    z = _noise(gen, bs, cfg.z_dim, dev)
+    if kind == "gan":
+        with torch.no_grad():
+            fake = G(z)
+        return D(fake).mean() - D(real).mean() + cfg.gp_weight * _gradient_penalty(D, real, fake, gen)
+    if kind == "kedmi":
+        with torch.no_grad():
+            fake = G(z)
+        unl, _ = data.sample(bs, gen)          # the reference's separate unlabelled batch
+        return _kedmi_discriminator_loss(D, real, ctx["soft"][_i.to(dev)], unl, fake)
+    yf = torch.randint(ctx["K"], (bs,), generator=gen).to(dev)
+    with torch.no_grad():
+        fake = G(z, yf)
+    return F.relu(1 - D(real, y_real)).mean() + F.relu(1 + D(fake, yf)).mean()
+
+
+def _generator_loss(kind: str, cfg: PriorConfig, G: nn.Module, D: nn.Module, data: _Data, gen: torch.Generator,
+                    ctx: dict, target: Optional[nn.Module], z: torch.Tensor) -> torch.Tensor:
+    if kind == "gan":
+        return -D(G(z)).mean()
+    if kind == "kedmi":
+        real, _ = data.sample(cfg.batch_size, gen)
+        return _kedmi_generator_loss(D, G(z), real)
+    yf = torch.randint(ctx["K"], (cfg.batch_size,), generator=gen).to(data.device)
+    fake = G(z, yf)
+    g_loss = -D(fake, yf).mean()
+    if cfg.alpha > 0:
+        g_loss = g_loss + cfg.alpha * max_margin_loss(target(fake), yf).mean()
+    return g_loss
+
+
+def _gan_loop(kind: str, cfg: PriorConfig, data: _Data, target: Optional[nn.Module], root: Path,
+              gen: torch.Generator, progress: bool, until: Optional[int]) -> tuple[nn.Module, nn.Module, dict]:
+    dev = data.device
+    G, D, ctx, extra_meta = _build_gan(kind, cfg, data, target)
     G.to(dev).train()
     D.to(dev).train()
     optG = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=cfg.betas)
@@ -340,50 +387,20 @@ def _gan_loop(kind: str, cfg: PriorConfig, data: _Data, target: Optional[nn.Modu
     resume = GanResume(root)
     start, _ = resume.load({"G": G, "D": D}, {"G": optG, "D": optD}, gen)
     stop = cfg.iterations if until is None else min(cfg.iterations, until)
-    bs = cfg.batch_size
     last: dict[str, float] = {}
     tb = tblog.prior(root, kind, cfg.iterations)   # no-op unless a TensorBoard session is open
     with make_progress(progress) as prog:
         task = prog.add_task(f"prior {kind}", total=cfg.iterations, completed=start, status="")
         for it in range(start, stop):
             for _ in range(cfg.n_critic):
-                if kind == "cgan":
-                    real, j = data.sample(bs, gen, pool_idx)      # top-k pseudo-labelled public images
-                    y_real = pool_lab[j].to(dev)
-                else:
-                    real, _i = data.sample(bs, gen)
-                z = _noise(gen, bs, cfg.z_dim, dev)
-                if kind == "gan":
-                    with torch.no_grad():
-                        fake = G(z)
-                    d_loss = D(fake).mean() - D(real).mean() + cfg.gp_weight * _gradient_penalty(D, real, fake, gen)
-                elif kind == "kedmi":
-                    with torch.no_grad():
-                        fake = G(z)
-                    unl, _ = data.sample(bs, gen)          # the reference's separate unlabelled batch
-                    d_loss = _kedmi_discriminator_loss(D, real, soft[_i.to(dev)], unl, fake)
-                else:
-                    yf = torch.randint(K, (bs,), generator=gen).to(dev)
-                    with torch.no_grad():
-                        fake = G(z, yf)
-                    d_loss = F.relu(1 - D(real, y_real)).mean() + F.relu(1 + D(fake, yf)).mean()
+                d_loss = _critic_loss(kind, cfg, G, D, data, gen, ctx)
                 optD.zero_grad(set_to_none=True)
                 d_loss.backward()
                 optD.step()
-            z = _noise(gen, bs, cfg.z_dim, dev)
+            z = _noise(gen, cfg.batch_size, cfg.z_dim, dev)
             for p in D.parameters():
                 p.requires_grad_(False)
-            if kind == "gan":
-                g_loss = -D(G(z)).mean()
-            elif kind == "kedmi":
-                real, _ = data.sample(bs, gen)
-                g_loss = _kedmi_generator_loss(D, G(z), real)
-            else:
-                yf = torch.randint(K, (bs,), generator=gen).to(dev)
-                fake = G(z, yf)
-                g_loss = -D(fake, yf).mean()
-                if cfg.alpha > 0:
-                    g_loss = g_loss + cfg.alpha * max_margin_loss(target(fake), yf).mean()
+            g_loss = _generator_loss(kind, cfg, G, D, data, gen, ctx, target, z)
             optG.zero_grad(set_to_none=True)
             g_loss.backward()
             optG.step()
@@ -482,6 +499,30 @@ def prior_key(kind: str, public_set: Any, target: Optional[nn.Module], cfg: Prio
                         "config": dump, "seed": int(seed), "version": 1})
 
 
+def _train_kind(kind: str, cfg: PriorConfig, data: _Data, target: Optional[nn.Module], root: Path,
+                gen: torch.Generator, progress: bool, until: Optional[int],
+                meta: dict[str, Any]) -> tuple["Prior", dict[str, Any], bool]:
+    """Train the networks of one prior kind; records their architecture in ``meta``.
+
+    Returns the prior, the kind's extra metadata and whether training reached its end."""
+    if kind == "stylegan2":
+        from .priors_stylegan2 import train_stylegan2
+
+        G, D, extra = train_stylegan2(cfg, data, root, gen, progress, until)
+        meta["generator"] = {"class": "StyleGAN2Generator", "config": G.init_kwargs}
+        meta["discriminator"] = {"class": "StyleGAN2Discriminator", "config": D.init_kwargs}
+        return Prior(kind, G, D), extra, extra["iterations_done"] >= cfg.iterations
+    if kind in ("gan", "kedmi", "cgan"):
+        G, D, extra = _gan_loop(kind, cfg, data, target, root, gen, progress, until)
+        meta["generator"] = {"class": type(G).__name__, "config": G.config}
+        meta["discriminator"] = {"class": type(D).__name__, "config": D.config}
+        return Prior(kind, G, D), extra, extra["iterations_done"] >= cfg.iterations
+    models, p_reg, extra = _lomma(cfg, data, target, root, gen, progress, until)
+    meta["aug_models"] = [{"arch": m.arch, "num_classes": m.num_classes, "resolution": meta["resolution"],
+                           "kwargs": dict(cfg.aug_kwargs)} for m in models]
+    return Prior(kind, aug_models=models, p_reg=p_reg), extra, not extra.get("incomplete", False)
+
+
 def train_prior(kind: str, public_set: Any, target: Optional[nn.Module] = None, out_dir: Optional[str | Path] = None,
                 config: Any = None, preset: str = "paper", seed: int = 0, progress: bool = False,
                 device: Any = "auto", until: Optional[int] = None, holdout: Any = None) -> Prior:
@@ -539,27 +580,7 @@ def train_prior(kind: str, public_set: Any, target: Optional[nn.Module] = None, 
                 "target_fingerprint": model_fingerprint(target), "resolution": int(data.images.shape[-1]),
                 "channels": int(data.images.shape[1]),
             }
-            if kind == "stylegan2":
-                from .priors_stylegan2 import train_stylegan2
-
-                G, D, extra = train_stylegan2(cfg, data, tmp_root, gen, progress, until)
-                prior = Prior(kind, G, D)
-                meta["generator"] = {"class": "StyleGAN2Generator", "config": G.init_kwargs}
-                meta["discriminator"] = {"class": "StyleGAN2Discriminator", "config": D.init_kwargs}
-                complete = extra["iterations_done"] >= cfg.iterations
-            elif kind in ("gan", "kedmi", "cgan"):
-                G, D, extra = _gan_loop(kind, cfg, data, target, tmp_root, gen, progress, until)
-                prior = Prior(kind, G, D)
-                meta["generator"] = {"class": type(G).__name__, "config": G.config}
-                meta["discriminator"] = {"class": type(D).__name__, "config": D.config}
-                complete = extra["iterations_done"] >= cfg.iterations
-            else:
-                models, p_reg, extra = _lomma(cfg, data, target, tmp_root, gen, progress, until)
-                prior = Prior(kind, aug_models=models, p_reg=p_reg)
-                meta["aug_models"] = [{"arch": m.arch, "num_classes": m.num_classes, "resolution": meta["resolution"],
-                                       "kwargs": dict(cfg.aug_kwargs)}
-                                      for m in models]
-                complete = not extra.get("incomplete", False)
+            prior, extra, complete = _train_kind(kind, cfg, data, target, tmp_root, gen, progress, until, meta)
             meta.update(extra)
             meta["seconds"] = time.perf_counter() - t0
             meta["complete"] = complete

@@ -76,20 +76,10 @@ def _defense_name(spec: Any) -> str:
     return str(spec)
 
 
-def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
+def _check_options(args: argparse.Namespace) -> tuple[int, ...]:
+    """The numeric options, checked; returns the sorted top-k list."""
+    from ..errors import ArgumentError
 
-    from ..attacks.base import Reconstructions
-    from ..loading import load_model
-    from ..data.base import in_memory
-    from ..errors import ArgumentError, CheckpointError, DataError
-    from ..metrics import evaluate_reconstructions, format_metrics_table
-    from ..utils import atomic_write_json, read_json, resolve_device
-
-    progress = not args.no_progress
-    run_dir = Path(args.dir)
-    if not run_dir.is_dir():
-        raise ArgumentError(f"'{run_dir}' is not a directory; give the --out directory of `midre attack`")
     try:
         topk = tuple(sorted({int(k) for k in str(args.topk).split(",") if k.strip()}))
     except ValueError:
@@ -100,23 +90,34 @@ def run(args: argparse.Namespace) -> int:
         raise ArgumentError(f"--n-boot must be >= 0, got {args.n_boot}")
     if args.batch_size < 1:
         raise ArgumentError(f"--batch-size must be at least 1, got {args.batch_size}")
-    device = resolve_device(args.device)
-    recon = Reconstructions.load(run_dir)
-    rmeta = recon.meta
-    baseline = None
-    if args.baseline:
-        bpath = Path(args.baseline)
-        if bpath.is_dir():
-            bpath = bpath / "metrics.json"
-        if not bpath.is_file():
-            raise ArgumentError(f"baseline metrics '{bpath}' not found; give the metrics.json of the NoDef run")
-        try:
-            baseline = read_json(bpath)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise ArgumentError(f"baseline '{bpath}' is not JSON; give the metrics.json written by `midre evaluate`") from None
-        if not isinstance(baseline, dict):
-            raise ArgumentError(f"baseline '{bpath}' is not a metrics.json written by `midre evaluate`")
+    return topk
 
+
+def _load_baseline(path: str) -> dict[str, Any]:
+    """The NoDef metrics.json given by --baseline (a file or the directory holding it)."""
+    from ..errors import ArgumentError
+    from ..utils import read_json
+
+    bpath = Path(path)
+    if bpath.is_dir():
+        bpath = bpath / "metrics.json"
+    if not bpath.is_file():
+        raise ArgumentError(f"baseline metrics '{bpath}' not found; give the metrics.json of the NoDef run")
+    try:
+        baseline = read_json(bpath)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ArgumentError(f"baseline '{bpath}' is not JSON; give the metrics.json written by `midre evaluate`") from None
+    if not isinstance(baseline, dict):
+        raise ArgumentError(f"baseline '{bpath}' is not a metrics.json written by `midre evaluate`")
+    return baseline
+
+
+def _load_models(args: argparse.Namespace, run_dir: Path, recon: Any, device: Any) -> tuple:
+    """The target and evaluation model of the reconstructions, checked against them and each other."""
+    from ..errors import ArgumentError, CheckpointError
+    from ..loading import load_model
+
+    rmeta = recon.meta
     target_path = _resolve(args.target or rmeta.get("target"), run_dir)
     if target_path is None:
         raise ArgumentError("the reconstructions do not record their target; pass --target CKPT")
@@ -139,6 +140,29 @@ def run(args: argparse.Namespace) -> int:
     if t_ds and e_ds and t_ds != e_ds:
         raise CheckpointError(f"the evaluation model was trained on '{e_ds}' but the target on '{t_ds}'; "
                               "train the evaluation model on the target's private identities")
+    return target_path, target, tmeta, eval_path, eval_model, emeta
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from ..attacks.base import Reconstructions
+    from ..loading import load_model
+    from ..data.base import in_memory
+    from ..errors import ArgumentError, DataError
+    from ..metrics import evaluate_reconstructions, format_metrics_table
+    from ..utils import atomic_write_json, resolve_device
+
+    progress = not args.no_progress
+    run_dir = Path(args.dir)
+    if not run_dir.is_dir():
+        raise ArgumentError(f"'{run_dir}' is not a directory; give the --out directory of `midre attack`")
+    topk = _check_options(args)
+    device = resolve_device(args.device)
+    recon = Reconstructions.load(run_dir)
+    rmeta = recon.meta
+    baseline = _load_baseline(args.baseline) if args.baseline else None
+    target_path, target, tmeta, eval_path, eval_model, emeta = _load_models(args, run_dir, recon, device)
     face = None
     if args.face_embedder == "dlib":
         face = "dlib"          # resolved by the metrics; unavailable -> delta_face None + a note
