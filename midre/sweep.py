@@ -238,6 +238,55 @@ def _write_table(out_dir: Path, spec: SweepSpec, rows_by_trial: dict[int, list[d
     return rows, path
 
 
+def _validate_trials(spec: SweepSpec, configs: dict[int, dict]) -> None:
+    """Every trial's config is valid, before anything runs."""
+    from .config import load_config
+
+    for t in spec.trials:
+        try:
+            load_config(configs[t.index])
+        except MidreError as e:
+            raise ConfigError(f"sweep trial {t.index} {t.params}: {e}") from None
+
+
+def _finished_trials(spec: SweepSpec, old: dict[str, Any], out_dir: Path) -> tuple[dict[int, list[dict]], list[Trial]]:
+    """Rows of the trials a previous run finished (with results on disk), and the trials still to run."""
+    rows_by_trial: dict[int, list[dict]] = {}
+    todo = []
+    for t in spec.trials:
+        prev = old.get(t.name)
+        if prev and prev.get("status") == "done":
+            rows = collect_trial_rows(out_dir / t.name)
+            if rows:
+                t.status, t.seconds = "done", prev.get("seconds")
+                rows_by_trial[t.index] = rows
+                continue
+        todo.append(t)
+    return rows_by_trial, todo
+
+
+def _run_local_trial(fn: Callable, t: Trial, config: dict, out_dir: Path, resume: bool, finish: Callable) -> None:
+    """One trial in this process; its failure is recorded, never raised (the other trials still run)."""
+    try:
+        out = fn(config, str(out_dir / t.name), resume, False, None)
+        finish(t, out, None)
+    except MidreError as e:
+        finish(t, None, f"{type(e).__name__}: {e}")
+    except Exception as e:  # noqa: BLE001 - one broken trial must not lose the others
+        finish(t, None, f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=5)}")
+
+
+def _write_sweep_report(out_dir: Path, spec: SweepSpec) -> None:
+    report = spec.base.get("report") if isinstance(spec.base.get("report"), dict) else {}
+    if not report.get("enabled", True):
+        return
+    from .report import write_report
+
+    write_report(out_dir, max_identities=int(report.get("max_identities", 8)),
+                 title=report.get("title") or f"midre sweep: {spec.base.get('name', out_dir.name)} "
+                                               f"({len(spec.trials)} trials)")
+
+
 def run_sweep(config: Any, out_dir: str | Path, backend: Optional[str] = None, address: Optional[str] = None,
               resume: bool = True, progress: bool = True, runner: Optional[Callable] = None,
               validate: bool = True) -> SweepResult:
@@ -267,13 +316,7 @@ def run_sweep(config: Any, out_dir: str | Path, backend: Optional[str] = None, a
         raise ArgumentError("--address only applies to --backend ray; add --backend ray or drop --address")
     configs = {t.index: trial_config(spec.base, t.params) for t in spec.trials}
     if validate:
-        from .config import load_config
-
-        for t in spec.trials:
-            try:
-                load_config(configs[t.index])
-            except MidreError as e:
-                raise ConfigError(f"sweep trial {t.index} {t.params}: {e}") from None
+        _validate_trials(spec, configs)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if not resume and (out_dir / "sweep.json").exists():
@@ -283,17 +326,7 @@ def run_sweep(config: Any, out_dir: str | Path, backend: Optional[str] = None, a
     import yaml
 
     atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(raw, sort_keys=False, default_flow_style=None, width=110))
-    rows_by_trial: dict[int, list[dict]] = {}
-    todo = []
-    for t in spec.trials:
-        prev = old.get(t.name)
-        if resume and prev and prev.get("status") == "done":
-            rows = collect_trial_rows(out_dir / t.name)
-            if rows:
-                t.status, t.seconds = "done", prev.get("seconds")
-                rows_by_trial[t.index] = rows
-                continue
-        todo.append(t)
+    rows_by_trial, todo = _finished_trials(spec, old, out_dir) if resume else ({}, list(spec.trials))
     _write_state(out_dir, spec, backend)
 
     def finish(t: Trial, out: Optional[dict], err: Optional[str]) -> None:
@@ -311,24 +344,13 @@ def run_sweep(config: Any, out_dir: str | Path, backend: Optional[str] = None, a
             fn = runner or run_trial
             for t in todo:
                 prog.update(task, status=t.name)
-                try:
-                    out = fn(configs[t.index], str(out_dir / t.name), resume, False, None)
-                    finish(t, out, None)
-                except MidreError as e:
-                    finish(t, None, f"{type(e).__name__}: {e}")
-                except Exception as e:  # noqa: BLE001 - one broken trial must not lose the others
-                    finish(t, None, f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=5)}")
+                _run_local_trial(fn, t, configs[t.index], out_dir, resume, finish)
                 prog.advance(task)
         else:
             _run_ray(spec, todo, configs, out_dir, address, resume, runner, finish, lambda: prog.advance(task))
     rows, path = _write_table(out_dir, spec, rows_by_trial)
-    report = spec.base.get("report") if isinstance(spec.base.get("report"), dict) else {}
-    if rows and report.get("enabled", True):
-        from .report import write_report
-
-        write_report(out_dir, max_identities=int(report.get("max_identities", 8)),
-                     title=report.get("title") or f"midre sweep: {spec.base.get('name', out_dir.name)} "
-                                                   f"({len(spec.trials)} trials)")
+    if rows:
+        _write_sweep_report(out_dir, spec)
     return SweepResult(out_dir=out_dir, trials=spec.trials, rows=rows, results_csv=path)
 
 
