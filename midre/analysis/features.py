@@ -227,6 +227,53 @@ def default_targets(run_dir: Path, area: float = 0.4) -> list[str]:
     return out
 
 
+def _common_attack(run_dir: Path, targets: Sequence[str]) -> str:
+    """The first attack (by name) whose reconstructions exist for every analysed target."""
+    common = None
+    for t in targets:
+        d = run_dir / "attacks" / t
+        have = ({p.name for p in d.iterdir() if (p / "reconstructions.safetensors").exists()}
+                if d.is_dir() else set())
+        common = have if common is None else common & have
+    if not common:
+        raise RunDirError(f"no attack was run against all of {', '.join(targets)} in '{run_dir}'; "
+                          "finish `midre run` first or pick --target")
+    return sorted(common)[0]
+
+
+def _private_by_identity(private: Any, ids: Sequence[int], max_images: int) -> tuple[dict, dict]:
+    """Up to ``max_images`` private images of each identity, with their labels."""
+    labels_all = torch.as_tensor(private.targets)
+    imgs, labs = {}, {}
+    for i in ids:
+        idx = (labels_all == i).nonzero().flatten()[:max_images]
+        x = torch.stack([private[int(j)][0] for j in idx])
+        imgs[i], labs[i] = x, torch.full((len(x),), i, dtype=torch.long)
+    return imgs, labs
+
+
+def _analyse_target(model: Any, meta: dict, rec: Any, ids: Sequence[int], imgs: dict, erased: dict,
+                    plot_identity: Optional[int]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """One target's measures in its own 2-D PCA of features, and the points to plot."""
+    feats = {}
+    for i in ids:
+        sel = rec.identity == i
+        feats[i] = {"private": extract_features(model, imgs[i]), "re_private": extract_features(model, erased[i]),
+                    "recon": extract_features(model, rec.images[sel])}
+    allf = np.concatenate([f for i in ids for f in feats[i].values()])
+    comps, mean, ratio = pca_2d(allf)
+    per_id = {str(i): group_measures(feats[i], comps, mean) for i in ids}
+    summary = {k: _mean_dicts([per_id[str(i)][k] for i in ids]) for k in ("overlap", "inside", "centroid")}
+    pooled_feats = {g: np.concatenate([feats[i][g] for i in ids]) for g in GROUPS}
+    pooled = group_measures(pooled_feats, comps, mean)
+    c = summary["centroid"]
+    closer = "re_private" if c["recon-re_private"] < c["recon-private"] else "private"
+    entry = {"defense": meta.get("defense"), "explained_variance": ratio.tolist(),
+             "mean": summary, "pooled": pooled, "closer_to": closer, "per_identity": per_id}
+    shown = pooled_feats if plot_identity is None else feats[int(plot_identity)]
+    return entry, {g: (shown[g] - mean) @ comps.T for g in GROUPS}
+
+
 def feature_analysis(run_dir: str | Path, targets: Optional[Sequence[str]] = None, attack: Optional[str] = None,
                      area: Optional[float] = None, identities: Optional[Sequence[int]] = None,
                      max_images: int = 60, plot_identity: Optional[int] = None, seed: int = 0,
@@ -260,17 +307,7 @@ def feature_analysis(run_dir: str | Path, targets: Optional[Sequence[str]] = Non
         raise ArgumentError(f"max_images must be at least 3 (a convex hull needs 3 points), got {max_images}")
     targets = list(targets) if targets else default_targets(run_dir)
     metas = {t: _target_meta(run_dir, t) for t in targets}
-    if attack is None:
-        common = None
-        for t in targets:
-            d = run_dir / "attacks" / t
-            have = ({p.name for p in d.iterdir() if (p / "reconstructions.safetensors").exists()}
-                    if d.is_dir() else set())
-            common = have if common is None else common & have
-        if not common:
-            raise RunDirError(f"no attack was run against all of {', '.join(targets)} in '{run_dir}'; "
-                              "finish `midre run` first or pick --target")
-        attack = sorted(common)[0]
+    attack = attack or _common_attack(run_dir, targets)
     recs = {t: Reconstructions.load(run_dir / "attacks" / t / attack) for t in targets}
 
     if area is not None:
@@ -288,12 +325,7 @@ def feature_analysis(run_dir: str | Path, targets: Optional[Sequence[str]] = Non
     missing = [i for i in ids if i not in attacked]
     if missing:
         raise ArgumentError(f"identity {missing[0]} was not attacked; attacked identities: {attacked[:20]}")
-    labels_all = torch.as_tensor(private.targets)
-    imgs, labs = {}, {}
-    for i in ids:
-        idx = (labels_all == i).nonzero().flatten()[:max_images]
-        x = torch.stack([private[int(j)][0] for j in idx])
-        imgs[i], labs[i] = x, torch.full((len(x),), i, dtype=torch.long)
+    imgs, labs = _private_by_identity(private, ids, max_images)
     erased = {i: erase_images(imgs[i], labs[i], eraser, derive_seed(seed, "features", i)) for i in ids}
 
     if plot_identity is not None and int(plot_identity) not in ids:
@@ -304,24 +336,7 @@ def feature_analysis(run_dir: str | Path, targets: Optional[Sequence[str]] = Non
     plots: dict[str, dict[str, np.ndarray]] = {}
     for t in targets:
         model, meta = load_model(run_dir / "targets" / t, device="cpu")
-        r = recs[t]
-        feats = {}
-        for i in ids:
-            sel = r.identity == i
-            feats[i] = {"private": extract_features(model, imgs[i]), "re_private": extract_features(model, erased[i]),
-                        "recon": extract_features(model, r.images[sel])}
-        allf = np.concatenate([f for i in ids for f in feats[i].values()])
-        comps, mean, ratio = pca_2d(allf)
-        per_id = {str(i): group_measures(feats[i], comps, mean) for i in ids}
-        summary = {k: _mean_dicts([per_id[str(i)][k] for i in ids]) for k in ("overlap", "inside", "centroid")}
-        pooled_feats = {g: np.concatenate([feats[i][g] for i in ids]) for g in GROUPS}
-        pooled = group_measures(pooled_feats, comps, mean)
-        c = summary["centroid"]
-        closer = "re_private" if c["recon-re_private"] < c["recon-private"] else "private"
-        result["targets"][t] = {"defense": meta.get("defense"), "explained_variance": ratio.tolist(),
-                                "mean": summary, "pooled": pooled, "closer_to": closer, "per_identity": per_id}
-        shown = pooled_feats if plot_identity is None else feats[int(plot_identity)]
-        plots[t] = {g: (shown[g] - mean) @ comps.T for g in GROUPS}
+        result["targets"][t], plots[t] = _analyse_target(model, meta, recs[t], ids, imgs, erased, plot_identity)
     if write:
         atomic_write_json(run_dir / "analysis" / "features.json", _nan_to_none(result))
         plot_features(plots, result, run_dir / "figures" / "features.png")
