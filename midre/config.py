@@ -612,9 +612,26 @@ def needs_root(dataset: str) -> bool:
 
 def validate_names(cfg: RunConfig, where: str = "config") -> None:
     """Check every name and parameter against the registries, without loading data or models."""
+    _validate_dataset(cfg, where)
+    _validate_models(cfg, where)
+    names = _validate_targets(cfg, where)
+    if cfg.attacks:
+        _validate_attacks(cfg, where, names)
+    _validate_priors(cfg, where)
+    m = cfg.metrics
+    if m.fid == "inception":
+        if not m.inception_weights:
+            raise ConfigError(f"{where}: 'metrics.fid: inception' needs 'metrics.inception_weights' (a LOCAL "
+                              "Inception-v3 weights file); or use fid: eval")
+        if not Path(m.inception_weights).expanduser().is_file():
+            raise ConfigError(f"{where}: 'metrics.inception_weights' file '{m.inception_weights}' not found; "
+                              "give a local Inception-v3 weights file or use fid: eval")
+    if cfg.device not in ("auto", "cpu") and not re.fullmatch(r"(cuda|mps)(:\d+)?", cfg.device):
+        raise ConfigError(f"{where}: 'device' is '{cfg.device}'; use auto, cpu, cuda or cuda:N")
+
+
+def _validate_dataset(cfg: RunConfig, where: str) -> None:
     from .data import DATASETS
-    from .defenses import build_defense
-    from .models import MODELS
 
     d = cfg.dataset
     _wrap(where, "dataset.name", DATASETS.get, d.name)
@@ -631,6 +648,10 @@ def validate_names(cfg: RunConfig, where: str = "config") -> None:
     if d.root and not Path(d.root).expanduser().exists():
         raise ConfigError(f"{where}: 'dataset.root' '{d.root}' does not exist; give the folder that holds the "
                           f"{d.name} files")
+
+
+def _validate_models(cfg: RunConfig, where: str) -> None:
+    """The evaluation model, the target defaults and the backbones: architectures and schedules."""
     _check_model(where, "eval_model", cfg.eval_model.arch, cfg.eval_model.model_kwargs, cfg.dataset.resolution)
     validate_train(where, "eval_model.train", cfg.eval_model.train)
     _check_model(where, "defaults", cfg.defaults.arch, cfg.defaults.model_kwargs, cfg.dataset.resolution)
@@ -642,6 +663,12 @@ def validate_names(cfg: RunConfig, where: str = "config") -> None:
         if b.train.get("init"):
             raise ConfigError(f"{where}: 'backbones.{bname}.train.init': a backbone is pretrained from scratch; remove it")
     check_init(where, "eval_model.train.init", cfg.eval_model.train.get("init"), cfg)
+
+
+def _validate_targets(cfg: RunConfig, where: str) -> set[str]:
+    """Every target (names unique, defense, schedule, init, reference); returns the target names."""
+    from .defenses import build_defense
+
     names: set[str] = set()
     for i, t in enumerate(cfg.expanded_targets()):
         p = f"targets[{i}]"
@@ -658,43 +685,40 @@ def validate_names(cfg: RunConfig, where: str = "config") -> None:
         if t.reference is not None and t.reference not in all_targets:
             raise ConfigError(f"{where}: 'targets[{i}].reference' names unknown target '{t.reference}'"
                               f"{did_you_mean(t.reference, all_targets)}; targets are: {', '.join(all_targets)}")
-    if cfg.attacks:
-        from .attacks import ATTACKS, build_attack
+    return names
 
-        keys: set[str] = set()
-        for i, a in enumerate(cfg.attacks):
-            p = f"attacks[{i}]"
-            _wrap(where, f"{p}.name", ATTACKS.get, a.name)
-            kw = dict(a.params)
-            if a.preset is not None:
-                kw["preset"] = a.preset
-            _wrap(where, f"{p}.params", build_attack, a.name, **kw)
-            if a.key in keys:
-                raise ConfigError(f"{where}: attack '{a.key}' is listed twice; give one of them a distinct 'label'")
-            keys.add(a.key)
-            for tn in a.targets or []:
-                if tn not in names:
-                    raise ConfigError(f"{where}: '{p}.targets' names unknown target '{tn}'"
-                                      f"{did_you_mean(tn, names)}; targets are: {', '.join(sorted(names))}")
-        _check_stylegan2_weights(cfg, where)
-    if cfg.priors.preset is not None or cfg.priors.params:
-        from .priors import PRESETS, prior_config
 
-        if cfg.priors.preset is not None and cfg.priors.preset not in PRESETS:
-            raise ConfigError(f"{where}: 'priors.preset' is '{cfg.priors.preset}'{did_you_mean(cfg.priors.preset, PRESETS)}; "
-                              f"choose one of: {', '.join(sorted(PRESETS))}")
-        for kind, params in cfg.priors.params.items():
-            _wrap(where, f"priors.params.{kind}", prior_config, kind, cfg.priors.preset or "paper", params)
-    m = cfg.metrics
-    if m.fid == "inception":
-        if not m.inception_weights:
-            raise ConfigError(f"{where}: 'metrics.fid: inception' needs 'metrics.inception_weights' (a LOCAL "
-                              "Inception-v3 weights file); or use fid: eval")
-        if not Path(m.inception_weights).expanduser().is_file():
-            raise ConfigError(f"{where}: 'metrics.inception_weights' file '{m.inception_weights}' not found; "
-                              "give a local Inception-v3 weights file or use fid: eval")
-    if cfg.device not in ("auto", "cpu") and not re.fullmatch(r"(cuda|mps)(:\d+)?", cfg.device):
-        raise ConfigError(f"{where}: 'device' is '{cfg.device}'; use auto, cpu, cuda or cuda:N")
+def _validate_attacks(cfg: RunConfig, where: str, names: set[str]) -> None:
+    from .attacks import ATTACKS, build_attack
+
+    keys: set[str] = set()
+    for i, a in enumerate(cfg.attacks):
+        p = f"attacks[{i}]"
+        _wrap(where, f"{p}.name", ATTACKS.get, a.name)
+        kw = dict(a.params)
+        if a.preset is not None:
+            kw["preset"] = a.preset
+        _wrap(where, f"{p}.params", build_attack, a.name, **kw)
+        if a.key in keys:
+            raise ConfigError(f"{where}: attack '{a.key}' is listed twice; give one of them a distinct 'label'")
+        keys.add(a.key)
+        for tn in a.targets or []:
+            if tn not in names:
+                raise ConfigError(f"{where}: '{p}.targets' names unknown target '{tn}'"
+                                  f"{did_you_mean(tn, names)}; targets are: {', '.join(sorted(names))}")
+    _check_stylegan2_weights(cfg, where)
+
+
+def _validate_priors(cfg: RunConfig, where: str) -> None:
+    if cfg.priors.preset is None and not cfg.priors.params:
+        return
+    from .priors import PRESETS, prior_config
+
+    if cfg.priors.preset is not None and cfg.priors.preset not in PRESETS:
+        raise ConfigError(f"{where}: 'priors.preset' is '{cfg.priors.preset}'{did_you_mean(cfg.priors.preset, PRESETS)}; "
+                          f"choose one of: {', '.join(sorted(PRESETS))}")
+    for kind, params in cfg.priors.params.items():
+        _wrap(where, f"priors.params.{kind}", prior_config, kind, cfg.priors.preset or "paper", params)
 
 
 def _check_stylegan2_weights(cfg: RunConfig, where: str) -> None:
