@@ -292,6 +292,65 @@ def _read_split_file(path: Path) -> list[tuple[str, int, bool]]:
     return rows
 
 
+def _celeba_paths(base: Path) -> tuple[Path, Path]:
+    """The aligned-image folder (a nested copy is accepted) and the identity file (ROOT or ROOT/Anno)."""
+    img_dir = base / "img_align_celeba"
+    if (img_dir / "img_align_celeba").is_dir():
+        img_dir = img_dir / "img_align_celeba"
+    if not img_dir.is_dir():
+        raise DataError(f"CelebA image folder '{img_dir}' is missing; expected the layout {CELEBA_LAYOUT}")
+    id_file = base / "identity_CelebA.txt"
+    if not id_file.is_file():
+        alt = base / "Anno" / "identity_CelebA.txt"
+        if not alt.is_file():
+            raise DataError(f"CelebA identity file '{id_file}' is missing; expected the layout {CELEBA_LAYOUT}")
+        id_file = alt
+    return img_dir, id_file
+
+
+def _celeba_from_split_file(split_file: Any, img_dir: Path, on_disk: set[str], identity: dict[str, int], res: int,
+                            transform: Any) -> tuple[Any, Any, set[int], list[str]]:
+    """Private train / test from a split file (``<file> <label> <train|test>`` lines)."""
+    rows = _read_split_file(Path(split_file).expanduser())
+    for fname, _, _ in rows:
+        if fname not in on_disk:
+            raise DataError(f"split file '{split_file}' names '{fname}', which is not in '{img_dir}'; "
+                            f"fix the split file or restore the image")
+    labels = sorted({lab for _, lab, _ in rows})
+    if labels != list(range(len(labels))):
+        raise DataError(f"split file '{split_file}' labels must be 0..N-1 without gaps "
+                        f"(found {len(labels)} labels up to {labels[-1]})")
+    if len(labels) < 2:
+        raise DataError(f"split file '{split_file}' names fewer than 2 identities; an MI benchmark needs 2+")
+    tr = [(img_dir / f, lab) for f, lab, t in rows if not t]
+    te = [(img_dir / f, lab) for f, lab, t in rows if t]
+    train = FileImageSet([f for f, _ in tr], [lab for _, lab in tr], res, transform)
+    test = FileImageSet([f for f, _ in te], [lab for _, lab in te], res, transform)
+    private_ids = {identity[f] for f, _, _ in rows if f in identity}
+    return train, test, private_ids, [str(i) for i in range(len(labels))]
+
+
+def _celeba_most_images(identity: dict[str, int], num_private: Any, id_file: Path, img_dir: Path, res: int,
+                        transform: Any, tf: float, split_seed: int) -> tuple[Any, Any, set[int], list[str]]:
+    """The standard split: the ``num_private`` identities with the most images, seeded train / test."""
+    counts: dict[int, int] = {}
+    for ident in identity.values():
+        counts[ident] = counts.get(ident, 0) + 1
+    n_priv = _opt_int("celeba", "num_private", num_private, 2)
+    if n_priv > len(counts):
+        raise DataError(f"'{id_file}' lists only {len(counts)} identities but num_private={n_priv}; "
+                        f"lower num_private or use the full identity file")
+    ranked = sorted(counts, key=lambda k: (-counts[k], k))
+    private_sorted = sorted(ranked[:n_priv])
+    classes: list[tuple[str, list[Path]]] = [(str(i), []) for i in private_sorted]
+    lab = {ident: c for c, ident in enumerate(private_sorted)}
+    for f in sorted(identity):
+        if identity[f] in lab:
+            classes[lab[identity[f]]][1].append(img_dir / f)
+    train, test = _split_private("celeba", classes, res, transform, tf, split_seed)
+    return train, test, set(private_sorted), [str(i) for i in private_sorted]
+
+
 @DATASETS.register("celeba", kind="folder", default_resolution=64, layout=CELEBA_LAYOUT,
                    options={**_COMMON, "num_private": 1000, "split_file": None})
 def celeba(root: Optional[str] = None, resolution: Optional[int] = None, seed: int = 0,
@@ -311,18 +370,7 @@ def celeba(root: Optional[str] = None, resolution: Optional[int] = None, seed: i
     opt = _check_options("celeba", options, {**_COMMON, "num_private": 1000, "split_file": None})
     res = _check_resolution("celeba", resolution, 64)
     base = _require_root("celeba", root, CELEBA_LAYOUT)
-    img_dir = base / "img_align_celeba"
-    if (img_dir / "img_align_celeba").is_dir():
-        img_dir = img_dir / "img_align_celeba"
-    if not img_dir.is_dir():
-        raise DataError(f"CelebA image folder '{img_dir}' is missing; expected the layout {CELEBA_LAYOUT}")
-    id_file = base / "identity_CelebA.txt"
-    if not id_file.is_file():
-        alt = base / "Anno" / "identity_CelebA.txt"
-        if alt.is_file():
-            id_file = alt
-        else:
-            raise DataError(f"CelebA identity file '{id_file}' is missing; expected the layout {CELEBA_LAYOUT}")
+    img_dir, id_file = _celeba_paths(base)
     identity = _read_identity_file(id_file)
     on_disk = {p.name for p in img_dir.iterdir() if _is_image(p)}
     missing = sorted(f for f in identity if f not in on_disk)
@@ -336,44 +384,13 @@ def celeba(root: Optional[str] = None, resolution: Optional[int] = None, seed: i
                             "preprocess": "centre crop 108 (rows 55-162, cols 35-142 at 178x218) -> resize"}
 
     if opt["split_file"] not in (None, ""):
-        rows = _read_split_file(Path(opt["split_file"]).expanduser())
-        for fname, _, _ in rows:
-            if fname not in on_disk:
-                raise DataError(f"split file '{opt['split_file']}' names '{fname}', which is not in '{img_dir}'; "
-                                f"fix the split file or restore the image")
-        labels = sorted({lab for _, lab, _ in rows})
-        if labels != list(range(len(labels))):
-            raise DataError(f"split file '{opt['split_file']}' labels must be 0..N-1 without gaps "
-                            f"(found {len(labels)} labels up to {labels[-1]})")
-        if len(labels) < 2:
-            raise DataError(f"split file '{opt['split_file']}' names fewer than 2 identities; an MI benchmark needs 2+")
-        tr = [(img_dir / f, lab) for f, lab, t in rows if not t]
-        te = [(img_dir / f, lab) for f, lab, t in rows if t]
-        train = FileImageSet([f for f, _ in tr], [lab for _, lab in tr], res, transform)
-        test = FileImageSet([f for f, _ in te], [lab for _, lab in te], res, transform)
-        private_ids = {identity[f] for f, _, _ in rows if f in identity}
-        num_classes = len(labels)
-        class_names = [str(i) for i in range(num_classes)]
+        train, test, private_ids, class_names = _celeba_from_split_file(opt["split_file"], img_dir, on_disk,
+                                                                         identity, res, transform)
         info["split_file"] = str(opt["split_file"])
     else:
-        counts: dict[int, int] = {}
-        for ident in identity.values():
-            counts[ident] = counts.get(ident, 0) + 1
-        n_priv = _opt_int("celeba", "num_private", opt["num_private"], 2)
-        if n_priv > len(counts):
-            raise DataError(f"'{id_file}' lists only {len(counts)} identities but num_private={n_priv}; "
-                            f"lower num_private or use the full identity file")
-        ranked = sorted(counts, key=lambda k: (-counts[k], k))
-        private_sorted = sorted(ranked[:n_priv])
-        classes = [(str(i), []) for i in private_sorted]
-        lab = {ident: c for c, ident in enumerate(private_sorted)}
-        for f in sorted(identity):
-            if identity[f] in lab:
-                classes[lab[identity[f]]][1].append(img_dir / f)
-        train, test = _split_private("celeba", classes, res, transform, tf, split_seed)
-        private_ids = set(private_sorted)
-        num_classes = n_priv
-        class_names = [str(i) for i in private_sorted]
+        train, test, private_ids, class_names = _celeba_most_images(identity, opt["num_private"], id_file, img_dir,
+                                                                     res, transform, tf, split_seed)
+    num_classes = len(class_names)
     pub_ids = sorted({i for i in identity.values() if i not in private_ids})
     pub_lab = {ident: c for c, ident in enumerate(pub_ids)}
     pub_files = sorted(f for f in identity if identity[f] in pub_lab)
