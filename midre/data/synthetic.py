@@ -222,38 +222,43 @@ def _over(img: torch.Tensor, colour: torch.Tensor, mask: torch.Tensor) -> torch.
     return img.lerp_(colour, mask)
 
 
-def _render_chunk(p: dict[str, torch.Tensor], res: int) -> torch.Tensor:
-    B = p["face_w"].shape[0]
-    lin = (torch.arange(res, dtype=torch.float32) + 0.5) / res * 2 - 1
-    Y, X = torch.meshgrid(lin, lin, indexing="ij")
-    X = X.view(1, 1, res, res)
-    Y = Y.view(1, 1, res, res)
-    s = _c(p["scale"])
-    cr, sr = _c(torch.cos(p["rot"])), _c(torch.sin(p["rot"]))
-    px, py = X - _c(p["tx"]), Y - _c(p["ty"])
-    u = (cr * px + sr * py) / s
-    v = (-sr * px + cr * py) / s
-    e = 1.0 / (res * s)        # half a pixel in face units
+class _Geometry:
+    """Posed pixel coordinates of a chunk (u, v in the face frame) and its soft-shape helpers."""
 
-    inv2e = -1.0 / (2 * e)
+    def __init__(self, p: dict[str, torch.Tensor], res: int):
+        self.B = p["face_w"].shape[0]
+        lin = (torch.arange(res, dtype=torch.float32) + 0.5) / res * 2 - 1
+        Y, X = torch.meshgrid(lin, lin, indexing="ij")
+        self.X = X.view(1, 1, res, res)
+        self.Y = Y.view(1, 1, res, res)
+        s = _c(p["scale"])
+        cr, sr = _c(torch.cos(p["rot"])), _c(torch.sin(p["rot"]))
+        px, py = self.X - _c(p["tx"]), self.Y - _c(p["ty"])
+        self.u = (cr * px + sr * py) / s
+        self.v = (-sr * px + cr * py) / s
+        self.e = 1.0 / (res * s)        # half a pixel in face units
+        self.inv2e = -1.0 / (2 * self.e)
+        yaw = _c(p["yaw"])
+        self.fx = 0.03 * yaw             # outline centre
+        self.gx = 0.10 * yaw             # inner features (closer to the camera: move more)
+        self.fw, self.fh, self.cy = _c(p["face_w"]), _c(p["face_h"]), _c(p["face_cy"])
+        self.du = self.u - self.fx
+        self.dv = self.v - self.cy
 
-    def soft(d: torch.Tensor) -> torch.Tensor:
+    def soft(self, d: torch.Tensor) -> torch.Tensor:
         """Coverage of a shape with signed distance ``d``: a one-pixel linear ramp (box-filter AA)."""
-        return (d * inv2e).add_(0.5).clamp_(0, 1)
+        return (d * self.inv2e).add_(0.5).clamp_(0, 1)
 
-    def stroke(across: torch.Tensor, hw: torch.Tensor, outside: torch.Tensor | None = None) -> torch.Tensor:
+    def stroke(self, across: torch.Tensor, hw: torch.Tensor, outside: torch.Tensor | None = None) -> torch.Tensor:
         """Coverage of a line of half-width ``hw`` (``across`` = distance to its centre line); lines thinner
         than a pixel are drawn one pixel wide with proportionally less opacity, so ink is conserved."""
-        d = across - torch.clamp(hw, min=e)
+        d = across - torch.clamp(hw, min=self.e)
         if outside is not None:
             d = torch.maximum(d, outside)
-        return soft(d) * (hw / e).clamp(max=1)
+        return self.soft(d) * (hw / self.e).clamp(max=1)
 
-    yaw = _c(p["yaw"])
-    fx = 0.03 * yaw             # outline centre
-    gx = 0.10 * yaw             # inner features (closer to the camera: move more)
-    fw, fh, cy = _c(p["face_w"]), _c(p["face_h"]), _c(p["face_cy"])
 
+def _colours_v1(p: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     # colours
     skin = _palette(p["skin"], (_SKIN_DARK, _SKIN_LIGHT))
     hair = _palette(p["hair_tone"], _HAIR_PALETTE)
@@ -262,6 +267,11 @@ def _render_chunk(p: dict[str, torch.Tensor], res: int) -> torch.Tensor:
     skin, hair = _rgb(skin), _rgb(hair)
     iris = _rgb(_palette(p["iris_tone"], _IRIS_PALETTE))
 
+    return skin, hair, iris
+
+
+def _background_v1(p: dict[str, torch.Tensor], g: _Geometry, res: int) -> tuple[torch.Tensor, torch.Tensor]:
+    B, X, Y = g.B, g.X, g.Y
     # background: two colours blended along a random direction + low-frequency texture
     # per-image random fields (texture, sensor noise) from each image's own seed: an image depends only
     # on its parameters, never on the batch it is rendered in
@@ -277,8 +287,12 @@ def _render_chunk(p: dict[str, torch.Tensor], res: int) -> torch.Tensor:
     ramp = torch.sigmoid(_c(p["bg_sharp"]) * (torch.cos(ba) * X + torch.sin(ba) * Y) + 2.0 * (tex - 0.5))
     img = _rgb(p["bg1"]) + (_rgb(p["bg2"]) - _rgb(p["bg1"])) * ramp
 
-    du = u - fx
-    dv = v - cy
+    return img, noise
+
+
+def _body_v1(p, g: _Geometry, img, skin, hair):
+    """Clothes, neck, ears and the hair mass behind the face; returns the image and the hair mask."""
+    v, du, dv, fw, fh, cy, soft = g.v, g.du, g.dv, g.fw, g.fh, g.cy, g.soft
     # clothes and neck
     nw = _c(p["neck_w"])
     chin = cy + fh
@@ -306,6 +320,13 @@ def _render_chunk(p: dict[str, torch.Tensor], res: int) -> torch.Tensor:
     hair_mass = torch.minimum(hair_mass, long_hair)
     img = _over(img, hair, soft(hair_mass))
 
+    return img, hair_mass
+
+
+def _face_v1(p, g: _Geometry, img, skin, hair, hair_mass):
+    """Face (below the hairline) and beard; returns the image, the face mask, the below-hairline mask and
+    the foreground (face or hair) mask."""
+    u, v, du, dv, fw, fh, cy, gx, soft = g.u, g.v, g.du, g.dv, g.fw, g.fh, g.cy, g.gx, g.soft
     # face
     t = (dv / fh).clamp(0, 1)
     w = fw * (1 - _c(p["jaw"]) * t * t)
@@ -322,11 +343,15 @@ def _render_chunk(p: dict[str, torch.Tensor], res: int) -> torch.Tensor:
 
     # beard / moustache (hair-coloured, partially transparent)
     my = _c(p["mouth_y"])
-    mw = _c(p["mouth_w"])
     beard = torch.maximum(torch.maximum(face_d, my - 0.02 - v), du.abs() - 0.8 * fw)
     beard_m = soft(beard) * _c(p["beard"]) * 0.7
     img = _over(img, hair * 0.9, beard_m)
 
+    return img, face_m, below_hairline, fg
+
+
+def _eyes_v1(p, g: _Geometry, img, skin, iris):
+    u, v, gx, soft, stroke = g.u, g.v, g.gx, g.soft, g.stroke
     # eyes: socket shadow, sclera, iris, pupil
     ey0 = _c(p["eye_y"])
     ew, eh = _c(p["eye_w"]), _c(p["eye_h"]) * _c(p["eye_open"])
@@ -353,6 +378,12 @@ def _render_chunk(p: dict[str, torch.Tensor], res: int) -> torch.Tensor:
         lid = stroke((eyef - 1.15).abs() * eh, torch.full_like(eh, 0.012), b)
         img = _over(img, skin * 0.25, lid * 0.8)
 
+    return img
+
+
+def _brows_v1(p, g: _Geometry, img, hair):
+    u, v, gx, stroke = g.u, g.v, g.gx, g.stroke
+    ey0 = _c(p["eye_y"])
     # brows
     bl, bt = _c(p["brow_len"]), _c(p["brow_t"])
     btilt = _c(p["brow_tilt"])
@@ -367,6 +398,12 @@ def _render_chunk(p: dict[str, torch.Tensor], res: int) -> torch.Tensor:
         brow = stroke((b - centre).abs(), bt / 2 * (1 - 0.5 * (a / bl).clamp(-1, 1) * sgn), a.abs() - bl)
         img = _over(img, hair * 0.75, brow * 0.95)
 
+    return img
+
+
+def _nose_v1(p, g: _Geometry, img, skin):
+    u, v, gx, soft, stroke = g.u, g.v, g.gx, g.soft, g.stroke
+    ey0 = _c(p["eye_y"])
     # nose: bridge shadow on the side away from the light, tip, nostrils
     ny = _c(p["nose_y"])
     nwid = _c(p["nose_w"])
@@ -381,6 +418,13 @@ def _render_chunk(p: dict[str, torch.Tensor], res: int) -> torch.Tensor:
         nr = torch.sqrt(((u - nx) / (0.45 * nwid)) ** 2 + ((v - ny - 0.025) / 0.018) ** 2)
         img = _over(img, skin * 0.3, soft((nr - 1) * 0.018))
 
+    return img
+
+
+def _mouth_v1(p, g: _Geometry, img, skin, hair):
+    u, v, gx, soft, stroke = g.u, g.v, g.gx, g.soft, g.stroke
+    my = _c(p["mouth_y"])
+    mw = _c(p["mouth_w"])
     # mouth: lips with a smile curve, dark opening
     a = u - gx
     mc = my - _c(p["smile"]) * (a / mw) ** 2
@@ -396,6 +440,11 @@ def _render_chunk(p: dict[str, torch.Tensor], res: int) -> torch.Tensor:
                        a.abs() - mw * 1.05)
     img = _over(img, hair * 0.8, soft(ms) * _c(p["moustache"]) * 0.9)
 
+    return img
+
+
+def _marks_v1(p, g: _Geometry, img, skin, face_m, below_hairline):
+    u, v, fx, fw, fh, cy, soft, stroke = g.u, g.v, g.fx, g.fw, g.fh, g.cy, g.soft, g.stroke
     # marks: moles and a scar, placed relative to the face
     for j in range(p["mole_on"].shape[1]):
         mx = fx + _c(p["mole_x"][:, j]) * fw
@@ -411,7 +460,12 @@ def _render_chunk(p: dict[str, torch.Tensor], res: int) -> torch.Tensor:
     scar_col = torch.where(_c(p["scar_dark"]) > 0, skin * 0.55, skin * 1.25 + 0.05)
     img = _over(img, scar_col, scar * _c(p["scar_on"]) * face_m * below_hairline * 0.9)
 
-    # illumination of the head: directional light + roundness, then the camera
+    return img
+
+
+def _camera_v1(p, g: _Geometry, img, fg, noise):
+    """Illumination of the head (directional light + roundness), then the camera."""
+    du, dv, fw, fh = g.du, g.dv, g.fw, g.fh
     la = _c(p["light_a"])
     shade = 1 + _c(p["light_s"]) * (torch.cos(la) * du / fw + torch.sin(la) * dv / fh) * 0.6
     shade = shade * (1 - 0.18 * (du / fw).clamp(-1.3, 1.3) ** 2)
@@ -423,6 +477,22 @@ def _render_chunk(p: dict[str, torch.Tensor], res: int) -> torch.Tensor:
     img = img + (blurred - img) * _c(p["blur"])
     img = img + _c(p["noise"]) * noise
     return img.clamp_(0, 1)
+
+
+
+
+def _render_chunk(p: dict[str, torch.Tensor], res: int) -> torch.Tensor:
+    g = _Geometry(p, res)
+    skin, hair, iris = _colours_v1(p)
+    img, noise = _background_v1(p, g, res)
+    img, hair_mass = _body_v1(p, g, img, skin, hair)
+    img, face_m, below_hairline, fg = _face_v1(p, g, img, skin, hair, hair_mass)
+    img = _eyes_v1(p, g, img, skin, iris)
+    img = _brows_v1(p, g, img, hair)
+    img = _nose_v1(p, g, img, skin)
+    img = _mouth_v1(p, g, img, skin, hair)
+    img = _marks_v1(p, g, img, skin, face_m, below_hairline)
+    return _camera_v1(p, g, img, fg, noise)
 
 
 def render_faces(params: dict[str, torch.Tensor], resolution: int, chunk: int = 128) -> torch.Tensor:
