@@ -67,3 +67,31 @@ def test_midre_has_no_import_cycle():
     edges = import_graph()
     assert {"pipeline", "report", "training", "checkpoint"} <= set(edges)   # the graph was really read
     assert find_cycle(edges) == [], "import cycle between midre's modules: " + " -> ".join(find_cycle(edges))
+
+
+# ------------------------------------------------------------------ "functions short enough to read"
+MAX_FUNCTION_LINES = 70      # code lines of one function or method, its docstring not counted
+
+
+def long_functions(limit: int = MAX_FUNCTION_LINES) -> list[tuple[int, str]]:
+    found = []
+    for f in PKG.rglob("*.py"):
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            n = node.end_lineno - node.lineno + 1
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+                n -= first.end_lineno - first.lineno + 1
+            if n > limit:
+                found.append((n, f"{f.relative_to(PKG.parent)}:{node.lineno} {node.name}"))
+    return sorted(found, reverse=True)
+
+
+def test_the_length_checker_counts_code_not_docstrings():
+    assert long_functions(limit=5)                        # the package really was read
+    assert all(n > 5 for n, _ in long_functions(limit=5))
+
+
+def test_no_function_is_longer_than_a_screen():
+    assert long_functions() == [], f"functions over {MAX_FUNCTION_LINES} code lines; split them: {long_functions()}"
