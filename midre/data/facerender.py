@@ -13,26 +13,14 @@ import torch.nn.functional as F
 
 from ..errors import ArgumentError
 from ..utils import derive_seed
-from .synthetic import _HAIR_PALETTE, _IRIS_PALETTE, _SKIN_DARK, _SKIN_LIGHT, _c, _palette, _rgb
+from .synthetic import _HAIR_PALETTE, _IRIS_PALETTE, _SKIN_DARK, _SKIN_LIGHT, _PosedGrid, _c, _palette, _rgb
 
 _LIP_PALETTE = ((0.80, 0.45, 0.45), (0.62, 0.28, 0.30), (0.88, 0.55, 0.52))
 _SCLERA = (0.93, 0.91, 0.88)
 
 
-class _Canvas:
-    """Posed pixel coordinates (u, v in the canonical face frame) and soft-shape helpers for a chunk."""
-
-    def __init__(self, p: dict[str, torch.Tensor], res: int):
-        lin = (torch.arange(res, dtype=torch.float32) + 0.5) / res * 2 - 1
-        Y, X = torch.meshgrid(lin, lin, indexing="ij")
-        self.X, self.Y = X.view(1, 1, res, res), Y.view(1, 1, res, res)
-        s = _c(p["scale"])
-        cr, sr = _c(torch.cos(p["rot"])), _c(torch.sin(p["rot"]))
-        px, py = self.X - _c(p["tx"]), self.Y - _c(p["ty"])
-        self.u = (cr * px + sr * py) / s
-        self.v = (-sr * px + cr * py) / s
-        self.e = 1.0 / (res * s)                      # half a pixel in face units
-        self._k = -1.0 / (2 * self.e)
+class _Canvas(_PosedGrid):
+    """The posed grid of a chunk (:class:`midre.data.synthetic._PosedGrid`), restrictable to some images."""
 
     def subset(self, idx: torch.Tensor) -> "_Canvas":
         """The same canvas for the images ``idx`` only."""
@@ -40,17 +28,6 @@ class _Canvas:
         cv.X, cv.Y, cv.u, cv.v = self.X, self.Y, self.u[idx], self.v[idx]
         cv.e, cv._k = self.e[idx], self._k[idx]
         return cv
-
-    def soft(self, d: torch.Tensor) -> torch.Tensor:
-        """Coverage of a shape with signed distance ``d`` (negative inside)."""
-        return (d * self._k).add_(0.5).clamp_(0, 1)
-
-    def stroke(self, across: torch.Tensor, hw: torch.Tensor, outside: torch.Tensor | None = None) -> torch.Tensor:
-        """A line of half-width ``hw``; thinner than a pixel -> one pixel wide, proportionally fainter."""
-        d = across - torch.clamp(hw, min=self.e)
-        if outside is not None:
-            d = torch.maximum(d, outside)
-        return self.soft(d) * (hw / self.e).clamp(max=1)
 
 
 def _rotated(cv: _Canvas, cx, cy, angle):
@@ -138,7 +115,7 @@ def _head(cv: _Canvas, p, col, img, tex):
 
 
 def _eyes(cv: _Canvas, p, col, img, gx):
-    u, v, soft = cv.u, cv.v, cv.soft
+    soft = cv.soft
     ey0 = _c(p["eye_y"])
     ew, eh0 = _c(p["eye_w"]), _c(p["eye_h"])
     eh = eh0 * _c(p["eye_open"])

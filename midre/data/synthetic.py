@@ -222,32 +222,25 @@ def _over(img: torch.Tensor, colour: torch.Tensor, mask: torch.Tensor) -> torch.
     return img.lerp_(colour, mask)
 
 
-class _Geometry:
-    """Posed pixel coordinates of a chunk (u, v in the face frame) and its soft-shape helpers."""
+class _PosedGrid:
+    """Posed pixel coordinates of a chunk (u, v in the canonical face frame) and the soft-shape helpers
+    that both renderers (v1 here, v2 in :mod:`midre.data.facerender`) draw with."""
 
     def __init__(self, p: dict[str, torch.Tensor], res: int):
-        self.B = p["face_w"].shape[0]
         lin = (torch.arange(res, dtype=torch.float32) + 0.5) / res * 2 - 1
         Y, X = torch.meshgrid(lin, lin, indexing="ij")
-        self.X = X.view(1, 1, res, res)
-        self.Y = Y.view(1, 1, res, res)
+        self.X, self.Y = X.view(1, 1, res, res), Y.view(1, 1, res, res)
         s = _c(p["scale"])
         cr, sr = _c(torch.cos(p["rot"])), _c(torch.sin(p["rot"]))
         px, py = self.X - _c(p["tx"]), self.Y - _c(p["ty"])
         self.u = (cr * px + sr * py) / s
         self.v = (-sr * px + cr * py) / s
         self.e = 1.0 / (res * s)        # half a pixel in face units
-        self.inv2e = -1.0 / (2 * self.e)
-        yaw = _c(p["yaw"])
-        self.fx = 0.03 * yaw             # outline centre
-        self.gx = 0.10 * yaw             # inner features (closer to the camera: move more)
-        self.fw, self.fh, self.cy = _c(p["face_w"]), _c(p["face_h"]), _c(p["face_cy"])
-        self.du = self.u - self.fx
-        self.dv = self.v - self.cy
+        self._k = -1.0 / (2 * self.e)
 
     def soft(self, d: torch.Tensor) -> torch.Tensor:
-        """Coverage of a shape with signed distance ``d``: a one-pixel linear ramp (box-filter AA)."""
-        return (d * self.inv2e).add_(0.5).clamp_(0, 1)
+        """Coverage of a shape with signed distance ``d`` (negative inside): a one-pixel linear ramp."""
+        return (d * self._k).add_(0.5).clamp_(0, 1)
 
     def stroke(self, across: torch.Tensor, hw: torch.Tensor, outside: torch.Tensor | None = None) -> torch.Tensor:
         """Coverage of a line of half-width ``hw`` (``across`` = distance to its centre line); lines thinner
@@ -256,6 +249,20 @@ class _Geometry:
         if outside is not None:
             d = torch.maximum(d, outside)
         return self.soft(d) * (hw / self.e).clamp(max=1)
+
+
+class _Geometry(_PosedGrid):
+    """The v1 face frame on top of the posed grid: yaw offsets and the face's size and centre."""
+
+    def __init__(self, p: dict[str, torch.Tensor], res: int):
+        super().__init__(p, res)
+        self.B = p["face_w"].shape[0]
+        yaw = _c(p["yaw"])
+        self.fx = 0.03 * yaw             # outline centre
+        self.gx = 0.10 * yaw             # inner features (closer to the camera: move more)
+        self.fw, self.fh, self.cy = _c(p["face_w"]), _c(p["face_h"]), _c(p["face_cy"])
+        self.du = self.u - self.fx
+        self.dv = self.v - self.cy
 
 
 def _colours_v1(p: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
