@@ -6,7 +6,7 @@ dataset), public images for the attacks' priors, and the access an attacker woul
 the attacks that fit that access against the model, judges the reconstructions with an independent
 evaluation model, and writes ``OUT/report.md`` + a self-contained ``OUT/report.html``::
 
-    OUT/run.json, OUT/config.yaml        stage keys, timings, versions (midre.pipeline.RunState); settings
+    OUT/run.json, OUT/config.yaml        stage keys, timings, versions (midre.rundir.RunState); settings
     OUT/targets/<model>/model.json       what was measured of the user's model (not a midre checkpoint)
     OUT/eval/model.safetensors + .json   the evaluation model (trained here, another architecture) unless --eval
     OUT/priors/<kind>-<key>/             priors, trained on PUBLIC images only (cached)
@@ -483,7 +483,7 @@ class AuditResult:
 
 def run_audit(spec: AuditSpec, out_dir: str | Path, progress: bool = True) -> AuditResult:
     """Run (or continue) an audit into ``out_dir``; see the module docstring."""
-    from .pipeline import remove_stale_temps
+    from .rundir import remove_stale_temps
     from .utils import RunLock
 
     out = Path(out_dir)
@@ -500,10 +500,10 @@ def run_audit(spec: AuditSpec, out_dir: str | Path, progress: bool = True) -> Au
 
 class _Audit:
     def __init__(self, spec: AuditSpec, out: Path, progress: bool):
-        from .pipeline import _Console
+        from .rundir import StageConsole
 
         self.spec, self.out, self.progress = spec, out, progress
-        self.console = _Console(progress)
+        self.console = StageConsole(progress)
         self.device = resolve_device(spec.device)
         self.attacks = select_attacks(spec.access, spec.attacks)
         self.target_name = _slug(Path(spec.model).stem)
@@ -580,7 +580,7 @@ class _Audit:
             prior_config(kind, self.spec.preset, params)
 
     def run(self) -> AuditResult:
-        from .pipeline import RunState
+        from .rundir import RunState
 
         s = self.spec
         self.out.mkdir(parents=True, exist_ok=True)
@@ -697,7 +697,7 @@ class _Audit:
 
     # ------------------------------------------------------------------ results, verdict, report
     def _finish(self) -> AuditResult:
-        from .pipeline import COLUMNS, write_table
+        from .rundir import COLUMNS, write_table
         from .utils import read_json
 
         s, t = self.spec, self.target_name

@@ -26,16 +26,10 @@ processes out of one directory.
 """
 from __future__ import annotations
 
-import csv
-import datetime as _dt
-import io
 import json
 import math
 import os
-import platform
-import resource
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,16 +40,13 @@ import torch
 from . import tblog
 from .config import AttackSection, RunConfig, TargetSection, dump_yaml, load_config, validate_train
 from .distributed import world
-from .errors import ConfigError, MidreError, RunDirError
+from .errors import ConfigError, MidreError
 from .results import as_float, t_interval
+from .rundir import (COLUMNS, STUDY_EXTRA_COLUMNS, RunState, StageConsole, crash_point, now, peak_rss_mib, prepare_dir,
+                     remove_stale_temps, write_table)
 from .utils import (RunLock, atomic_write_json, atomic_write_text, config_hash, derive_seed, parse_id_ranges,
                     resolve_device, seed_everything)
 
-RUN_FORMAT = "midre-run"
-COLUMNS = ["target", "defense", "defense_params", "attack", "acc", "attack_top1", "attack_top1_std",
-           "attack_top5", "attack_top5_std", "top1_ci_lo", "top1_ci_hi", "knn", "fid_eval", "delta",
-           "epsilon", "seed", "repeats", "identities"]
-STUDY_EXTRA_COLUMNS = ["n_seeds", "acc_std", "knn_std", "fid_eval_std"]
 STAGE_GROUPS = ("data", "eval", "targets", "priors", "attacks", "metrics", "results", "report")
 
 
@@ -75,26 +66,6 @@ class PipelineResult:
 
 
 # ============================================================================ small helpers
-def peak_rss_mib() -> float:
-    """Peak resident memory of this process (ru_maxrss; KiB on Linux, bytes on macOS) in MiB."""
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return r / (1024 * 1024) if sys.platform == "darwin" else r / 1024
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def versions() -> dict[str, str]:
-    import numpy
-    import torchvision
-
-    from . import __version__
-
-    return {"midre": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "numpy": numpy.__version__, "python": platform.python_version(), "platform": platform.platform()}
-
-
 def _identities(a: AttackSection, num_classes: int, where: str) -> list[int]:
     spec = a.identities
     try:
@@ -116,167 +87,6 @@ def _defense_spec(spec: Any) -> dict[str, Any]:
     from .defenses import build_defense
 
     return build_defense(json.loads(json.dumps(spec))).spec()
-
-
-class _Console:
-    """Stage lines on stderr (rich), quiet when progress is off."""
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-        if enabled:
-            from rich.console import Console
-
-            self.c = Console(stderr=True, highlight=False)
-
-    def print(self, msg: str) -> None:
-        if self.enabled:
-            self.c.print(msg)
-
-
-def _crash_point(name: str) -> None:
-    """Test hook: ``MIDRE_CRASH_AT=<prefix>`` SIGKILLs this process when a stage whose name starts with
-    ``<prefix>`` begins (after run.json marks it running), e.g. ``targets``, ``priors``, ``attacks``,
-    ``metrics``, ``results``, ``report``.  Used by tests/test_crash_resume.py; unset in normal use."""
-    at = os.environ.get("MIDRE_CRASH_AT")
-    if at and name.startswith(at):
-        import signal
-
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def remove_stale_temps(run_dir: Path) -> list[Path]:
-    """Delete temp files (``.<name>.<random>.tmp`` of :func:`midre.utils.atomic_path`) that a killed process
-    left behind.  Called with the run lock held, so no live writer owns them; the real artefacts are
-    never touched (an atomic write either replaced them whole or not at all)."""
-    stale = [p for p in run_dir.rglob(".*.tmp") if p.is_file()]
-    for p in stale:
-        p.unlink(missing_ok=True)
-    return stale
-
-
-# ============================================================================ run state (run.json)
-class RunState:
-    """run.json: config hash, versions, per-stage status/key/seconds, sessions with peak memory."""
-
-    def __init__(self, run_dir: Path, cfg: RunConfig, kind: str = "single"):
-        self.path = run_dir / "run.json"
-        self.run_dir = run_dir
-        self.cfg = cfg
-        self.kind = kind
-        if self.path.exists():
-            try:
-                self.data = json.loads(self.path.read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError):
-                raise RunDirError(f"'{self.path}' is corrupt; restore it or choose another --out") from None
-            if not isinstance(self.data, dict) or self.data.get("format") != RUN_FORMAT:
-                raise RunDirError(f"'{self.path}' is not a midre run record; choose another --out")
-            if self.data.get("kind", "single") != kind:
-                raise RunDirError(
-                    f"run directory '{run_dir}' holds a {self.data.get('kind')} run but the config is a {kind} run "
-                    "(seeds list vs single seed); use a new --out")
-        else:
-            self.data = {"format": RUN_FORMAT, "kind": kind, "created": _now(), "stages": {}, "sessions": []}
-        self.session = {"id": len(self.data.get("sessions", [])) + 1, "started": _now(),
-                        "resumed": bool(self.data.get("sessions")), "status": "running"}
-        self._t0 = time.perf_counter()
-        self._c0 = time.process_time()
-
-    @property
-    def stages(self) -> dict[str, dict[str, Any]]:
-        return self.data.setdefault("stages", {})
-
-    def check_keys(self, keys: dict[str, str]) -> None:
-        """Refuse a run dir whose recorded stages were made with other settings."""
-        for name, key in keys.items():
-            rec = self.stages.get(name)
-            if rec is not None and rec.get("key") != key:
-                raise RunDirError(
-                    f"run directory '{self.run_dir}' was made by an incompatible config (stage '{name}' used other "
-                    f"settings); use a new --out, or `midre run --resume {self.run_dir}` to continue with its own config")
-
-    def is_done(self, name: str, key: str) -> bool:
-        rec = self.stages.get(name)
-        return rec is not None and rec.get("key") == key and rec.get("status") == "done"
-
-    def start(self, name: str, key: str) -> None:
-        rec = self.stages.setdefault(name, {})
-        rec.update({"key": key, "status": "running", "started": _now()})
-        self.save()
-
-    def done(self, name: str, key: str, seconds: float, **extra: Any) -> None:
-        rec = self.stages.setdefault(name, {})
-        rec.update({"key": key, "status": "done", "finished": _now(), **extra})
-        rec["seconds"] = round(float(rec.get("seconds_before", 0.0)) + seconds, 3)
-        self.save()
-
-    def run_stage(self, name: str, key: str, fn: Callable[[], Any], label: str, head: str, console: Any, *,
-                  cpu_seconds: bool = True, note_memory: bool = True) -> Optional[dict]:
-        """Run ``fn`` unless stage ``name`` is done with ``key``: announce it, record its start, time it,
-        mark it interrupted (and re-raise) on any exception, else record it done with the peak memory
-        (and CPU seconds) plus the fields ``fn`` returns.  Returns those fields, None when skipped."""
-        if self.is_done(name, key):
-            console.print(f"[dim]{head} {label}: done earlier, skipped[/dim]")
-            return None
-        console.print(f"[bold cyan]{head}[/bold cyan] {label}")
-        self.start(name, key)
-        t0, c0 = time.perf_counter(), time.process_time()
-        try:
-            extra = fn() or {}
-        except BaseException:
-            self.interrupted(name, time.perf_counter() - t0)
-            self.save(status="interrupted")
-            raise
-        secs = time.perf_counter() - t0
-        cpu = {"cpu_seconds": round(time.process_time() - c0, 3)} if cpu_seconds else {}
-        self.done(name, key, secs, peak_rss_mib=round(peak_rss_mib(), 1), **cpu, **extra)
-        memory = f" (peak memory {peak_rss_mib():.0f} MiB)" if note_memory else ""
-        console.print(f"[dim]    {name} finished in {secs:.1f}s{memory}[/dim]")
-        return extra
-
-    def interrupted(self, name: str, seconds: float) -> None:
-        rec = self.stages.get(name)
-        if rec is not None and rec.get("status") == "running":
-            rec["seconds_before"] = round(float(rec.get("seconds_before", 0.0)) + seconds, 3)
-
-    def save(self, status: Optional[str] = None) -> None:
-        d = self.data
-        d["config_hash"] = self.cfg.hash()
-        d["name"] = self.cfg.name
-        d["seed"] = self.cfg.seed
-        d["seeds"] = self.cfg.run_seeds()
-        d["versions"] = versions()
-        d["updated"] = _now()
-        sess = dict(self.session)
-        sess["seconds"] = round(time.perf_counter() - self._t0, 3)
-        sess["cpu_seconds"] = round(time.process_time() - self._c0, 3)   # all threads; vs. seconds: contention
-        sess["peak_rss_mib"] = round(peak_rss_mib(), 1)
-        if status:
-            sess["status"] = status
-        sessions = [s for s in d.get("sessions", []) if s.get("id") != sess["id"]]
-        d["sessions"] = sessions + [sess]
-        timings: dict[str, float] = {}
-        for name, rec in self.stages.items():
-            group = name.split("/")[0]
-            timings[group] = round(timings.get(group, 0.0) + float(rec.get("seconds", 0.0) or 0.0), 3)
-        d["timings"] = timings
-        d["total_stage_seconds"] = round(sum(timings.values()), 3)
-        d["peak_rss_mib"] = max(float(s.get("peak_rss_mib", 0.0)) for s in d["sessions"])
-        atomic_write_json(self.path, d)
-
-
-def _prepare_dir(run_dir: Path, resume: bool) -> None:
-    if run_dir.exists() and not run_dir.is_dir():
-        raise RunDirError(f"'{run_dir}' is a file; give a directory to --out")
-    if not run_dir.exists():
-        return
-    entries = [p for p in run_dir.iterdir() if not p.name.startswith(".")]   # .lock, temp files of a kill
-    if not entries:
-        return
-    if not (run_dir / "run.json").exists():
-        raise RunDirError(f"'{run_dir}' is not empty and holds no midre run; choose a new or empty --out")
-    if not resume:
-        raise RunDirError(f"'{run_dir}' already holds a run; continue it with `midre run --resume {run_dir}` "
-                          "or choose a new --out")
 
 
 # ============================================================================ the pipeline
@@ -304,7 +114,7 @@ def run_pipeline(config: Any, out_dir: str | os.PathLike, resume: bool = True, p
     t0 = time.perf_counter()
     logs = tblog.from_config(cfg, run_dir)   # checks the extra before anything is written
     ddp = world()   # under torchrun: rank 0 runs the pipeline, the others join its training stages
-    _prepare_dir(run_dir, resume)
+    prepare_dir(run_dir, resume)
     ddp.barrier()
     if not ddp.is_main:
         return _train_worker(cfg, run_dir, ddp)
@@ -328,7 +138,7 @@ class _Pipeline:
         self.run_dir = run_dir
         self.progress = progress
         self.on_stage = on_stage
-        self.console = _Console(progress)
+        self.console = StageConsole(progress)
         self.device = resolve_device(cfg.device)
         self.targets = cfg.expanded_targets()
         self.where = "config"
@@ -416,7 +226,7 @@ class _Pipeline:
         self._count += 1
 
         def guarded() -> Any:
-            _crash_point(name)
+            crash_point(name)
             return fn()
 
         extra = self.state.run_stage(name, self.keys[name], guarded, label, f"[{self._count}/{self.n_units}]",
@@ -764,7 +574,7 @@ class _Pipeline:
         from .metrics import tradeoff
 
         cfg = self.cfg
-        _crash_point("results")
+        crash_point("results")
         metas = {t.name: read_meta(self.run_dir / "targets" / t.name) for t in self.targets}
         eval_meta = read_meta(self.run_dir / "eval")
         nodef_default = next((t.name for t in self.targets if self.def_specs[t.name].get("name") == "nodef"), None)
@@ -808,7 +618,7 @@ class _Pipeline:
             "format": "midre-results", "columns": COLUMNS, "rows": rows, "seed": cfg.seed, "name": cfg.name,
             "eval_model": {"arch": eval_meta.get("arch"), "acc": as_float(eval_meta.get("test_acc"))},
             "dataset": self.data_meta, "nodef_target": nodef_default, "config_hash": cfg.hash(), "gates": gates})
-        self.state.stages["results"] = {"key": config_hash(rows), "status": "done", "finished": _now()}
+        self.state.stages["results"] = {"key": config_hash(rows), "status": "done", "finished": now()}
         self.state.save()
         return rows
 
@@ -821,11 +631,11 @@ class _Pipeline:
             self.console.print("[yellow]    report module not available; skipped[/yellow]")
             return None
         t0 = time.perf_counter()
-        _crash_point("report")
+        crash_point("report")
         self.console.print(f"[bold cyan][{self._count}/{self.n_units}][/bold cyan] report")
         _md, html = write_report(self.run_dir, max_identities=self.cfg.report.max_identities, splits=self.splits,
                                  title=self.cfg.report.title or f"midre report: {self.cfg.name} (seed {self.cfg.seed})")
-        self.state.stages["report"] = {"status": "done", "finished": _now(),
+        self.state.stages["report"] = {"status": "done", "finished": now(),
                                        "seconds": round(time.perf_counter() - t0, 3)}
         self.state.save()
         return Path(html)
@@ -840,7 +650,7 @@ class _Pipeline:
         self.console.print("    feature-space analysis (paper 3.2)")
         seed_everything(derive_seed(self.cfg.seed, "features"))
         F.feature_analysis(self.run_dir, splits=self.splits, seed=derive_seed(self.cfg.seed, "features"))
-        self.state.stages["analysis/features"] = {"status": "done", "finished": _now(),
+        self.state.stages["analysis/features"] = {"status": "done", "finished": now(),
                                                   "seconds": round(time.perf_counter() - t0, 3)}
         self.state.save()
 
@@ -986,30 +796,6 @@ def _train_worker(cfg: RunConfig, run_dir: Path, ddp: Any) -> PipelineResult:
     return PipelineResult(run_dir=run_dir, seeds=cfg.run_seeds())
 
 
-# ============================================================================ tables
-def _cell(v: Any) -> Any:
-    if isinstance(v, float):
-        if math.isnan(v):
-            return ""
-        return f"{v:.6g}" if abs(v) < 1e6 else repr(v)
-    return v
-
-
-def write_table(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
-    """CSV with ``columns`` first and any extra keys appended; NaN as an empty cell (atomic)."""
-    cols = list(columns)
-    for r in rows:
-        for k in r:
-            if k not in cols:
-                cols.append(k)
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: _cell(r.get(k, "")) for k in cols})
-    atomic_write_text(path, buf.getvalue())
-
-
 # ============================================================================ multi-seed study
 def _run_study(cfg: RunConfig, run_dir: Path, progress: bool, stop_after: Optional[str],
                on_stage: Optional[Callable[[str], None]]) -> PipelineResult:
@@ -1018,7 +804,7 @@ def _run_study(cfg: RunConfig, run_dir: Path, progress: bool, stop_after: Option
     state = RunState(run_dir, cfg, kind="study")
     state.save()
     atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
-    console = _Console(progress)
+    console = StageConsole(progress)
     res = PipelineResult(run_dir=run_dir, seeds=seeds)
     per_seed: list[dict[str, Any]] = []
     complete = True
@@ -1028,7 +814,7 @@ def _run_study(cfg: RunConfig, run_dir: Path, progress: bool, stop_after: Option
         sub_cfg = cfg.for_seed(s)
         with RunLock(sub):
             r = _Pipeline(sub_cfg, sub, progress, on_stage).run(stop_after)
-        state.stages[f"seed-{s}"] = {"status": "done" if r.complete else "stopped", "finished": _now(),
+        state.stages[f"seed-{s}"] = {"status": "done" if r.complete else "stopped", "finished": now(),
                                      "seconds": (json.loads((sub / "run.json").read_text()).get("total_stage_seconds"))}
         state.save()
         complete = complete and r.complete

@@ -1,0 +1,238 @@
+"""The run directory's record and housekeeping, shared by `midre run` (midre.pipeline) and `midre audit`.
+
+``RUN/run.json`` (:class:`RunState`): the config hash, versions, every stage's status, key, seconds and peak
+memory, and one entry per session (a resumed run adds a session).  Beside it: the stage console, the
+crash-test hook, the clean-up of temp files a killed process left, the check of ``--out``, and the
+CSV writer of the results tables.
+"""
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import io
+import json
+import math
+import os
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+
+from .config import RunConfig
+from .errors import RunDirError
+from .utils import atomic_write_json, atomic_write_text
+
+RUN_FORMAT = "midre-run"
+# results.csv: one row per target x attack; a multi-seed study adds the spread across seeds
+COLUMNS = ["target", "defense", "defense_params", "attack", "acc", "attack_top1", "attack_top1_std",
+           "attack_top5", "attack_top5_std", "top1_ci_lo", "top1_ci_hi", "knn", "fid_eval", "delta",
+           "epsilon", "seed", "repeats", "identities"]
+STUDY_EXTRA_COLUMNS = ["n_seeds", "acc_std", "knn_std", "fid_eval_std"]
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process (ru_maxrss; KiB on Linux, bytes on macOS) in MiB."""
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r / (1024 * 1024) if sys.platform == "darwin" else r / 1024
+
+
+def now() -> str:
+    """The current UTC time, ISO 8601 to the second (run.json's timestamps)."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def versions() -> dict[str, str]:
+    import numpy
+    import torchvision
+
+    from . import __version__
+
+    return {"midre": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "numpy": numpy.__version__, "python": platform.python_version(), "platform": platform.platform()}
+
+
+class StageConsole:
+    """Stage lines on stderr (rich), quiet when progress is off."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        if enabled:
+            from rich.console import Console
+
+            self.c = Console(stderr=True, highlight=False)
+
+    def print(self, msg: str) -> None:
+        if self.enabled:
+            self.c.print(msg)
+
+
+def crash_point(name: str) -> None:
+    """Test hook: ``MIDRE_CRASH_AT=<prefix>`` SIGKILLs this process when a stage whose name starts with
+    ``<prefix>`` begins (after run.json marks it running), e.g. ``targets``, ``priors``, ``attacks``,
+    ``metrics``, ``results``, ``report``.  Used by tests/test_crash_resume.py; unset in normal use."""
+    at = os.environ.get("MIDRE_CRASH_AT")
+    if at and name.startswith(at):
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def remove_stale_temps(run_dir: Path) -> list[Path]:
+    """Delete temp files (``.<name>.<random>.tmp`` of :func:`midre.utils.atomic_path`) that a killed process
+    left behind.  Called with the run lock held, so no live writer owns them; the real artefacts are
+    never touched (an atomic write either replaced them whole or not at all)."""
+    stale = [p for p in run_dir.rglob(".*.tmp") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+class RunState:
+    """run.json: config hash, versions, per-stage status/key/seconds, sessions with peak memory."""
+
+    def __init__(self, run_dir: Path, cfg: RunConfig, kind: str = "single"):
+        self.path = run_dir / "run.json"
+        self.run_dir = run_dir
+        self.cfg = cfg
+        self.kind = kind
+        if self.path.exists():
+            try:
+                self.data = json.loads(self.path.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError):
+                raise RunDirError(f"'{self.path}' is corrupt; restore it or choose another --out") from None
+            if not isinstance(self.data, dict) or self.data.get("format") != RUN_FORMAT:
+                raise RunDirError(f"'{self.path}' is not a midre run record; choose another --out")
+            if self.data.get("kind", "single") != kind:
+                raise RunDirError(
+                    f"run directory '{run_dir}' holds a {self.data.get('kind')} run but the config is a {kind} run "
+                    "(seeds list vs single seed); use a new --out")
+        else:
+            self.data = {"format": RUN_FORMAT, "kind": kind, "created": now(), "stages": {}, "sessions": []}
+        self.session = {"id": len(self.data.get("sessions", [])) + 1, "started": now(),
+                        "resumed": bool(self.data.get("sessions")), "status": "running"}
+        self._t0 = time.perf_counter()
+        self._c0 = time.process_time()
+
+    @property
+    def stages(self) -> dict[str, dict[str, Any]]:
+        return self.data.setdefault("stages", {})
+
+    def check_keys(self, keys: dict[str, str]) -> None:
+        """Refuse a run dir whose recorded stages were made with other settings."""
+        for name, key in keys.items():
+            rec = self.stages.get(name)
+            if rec is not None and rec.get("key") != key:
+                raise RunDirError(
+                    f"run directory '{self.run_dir}' was made by an incompatible config (stage '{name}' used other "
+                    f"settings); use a new --out, or `midre run --resume {self.run_dir}` to continue with its own config")
+
+    def is_done(self, name: str, key: str) -> bool:
+        rec = self.stages.get(name)
+        return rec is not None and rec.get("key") == key and rec.get("status") == "done"
+
+    def start(self, name: str, key: str) -> None:
+        rec = self.stages.setdefault(name, {})
+        rec.update({"key": key, "status": "running", "started": now()})
+        self.save()
+
+    def done(self, name: str, key: str, seconds: float, **extra: Any) -> None:
+        rec = self.stages.setdefault(name, {})
+        rec.update({"key": key, "status": "done", "finished": now(), **extra})
+        rec["seconds"] = round(float(rec.get("seconds_before", 0.0)) + seconds, 3)
+        self.save()
+
+    def run_stage(self, name: str, key: str, fn: Callable[[], Any], label: str, head: str, console: Any, *,
+                  cpu_seconds: bool = True, note_memory: bool = True) -> Optional[dict]:
+        """Run ``fn`` unless stage ``name`` is done with ``key``: announce it, record its start, time it,
+        mark it interrupted (and re-raise) on any exception, else record it done with the peak memory
+        (and CPU seconds) plus the fields ``fn`` returns.  Returns those fields, None when skipped."""
+        if self.is_done(name, key):
+            console.print(f"[dim]{head} {label}: done earlier, skipped[/dim]")
+            return None
+        console.print(f"[bold cyan]{head}[/bold cyan] {label}")
+        self.start(name, key)
+        t0, c0 = time.perf_counter(), time.process_time()
+        try:
+            extra = fn() or {}
+        except BaseException:
+            self.interrupted(name, time.perf_counter() - t0)
+            self.save(status="interrupted")
+            raise
+        secs = time.perf_counter() - t0
+        cpu = {"cpu_seconds": round(time.process_time() - c0, 3)} if cpu_seconds else {}
+        self.done(name, key, secs, peak_rss_mib=round(peak_rss_mib(), 1), **cpu, **extra)
+        memory = f" (peak memory {peak_rss_mib():.0f} MiB)" if note_memory else ""
+        console.print(f"[dim]    {name} finished in {secs:.1f}s{memory}[/dim]")
+        return extra
+
+    def interrupted(self, name: str, seconds: float) -> None:
+        rec = self.stages.get(name)
+        if rec is not None and rec.get("status") == "running":
+            rec["seconds_before"] = round(float(rec.get("seconds_before", 0.0)) + seconds, 3)
+
+    def save(self, status: Optional[str] = None) -> None:
+        d = self.data
+        d["config_hash"] = self.cfg.hash()
+        d["name"] = self.cfg.name
+        d["seed"] = self.cfg.seed
+        d["seeds"] = self.cfg.run_seeds()
+        d["versions"] = versions()
+        d["updated"] = now()
+        sess = dict(self.session)
+        sess["seconds"] = round(time.perf_counter() - self._t0, 3)
+        sess["cpu_seconds"] = round(time.process_time() - self._c0, 3)   # all threads; vs. seconds: contention
+        sess["peak_rss_mib"] = round(peak_rss_mib(), 1)
+        if status:
+            sess["status"] = status
+        sessions = [s for s in d.get("sessions", []) if s.get("id") != sess["id"]]
+        d["sessions"] = sessions + [sess]
+        timings: dict[str, float] = {}
+        for name, rec in self.stages.items():
+            group = name.split("/")[0]
+            timings[group] = round(timings.get(group, 0.0) + float(rec.get("seconds", 0.0) or 0.0), 3)
+        d["timings"] = timings
+        d["total_stage_seconds"] = round(sum(timings.values()), 3)
+        d["peak_rss_mib"] = max(float(s.get("peak_rss_mib", 0.0)) for s in d["sessions"])
+        atomic_write_json(self.path, d)
+
+
+def prepare_dir(run_dir: Path, resume: bool) -> None:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"'{run_dir}' is a file; give a directory to --out")
+    if not run_dir.exists():
+        return
+    entries = [p for p in run_dir.iterdir() if not p.name.startswith(".")]   # .lock, temp files of a kill
+    if not entries:
+        return
+    if not (run_dir / "run.json").exists():
+        raise RunDirError(f"'{run_dir}' is not empty and holds no midre run; choose a new or empty --out")
+    if not resume:
+        raise RunDirError(f"'{run_dir}' already holds a run; continue it with `midre run --resume {run_dir}` "
+                          "or choose a new --out")
+
+
+def _cell(v: Any) -> Any:
+    if isinstance(v, float):
+        if math.isnan(v):
+            return ""
+        return f"{v:.6g}" if abs(v) < 1e6 else repr(v)
+    return v
+
+
+def write_table(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
+    """CSV with ``columns`` first and any extra keys appended; NaN as an empty cell (atomic)."""
+    cols = list(columns)
+    for r in rows:
+        for k in r:
+            if k not in cols:
+                cols.append(k)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: _cell(r.get(k, "")) for k in cols})
+    atomic_write_text(path, buf.getvalue())
