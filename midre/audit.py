@@ -681,7 +681,7 @@ class _Audit:
 
     def _metrics(self, name: str) -> dict:
         from .attacks.base import Reconstructions
-        from .metrics import evaluate_reconstructions
+        from .metrics import evaluate_reconstructions, nearest_private
 
         adir = self.out / "attacks" / self.target_name / name
         rec = Reconstructions.load(adir)
@@ -789,28 +789,6 @@ def _slug(s: str) -> str:
     import re
 
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", s).strip("_.") or "model"
-
-
-# ============================================================================ nearest private images
-def nearest_private(rec: Any, eval_model: nn.Module, private: Any, device: Any) -> dict[str, dict]:
-    """Per attacked class: the reconstruction the target is most confident about, and the private image
-    nearest to it (min squared L2 in the evaluation model's penultimate features) -> indices + distance."""
-    from .metrics import PrivateFeatureCache, _batched, _eval_mode, _features_fn
-
-    ids = rec.identity.long()
-    conf = rec.confidence.float()
-    best = {int(c): int((ids == c).nonzero().flatten()[conf[ids == c].argmax()]) for c in torch.unique(ids)}
-    fn = _features_fn(eval_model)
-    targets = torch.as_tensor(private.targets)
-    out = {}
-    with _eval_mode(eval_model):
-        q = _batched(fn, rec.images[list(best.values())], 64, device)
-        ref = PrivateFeatureCache(fn, private, 64, device).get(list(best))
-    for row, (c, i) in enumerate(best.items()):
-        d = ((ref[c].double() - q[row].double()[None]) ** 2).sum(1)
-        j = int(d.argmin())
-        out[str(c)] = {"recon": i, "private": int((targets == c).nonzero().flatten()[j]), "sq_dist": float(d[j])}
-    return out
 
 
 def plot_nearest_pairs(attack: str, adir: Path, nearest: dict, private: Any, class_names: Sequence[str],

@@ -488,6 +488,26 @@ def fid_score(extractor: Extractor, real_images: torch.Tensor, fake_images: torc
     return fid_from_features(real, fake)
 
 
+# ----------------------------------------------------------------------------------------- nearest private image
+def nearest_private(rec: Any, eval_model: nn.Module, private: Any, device: Any) -> dict[str, dict]:
+    """Per attacked class: the reconstruction the target is most confident about, and the private image
+    nearest to it (min squared L2 in the evaluation model's penultimate features) -> indices + distance."""
+    ids = rec.identity.long()
+    conf = rec.confidence.float()
+    best = {int(c): int((ids == c).nonzero().flatten()[conf[ids == c].argmax()]) for c in torch.unique(ids)}
+    fn = _features_fn(eval_model)
+    targets = torch.as_tensor(private.targets)
+    out = {}
+    with _eval_mode(eval_model):
+        q = _batched(fn, rec.images[list(best.values())], 64, device)
+        ref = PrivateFeatureCache(fn, private, 64, device).get(list(best))
+    for row, (c, i) in enumerate(best.items()):
+        d = ((ref[c].double() - q[row].double()[None]) ** 2).sum(1)
+        j = int(d.argmin())
+        out[str(c)] = {"recon": i, "private": int((targets == c).nonzero().flatten()[j]), "sq_dist": float(d[j])}
+    return out
+
+
 # ----------------------------------------------------------------------------------------- trade-off
 def tradeoff(acc_nodef: float, acc_def: float, att_nodef: float, att_def: float) -> Union[float, str]:
     """Delta = (AttAcc_nodef - AttAcc_def) / (Acc_nodef - Acc_def) (TL-DMI; higher is better).
