@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from ..errors import ArgumentError
 from ..utils import derive_seed
 from .base import DATASETS, MISplits, TensorImageSet
+from .drawing import HAIR_PALETTE, IRIS_PALETTE, SKIN_DARK, SKIN_LIGHT, PosedGrid, over, palette, per_image, rgb
 
 GENERATOR_VERSION = 1
 
@@ -85,10 +86,7 @@ _ID_RANGES: dict[str, tuple[float, float]] = {
 _NUM_MOLES = 3
 _ID_KEYS = list(_ID_RANGES)
 
-_SKIN_DARK = (0.30, 0.18, 0.12)
-_SKIN_LIGHT = (0.97, 0.82, 0.72)
-_HAIR_PALETTE = ((0.05, 0.04, 0.04), (0.22, 0.13, 0.08), (0.45, 0.29, 0.16), (0.82, 0.67, 0.42))
-_IRIS_PALETTE = ((0.22, 0.12, 0.06), (0.30, 0.36, 0.45), (0.25, 0.33, 0.20))
+
 
 
 def sample_identities(seed: int, group: str, count: int) -> dict[str, torch.Tensor]:
@@ -198,81 +196,28 @@ def sample_images(identities: dict[str, torch.Tensor], images_per_id: int, seed:
 
 
 # ----------------------------------------------------------------------------------- rendering
-def _palette(t: torch.Tensor, colours: tuple[tuple[float, float, float], ...]) -> torch.Tensor:
-    """Piecewise-linear colour ramp: t in [0, 1] (B,) -> (B, 3)."""
-    pal = torch.tensor(colours, dtype=torch.float32)
-    x = t.clamp(0, 1) * (len(colours) - 1)
-    i = x.floor().long().clamp(max=len(colours) - 2)
-    f = (x - i.float()).unsqueeze(1)
-    return pal[i] * (1 - f) + pal[i + 1] * f
-
-
-def _c(t: torch.Tensor) -> torch.Tensor:
-    """(B,) -> (B, 1, 1, 1) for broadcasting against (B, 1, H, W) maps."""
-    return t.reshape(-1, 1, 1, 1)
-
-
-def _rgb(t: torch.Tensor) -> torch.Tensor:
-    """(B, 3) -> (B, 3, 1, 1)."""
-    return t.reshape(-1, 3, 1, 1)
-
-
-def _over(img: torch.Tensor, colour: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Alpha-composite ``colour`` (B,3,1,1 or B,3,H,W) over ``img`` with ``mask`` (B,1,H,W)."""
-    return img.lerp_(colour, mask)
-
-
-class _PosedGrid:
-    """Posed pixel coordinates of a chunk (u, v in the canonical face frame) and the soft-shape helpers
-    that both renderers (v1 here, v2 in :mod:`midre.data.facerender`) draw with."""
-
-    def __init__(self, p: dict[str, torch.Tensor], res: int):
-        lin = (torch.arange(res, dtype=torch.float32) + 0.5) / res * 2 - 1
-        Y, X = torch.meshgrid(lin, lin, indexing="ij")
-        self.X, self.Y = X.view(1, 1, res, res), Y.view(1, 1, res, res)
-        s = _c(p["scale"])
-        cr, sr = _c(torch.cos(p["rot"])), _c(torch.sin(p["rot"]))
-        px, py = self.X - _c(p["tx"]), self.Y - _c(p["ty"])
-        self.u = (cr * px + sr * py) / s
-        self.v = (-sr * px + cr * py) / s
-        self.e = 1.0 / (res * s)        # half a pixel in face units
-        self._k = -1.0 / (2 * self.e)
-
-    def soft(self, d: torch.Tensor) -> torch.Tensor:
-        """Coverage of a shape with signed distance ``d`` (negative inside): a one-pixel linear ramp."""
-        return (d * self._k).add_(0.5).clamp_(0, 1)
-
-    def stroke(self, across: torch.Tensor, hw: torch.Tensor, outside: torch.Tensor | None = None) -> torch.Tensor:
-        """Coverage of a line of half-width ``hw`` (``across`` = distance to its centre line); lines thinner
-        than a pixel are drawn one pixel wide with proportionally less opacity, so ink is conserved."""
-        d = across - torch.clamp(hw, min=self.e)
-        if outside is not None:
-            d = torch.maximum(d, outside)
-        return self.soft(d) * (hw / self.e).clamp(max=1)
-
-
-class _Geometry(_PosedGrid):
+class _Geometry(PosedGrid):
     """The v1 face frame on top of the posed grid: yaw offsets and the face's size and centre."""
 
     def __init__(self, p: dict[str, torch.Tensor], res: int):
         super().__init__(p, res)
         self.B = p["face_w"].shape[0]
-        yaw = _c(p["yaw"])
+        yaw = per_image(p["yaw"])
         self.fx = 0.03 * yaw             # outline centre
         self.gx = 0.10 * yaw             # inner features (closer to the camera: move more)
-        self.fw, self.fh, self.cy = _c(p["face_w"]), _c(p["face_h"]), _c(p["face_cy"])
+        self.fw, self.fh, self.cy = per_image(p["face_w"]), per_image(p["face_h"]), per_image(p["face_cy"])
         self.du = self.u - self.fx
         self.dv = self.v - self.cy
 
 
 def _colours_v1(p: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     # colours
-    skin = _palette(p["skin"], (_SKIN_DARK, _SKIN_LIGHT))
-    hair = _palette(p["hair_tone"], _HAIR_PALETTE)
+    skin = palette(p["skin"], (SKIN_DARK, SKIN_LIGHT))
+    hair = palette(p["hair_tone"], HAIR_PALETTE)
     grey = p["grey"].view(-1, 1)
     hair = hair * (1 - grey) + grey * torch.tensor([0.62, 0.60, 0.58])
-    skin, hair = _rgb(skin), _rgb(hair)
-    iris = _rgb(_palette(p["iris_tone"], _IRIS_PALETTE))
+    skin, hair = rgb(skin), rgb(hair)
+    iris = rgb(palette(p["iris_tone"], IRIS_PALETTE))
 
     return skin, hair, iris
 
@@ -290,9 +235,9 @@ def _background_v1(p: dict[str, torch.Tensor], g: _Geometry, res: int) -> tuple[
         tex_small[i] = torch.rand(1, 5, 5, generator=g)
         noise[i] = torch.randn(3, res, res, generator=g)
     tex = F.interpolate(tex_small, size=(res, res), mode="bicubic", align_corners=False)
-    ba = _c(p["bg_a"])
-    ramp = torch.sigmoid(_c(p["bg_sharp"]) * (torch.cos(ba) * X + torch.sin(ba) * Y) + 2.0 * (tex - 0.5))
-    img = _rgb(p["bg1"]) + (_rgb(p["bg2"]) - _rgb(p["bg1"])) * ramp
+    ba = per_image(p["bg_a"])
+    ramp = torch.sigmoid(per_image(p["bg_sharp"]) * (torch.cos(ba) * X + torch.sin(ba) * Y) + 2.0 * (tex - 0.5))
+    img = rgb(p["bg1"]) + (rgb(p["bg2"]) - rgb(p["bg1"])) * ramp
 
     return img, noise
 
@@ -301,31 +246,31 @@ def _body_v1(p, g: _Geometry, img, skin, hair):
     """Clothes, neck, ears and the hair mass behind the face; returns the image and the hair mask."""
     v, du, dv, fw, fh, cy, soft = g.v, g.du, g.dv, g.fw, g.fh, g.cy, g.soft
     # clothes and neck
-    nw = _c(p["neck_w"])
+    nw = per_image(p["neck_w"])
     chin = cy + fh
-    clothes_top = chin + 0.06 + 0.18 * du.abs() + _c(p["vneck"]) * torch.relu(1 - du.abs() / nw)
-    img = _over(img, _rgb(p["cloth"]), soft(clothes_top - v))
+    clothes_top = chin + 0.06 + 0.18 * du.abs() + per_image(p["vneck"]) * torch.relu(1 - du.abs() / nw)
+    img = over(img, rgb(p["cloth"]), soft(clothes_top - v))
     neck = torch.maximum(du.abs() - nw, cy + 0.2 - v)
-    img = _over(img, skin * 0.82, soft(neck))
+    img = over(img, skin * 0.82, soft(neck))
 
     # ears
-    ear_x = fw * (1 - 0.35 * _c(p["jaw"]) * ((_c(p["ear_y"]) / fh).clamp(0, 1)) ** 2)
+    ear_x = fw * (1 - 0.35 * per_image(p["jaw"]) * ((per_image(p["ear_y"]) / fh).clamp(0, 1)) ** 2)
     for sgn in (-1.0, 1.0):
         ex = (du - sgn * (ear_x + 0.01)) / 0.065
-        ey = (v - cy - _c(p["ear_y"])) / _c(p["ear_h"])
-        img = _over(img, skin * 0.92, soft((torch.sqrt(ex * ex + ey * ey) - 1) * 0.065))
+        ey = (v - cy - per_image(p["ear_y"])) / per_image(p["ear_h"])
+        img = over(img, skin * 0.92, soft((torch.sqrt(ex * ex + ey * ey) - 1) * 0.065))
 
     # hair mass behind / around the face
-    hv = _c(p["hair_vol"])
+    hv = per_image(p["hair_vol"])
     hx = du / (fw + hv)
     hy = (dv + 0.5 * hv) / (fh + hv)
     head = (torch.sqrt(hx * hx + hy * hy) - 1) * (fw + hv)
-    hl = _c(p["hair_len"])
+    hl = per_image(p["hair_len"])
     side_bottom = v - (cy + hl)
     hair_mass = torch.maximum(head, side_bottom)
     long_hair = torch.maximum(torch.maximum(du.abs() - (fw + hv + 0.04), -0.1 - dv), v - (cy + hl))
     hair_mass = torch.minimum(hair_mass, long_hair)
-    img = _over(img, hair, soft(hair_mass))
+    img = over(img, hair, soft(hair_mass))
 
     return img, hair_mass
 
@@ -336,23 +281,24 @@ def _face_v1(p, g: _Geometry, img, skin, hair, hair_mass):
     u, v, du, dv, fw, fh, cy, gx, soft = g.u, g.v, g.du, g.dv, g.fw, g.fh, g.cy, g.gx, g.soft
     # face
     t = (dv / fh).clamp(0, 1)
-    w = fw * (1 - _c(p["jaw"]) * t * t)
-    pe = torch.where(dv > 0, _c(p["chin_p"]), torch.full_like(dv, 2.0))
+    w = fw * (1 - per_image(p["jaw"]) * t * t)
+    pe = torch.where(dv > 0, per_image(p["chin_p"]), torch.full_like(dv, 2.0))
     f = (du.abs() / w).clamp(min=1e-6) ** pe + (dv / fh) ** 2
     face_d = (torch.sqrt(f) - 1) * (0.8 * fw)
     hx0 = u - gx
-    hairline_y = (cy - _c(p["hairline"]) + _c(p["hair_curve"]) * hx0 * hx0 + _c(p["hair_part"]) * hx0
-                  + _c(p["hair_peak"]) * torch.exp(-hx0 * hx0 / 0.012))
+    hairline_y = (cy - per_image(p["hairline"]) + per_image(p["hair_curve"]) * hx0 * hx0
+                  + per_image(p["hair_part"]) * hx0
+                  + per_image(p["hair_peak"]) * torch.exp(-hx0 * hx0 / 0.012))
     below_hairline = soft(hairline_y - v)
     face_m = soft(face_d)
-    img = _over(img, skin, face_m * below_hairline)
+    img = over(img, skin, face_m * below_hairline)
     fg = torch.maximum(face_m, soft(hair_mass))
 
     # beard / moustache (hair-coloured, partially transparent)
-    my = _c(p["mouth_y"])
+    my = per_image(p["mouth_y"])
     beard = torch.maximum(torch.maximum(face_d, my - 0.02 - v), du.abs() - 0.8 * fw)
-    beard_m = soft(beard) * _c(p["beard"]) * 0.7
-    img = _over(img, hair * 0.9, beard_m)
+    beard_m = soft(beard) * per_image(p["beard"]) * 0.7
+    img = over(img, hair * 0.9, beard_m)
 
     return img, face_m, below_hairline, fg
 
@@ -360,92 +306,92 @@ def _face_v1(p, g: _Geometry, img, skin, hair, hair_mass):
 def _eyes_v1(p, g: _Geometry, img, skin, iris):
     u, v, gx, soft, stroke = g.u, g.v, g.gx, g.soft, g.stroke
     # eyes: socket shadow, sclera, iris, pupil
-    ey0 = _c(p["eye_y"])
-    ew, eh = _c(p["eye_w"]), _c(p["eye_h"]) * _c(p["eye_open"])
-    tilt = _c(p["eye_tilt"])
-    ept = _c(p["eye_p"])
+    ey0 = per_image(p["eye_y"])
+    ew, eh = per_image(p["eye_w"]), per_image(p["eye_h"]) * per_image(p["eye_open"])
+    tilt = per_image(p["eye_tilt"])
+    ept = per_image(p["eye_p"])
     for sgn in (-1.0, 1.0):
-        cx = gx + sgn * _c(p["eye_sep"])
+        cx = gx + sgn * per_image(p["eye_sep"])
         ax, ay = u - cx, v - ey0
         ct, st = torch.cos(tilt), torch.sin(tilt) * sgn
         a = ct * ax + st * ay
         b = -st * ax + ct * ay
         sock = ((a / (ew * 1.35)).abs().clamp(min=1e-6) ** 2 + (b / (eh * 1.6 + 0.02)) ** 2).sqrt()
-        img = _over(img, skin * 0.72, soft((sock - 1) * (eh + 0.02)) * 0.7)
+        img = over(img, skin * 0.72, soft((sock - 1) * (eh + 0.02)) * 0.7)
         eyef = ((a / ew).abs().clamp(min=1e-6) ** ept + (b / eh.clamp(min=1e-3)) ** 2).sqrt()
         eye_m = soft((eyef - 1) * eh)
-        img = _over(img, torch.tensor([0.93, 0.91, 0.88]).view(1, 3, 1, 1), eye_m)
-        ir = _c(p["iris"]) * _c(p["eye_h"])
-        ix = ax - _c(p["gaze_x"]) * ew
-        iy = ay - _c(p["gaze_y"]) * _c(p["eye_h"])
+        img = over(img, torch.tensor([0.93, 0.91, 0.88]).view(1, 3, 1, 1), eye_m)
+        ir = per_image(p["iris"]) * per_image(p["eye_h"])
+        ix = ax - per_image(p["gaze_x"]) * ew
+        iy = ay - per_image(p["gaze_y"]) * per_image(p["eye_h"])
         rr = torch.sqrt(ix * ix + iy * iy)
-        img = _over(img, iris, soft(rr - ir) * eye_m)
-        img = _over(img, torch.zeros(1, 3, 1, 1) + 0.03, soft(rr - 0.45 * ir) * eye_m)
+        img = over(img, iris, soft(rr - ir) * eye_m)
+        img = over(img, torch.zeros(1, 3, 1, 1) + 0.03, soft(rr - 0.45 * ir) * eye_m)
         # upper lid line (dark)
         lid = stroke((eyef - 1.15).abs() * eh, torch.full_like(eh, 0.012), b)
-        img = _over(img, skin * 0.25, lid * 0.8)
+        img = over(img, skin * 0.25, lid * 0.8)
 
     return img
 
 
 def _brows_v1(p, g: _Geometry, img, hair):
     u, v, gx, stroke = g.u, g.v, g.gx, g.stroke
-    ey0 = _c(p["eye_y"])
+    ey0 = per_image(p["eye_y"])
     # brows
-    bl, bt = _c(p["brow_len"]), _c(p["brow_t"])
-    btilt = _c(p["brow_tilt"])
-    by = ey0 - _c(p["brow_gap"]) - _c(p["eye_h"]) - _c(p["brow_raise"])
+    bl, bt = per_image(p["brow_len"]), per_image(p["brow_t"])
+    btilt = per_image(p["brow_tilt"])
+    by = ey0 - per_image(p["brow_gap"]) - per_image(p["eye_h"]) - per_image(p["brow_raise"])
     for sgn in (-1.0, 1.0):
-        cx = gx + sgn * (_c(p["eye_sep"]) + _c(p["brow_dx"]))
+        cx = gx + sgn * (per_image(p["eye_sep"]) + per_image(p["brow_dx"]))
         ax, ay = u - cx, v - by
         ct, st = torch.cos(btilt), torch.sin(btilt) * sgn
         a = ct * ax + st * ay
         b = -st * ax + ct * ay
-        centre = -_c(p["brow_arch"]) * (1 - (a / bl) ** 2)
+        centre = -per_image(p["brow_arch"]) * (1 - (a / bl) ** 2)
         brow = stroke((b - centre).abs(), bt / 2 * (1 - 0.5 * (a / bl).clamp(-1, 1) * sgn), a.abs() - bl)
-        img = _over(img, hair * 0.75, brow * 0.95)
+        img = over(img, hair * 0.75, brow * 0.95)
 
     return img
 
 
 def _nose_v1(p, g: _Geometry, img, skin):
     u, v, gx, soft, stroke = g.u, g.v, g.gx, g.soft, g.stroke
-    ey0 = _c(p["eye_y"])
+    ey0 = per_image(p["eye_y"])
     # nose: bridge shadow on the side away from the light, tip, nostrils
-    ny = _c(p["nose_y"])
-    nwid = _c(p["nose_w"])
-    side = torch.sign(torch.cos(_c(p["light_a"])) + 1e-6)
+    ny = per_image(p["nose_y"])
+    nwid = per_image(p["nose_w"])
+    side = torch.sign(torch.cos(per_image(p["light_a"])) + 1e-6)
     bridge_x = gx - side * (0.6 * nwid)
-    bridge = stroke((u - bridge_x).abs(), _c(p["nose_bridge"]), torch.maximum(ey0 + 0.04 - v, v - ny))
-    img = _over(img, skin * 0.7, bridge * 0.6)
+    bridge = stroke((u - bridge_x).abs(), per_image(p["nose_bridge"]), torch.maximum(ey0 + 0.04 - v, v - ny))
+    img = over(img, skin * 0.7, bridge * 0.6)
     tip = torch.sqrt(((u - gx) / nwid) ** 2 + ((v - ny) / 0.045) ** 2)
-    img = _over(img, skin * 1.08, soft((tip - 1) * 0.045) * 0.5)
+    img = over(img, skin * 1.08, soft((tip - 1) * 0.045) * 0.5)
     for sgn in (-1.0, 1.0):
         nx = gx + sgn * 0.55 * nwid
         nr = torch.sqrt(((u - nx) / (0.45 * nwid)) ** 2 + ((v - ny - 0.025) / 0.018) ** 2)
-        img = _over(img, skin * 0.3, soft((nr - 1) * 0.018))
+        img = over(img, skin * 0.3, soft((nr - 1) * 0.018))
 
     return img
 
 
 def _mouth_v1(p, g: _Geometry, img, skin, hair):
     u, v, gx, soft, stroke = g.u, g.v, g.gx, g.soft, g.stroke
-    my = _c(p["mouth_y"])
-    mw = _c(p["mouth_w"])
+    my = per_image(p["mouth_y"])
+    mw = per_image(p["mouth_w"])
     # mouth: lips with a smile curve, dark opening
     a = u - gx
-    mc = my - _c(p["smile"]) * (a / mw) ** 2
+    mc = my - per_image(p["smile"]) * (a / mw) ** 2
     taper = torch.sqrt((1 - (a / mw) ** 2).clamp(min=0))
-    mo = _c(p["mouth_open"])
-    lips = torch.maximum((v - mc).abs() - (_c(p["lip_t"]) * taper + mo / 2), a.abs() - mw)
+    mo = per_image(p["mouth_open"])
+    lips = torch.maximum((v - mc).abs() - (per_image(p["lip_t"]) * taper + mo / 2), a.abs() - mw)
     lip_col = skin * torch.tensor([0.85, 0.50, 0.50]).view(1, 3, 1, 1)
-    img = _over(img, lip_col, soft(lips))
+    img = over(img, lip_col, soft(lips))
     gap = stroke((v - mc).abs(), mo / 2 + 0.004, a.abs() - mw * 0.95)
-    img = _over(img, skin * 0.2, gap * 0.9)
+    img = over(img, skin * 0.2, gap * 0.9)
     # moustache over the upper lip
-    ms = torch.maximum(torch.maximum(v - (mc - _c(p["lip_t"]) - 0.005), mc - _c(p["lip_t"]) - 0.06 - v),
+    ms = torch.maximum(torch.maximum(v - (mc - per_image(p["lip_t"]) - 0.005), mc - per_image(p["lip_t"]) - 0.06 - v),
                        a.abs() - mw * 1.05)
-    img = _over(img, hair * 0.8, soft(ms) * _c(p["moustache"]) * 0.9)
+    img = over(img, hair * 0.8, soft(ms) * per_image(p["moustache"]) * 0.9)
 
     return img
 
@@ -454,18 +400,18 @@ def _marks_v1(p, g: _Geometry, img, skin, face_m, below_hairline):
     u, v, fx, fw, fh, cy, soft, stroke = g.u, g.v, g.fx, g.fw, g.fh, g.cy, g.soft, g.stroke
     # marks: moles and a scar, placed relative to the face
     for j in range(p["mole_on"].shape[1]):
-        mx = fx + _c(p["mole_x"][:, j]) * fw
-        myy = cy + _c(p["mole_y"][:, j]) * fh * 0.9
-        r = torch.sqrt((u - mx) ** 2 + (v - myy) ** 2) - _c(p["mole_r"][:, j])
-        img = _over(img, skin * 0.35, soft(r) * _c(p["mole_on"][:, j]) * face_m * below_hairline)
-    sx = fx + _c(p["scar_x"]) * fw
-    sy = cy + _c(p["scar_y"]) * fh
-    sa = _c(p["scar_a"])
+        mx = fx + per_image(p["mole_x"][:, j]) * fw
+        myy = cy + per_image(p["mole_y"][:, j]) * fh * 0.9
+        r = torch.sqrt((u - mx) ** 2 + (v - myy) ** 2) - per_image(p["mole_r"][:, j])
+        img = over(img, skin * 0.35, soft(r) * per_image(p["mole_on"][:, j]) * face_m * below_hairline)
+    sx = fx + per_image(p["scar_x"]) * fw
+    sy = cy + per_image(p["scar_y"]) * fh
+    sa = per_image(p["scar_a"])
     along = torch.cos(sa) * (u - sx) + torch.sin(sa) * (v - sy)
     across = -torch.sin(sa) * (u - sx) + torch.cos(sa) * (v - sy)
-    scar = stroke(across.abs(), torch.full_like(sa, 0.011), along.abs() - _c(p["scar_len"]))
-    scar_col = torch.where(_c(p["scar_dark"]) > 0, skin * 0.55, skin * 1.25 + 0.05)
-    img = _over(img, scar_col, scar * _c(p["scar_on"]) * face_m * below_hairline * 0.9)
+    scar = stroke(across.abs(), torch.full_like(sa, 0.011), along.abs() - per_image(p["scar_len"]))
+    scar_col = torch.where(per_image(p["scar_dark"]) > 0, skin * 0.55, skin * 1.25 + 0.05)
+    img = over(img, scar_col, scar * per_image(p["scar_on"]) * face_m * below_hairline * 0.9)
 
     return img
 
@@ -473,16 +419,16 @@ def _marks_v1(p, g: _Geometry, img, skin, face_m, below_hairline):
 def _camera_v1(p, g: _Geometry, img, fg, noise):
     """Illumination of the head (directional light + roundness), then the camera."""
     du, dv, fw, fh = g.du, g.dv, g.fw, g.fh
-    la = _c(p["light_a"])
-    shade = 1 + _c(p["light_s"]) * (torch.cos(la) * du / fw + torch.sin(la) * dv / fh) * 0.6
+    la = per_image(p["light_a"])
+    shade = 1 + per_image(p["light_s"]) * (torch.cos(la) * du / fw + torch.sin(la) * dv / fh) * 0.6
     shade = shade * (1 - 0.18 * (du / fw).clamp(-1.3, 1.3) ** 2)
     img = img * (1 + (shade - 1) * fg)
-    img = img * _rgb(p["wb"]) * _c(p["bright"])
+    img = img * rgb(p["wb"]) * per_image(p["bright"])
     mean = img.mean(dim=(1, 2, 3), keepdim=True)
-    img = (img - mean) * _c(p["contrast"]) + mean
+    img = (img - mean) * per_image(p["contrast"]) + mean
     blurred = F.avg_pool2d(img, 3, stride=1, padding=1, count_include_pad=False)
-    img = img + (blurred - img) * _c(p["blur"])
-    img = img + _c(p["noise"]) * noise
+    img = img + (blurred - img) * per_image(p["blur"])
+    img = img + per_image(p["noise"]) * noise
     return img.clamp_(0, 1)
 
 
