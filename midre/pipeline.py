@@ -38,9 +38,10 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from . import tblog
-from .config import AttackSection, RunConfig, TargetSection, dump_yaml, load_config, validate_train
+from .config import AttackSection, RunConfig, TargetSection, dump_yaml, load_config
 from .distributed import world
 from .errors import ConfigError, MidreError
+from .plan import RunPlan
 from .results import as_float, t_interval
 from .rundir import (COLUMNS, STUDY_EXTRA_COLUMNS, RunState, StageConsole, crash_point, now, peak_rss_mib, prepare_dir,
                      remove_stale_temps, write_table)
@@ -81,12 +82,6 @@ def _identities(a: AttackSection, num_classes: int, where: str) -> list[int]:
         raise
     except MidreError as e:
         raise ConfigError(f"'{where}.identities': {e}") from None
-
-
-def _defense_spec(spec: Any) -> dict[str, Any]:
-    from .defenses import build_defense
-
-    return build_defense(json.loads(json.dumps(spec))).spec()
 
 
 # ============================================================================ the pipeline
@@ -145,80 +140,10 @@ class _Pipeline:
         self._count = 0
         self.use_zoo = True               # False while `midre zoo build` makes the entries themselves
 
-    # ------------------------------------------------------------------ keys (no data needed)
-    def _keys(self) -> dict[str, str]:
-        cfg = self.cfg
-        self.data_seed = cfg.dataset.seed if cfg.dataset.seed is not None else cfg.seed
-        d = cfg.dataset
-        base = config_hash({"dataset": d.model_dump(mode="json"), "data_seed": self.data_seed})
-        keys: dict[str, str] = {"data": base}
-        self.backbone_train: dict[str, dict] = {}
-        for bname, b in cfg.backbones.items():
-            self.backbone_train[bname] = validate_train(self.where, f"backbones.{bname}.train", b.train)
-            keys[f"backbones/{bname}"] = config_hash({
-                "base": _backbone_base(d, b.pool, base), "arch": b.arch, "kwargs": b.model_kwargs, "pool": b.pool,
-                "train": self.backbone_train[bname], "seed": b.seed,
-                **({"pool_options": b.pool_options} if b.pool_options else {})})
-        self.eval_train = validate_train(self.where, "eval_model.train", cfg.eval_model.train)
-        self.eval_seed = cfg.eval_model.seed if cfg.eval_model.seed is not None else cfg.seed
-        keys["eval"] = config_hash({"base": base, "arch": cfg.eval_model.arch,
-                                    "kwargs": cfg.eval_model.model_kwargs, "train": self.eval_train,
-                                    "seed": self.eval_seed, **_init_key(self.eval_train, keys)})
-        self.train_cfgs: dict[str, dict] = {}
-        self.def_specs: dict[str, dict] = {}
-        for i, t in enumerate(self.targets):
-            self.train_cfgs[t.name] = validate_train(self.where, f"targets[{i}].train", cfg.target_train(t))
-            try:
-                self.def_specs[t.name] = _defense_spec(t.defense)
-            except MidreError as e:
-                raise ConfigError(f"{self.where}: 'targets[{i}].defense': {e}") from None
-            keys[f"targets/{t.name}"] = config_hash({
-                "base": base, "arch": cfg.target_arch(t), "kwargs": cfg.target_model_kwargs(t),
-                "defense": self.def_specs[t.name], "train": self.train_cfgs[t.name], "seed": cfg.seed,
-                **_init_key(self.train_cfgs[t.name], keys)})
-        self.prior_units: dict[str, tuple[str, Optional[str]]] = {}
-        self.attack_priors: dict[tuple[str, str], dict[str, str]] = {}
-        for a in cfg.attacks:
-            kinds = self._prior_kinds(a)
-            for t in self._attack_targets(a):
-                names = {}
-                for kind in kinds:
-                    tname = t.name if _prior_needs_target(kind) else None
-                    pname = f"priors/{kind}" + (f"-{tname}" if tname else "")
-                    if pname not in keys:
-                        keys[pname] = config_hash({
-                            "base": base, "kind": kind, "preset": cfg.priors.preset,
-                            "params": cfg.priors.params.get(kind, {}), "seed": self._prior_seed(kind, tname),
-                            "holdout": cfg.priors.holdout,
-                            "target": keys[f"targets/{tname}"] if tname else None})
-                        self.prior_units[pname] = (kind, tname)
-                    names[kind] = pname
-                self.attack_priors[(a.key, t.name)] = names
-                akey = config_hash({
-                    "target": keys[f"targets/{t.name}"], "name": a.name, "preset": a.preset, "params": a.params,
-                    "identities": a.identities, "repeats": a.repeats, "adaptive": a.adaptive, "seed": cfg.seed,
-                    "priors": {k: keys[p] for k, p in names.items()}})
-                keys[f"attacks/{t.name}/{a.key}"] = akey
-                keys[f"metrics/{t.name}/{a.key}"] = config_hash({
-                    "attack": akey, "eval": keys["eval"], "metrics": cfg.metrics.model_dump(mode="json")})
-        return keys
-
-    def _prior_seed(self, kind: str, tname: Optional[str]) -> int:
-        """A target-independent prior may have a fixed seed (priors.seed: the instrument, zoo-shareable)."""
-        if tname is None and self.cfg.priors.seed is not None:
-            return derive_seed(self.cfg.priors.seed, "prior", kind, "")
-        return derive_seed(self.cfg.seed, "prior", kind, tname or "")
-
-    def _prior_kinds(self, a: AttackSection) -> list[str]:
-        from .attacks import ATTACKS
-
-        cls = ATTACKS.get(a.name)
-        kinds = getattr(cls, "prior_kinds", None)
-        if kinds is None:  # a factory function: build it to read the attribute
-            from .attacks import build_attack
-
-            kinds = build_attack(a.name, **({"preset": a.preset} if a.preset else {})).prior_kinds
-        return list(kinds)
+    def _make_plan(self) -> None:
+        """The stage keys and units of the config (midre.plan); validates it before anything is written."""
+        self.plan = RunPlan(self.cfg, self.targets, self.where)
+        self.keys = self.plan.keys
 
     # ------------------------------------------------------------------ stage wrapper
     def _stage(self, name: str, fn: Callable[[], Any], label: str, derived: bool = False) -> Any:
@@ -239,7 +164,7 @@ class _Pipeline:
     def run(self, stop_after: Optional[str] = None) -> PipelineResult:
         cfg, run_dir = self.cfg, self.run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
-        self.keys = self._keys()
+        self._make_plan()
         self.state = RunState(run_dir, cfg)
         self.state.check_keys({k: v for k, v in self.keys.items() if not k.startswith("metrics/")})
         self.n_units = len([k for k in self.keys]) + 2
@@ -261,7 +186,7 @@ class _Pipeline:
                             f"target {t.name} ({cfg.target_arch(t)}, defense {self._defense_label(t)})")
             if stop_after == "targets":
                 return self._stopped(res)
-            for pname, (kind, tname) in self.prior_units.items():
+            for pname, (kind, tname) in self.plan.prior_units.items():
                 self._stage(pname, lambda p=pname: self._prior(p), f"prior {kind}" + (f" for {tname}" if tname else "")
                             + " (public data only)")
             if stop_after == "priors":
@@ -327,10 +252,10 @@ class _Pipeline:
         t0, c0 = time.perf_counter(), time.process_time()
         self._count += 1
         self.console.print(f"[bold cyan][{self._count}/{self.n_units}][/bold cyan] data: {d.name}"
-                           + (f" from {d.root}" if d.root else "") + f" (seed {self.data_seed})")
-        seed_everything(derive_seed(self.data_seed, "data"))
+                           + (f" from {d.root}" if d.root else "") + f" (seed {self.plan.data_seed})")
+        seed_everything(derive_seed(self.plan.data_seed, "data"))
         try:
-            splits = load_dataset(d.name, root=d.root, resolution=d.resolution, seed=self.data_seed, **d.options)
+            splits = load_dataset(d.name, root=d.root, resolution=d.resolution, seed=self.plan.data_seed, **d.options)
         except MidreError as e:
             raise type(e)(f"dataset '{d.name}': {e}") from None
         self.splits = splits
@@ -338,18 +263,18 @@ class _Pipeline:
         self.test_set = in_memory(splits.private_test, self.progress)
         self.public_set = in_memory(splits.public, self.progress) if len(splits.public) else None
         self.prior_public, self.public_holdout = _holdout_split(self.public_set, cfg.priors.holdout,
-                                                                derive_seed(self.data_seed, "public-holdout"))
+                                                                derive_seed(self.plan.data_seed, "public-holdout"))
         self.console.print(f"[dim]    {splits.summary()}[/dim]")
         # data-dependent checks, before any training
         self.ids: dict[str, list[int]] = {}
         for i, a in enumerate(cfg.attacks):
             self.ids[a.key] = _identities(a, splits.num_classes, f"attacks[{i}]")
-        if cfg.attacks and self.public_set is None and not _priors_need_no_public(cfg, self.prior_units):
+        if cfg.attacks and self.public_set is None and not _priors_need_no_public(cfg, self.plan.prior_units):
             raise ConfigError(f"dataset '{d.name}' has no public images but the attacks need public data for their "
                               "priors; give a public set (dataset.options, e.g. public: ffhq:/path) or drop the attacks")
         if cfg.attacks:
             self._assert_public_only()       # refuse before any training, and again for every prior
-        self.data_meta = {"name": d.name, "root": d.root, "resolution": splits.resolution, "seed": self.data_seed,
+        self.data_meta = {"name": d.name, "root": d.root, "resolution": splits.resolution, "seed": self.plan.data_seed,
                           "options": dict(d.options)}
         rec = self.state.stages.setdefault("data", {})
         rec.update({"key": self.keys["data"], "status": "done", "summary": splits.summary(),
@@ -365,7 +290,7 @@ class _Pipeline:
         from .training import train_classifier
 
         world().send((self.cfg.seed, meta.get("role"), meta.get("target")))   # ranks > 0 train it too
-        seed = derive_seed(self.eval_seed if seed_key == "eval" else self.cfg.seed, seed_key)
+        seed = derive_seed(self.plan.eval_seed if seed_key == "eval" else self.cfg.seed, seed_key)
         seed_everything(seed)
         model = create_model(arch, num_classes=self.splits.num_classes, resolution=self.splits.resolution, **kwargs)
         tcfg = {**train, "seed": seed, "device": str(self.device), "init": self._resolve_init(train.get("init"))}
@@ -391,15 +316,15 @@ class _Pipeline:
     def instrument_stages(self) -> list[str]:
         """The target-independent stages: backbones, the evaluation model, the shared GAN prior(s)."""
         if not hasattr(self, "keys"):
-            self.keys = self._keys()
+            self._make_plan()
         return ([f"backbones/{b}" for b in self.cfg.backbones] + ["eval"]
-                + [p for p, (_k, t) in self.prior_units.items() if t is None])
+                + [p for p, (_k, t) in self.plan.prior_units.items() if t is None])
 
     def run_instrument(self, stages: Sequence[str]) -> None:
         """Data + the given target-independent stages only (``midre zoo build``); never reads the zoo."""
         self.use_zoo = False
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.keys = self._keys()
+        self._make_plan()
         self.state = RunState(self.run_dir, self.cfg)
         self.n_units = len(stages) + 1
         self.state.save()
@@ -435,7 +360,7 @@ class _Pipeline:
         if bname not in self._pools:
             b = self.cfg.backbones[bname]
             self._pools[bname] = _pool_sets(self.splits, self.cfg.dataset.name, b.pool, b.pool_options, bname,
-                                            derive_seed(self.data_seed, "pool-holdout"))
+                                            derive_seed(self.plan.data_seed, "pool-holdout"))
         return self._pools[bname]
 
     def _train_backbone(self, bname: str) -> dict:
@@ -452,7 +377,7 @@ class _Pipeline:
         seed = derive_seed(b.seed, "backbone", bname)
         seed_everything(seed)
         model = create_model(b.arch, num_classes=k, resolution=self.splits.resolution, **b.model_kwargs)
-        tcfg = {**self.backbone_train[bname], "seed": seed, "device": str(self.device)}
+        tcfg = {**self.plan.backbone_train[bname], "seed": seed, "device": str(self.device)}
         res = train_classifier(model, train, test, config=tcfg, out_dir=out, progress=self.progress,
                                meta={"role": "backbone", "pool": b.pool, "model_kwargs": dict(b.model_kwargs),
                                      "dataset": self.data_meta, "pool_images": len(train) + len(test)},
@@ -466,17 +391,17 @@ class _Pipeline:
         if hit is not None:
             return hit
         e = self.cfg.eval_model
-        return self._train(self.run_dir / "eval", e.arch, e.model_kwargs, None, self.eval_train, "eval",
+        return self._train(self.run_dir / "eval", e.arch, e.model_kwargs, None, self.plan.eval_train, "eval",
                            {"role": "eval"}, f"eval {e.arch}")
 
     def _train_target(self, t: TargetSection) -> dict:
         from .defenses import build_defense
 
-        defense = build_defense(json.loads(json.dumps(self.def_specs[t.name])))
+        defense = build_defense(json.loads(json.dumps(self.plan.def_specs[t.name])))
         arch = self.cfg.target_arch(t)
         # every target shares one seed: same initialisation and batch order -> paired comparisons
         return self._train(self.run_dir / "targets" / t.name, arch, self.cfg.target_model_kwargs(t), defense,
-                           self.train_cfgs[t.name], "targets", {"role": "target", "target": t.name},
+                           self.plan.train_cfgs[t.name], "targets", {"role": "target", "target": t.name},
                            f"{t.name} {arch}", public=self.public_set)
 
     def _load(self, path: Path):
@@ -504,10 +429,10 @@ class _Pipeline:
     def _prior(self, pname: str, load_only: bool = False) -> Any:
         from . import priors as P
 
-        kind, tname = self.prior_units[pname]
+        kind, tname = self.plan.prior_units[pname]
         self._assert_public_only()          # every prior the pipeline trains or loads
         target = self._load(self.run_dir / "targets" / tname)[0] if tname else None
-        seed = self._prior_seed(kind, tname)
+        seed = self.plan.prior_seed(kind, tname)
         seed_everything(seed)
         pk = self._prior_kwargs(kind)
         if tname is None and not load_only:
@@ -526,7 +451,8 @@ class _Pipeline:
 
         tdir = self.run_dir / "targets" / t.name
         target, tmeta = self._load(tdir)
-        priors = {kind: self._prior(pname, load_only=True) for kind, pname in self.attack_priors[(a.key, t.name)].items()}
+        units = self.plan.attack_priors[(a.key, t.name)]
+        priors = {kind: self._prior(pname, load_only=True) for kind, pname in units.items()}
         eraser = None
         if a.adaptive:
             eraser = _adaptive_eraser(tmeta)
@@ -577,7 +503,7 @@ class _Pipeline:
         crash_point("results")
         metas = {t.name: read_meta(self.run_dir / "targets" / t.name) for t in self.targets}
         eval_meta = read_meta(self.run_dir / "eval")
-        nodef_default = next((t.name for t in self.targets if self.def_specs[t.name].get("name") == "nodef"), None)
+        nodef_default = next((t.name for t in self.targets if self.plan.def_specs[t.name].get("name") == "nodef"), None)
         rows: list[dict[str, Any]] = []
         attacks = cfg.attacks or [None]
         for a in attacks:
@@ -588,7 +514,7 @@ class _Pipeline:
                     metrics[t.name] = json.loads(p.read_text(encoding="utf-8"))
             for t in self.targets if a is None else self._attack_targets(a):
                 meta = metas[t.name]
-                spec = self.def_specs[t.name]
+                spec = self.plan.def_specs[t.name]
                 rep = meta.get("defense_report") or {}
                 m = metrics.get(t.name, {})
                 acc = as_float(meta.get("test_acc"))
@@ -667,22 +593,6 @@ def write_gates(run_dir: Path, cfg: RunConfig, rows: Sequence[dict[str, Any]], e
     return res
 
 
-def _init_key(train: dict, keys: dict[str, str]) -> dict[str, str]:
-    """What a ``train.init`` adds to a stage key: the backbone's stage key, or a local file's sha256."""
-    init = train.get("init")
-    if not init:
-        return {}
-    if init.startswith("zoo:"):
-        return {"init": keys[f"backbones/{init[4:]}"]}
-    from .utils import sha256_file
-
-    try:
-        return {"init": sha256_file(Path(init).expanduser())}
-    except OSError:
-        raise ConfigError(f"pretrained weights '{init}' (train.init) not found; put the local file there or fix "
-                          "the path") from None
-
-
 def _holdout_split(public: Any, share: float, seed: int) -> tuple[Any, Any]:
     """(images the priors train on, held-out images for their quality figure); a fixed per-data split."""
     if public is None or share <= 0 or not hasattr(public, "subset") or len(public) < 20:
@@ -690,16 +600,6 @@ def _holdout_split(public: Any, share: float, seed: int) -> tuple[Any, Any]:
     perm = torch.randperm(len(public), generator=torch.Generator().manual_seed(seed))
     n_out = max(int(round(share * len(public))), 5)
     return public.subset(perm[n_out:].sort().values), public.subset(perm[:n_out].sort().values)
-
-
-def _backbone_base(d: Any, pool: str, base: str) -> str:
-    """What a backbone's data depends on: a family's fixed pretraining pool depends only on the family and the
-    resolution (not on the private/public options or the data seed), so configs that differ there share it."""
-    from .data import base as data_base
-
-    if pool == "pretrain" and str(d.name).lower() in getattr(data_base, "PRETRAINING_POOLS", {}):
-        return config_hash({"pretraining_pool": str(d.name).lower(), "resolution": d.resolution})
-    return base
 
 
 def _pretraining_pool(splits: Any, dataset: str, options: dict, bname: str) -> Any:
@@ -749,13 +649,6 @@ def _ci(v: Any, i: int) -> float:
     if isinstance(v, (list, tuple)) and len(v) == 2:
         return as_float(v[i])
     return float("nan")
-
-
-def _prior_needs_target(kind: str) -> bool:
-    """Whether a prior kind is trained per target (KedMI's GAN, PLG-MI's cGAN, LOMMA's augmented models)."""
-    from .priors import TARGET_FREE_KINDS
-
-    return kind not in TARGET_FREE_KINDS   # the plain GAN and StyleGAN2 priors are shared by all targets
 
 
 def _priors_need_no_public(cfg: RunConfig, units: dict) -> bool:

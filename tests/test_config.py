@@ -72,12 +72,11 @@ def test_quickstart_is_the_papers_comparison():
     assert cfg.eval_model.seed is not None and cfg.priors.seed is not None and cfg.dataset.seed is not None
 
 
-def test_calibration_configs_share_the_quickstarts_instrument(tmp_path):
+def test_calibration_configs_share_the_quickstarts_instrument():
     """calibration-v2 measures the quickstart's own backbones, evaluation model and GAN prior (same keys)."""
-    from midre.pipeline import _Pipeline
+    from midre.plan import RunPlan
 
-    keys = [_Pipeline(load_config(n), tmp_path / n, False, None)._keys()
-            for n in ("quickstart", "calibration-v2", "calibration-v2-strong")]
+    keys = [RunPlan(load_config(n)).keys for n in ("quickstart", "calibration-v2", "calibration-v2-strong")]
     for stage in ("backbones/smallcnn", "backbones/smallresnet", "eval"):
         assert keys[0][stage] == keys[1][stage] == keys[2][stage], stage
     assert keys[0]["priors/gan"] == keys[1]["priors/gan"]
@@ -85,16 +84,28 @@ def test_calibration_configs_share_the_quickstarts_instrument(tmp_path):
                for t in load_config(n).targets)
 
 
-def test_study_64_is_the_issue_sized_study_and_calibration_64_measures_its_instrument(tmp_path):
+def test_strong_midre_continues_calibration_v2_strong():
+    """strong-midre adds MIDRE targets to calibration-v2-strong: every NoDef stage keeps its key (a run directory
+    holding calibration-v2-strong is continued, not redone) and the MIDRE targets share NoDef's schedule."""
+    from midre.plan import RunPlan
+
+    calib, strong = RunPlan(load_config("calibration-v2-strong")), RunPlan(load_config("strong-midre"))
+    assert all(strong.keys.get(k) == v for k, v in calib.keys.items())
+    midre = [t for t in load_config("strong-midre").targets if t.name.startswith("midre")]
+    assert midre and all(strong.train_cfgs[t.name] == strong.train_cfgs["nodef-e6"] for t in midre)
+    assert {("plgmi", "midre-0.4"), ("kedmi", "midre-0.4")} <= set((a, t) for a, t in strong.attack_priors)
+
+
+def test_study_64_is_the_issue_sized_study_and_calibration_64_measures_its_instrument():
     """study-64: 64 px, >= 100 identities attacked x 5 restarts, 3 seeds; calibration-64 shares its pieces."""
-    from midre.pipeline import _Pipeline
+    from midre.plan import RunPlan
 
     study = load_config("study-64", check=False)
     assert study.dataset.resolution == 64 and study.dataset.options["num_private"] >= 100
     assert len(study.run_seeds()) >= 3 and study.targets[0].defense == "nodef"
     assert all(a.identities == "all" and a.repeats >= 5 for a in study.attacks)
     assert {a.name for a in study.attacks} & {"kedmi", "lomma_gmi", "lomma_kedmi", "plgmi"}
-    keys = [_Pipeline(load_config(n), tmp_path / n, False, None)._keys() for n in ("study-64", "calibration-64")]
+    keys = [RunPlan(load_config(n)).keys for n in ("study-64", "calibration-64")]
     for stage in ("backbones/smallcnn", "backbones/smallresnet", "eval", "priors/gan"):
         assert keys[0][stage] == keys[1][stage], stage
     assert all(t.defense == "nodef" for t in load_config("calibration-64").targets)

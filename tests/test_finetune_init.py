@@ -127,10 +127,10 @@ def test_a_fixed_pretraining_pool_backbone_does_not_depend_on_the_private_option
     """A family's pretraining pool (synthetic2) depends only on family + resolution: configs that differ in their
     private / public options or data seed share the backbone (and its zoo entry); its own settings still count."""
     from midre.config import load_config
-    from midre.pipeline import _Pipeline
+    from midre.plan import RunPlan
 
     def keys(**over):
-        return _Pipeline(load_config("quickstart", overrides=over), tmp_path / "k", False, None)._keys()
+        return RunPlan(load_config("quickstart", overrides=over)).keys
 
     base = keys()
     other = keys(**{"dataset.options": {"num_private": 20, "num_public": 40}, "dataset.seed": 3})
