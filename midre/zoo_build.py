@@ -4,8 +4,9 @@ It drives the pipeline, so it sits above it; :mod:`midre.zoo` (manifest, lookup,
 
 Each config in ``midre/zoo/zoo.yaml`` (or given with ``--config``) is run by the pipeline's own stage code
 (:meth:`midre.pipeline._Pipeline.run_instrument`; stage keys from :class:`midre.plan.RunPlan`), into a
-resumable work directory, with the config's fixed seeds; each finished piece is copied into ``midre/zoo/weights/<entry>/`` and recorded in the manifest with
-its sha256, the config that made it (name + resolved YAML) and its training figures.
+resumable work directory, with the config's fixed seeds; each finished piece is copied into
+``midre/zoo/weights/<entry>/`` and recorded in the manifest with its sha256, the config that made it (name +
+resolved YAML) and its training figures.
 """
 from __future__ import annotations
 
