@@ -90,7 +90,7 @@ def _setup(args):
 
 def _bare_losses(n):
     """The bare work per method: latent -> networks -> loss (what backward differentiates)."""
-    T, G, D, Dk, ids = n["T"], n["G"], n["D"], n["Dk"], n["ids"]
+    T, D, Dk, ids = n["T"], n["D"], n["Dk"], n["ids"]
 
     def kedmi_prior(x):
         lse = Dk.class_logits(x).logsumexp(1)

@@ -91,7 +91,7 @@ def load_into(registry: Any) -> None:
     for ep in eps:
         pkg = _package(ep)
         try:
-            info = _load_one(registry, group, ep, pkg)
+            _load_one(registry, group, ep, pkg)
         except PluginError as e:
             _warn(f"plugin package '{pkg}': {group} entry '{ep.name}' ({ep.value}) ignored: {e}")
             continue

@@ -10,10 +10,11 @@ import re
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
+from torch import nn
 
 from .errors import ArgumentError, RunDirError
 

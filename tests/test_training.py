@@ -8,7 +8,7 @@ from midre.loading import load_model
 from midre.defenses.base import Defense, build_defense
 from midre.errors import ArgumentError, CheckpointError, TrainingDivergedError
 from midre.models import create_model
-from midre.training import TrainConfig, evaluate_accuracy, make_config, train_classifier
+from midre.training import evaluate_accuracy, make_config, train_classifier
 
 CFG = dict(epochs=3, batch_size=16, lr=0.05, device="cpu", seed=1, schedule="cosine")
 

@@ -68,7 +68,7 @@ def test_a_matching_run_uses_the_zoo_with_any_run_seed(zoo, tmp_path, monkeypatc
     cfg = copy.deepcopy(TOY)
     cfg["seed"] = 7                            # another run seed: fixed-seed instrument pieces still match
     run_pipeline(cfg, tmp_path / "run", progress=False, stop_after="priors")
-    assert _sources(tmp_path / "run") == {f"backbones/bb": "zoo:toyzoo-backbone-bb", "eval": "zoo:toyzoo-eval",
+    assert _sources(tmp_path / "run") == {"backbones/bb": "zoo:toyzoo-backbone-bb", "eval": "zoo:toyzoo-eval",
                                           "priors/gan": "zoo:toyzoo-prior-gan"}
     e = load_manifest(root)["entries"]["toyzoo-eval"]
     assert (tmp_path / "run" / "eval" / "model.safetensors").read_bytes() == \
