@@ -676,7 +676,8 @@ def _train_worker(cfg: RunConfig, run_dir: Path, ddp: Any) -> PipelineResult:
         if p is None:
             sub_cfg, sub = (cfg.for_seed(seed), run_dir / f"seed-{seed}") if cfg.seeds else (cfg, run_dir)
             p = pipes[seed] = _Pipeline(sub_cfg, sub, False, None)
-            p.keys, p.n_units = p._keys(), 0
+            p._make_plan()
+            p.n_units = 0
             p.state = RunState(sub, sub_cfg)
             p.state.save = lambda status=None: None   # read-only: rank 0 owns run.json
             p._data()
