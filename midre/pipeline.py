@@ -109,7 +109,7 @@ def run_pipeline(config: Any, out_dir: str | os.PathLike, resume: bool = True, p
     t0 = time.perf_counter()
     logs = tblog.from_config(cfg, run_dir)   # checks the extra before anything is written
     ddp = world()   # under torchrun: rank 0 runs the pipeline, the others join its training stages
-    prepare_dir(run_dir, resume)
+    prepare_dir(run_dir, resume, cfg.seeds)
     ddp.barrier()
     if not ddp.is_main:
         return _train_worker(cfg, run_dir, ddp)

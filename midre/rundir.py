@@ -200,7 +200,10 @@ class RunState:
         atomic_write_json(self.path, d)
 
 
-def prepare_dir(run_dir: Path, resume: bool) -> None:
+def prepare_dir(run_dir: Path, resume: bool, seeds: Optional[list[int]] = None) -> None:
+    """Refuse an --out that is a file, holds something else than a midre run, or (without resume) a run.
+    A multi-seed run (``seeds``) may start in a directory holding only earlier single-seed runs as
+    ``seed-<s>/`` (each with its run.json, ``s`` one of ``seeds``): it continues them by stage key."""
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirError(f"'{run_dir}' is a file; give a directory to --out")
     if not run_dir.exists():
@@ -208,11 +211,17 @@ def prepare_dir(run_dir: Path, resume: bool) -> None:
     entries = [p for p in run_dir.iterdir() if not p.name.startswith(".")]   # .lock, temp files of a kill
     if not entries:
         return
+    if seeds and not (run_dir / "run.json").exists() and all(_is_seed_run(p, seeds) for p in entries):
+        return
     if not (run_dir / "run.json").exists():
         raise RunDirError(f"'{run_dir}' is not empty and holds no midre run; choose a new or empty --out")
     if not resume:
         raise RunDirError(f"'{run_dir}' already holds a run; continue it with `midre run --resume {run_dir}` "
                           "or choose a new --out")
+
+
+def _is_seed_run(p: Path, seeds: list[int]) -> bool:
+    return p.is_dir() and p.name in {f"seed-{s}" for s in seeds} and (p / "run.json").exists()
 
 
 def _cell(v: Any) -> Any:

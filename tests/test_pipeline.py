@@ -236,6 +236,31 @@ def test_multi_seed_study_layout(tmp_path):
         run_pipeline(load_config(tiny(attacks=[])), out, progress=False)
 
 
+def test_study_continues_a_single_seed_run_placed_as_seed_0(tmp_path):
+    single = tmp_path / "single"
+    run_pipeline(load_config(tiny(attacks=[], report={"enabled": False})), single, progress=False)
+    model = single / "targets" / "nodef" / "model.safetensors"
+    stamp = model.stat().st_mtime_ns
+    out = tmp_path / "study"
+    out.mkdir()
+    single.rename(out / "seed-0")
+    done: list[str] = []
+    raw = tiny(attacks=[], seeds=[0, 1], report={"enabled": False})
+    res = run_pipeline(load_config(raw), out, progress=False, on_stage=done.append)
+    assert res.complete and (out / "seed-0" / "targets" / "nodef" / "model.safetensors").stat().st_mtime_ns == stamp
+    assert (out / "seed-1" / "targets" / "nodef" / "model.json").exists()
+    assert done.count("targets/nodef") == 1          # trained for seed 1 only; seed 0's is reused by key
+    # a seed directory the config does not list, or anything else beside it, is still refused
+    for i, names in enumerate((["seed-7"], ["seed-0", "notes"])):
+        other = tmp_path / f"other{i}"
+        for name in names:
+            (other / name).mkdir(parents=True)
+            (other / name / "run.json").write_text("{}")
+        with pytest.raises(RunDirError, match="holds no midre run"):
+            run_pipeline(load_config(raw), other, progress=False)
+        assert sorted(p.name for p in other.iterdir()) == sorted(names)
+
+
 def test_aggregate_rows_mean_std_ci_and_tradeoff_by_hand():
     def row(target, defense, seed, acc, top1, top5):
         return {"target": target, "defense": defense, "defense_params": "{}", "attack": "gmi", "acc": acc,
