@@ -136,14 +136,13 @@ class _Pipeline:
         self.console = StageConsole(progress)
         self.device = resolve_device(cfg.device)
         self.targets = cfg.expanded_targets()
-        self.where = "config"
+        self.plan = RunPlan(cfg, self.targets, "config")   # stage keys and units; validates before any write
         self._count = 0
         self.use_zoo = True               # False while `midre zoo build` makes the entries themselves
 
-    def _make_plan(self) -> None:
-        """The stage keys and units of the config (midre.plan); validates it before anything is written."""
-        self.plan = RunPlan(self.cfg, self.targets, self.where)
-        self.keys = self.plan.keys
+    @property
+    def keys(self) -> dict[str, str]:
+        return self.plan.keys
 
     # ------------------------------------------------------------------ stage wrapper
     def _stage(self, name: str, fn: Callable[[], Any], label: str, derived: bool = False) -> Any:
@@ -164,7 +163,6 @@ class _Pipeline:
     def run(self, stop_after: Optional[str] = None) -> PipelineResult:
         cfg, run_dir = self.cfg, self.run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
-        self._make_plan()
         self.state = RunState(run_dir, cfg)
         self.state.check_keys({k: v for k, v in self.keys.items() if not k.startswith("metrics/")})
         self.n_units = len([k for k in self.keys]) + 2
@@ -315,8 +313,6 @@ class _Pipeline:
 
     def instrument_stages(self) -> list[str]:
         """The target-independent stages: backbones, the evaluation model, the shared GAN prior(s)."""
-        if not hasattr(self, "keys"):
-            self._make_plan()
         return ([f"backbones/{b}" for b in self.cfg.backbones] + ["eval"]
                 + [p for p, (_k, t) in self.plan.prior_units.items() if t is None])
 
@@ -324,7 +320,6 @@ class _Pipeline:
         """Data + the given target-independent stages only (``midre zoo build``); never reads the zoo."""
         self.use_zoo = False
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._make_plan()
         self.state = RunState(self.run_dir, self.cfg)
         self.n_units = len(stages) + 1
         self.state.save()
@@ -676,7 +671,6 @@ def _train_worker(cfg: RunConfig, run_dir: Path, ddp: Any) -> PipelineResult:
         if p is None:
             sub_cfg, sub = (cfg.for_seed(seed), run_dir / f"seed-{seed}") if cfg.seeds else (cfg, run_dir)
             p = pipes[seed] = _Pipeline(sub_cfg, sub, False, None)
-            p._make_plan()
             p.n_units = 0
             p.state = RunState(sub, sub_cfg)
             p.state.save = lambda status=None: None   # read-only: rank 0 owns run.json
