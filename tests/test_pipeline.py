@@ -60,9 +60,9 @@ def _csv(path: Path) -> list[dict[str, str]]:
 
 
 # ------------------------------------------------------------------------------------------ end to end
-def test_tiny_pipeline_end_to_end_layout_and_budget(full_run):
-    out, res, seconds = full_run
-    assert res.complete and seconds < 60, seconds
+def test_tiny_pipeline_end_to_end_layout(full_run):
+    out, res, _seconds = full_run       # times are for benchmarks/, not for unit tests (they vary with load)
+    assert res.complete
     for p in ["config.yaml", "run.json", "results.csv", "results.json",
               "eval/model.safetensors", "eval/model.json",
               "targets/nodef/model.safetensors", "targets/midre-0.4/model.json"]:
