@@ -78,3 +78,29 @@ def test_a_study_writes_paired_differences_that_reproduce_its_figures(tmp_path, 
     with pytest.raises(RunDirError, match="recomputed"):
         paired_differences(out, n_boot=10)
     assert main(["analyze", "paired", str(tmp_path / "nowhere")]) == 2
+
+
+def test_each_defense_is_paired_with_its_own_reference(tmp_path):
+    """Like the trade-off: a target's configured `reference`, else the first NoDef; NoDef targets are references."""
+    from midre.analysis.paired import _reference_note, _references
+    from midre.config import dump_yaml
+
+    raw = copy.deepcopy(TINY)
+    raw.pop("seeds")
+    raw["targets"] = [{"name": "nodef", "defense": "nodef"},
+                      {"name": "midre-0.4", "defense": {"name": "midre", "area": 0.4}},
+                      {"name": "nodef-b", "defense": "nodef", "arch": "smallcnn"},
+                      {"name": "mid-b", "defense": "mid", "arch": "smallcnn", "reference": "nodef-b"}]
+    (tmp_path / "config.yaml").write_text(dump_yaml(load_config(raw)))
+    assert _references(tmp_path, None) == {"midre-0.4": "nodef", "mid-b": "nodef-b"}
+    assert _references(tmp_path, "nodef-b") == {"nodef": "nodef-b", "midre-0.4": "nodef-b", "mid-b": "nodef-b"}
+    with pytest.raises(RunDirError, match="no target named 'nodf'"):
+        _references(tmp_path, "nodf")
+    rows = [{"target": "midre-0.4", "reference": "nodef"}, {"target": "mid-b", "reference": "nodef-b"}]
+    assert _reference_note(rows) == "References: nodef for midre-0.4; nodef-b for mid-b"
+    assert _reference_note(rows[:1]) == "Reference: nodef"
+    raw["targets"] = [t for t in raw["targets"] if t["defense"] != "nodef"]
+    raw["targets"][1].pop("reference")
+    (tmp_path / "config.yaml").write_text(dump_yaml(load_config(raw)))
+    with pytest.raises(RunDirError, match="no NoDef target"):
+        _references(tmp_path, None)

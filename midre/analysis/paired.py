@@ -10,6 +10,11 @@ repeats, and natural accuracy is measured on the same test images, so the compar
 * the gap ``d_att - d_acc`` (percentage points): > 0 when the defense removes more attack success than
   natural accuracy.
 
+Each defense target is paired with its reference: the target named by its ``reference`` in the config,
+else the run's first NoDef target (the same pairing as the trade-off Δ of the results table), so a
+defense on another architecture is compared with the NoDef of that architecture.  An explicit
+``reference`` pairs every target with that one target instead.
+
 Every figure is the mean over seeds.  The 95 % interval (``*_ci``) is a two-stage percentile bootstrap:
 resample the seeds, then within each drawn seed resample the identities and (independently) the test
 images, all with replacement; ``d_att``, ``d_acc`` and the gap share the draws.  With few seeds the seed
@@ -60,7 +65,27 @@ def _correct(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor)
     return (eval_logits(model, images).argmax(1) == labels).numpy().astype(np.float64)
 
 
-def _seed_record(seed_dir: Path, reference: str) -> dict[str, Any]:
+def _references(seed_dir: Path, reference: Optional[str]) -> dict[str, str]:
+    """target -> its reference target (see the module docstring); NoDef targets are references, not defenses."""
+    from ..config import load_config
+    from ..plan import RunPlan
+
+    cfg = load_config(seed_dir / "config.yaml", check=False)
+    targets = cfg.expanded_targets()
+    if reference is not None:
+        if reference not in {t.name for t in targets}:
+            raise RunDirError(f"'{seed_dir}' has no target named '{reference}' to compare against; targets are: "
+                              f"{', '.join(t.name for t in targets)}")
+        return {t.name: reference for t in targets if t.name != reference}
+    specs = RunPlan(cfg).def_specs
+    default = next((t.name for t in targets if specs[t.name].get("name") == "nodef"), None)
+    refs = {t.name: t.reference or default for t in targets if specs[t.name].get("name") != "nodef"}
+    if not any(refs.values()):
+        raise RunDirError(f"'{seed_dir}' has no NoDef target to compare against; pass --reference TARGET")
+    return {t: r for t, r in refs.items() if r is not None}
+
+
+def _seed_record(seed_dir: Path, reference: Optional[str]) -> dict[str, Any]:
     """Per-test-image correctness of every target, per-identity attack success of every (target, attack)."""
     from ..attacks.base import Reconstructions
     from ..data.base import in_memory
@@ -86,9 +111,12 @@ def _seed_record(seed_dir: Path, reference: str) -> dict[str, Any]:
         att_hits[(t, a)] = {int(i): float(hit[ids == i].mean()) for i in uniq}
         _check(hit.mean() * 100.0, r.get("attack_top1"), f"{seed_dir.name}: AttAcc of {a} on {t}")
         recorded[(t, a)] = r
-    if reference not in acc_correct:
-        raise RunDirError(f"'{seed_dir}' has no target named '{reference}' to compare against; pass --reference")
-    return {"acc": acc_correct, "att": att_hits, "rows": recorded}
+    refs = _references(seed_dir, reference)
+    missing = sorted({r for r in refs.values() if r not in acc_correct})
+    if missing:
+        raise RunDirError(f"'{seed_dir}' has no results for the reference target(s) {', '.join(missing)}; "
+                          "let `midre run` finish it, or pass --reference TARGET")
+    return {"acc": acc_correct, "att": att_hits, "rows": recorded, "refs": refs}
 
 
 def _check(mine: float, theirs: Any, what: str) -> None:
@@ -137,7 +165,7 @@ def _pair(seeds: list[dict], reference: str, target: str, attack: str, n_boot: i
             "d_att_per_seed": per_att, "d_acc_per_seed": per_acc}
 
 
-def paired_differences(run_dir: str | Path, reference: str = "nodef", n_boot: int = 2000, seed: int = 0
+def paired_differences(run_dir: str | Path, reference: Optional[str] = None, n_boot: int = 2000, seed: int = 0
                        ) -> list[dict[str, Any]]:
     """Paired NoDef - defense differences of a run or study directory (see the module docstring)."""
     run_dir = Path(run_dir)
@@ -150,10 +178,11 @@ def paired_differences(run_dir: str | Path, reference: str = "nodef", n_boot: in
     pairs = sorted({key for s in seeds for key in s["att"]}, key=lambda k: (k[1], k[0]))
     out = []
     for target, attack in pairs:
-        if target == reference or not all((reference, attack) in s["att"] and (target, attack) in s["att"]
-                                           for s in seeds):
+        ref = seeds[0]["refs"].get(target)
+        if ref is None or not all(s["refs"].get(target) == ref and (ref, attack) in s["att"]
+                                  and (target, attack) in s["att"] for s in seeds):
             continue
-        out.append({**_pair(seeds, reference, target, attack, n_boot, rng), "seed_dirs": names})
+        out.append({**_pair(seeds, ref, target, attack, n_boot, rng), "seed_dirs": names})
     return out
 
 
@@ -172,12 +201,23 @@ def paired_table(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[s
              ", ".join(f"{a:+.1f}/{b:+.1f}" for a, b in zip(r["d_att_per_seed"], r["d_acc_per_seed"]))]
             for r in rows]
     n = rows[0] if rows else {}
-    note = (f"Reference: {n.get('reference', 'nodef')}; {n.get('n_seeds', 0)} seed(s), {n.get('n_identities', 0)} "
+    note = (f"{_reference_note(rows)}; {n.get('n_seeds', 0)} seed(s), {n.get('n_identities', 0)} "
             f"identities attacked, {n.get('n_test_images', 0)} test images per seed. d_att = AttAcc(reference) - "
             "AttAcc(defense), d_acc = Acc(reference) - Acc(defense), in percentage points, paired per seed; gap > 0: "
             "the defense removes more attack success than natural accuracy. CI: two-stage percentile bootstrap "
             "(seeds, then identities / test images); 't across seeds': t-interval of the per-seed gaps.")
     return HEAD, body, note
+
+
+def _reference_note(rows: Sequence[dict[str, Any]]) -> str:
+    by_ref: dict[str, list[str]] = {}
+    for r in rows:
+        names = by_ref.setdefault(str(r.get("reference", "nodef")), [])
+        if r["target"] not in names:
+            names.append(str(r["target"]))
+    if len(by_ref) <= 1:
+        return f"Reference: {next(iter(by_ref), 'nodef')}"
+    return "References: " + "; ".join(f"{ref} for {', '.join(ts)}" for ref, ts in by_ref.items())
 
 
 def paired_markdown(rows: Sequence[dict[str, Any]]) -> str:
@@ -187,14 +227,15 @@ def paired_markdown(rows: Sequence[dict[str, Any]]) -> str:
     return md_table(head, body) + "\n\n" + note + "\n"
 
 
-def write_paired(run_dir: str | Path, reference: str = "nodef", n_boot: int = 2000, seed: int = 0) -> Path:
+def write_paired(run_dir: str | Path, reference: Optional[str] = None, n_boot: int = 2000, seed: int = 0) -> Path:
     """Compute and write RUN/analysis/paired.json + paired.md; returns the markdown path."""
     from ..utils import atomic_write_json, atomic_write_text
 
     run_dir = Path(run_dir)
     rows = paired_differences(run_dir, reference, n_boot, seed)
     if not rows:
-        raise RunDirError(f"'{run_dir}' has no attack run on both '{reference}' and a defense target")
+        raise RunDirError(f"'{run_dir}' has no attack run on both a defense target and its reference "
+                          f"'{reference or 'NoDef'}'")
     atomic_write_json(run_dir / "analysis" / "paired.json", {"format": "midre-paired", "n_boot": n_boot,
                                                              "seed": seed, "rows": rows})
     md = run_dir / "analysis" / "paired.md"

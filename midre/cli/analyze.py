@@ -63,7 +63,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "two-stage bootstrap CIs (seeds, then identities / test images) and t-intervals across seeds. "
                     "The report is re-rendered to show them.")
     q.add_argument("run_dir", metavar="RUN", help="run or study directory of `midre run`")
-    q.add_argument("--reference", default="nodef", help="the reference target (default: nodef)")
+    q.add_argument("--reference", default=None,
+                   help="pair every defense with this target (default: each target's `reference` in the config, "
+                        "else the run's first NoDef target, as for the trade-off)")
     q.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (default: 2000)")
     q.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default: 0)")
     q.add_argument("--no-report", action="store_true", help="do not re-render report.md/html afterwards")
