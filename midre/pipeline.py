@@ -164,7 +164,7 @@ class _Pipeline:
         cfg, run_dir = self.cfg, self.run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
         self.state = RunState(run_dir, cfg)
-        self.state.check_keys({k: v for k, v in self.keys.items() if not k.startswith("metrics/")})
+        self.state.check_keys(self.keys)
         self.n_units = len([k for k in self.keys]) + 2
         self.state.save()                       # run.json first: a directory with any artefact has one
         atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
@@ -690,6 +690,10 @@ def _run_study(cfg: RunConfig, run_dir: Path, progress: bool, stop_after: Option
     seeds = cfg.run_seeds()
     run_dir.mkdir(parents=True, exist_ok=True)
     state = RunState(run_dir, cfg, kind="study")
+    for s in seeds:   # an incompatible config is refused before config.yaml or run.json is rewritten
+        sub = run_dir / f"seed-{s}"
+        if (sub / "run.json").exists():
+            RunState(sub, cfg.for_seed(s)).check_keys(RunPlan(cfg.for_seed(s)).keys, resume_dir=run_dir)
     state.save()
     atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
     console = StageConsole(progress)

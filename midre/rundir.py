@@ -121,14 +121,15 @@ class RunState:
     def stages(self) -> dict[str, dict[str, Any]]:
         return self.data.setdefault("stages", {})
 
-    def check_keys(self, keys: dict[str, str]) -> None:
-        """Refuse a run dir whose recorded stages were made with other settings."""
+    def check_keys(self, keys: dict[str, str], resume_dir: Optional[Path] = None) -> None:
+        """Refuse a run dir whose recorded stages were made with other settings (metrics/ stages are re-derived)."""
         for name, key in keys.items():
             rec = self.stages.get(name)
-            if rec is not None and rec.get("key") != key:
+            if not name.startswith("metrics/") and rec is not None and rec.get("key") != key:
                 raise RunDirError(
                     f"run directory '{self.run_dir}' was made by an incompatible config (stage '{name}' used other "
-                    f"settings); use a new --out, or `midre run --resume {self.run_dir}` to continue with its own config")
+                    f"settings); use a new --out, or `midre run --resume {resume_dir or self.run_dir}` to continue "
+                    "with its own config")
 
     def is_done(self, name: str, key: str) -> bool:
         rec = self.stages.get(name)

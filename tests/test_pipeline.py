@@ -234,6 +234,14 @@ def test_multi_seed_study_layout(tmp_path):
     # a single-seed run into a study directory is refused
     with pytest.raises(RunDirError, match="study"):
         run_pipeline(load_config(tiny(attacks=[])), out, progress=False)
+    # an incompatible study config is refused before the study's config.yaml or run.json is rewritten
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".lock"}
+    other = tiny(attacks=[], seeds=[0, 1], report={"enabled": False},
+                 defaults={"arch": "tinycnn", "train": {"epochs": 2, "batch_size": 16}})
+    with pytest.raises(RunDirError) as ei:
+        run_pipeline(load_config(other), out, progress=False)
+    assert "incompatible config" in str(ei.value) and f"--resume {out}`" in str(ei.value)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".lock"} == before
 
 
 def test_study_continues_a_single_seed_run_placed_as_seed_0(tmp_path):
