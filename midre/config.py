@@ -14,7 +14,7 @@ A config is a YAML mapping (``midre/configs/quickstart.yaml`` is the embedded de
       - {name: midre-0.4, defense: {name: midre, area: 0.4}, train: {epochs: 8}}
     attacks:
       - {name: gmi, preset: quick, params: {iterations: 300}, identities: 0-9, repeats: 3, adaptive: false}
-    priors: {preset: quick, params: {gmi: {...}}}
+    priors: {preset: quick, params: {gan: {...}}}
     metrics: {fid: eval, inception_weights: null, knn: true, n_boot: 1000}
     report: {enabled: true, title: null, max_identities: 8}
     analyses: {features: false, sweep_area: []}
@@ -174,7 +174,7 @@ class PriorsSection(_Section):
     """GAN priors / augmented models (trained on PUBLIC data only)."""
 
     preset: Optional[str] = None
-    params: dict[str, dict[str, Any]] = {}   # per prior kind, e.g. {gmi: {iterations: 2000}}
+    params: dict[str, dict[str, Any]] = {}   # per prior kind, e.g. {gan: {iterations: 2000}}
     seed: Optional[int] = Field(None, ge=0)  # fixed seed of the target-independent GAN (zoo-shareable)
     holdout: float = Field(0.1, ge=0, lt=1)  # share of public images held out of prior training (quality figure)
 
@@ -297,7 +297,7 @@ class RunConfig(_Section):
 
 # ============================================================================ loading + merging
 def builtin_configs() -> list[str]:
-    """Names of the configs shipped in midre/configs (e.g. 'quickstart', 'paper/celeba-gmi')."""
+    """Names of the configs shipped in midre/configs (e.g. 'quickstart', 'paper/celeba')."""
     return sorted(str(p.relative_to(CONFIG_DIR).with_suffix("")) for p in CONFIG_DIR.rglob("*.yaml"))
 
 

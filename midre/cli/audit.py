@@ -54,7 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--eval", default=None, help="a midre checkpoint of an evaluation model (default: train one on "
                    "the private data with another architecture)")
     g.add_argument("--eval-arch", default=None, help="architecture of the trained evaluation model "
-                   "(default smallresnet)")
+                   "(default smallresnet; smallcnn when --arch is smallresnet)")
     g.add_argument("--eval-epochs", type=int, default=None, help="epochs of the evaluation model (default 20)")
     g.add_argument("--area", type=float, default=0.4, help="MIDRE's a_e for the retraining command (default 0.4)")
     g.add_argument("--train-epochs", type=int, default=50, help="epochs of the retraining cost estimate (default 50)")

@@ -2,7 +2,7 @@
 
     midre run                                   # the embedded quickstart -> ./runs/quickstart
     midre run configs/study.yaml --out runs/study
-    midre run paper/celeba-gmi --root /data/celeba --device cuda
+    midre run paper/celeba --root /data/celeba --device cuda
     midre run --resume runs/quickstart          # continue an interrupted run with its own config
 """
 from __future__ import annotations

@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("names", nargs="*", metavar="NAME", help="entries to build (default: every entry of the configs)")
     b.add_argument("--config", action="append", default=None, metavar="CONFIG",
                    help="config to build from (repeatable; default: the configs in midre/zoo/zoo.yaml)")
-    b.add_argument("--work", default=None, metavar="DIR", help="resumable work directory (default: <zoo>/.build)")
+    b.add_argument("--work", default=None, metavar="DIR", help="resumable work directory, one sub-folder per config (default: <zoo>/.build)")
     b.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N (overrides the config)")
     b.add_argument("--no-progress", action="store_true", help="no progress bars or stage lines")
     c = zsub.add_parser("check", help="verify every shipped file against its sha256 in the manifest")
