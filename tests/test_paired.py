@@ -104,3 +104,29 @@ def test_each_defense_is_paired_with_its_own_reference(tmp_path):
     (tmp_path / "config.yaml").write_text(dump_yaml(load_config(raw)))
     with pytest.raises(RunDirError, match="no NoDef target"):
         _references(tmp_path, None)
+
+
+def test_a_target_random_at_test_time_is_averaged_over_seeded_draws():
+    """MID samples its bottleneck at test time: no single Acc to reproduce, so the mean of seeded draws."""
+    import torch
+
+    from midre.analysis.paired import STOCHASTIC_DRAWS, _target_correct
+
+    class Noisy(torch.nn.Module):
+        def forward(self, x):
+            return x.flatten(1)[:, :2] + torch.randn(x.shape[0], 2)
+
+    class Fixed(torch.nn.Module):
+        def forward(self, x):
+            return x.flatten(1)[:, :2]
+
+    x = torch.zeros(64, 1, 1, 2)
+    x[:, 0, 0, 0] = 0.3                      # class 0 is favoured, but the noise flips some answers
+    y = torch.zeros(64, dtype=torch.long)
+    c, random_at_test = _target_correct(Noisy(), x, y, seed=0)
+    assert random_at_test and set(np.unique(c * STOCHASTIC_DRAWS)) <= set(range(STOCHASTIC_DRAWS + 1))
+    assert 0.4 < c.mean() < 0.9 and ((c > 0) & (c < 1)).any()
+    again, _ = _target_correct(Noisy(), x, y, seed=0)
+    assert np.array_equal(c, again)          # seeded: the analysis itself is reproducible
+    d, random_at_test = _target_correct(Fixed(), x, y, seed=0)
+    assert not random_at_test and d.tolist() == [1.0] * 64
