@@ -31,6 +31,7 @@ embedded 32 px synthetic benchmark on 2 CPU cores (each prior trains in about a 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -50,7 +51,8 @@ from .models.generators import (CondGenerator, DCGANDiscriminator, DCGANGenerato
 from . import tblog
 from .gan_state import GanResume, load_module, load_safetensors
 from .losses import max_margin_loss
-from .utils import atomic_path, atomic_write_json, config_hash, make_progress, model_fingerprint, resolve_device
+from .utils import (atomic_path, atomic_write_json, config_hash, frozen, make_progress, model_fingerprint,
+                    resolve_device)
 
 PRIOR_KINDS = ("gan", "kedmi", "cgan", "lomma", "stylegan2")
 TARGET_FREE_KINDS = ("gan", "stylegan2")       # shared by all targets (trained without the target)
@@ -565,35 +567,24 @@ def train_prior(kind: str, public_set: Any, target: Optional[nn.Module] = None, 
     gen.manual_seed(int(seed))
     data = _Data(public_set, dev, cfg.hflip)
     t0 = time.perf_counter()
-    tgt_state = None
-    if target is not None:
-        tgt_state = (target.training, [p.requires_grad for p in target.parameters()])
-        target.to(dev).eval()
-        for p in target.parameters():
-            p.requires_grad_(False)
-    try:
-        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-            torch.manual_seed(int(seed))
-            meta: dict[str, Any] = {
-                "key": key, "config": cfg.model_dump(), "preset": preset, "seed": int(seed),
-                "public_fingerprint": data_fingerprint(public_set), "public_images": len(public_set),
-                "target_fingerprint": model_fingerprint(target), "resolution": int(data.images.shape[-1]),
-                "channels": int(data.images.shape[1]),
-            }
-            prior, extra, complete = _train_kind(kind, cfg, data, target, tmp_root, gen, progress, until, meta)
-            meta.update(extra)
-            meta["seconds"] = time.perf_counter() - t0
-            meta["complete"] = complete
-            if complete and holdout is not None:
-                from .prior_quality import prior_quality
+    with frozen(target.to(dev)) if target is not None else contextlib.nullcontext(), \
+            torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        torch.manual_seed(int(seed))
+        meta: dict[str, Any] = {
+            "key": key, "config": cfg.model_dump(), "preset": preset, "seed": int(seed),
+            "public_fingerprint": data_fingerprint(public_set), "public_images": len(public_set),
+            "target_fingerprint": model_fingerprint(target), "resolution": int(data.images.shape[-1]),
+            "channels": int(data.images.shape[1]),
+        }
+        prior, extra, complete = _train_kind(kind, cfg, data, target, tmp_root, gen, progress, until, meta)
+        meta.update(extra)
+        meta["seconds"] = time.perf_counter() - t0
+        meta["complete"] = complete
+        if complete and holdout is not None:
+            from .prior_quality import prior_quality
 
-                meta["quality"] = prior_quality(prior, holdout, public_set, seed=int(seed), device=dev)
-            prior.meta = meta
-    finally:
-        if target is not None and tgt_state is not None:
-            target.train(tgt_state[0])
-            for p, f in zip(target.parameters(), tgt_state[1]):
-                p.requires_grad_(f)
+            meta["quality"] = prior_quality(prior, holdout, public_set, seed=int(seed), device=dev)
+        prior.meta = meta
     if complete and root is not None:
         prior.save(root)
         GanResume(root).clear()

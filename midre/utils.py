@@ -54,6 +54,25 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     return dev
 
 
+@contextlib.contextmanager
+def frozen(model: nn.Module, *others: nn.Module) -> Iterator[nn.Module]:
+    """Modules in eval mode with parameters frozen (gradients flow to inputs / latents only); yields the
+    first module.  Restores every module's mode and ``requires_grad`` flags on exit, also on error."""
+    modules = [model, *others]
+    saved = [(m.training, [p.requires_grad for p in m.parameters()]) for m in modules]
+    try:
+        for m in modules:
+            m.eval()
+            for p in m.parameters():
+                p.requires_grad_(False)
+        yield model
+    finally:
+        for m, (training, flags) in zip(modules, saved):
+            for p, f in zip(m.parameters(), flags):
+                p.requires_grad_(f)
+            m.train(training)
+
+
 # ----------------------------------------------------------------------------------------- atomic IO
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:

@@ -304,3 +304,21 @@ def test_cli_attack_refuses_private_data_as_public(setup, tmp_path, capsys, monk
     priors_mod.assert_public_only(setup["splits"].public, setup["splits"].private_train,
                                   setup["splits"].private_test)
     del main
+
+
+def test_frozen_restores_modes_and_flags_also_on_error():
+    """Attacks and per-target priors freeze the target with midre.utils.frozen; it must hand it back intact."""
+    from midre.utils import frozen
+
+    a, b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    a.train()
+    b.eval()
+    b.bias.requires_grad_(False)
+    with pytest.raises(RuntimeError, match="boom"):
+        with frozen(a, b) as m:
+            assert m is a and not a.training and not b.training
+            assert not any(p.requires_grad for p in [*a.parameters(), *b.parameters()])
+            raise RuntimeError("boom")
+    assert a.training and not b.training
+    assert [p.requires_grad for p in a.parameters()] == [True, True]
+    assert [p.requires_grad for p in b.parameters()] == [True, False]

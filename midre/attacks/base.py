@@ -53,7 +53,7 @@ from ..checkpoint import read_json_record
 from ..errors import ArgumentError, CheckpointError, MidreError, did_you_mean
 from .. import tblog
 from ..registry import Registry
-from ..utils import atomic_path, atomic_write_json, derive_seed, make_progress, model_fingerprint
+from ..utils import atomic_path, atomic_write_json, derive_seed, frozen, make_progress, model_fingerprint
 
 ACCESS_LEVELS = ("white-box", "black-box", "label-only")
 RECON_FORMAT = "midre-reconstructions"
@@ -342,28 +342,6 @@ def _target_scores(model: nn.Module, imgs: torch.Tensor, ident: torch.Tensor,
 ATTACKS: Registry[Callable[..., "Attack"]] = Registry("attack", group="midre.attacks")
 
 
-class _FrozenTarget:
-    """Context manager: modules in eval mode with parameters frozen (grads only w.r.t. inputs/latents);
-    returns the first module.  Restores modes and flags on exit."""
-
-    def __init__(self, model: nn.Module, *others: nn.Module):
-        self.modules = [model, *others]
-
-    def __enter__(self):
-        self._saved = [(m.training, [p.requires_grad for p in m.parameters()]) for m in self.modules]
-        for m in self.modules:
-            m.eval()
-            for p in m.parameters():
-                p.requires_grad_(False)
-        return self.modules[0]
-
-    def __exit__(self, *exc):
-        for m, (training, flags) in zip(self.modules, self._saved):
-            for p, f in zip(m.parameters(), flags):
-                p.requires_grad_(f)
-            m.train(training)
-
-
 class Attack:
     """Base class of every model-inversion attack (see the module docstring for the life cycle).
 
@@ -477,7 +455,7 @@ class Attack:
                                                            adaptive_eraser)) if resume_dir is not None else None
         t0 = time.perf_counter()
         prior_modules = [m for p in priors.values() if hasattr(p, "modules") for m in p.modules()]
-        with _FrozenTarget(target, *prior_modules) as model:
+        with frozen(target, *prior_modules) as model:
             access, oracle = self._access_to(model)
             steps = self.steps_per_batch()
             with make_progress(progress) as prog:
