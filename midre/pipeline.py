@@ -727,8 +727,8 @@ def _run_study(cfg: RunConfig, run_dir: Path, progress: bool, stop_after: Option
                                "delta = trade-off of the seed means"})
             res.rows = rows
             res.results_csv, res.results_json = run_dir / "results.csv", run_dir / "results.json"
-        if stop_after is None and complete and per_seed and any(str(t.name) == "nodef" for t in cfg.targets) \
-                and len(cfg.targets) > 1 and cfg.attacks:
+        if stop_after is None and complete and per_seed and len(cfg.targets) > 1 and cfg.attacks \
+                and any(spec.get("name") == "nodef" for spec in RunPlan(cfg).def_specs.values()):   # any NoDef name
             from .analysis.paired import write_paired
 
             console.print(f"paired differences -> {write_paired(run_dir)}")
