@@ -498,7 +498,7 @@ class _Pipeline:
         crash_point("results")
         metas = {t.name: read_meta(self.run_dir / "targets" / t.name) for t in self.targets}
         eval_meta = read_meta(self.run_dir / "eval")
-        nodef_default = next((t.name for t in self.targets if self.plan.def_specs[t.name].get("name") == "nodef"), None)
+        nodef_default = self.plan.nodef_default
         rows: list[dict[str, Any]] = []
         attacks = cfg.attacks or [None]
         for a in attacks:
@@ -728,7 +728,7 @@ def _run_study(cfg: RunConfig, run_dir: Path, progress: bool, stop_after: Option
             res.rows = rows
             res.results_csv, res.results_json = run_dir / "results.csv", run_dir / "results.json"
         if stop_after is None and complete and per_seed and len(cfg.targets) > 1 and cfg.attacks \
-                and any(spec.get("name") == "nodef" for spec in RunPlan(cfg).def_specs.values()):   # any NoDef name
+                and RunPlan(cfg).defense_references():
             from .analysis.paired import write_paired
 
             console.print(f"paired differences -> {write_paired(run_dir)}")

@@ -106,6 +106,18 @@ class RunPlan:
                 "defense": self.def_specs[t.name], "train": self.train_cfgs[t.name], "seed": cfg.seed,
                 **_init_key(self.train_cfgs[t.name], keys)})
 
+    @property
+    def nodef_default(self) -> Optional[str]:
+        """The first NoDef target: the reference of every target whose config names none."""
+        return next((t.name for t in self.targets if self.def_specs[t.name].get("name") == "nodef"), None)
+
+    def defense_references(self) -> dict[str, str]:
+        """Defense target -> the NoDef it is compared with (its ``reference``, else the first NoDef);
+        used by the trade-off and the paired analysis.  NoDef targets are references, not defenses."""
+        refs = {t.name: t.reference or self.nodef_default for t in self.targets
+                if self.def_specs[t.name].get("name") != "nodef"}
+        return {t: r for t, r in refs.items() if r is not None}
+
     def _prior_key(self, kind: str, tname: Optional[str]) -> str:
         cfg = self.cfg
         return config_hash({

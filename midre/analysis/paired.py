@@ -95,12 +95,10 @@ def _references(seed_dir: Path, reference: Optional[str]) -> dict[str, str]:
             raise RunDirError(f"'{seed_dir}' has no target named '{reference}' to compare against; targets are: "
                               f"{', '.join(t.name for t in targets)}")
         return {t.name: reference for t in targets if t.name != reference}
-    specs = RunPlan(cfg).def_specs
-    default = next((t.name for t in targets if specs[t.name].get("name") == "nodef"), None)
-    refs = {t.name: t.reference or default for t in targets if specs[t.name].get("name") != "nodef"}
-    if not any(refs.values()):
+    refs = RunPlan(cfg).defense_references()
+    if not refs:
         raise RunDirError(f"'{seed_dir}' has no NoDef target to compare against; pass --reference TARGET")
-    return {t: r for t, r in refs.items() if r is not None}
+    return refs
 
 
 def _seed_record(seed_dir: Path, reference: Optional[str], seed: int = 0) -> dict[str, Any]:
