@@ -107,6 +107,7 @@ def _seed_record(seed_dir: Path, reference: Optional[str], seed: int = 0) -> dic
     from ..data.base import in_memory
     from ..loading import load_model
 
+    refs = _references(seed_dir, reference)      # a wrong --reference is refused before any model is loaded
     results = json.loads((seed_dir / "results.json").read_text(encoding="utf-8"))
     rows = results.get("rows", [])
     test = in_memory(_test_split(seed_dir), False).to_tensors()
@@ -131,7 +132,6 @@ def _seed_record(seed_dir: Path, reference: Optional[str], seed: int = 0) -> dic
         att_hits[(t, a)] = {int(i): float(hit[ids == i].mean()) for i in uniq}
         _check(hit.mean() * 100.0, r.get("attack_top1"), f"{seed_dir.name}: AttAcc of {a} on {t}")
         recorded[(t, a)] = r
-    refs = _references(seed_dir, reference)
     missing = sorted({r for r in refs.values() if r not in acc_correct})
     if missing:
         raise RunDirError(f"'{seed_dir}' has no results for the reference target(s) {', '.join(missing)}; "
