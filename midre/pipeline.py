@@ -333,21 +333,31 @@ class _Pipeline:
                 self._stage(name, lambda p=name: self._prior(p), f"prior {name} (public data only)")
         self.state.save(status="complete")
 
-    def _from_zoo(self, stage: str, dest: Path, data: Any) -> Optional[dict]:
-        """Install the zoo entry made by this stage's config and data, if there is one (verified)."""
+    def _from_zoo(self, stage: str, dest: Path, data: Any, prior_dir: Optional[str] = None) -> Optional[dict]:
+        """Install the zoo entry made by this stage's config and data, if there is one (verified).
+
+        The same images rendered on another machine may differ from the build's by float rounding: the entry
+        then matches by its data summary, and a prior's cache directory (``prior_dir``, named after the data
+        fingerprint) is installed under this machine's name so that the attacks find it."""
         from . import zoo
-        from .priors import data_fingerprint
+        from .priors import data_fingerprint, data_summary
 
         if not self.use_zoo or data is None:   # no data (a converted generator): nothing the zoo could match
             return None
-        hit = zoo.find(stage, self.keys[stage], data_fingerprint(data))
+        fp = data_fingerprint(data)
+        hit = zoo.find(stage, self.keys[stage], fp, summary=data_summary(data))
         if hit is None:
             return None
         name, entry = hit
-        zoo.install(name, entry, dest)
-        self.console.print(f"[dim]    from the zoo: {name} (sha256 verified)[/dim]")
+        exact = entry.get("data_fingerprint") == fp
+        built_dirs = {rel.split("/", 1)[0] for rel in entry["files"] if "/" in rel}
+        rename = {d: prior_dir for d in built_dirs} if prior_dir and len(built_dirs) == 1 else None
+        zoo.install(name, entry, dest, rename=rename)
+        how = "" if exact else "; the images equal the build's within float rounding"
+        self.console.print(f"[dim]    from the zoo: {name} (sha256 verified{how})[/dim]")
         figs = entry.get("figures", {})
-        return {"source": f"zoo:{name}", **{k: figs[k] for k in ("test_acc", "train_acc", "pool_classes") if k in figs}}
+        return {"source": f"zoo:{name}", "data_match": "exact" if exact else "within rounding",
+                **{k: figs[k] for k in ("test_acc", "train_acc", "pool_classes") if k in figs}}
 
     def _pool(self, bname: str) -> tuple[Any, Any, int]:
         if not hasattr(self, "_pools"):
@@ -431,7 +441,9 @@ class _Pipeline:
         seed_everything(seed)
         pk = self._prior_kwargs(kind)
         if tname is None and not load_only:
-            hit = self._from_zoo(pname, self.run_dir / pname, self.prior_public)
+            pcfg = P.prior_config(kind, pk["preset"], pk["params"])
+            local = f"{kind}-{P.prior_key(kind, self.prior_public, None, pcfg, seed)}"   # train_prior's cache name
+            hit = self._from_zoo(pname, self.run_dir / pname, self.prior_public, prior_dir=local)
             if hit is not None:
                 return hit
         prior = P.train_prior(kind, self.prior_public, target=target, out_dir=self.run_dir / pname,

@@ -146,6 +146,35 @@ def data_fingerprint(imageset: Any) -> str:
     return h.hexdigest()[:16]
 
 
+SUMMARY_GRID = 8          # data_summary: the mean image pooled to 8 x 8 per channel
+
+
+def data_summary(imageset: Any) -> dict[str, Any]:
+    """A float-rounding-tolerant description of an image set, for matching zoo entries across machines.
+
+    Rendering the same synthetic faces on another CPU (other SIMD kernels) or decoding the same JPEGs with
+    another library build can flip a handful of pixels by one level, which changes :func:`data_fingerprint`.
+    The summary -- image count and shape, a hash of the labels, per-channel mean and std, and the mean image
+    pooled to 8 x 8 -- moves by about 1e-8 under such flips and by far more when the data really differ
+    (:func:`midre.zoo.summaries_match` compares two)."""
+    ts = imageset.to_tensors()
+    n, c, h, w = ts.images.shape
+    total = torch.zeros(c, h, w, dtype=torch.float64)
+    sq = torch.zeros(c, dtype=torch.float64)
+    for i in range(0, n, 1024):
+        x = ts.images[i:i + 1024].to(torch.float64).div_(255.0)
+        total += x.sum(0)
+        sq += x.pow(2).sum((0, 2, 3))
+    mean_img = total / max(n, 1)
+    mean = mean_img.mean((1, 2))
+    std = (sq / max(n * h * w, 1) - mean.pow(2)).clamp_min(0).sqrt()
+    grid = torch.nn.functional.adaptive_avg_pool2d(mean_img[None], SUMMARY_GRID)[0]
+    labels = hashlib.sha256(ts.targets.to(torch.int64).contiguous().numpy().tobytes()).hexdigest()[:16]
+    return {"n": int(n), "shape": [int(c), int(h), int(w)], "labels": labels,
+            "mean": [round(float(v), 7) for v in mean], "std": [round(float(v), 7) for v in std],
+            "grid": [round(float(v), 7) for v in grid.flatten()]}
+
+
 def _image_hashes(imageset: Any) -> set[bytes]:
     ts = imageset.to_tensors()
     flat = ts.images.reshape(len(ts.images), -1).contiguous().numpy()

@@ -82,7 +82,7 @@ def build(names: Sequence[str] = (), configs: Optional[Sequence[str]] = None, ro
           ) -> list[str]:
     """Build the named entries (all of the configs' entries when none are named); returns the names built."""
     from .config import dump_yaml
-    from .priors import data_fingerprint
+    from .priors import data_fingerprint, data_summary
     from .utils import RunLock
 
     configs = list(configs) if configs else zoo_configs()
@@ -115,7 +115,8 @@ def build(names: Sequence[str] = (), configs: Optional[Sequence[str]] = None, ro
             stage_dir = work / stage
             name = entry_name(cname, stage)
             add_entry(name, kind=stage.split("/")[0].rstrip("s"), stage=stage, key=pipe.keys[stage],
-                      fingerprint=data_fingerprint(pipe.stage_data(stage)), src=stage_dir,
+                      fingerprint=data_fingerprint(pipe.stage_data(stage)),
+                      summary=data_summary(pipe.stage_data(stage)), src=stage_dir,
                       files=_files(stage_dir, stage), config=str(c), config_yaml=dump_yaml(cfg),
                       figures=_figures(pipe, stage, stage_dir), built_on=_built_on(pipe.device), root=root_dir)
             built.append(name)

@@ -100,6 +100,67 @@ def test_missing_entry_falls_back_to_a_build(zoo, tmp_path, monkeypatch):
     assert _sources(tmp_path / "run") == {"backbones/bb": "trained", "eval": None, "priors/gan": None}
 
 
+def test_data_summaries_match_within_rounding_only():
+    """Another CPU renders a few pixels one level off: the fingerprint changes, the summary still matches;
+    other labels, another image count or really different pixels do not."""
+    import torch
+
+    from midre.data.base import TensorImageSet
+    from midre.priors import data_fingerprint, data_summary
+    from midre.zoo import summaries_match
+
+    g = torch.Generator().manual_seed(0)
+    imgs = torch.randint(1, 255, (100, 3, 32, 32), generator=g, dtype=torch.uint8)
+    labels = torch.arange(100) % 10
+    ref = TensorImageSet(imgs, labels)
+    flipped = imgs.clone()
+    flipped.view(-1)[torch.randperm(flipped.numel(), generator=g)[:25]] += 1     # 25 values one level up
+    assert data_fingerprint(TensorImageSet(flipped, labels)) != data_fingerprint(ref)
+    assert summaries_match(data_summary(ref), data_summary(TensorImageSet(flipped, labels)))
+    relabelled = labels.clone()
+    relabelled[[0, 1]] = relabelled[[1, 0]]
+    assert not summaries_match(data_summary(ref), data_summary(TensorImageSet(imgs, relabelled)))
+    assert not summaries_match(data_summary(ref), data_summary(TensorImageSet(imgs[:99], labels[:99])))
+    other = imgs.clone()
+    other[:10, :, :8, :8] = 0                        # a dark patch in 10 images: a different data set
+    assert not summaries_match(data_summary(ref), data_summary(TensorImageSet(other, labels)))
+    assert not summaries_match(data_summary(ref), None)
+
+
+def test_images_rendered_on_another_machine_still_use_the_zoo(zoo, tmp_path, monkeypatch):
+    """This machine's float rounding gives other fingerprints than the build machine's (simulated): the entries
+    match by their data summaries, the GAN prior is installed under this machine's cache name and the attack
+    uses it without training a prior; an entry whose summary differs beyond rounding is not used."""
+    import shutil
+
+    import midre.priors
+    from midre.pipeline import run_pipeline
+    from midre.zoo import load_manifest
+
+    root, _cfg = zoo
+    other = tmp_path / "other"
+    shutil.copytree(root, other)
+    exact = midre.priors.data_fingerprint
+    monkeypatch.setattr(midre.priors, "data_fingerprint", lambda d: exact(d)[::-1])    # "another CPU"
+    monkeypatch.setenv("MIDRE_ZOO_DIR", str(other))
+    man = load_manifest(other)
+    run_pipeline(copy.deepcopy(TOY), tmp_path / "run", progress=False, stop_after="attacks")
+    assert _sources(tmp_path / "run") == {"backbones/bb": "zoo:toyzoo-backbone-bb", "eval": "zoo:toyzoo-eval",
+                                          "priors/gan": "zoo:toyzoo-prior-gan"}
+    stages = json.loads((tmp_path / "run" / "run.json").read_text())["stages"]
+    assert stages["eval"]["data_match"] == "within rounding"
+    installed = sorted((tmp_path / "run" / "priors" / "gan").glob("gan-*"))
+    built = sorted((root / "weights" / "toyzoo-prior-gan").glob("gan-*"))
+    assert len(installed) == 1 and len(built) == 1           # the attack found it: no second prior trained
+    assert (installed[0] / "prior.safetensors").read_bytes() == (built[0] / "prior.safetensors").read_bytes()
+    assert (tmp_path / "run" / "attacks" / "nodef" / "gmi").exists()
+
+    man["entries"]["toyzoo-eval"]["data_summary"]["grid"][0] += 0.01        # really other images
+    (other / "manifest.json").write_text(json.dumps(man))
+    run_pipeline(copy.deepcopy(TOY), tmp_path / "run2", progress=False, stop_after="eval")
+    assert not str(_sources(tmp_path / "run2")["eval"]).startswith("zoo:")       # trained here
+
+
 def test_a_tampered_file_is_refused(zoo, tmp_path, monkeypatch, capsys):
     import shutil
 

@@ -9,11 +9,14 @@ shipped inside the package (``midre/zoo/weights/<entry>/``) with ``midre/zoo/man
         "stage": "backbones/<name>" | "eval" | "priors/gan",
         "key": "<the pipeline's stage key>",           # hash of everything the stage depends on
         "data_fingerprint": "<hash of the images it trained on>",
+        "data_summary": {"n", "shape", "labels", "mean", "std", "grid"},   # midre.priors.data_summary
         "files": {"<path relative to the stage dir>": "<sha256>", ...},
         "config": "<the config that made it>", "config_yaml": "...", "figures": {...}, "built": "..."}}}
 
-A run uses an entry when its own stage key AND the fingerprint of its data equal the entry's (its config
-matches the one that made the entry): the files are verified and copied into the run directory.
+A run uses an entry when its own stage key equals the entry's (its config matches the one that made the
+entry) AND its data are the entry's: the same fingerprint, or, when the images were rendered or decoded on
+another machine and a few pixels differ by float rounding, the same ``data_summary`` within 1e-4
+(``summaries_match``).  The files are verified and copied into the run directory.
 Otherwise the run trains the piece itself, into its run directory; nothing is ever downloaded.  A file
 whose sha256 differs from the manifest is refused (:class:`ZooError`, one line, exit 2).
 
@@ -85,21 +88,50 @@ def check(root: Optional[str | os.PathLike] = None) -> list[str]:
     return list(entries)
 
 
-def find(stage: str, key: str, fingerprint: str, root: Optional[str | os.PathLike] = None
-         ) -> Optional[tuple[str, dict[str, Any]]]:
-    """The entry made by the same config for ``stage`` (same stage key and data), verified; else None."""
-    for name, entry in load_manifest(root)["entries"].items():
-        if entry.get("stage") == stage and entry.get("key") == key and entry.get("data_fingerprint") == fingerprint:
+SUMMARY_TOL = 1e-4      # data summaries (fractions of the pixel range) equal within float rounding
+
+
+def summaries_match(a: Optional[dict[str, Any]], b: Optional[dict[str, Any]], tol: float = SUMMARY_TOL) -> bool:
+    """Two :func:`midre.priors.data_summary` records describe the same images up to float rounding.
+
+    Count, shape and labels must be equal; the means, stds and the 8 x 8 mean image within ``tol``.  One
+    pixel off by one level moves a grid cell of even a tiny set (100 images of 32 px) by about 2.5e-6."""
+    if not a or not b:
+        return False
+    if (a.get("n"), a.get("shape"), a.get("labels")) != (b.get("n"), b.get("shape"), b.get("labels")):
+        return False
+    for k in ("mean", "std", "grid"):
+        va, vb = a.get(k) or [], b.get(k) or []
+        if len(va) != len(vb) or not va or max(abs(float(x) - float(y)) for x, y in zip(va, vb)) > tol:
+            return False
+    return True
+
+
+def find(stage: str, key: str, fingerprint: str, root: Optional[str | os.PathLike] = None,
+         summary: Optional[dict[str, Any]] = None) -> Optional[tuple[str, dict[str, Any]]]:
+    """The entry made by the same config for ``stage`` (same stage key and data), verified; else None.
+
+    Same data: the exact fingerprint, or else (``summary`` given) the entry's data summary equal within float
+    rounding -- the same images rendered or decoded on another machine (:func:`summaries_match`)."""
+    same_key = [(n, e) for n, e in load_manifest(root)["entries"].items()
+                if e.get("stage") == stage and e.get("key") == key]
+    for name, entry in sorted(same_key, key=lambda ne: ne[1].get("data_fingerprint") != fingerprint):
+        if entry.get("data_fingerprint") == fingerprint or summaries_match(entry.get("data_summary"), summary):
             verify_entry(name, entry, root)
             return name, entry
     return None
 
 
-def install(name: str, entry: dict[str, Any], dest: Path, root: Optional[str | os.PathLike] = None) -> None:
-    """Copy an entry's files into a run's stage directory (atomically, file by file)."""
+def install(name: str, entry: dict[str, Any], dest: Path, root: Optional[str | os.PathLike] = None,
+            rename: Optional[dict[str, str]] = None) -> None:
+    """Copy an entry's files into a run's stage directory (atomically, file by file).
+
+    ``rename`` maps a first path component of the entry's files to another name in ``dest`` (a prior's cache
+    directory is named after the fingerprint of the data it was trained on)."""
     base = entry_dir(name, root)
     for rel in entry["files"]:
-        target = dest / rel
+        head, _, tail = rel.partition("/")
+        target = dest / (f"{(rename or {}).get(head, head)}/{tail}" if tail else rel)
         target.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(target) as tmp:
             shutil.copyfile(base / rel, tmp)
@@ -107,7 +139,8 @@ def install(name: str, entry: dict[str, Any], dest: Path, root: Optional[str | o
 
 def add_entry(name: str, *, kind: str, stage: str, key: str, fingerprint: str, src: Path, files: list[str],
               config: str, config_yaml: str, figures: dict[str, Any], built_on: Optional[str] = None,
-              root: Optional[str | os.PathLike] = None) -> dict[str, Any]:
+              root: Optional[str | os.PathLike] = None, summary: Optional[dict[str, Any]] = None
+              ) -> dict[str, Any]:
     """Copy built files into the zoo and record them (sha256, config, figures) in the manifest."""
     dest = entry_dir(name, root)
     if dest.exists():
@@ -115,7 +148,7 @@ def add_entry(name: str, *, kind: str, stage: str, key: str, fingerprint: str, s
     for rel in files:
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src / rel, dest / rel)
-    entry = {"kind": kind, "stage": stage, "key": key, "data_fingerprint": fingerprint,
+    entry = {"kind": kind, "stage": stage, "key": key, "data_fingerprint": fingerprint, "data_summary": summary,
              "files": {rel: sha256_file(dest / rel) for rel in files},
              "bytes": sum((dest / rel).stat().st_size for rel in files), "config": config,
              "config_yaml": config_yaml, "figures": figures,
