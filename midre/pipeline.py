@@ -347,6 +347,11 @@ class _Pipeline:
         fp = data_fingerprint(data)
         hit = zoo.find(stage, self.keys[stage], fp, summary=data_summary(data))
         if hit is None:
+            other = zoo.same_config(stage, self.keys[stage])
+            if other:                        # say why a long training starts although the zoo has the config
+                note = f"{', '.join(other)} has this stage's config but was built on other data"
+                self.state.stages.setdefault(stage, {})["zoo_not_used"] = note
+                self.console.print(f"[yellow]    not from the zoo: {note}; training it here[/yellow]")
             return None
         name, entry = hit
         exact = entry.get("data_fingerprint") == fp

@@ -158,7 +158,9 @@ def test_images_rendered_on_another_machine_still_use_the_zoo(zoo, tmp_path, mon
     man["entries"]["toyzoo-eval"]["data_summary"]["grid"][0] += 0.01        # really other images
     (other / "manifest.json").write_text(json.dumps(man))
     run_pipeline(copy.deepcopy(TOY), tmp_path / "run2", progress=False, stop_after="eval")
-    assert not str(_sources(tmp_path / "run2")["eval"]).startswith("zoo:")       # trained here
+    assert not str(_sources(tmp_path / "run2")["eval"]).startswith("zoo:")       # trained here, and why:
+    stages = json.loads((tmp_path / "run2" / "run.json").read_text())["stages"]
+    assert "toyzoo-eval has this stage's config but was built on other data" in stages["eval"]["zoo_not_used"]
 
 
 def test_a_tampered_file_is_refused(zoo, tmp_path, monkeypatch, capsys):

@@ -122,6 +122,11 @@ def find(stage: str, key: str, fingerprint: str, root: Optional[str | os.PathLik
     return None
 
 
+def same_config(stage: str, key: str, root: Optional[str | os.PathLike] = None) -> list[str]:
+    """The entries made by the same config for ``stage`` (same stage key), whatever data they were built on."""
+    return [n for n, e in load_manifest(root)["entries"].items() if e.get("stage") == stage and e.get("key") == key]
+
+
 def install(name: str, entry: dict[str, Any], dest: Path, root: Optional[str | os.PathLike] = None,
             rename: Optional[dict[str, str]] = None) -> None:
     """Copy an entry's files into a run's stage directory (atomically, file by file).
