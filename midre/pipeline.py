@@ -344,14 +344,16 @@ class _Pipeline:
 
         if not self.use_zoo or data is None:   # no data (a converted generator): nothing the zoo could match
             return None
+        same = zoo.same_config(stage, self.keys[stage])
+        if not same:                          # no entry for this config: nothing to hash
+            return None
         fp = data_fingerprint(data)
-        hit = zoo.find(stage, self.keys[stage], fp, summary=data_summary(data))
-        if hit is None:
-            other = zoo.same_config(stage, self.keys[stage])
-            if other:                        # say why a long training starts although the zoo has the config
-                note = f"{', '.join(other)} has this stage's config but was built on other data"
-                self.state.stages.setdefault(stage, {})["zoo_not_used"] = note
-                self.console.print(f"[yellow]    not from the zoo: {note}; training it here[/yellow]")
+        hit = (zoo.find(stage, self.keys[stage], fp)
+               or zoo.find(stage, self.keys[stage], fp, summary=data_summary(data)))
+        if hit is None:                       # say why a long training starts although the zoo has the config
+            note = f"{', '.join(same)} has this stage's config but was built on other data"
+            self.state.stages.setdefault(stage, {})["zoo_not_used"] = note
+            self.console.print(f"[yellow]    not from the zoo: {note}; training it here[/yellow]")
             return None
         name, entry = hit
         exact = entry.get("data_fingerprint") == fp
