@@ -333,11 +333,12 @@ class _Pipeline:
                 self._stage(name, lambda p=name: self._prior(p), f"prior {name} (public data only)")
         self.state.save(status="complete")
 
-    def _from_zoo(self, stage: str, dest: Path, data: Any, prior_dir: Optional[str] = None) -> Optional[dict]:
+    def _from_zoo(self, stage: str, dest: Path, data: Any,
+                  prior_dir: Optional[Callable[[], str]] = None) -> Optional[dict]:
         """Install the zoo entry made by this stage's config and data, if there is one (verified).
 
         The same images rendered on another machine may differ from the build's by float rounding: the entry
-        then matches by its data summary, and a prior's cache directory (``prior_dir``, named after the data
+        then matches by its data summary, and a prior's cache directory (``prior_dir()``, named after the data
         fingerprint) is installed under this machine's name so that the attacks find it."""
         from . import zoo
         from .priors import data_fingerprint, data_summary
@@ -347,19 +348,19 @@ class _Pipeline:
         same = zoo.same_config(stage, self.keys[stage])
         if not same:                          # no entry for this config: nothing to hash
             return None
+        rec = self.state.stages.setdefault(stage, {})
         fp = data_fingerprint(data)
-        hit = (zoo.find(stage, self.keys[stage], fp)
+        hit = (zoo.find(stage, self.keys[stage], fp)          # exact first: the summary only when needed
                or zoo.find(stage, self.keys[stage], fp, summary=data_summary(data)))
         if hit is None:                       # say why a long training starts although the zoo has the config
-            note = f"{', '.join(same)} has this stage's config but was built on other data"
-            self.state.stages.setdefault(stage, {})["zoo_not_used"] = note
-            self.console.print(f"[yellow]    not from the zoo: {note}; training it here[/yellow]")
+            rec["zoo_not_used"] = f"{', '.join(same)} has this stage's config but was built on other data"
+            self.state.save()
+            self.console.print(f"[yellow]    not from the zoo: {rec['zoo_not_used']}; training it here[/yellow]")
             return None
+        rec.pop("zoo_not_used", None)
         name, entry = hit
         exact = entry.get("data_fingerprint") == fp
-        built_dirs = {rel.split("/", 1)[0] for rel in entry["files"] if "/" in rel}
-        rename = {d: prior_dir for d in built_dirs} if prior_dir and len(built_dirs) == 1 else None
-        zoo.install(name, entry, dest, rename=rename)
+        zoo.install(name, entry, dest, rename=_prior_rename(name, entry, prior_dir() if prior_dir else None))
         how = "" if exact else "; the images equal the build's within float rounding"
         self.console.print(f"[dim]    from the zoo: {name} (sha256 verified{how})[/dim]")
         figs = entry.get("figures", {})
@@ -448,8 +449,10 @@ class _Pipeline:
         seed_everything(seed)
         pk = self._prior_kwargs(kind)
         if tname is None and not load_only:
-            pcfg = P.prior_config(kind, pk["preset"], pk["params"])
-            local = f"{kind}-{P.prior_key(kind, self.prior_public, None, pcfg, seed)}"   # train_prior's cache name
+            def local() -> str:                # train_prior's cache name for this machine's public images
+                pcfg = P.prior_config(kind, pk["preset"], pk["params"])
+                return f"{kind}-{P.prior_key(kind, self.prior_public, None, pcfg, seed)}"
+
             hit = self._from_zoo(pname, self.run_dir / pname, self.prior_public, prior_dir=local)
             if hit is not None:
                 return hit
@@ -651,6 +654,19 @@ def _pool_sets(splits: Any, dataset: str, pool: str, options: dict, bname: str, 
     test_idx, train_idx = perm[:n_test].sort().values, perm[n_test:].sort().values
     return (TensorImageSet(ts.images[train_idx], y[train_idx]), TensorImageSet(ts.images[test_idx], y[test_idx]),
             int(len(uniq)))
+
+
+def _prior_rename(name: str, entry: dict, prior_dir: Optional[str]) -> Optional[dict[str, str]]:
+    """{the entry's gan-<key> folder: this machine's} for a prior entry; None for other entries."""
+    if prior_dir is None:
+        return None
+    from .zoo import ZooError
+
+    built = {rel.split("/", 1)[0] for rel in entry["files"] if "/" in rel}
+    if len(built) != 1:
+        raise ZooError(f"zoo entry '{name}' should hold one prior folder, found {len(built)}; rebuild it with "
+                       "`midre zoo build`")
+    return {built.pop(): prior_dir}
 
 
 def _defense_name(spec: dict) -> str:

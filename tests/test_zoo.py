@@ -110,8 +110,8 @@ def test_data_summaries_match_within_rounding_only():
     from midre.zoo import summaries_match
 
     g = torch.Generator().manual_seed(0)
-    imgs = torch.randint(1, 255, (100, 3, 32, 32), generator=g, dtype=torch.uint8)
-    labels = torch.arange(100) % 10
+    imgs = torch.randint(1, 255, (1500, 3, 32, 32), generator=g, dtype=torch.uint8)    # quickstart-sized
+    labels = torch.arange(1500) % 50
     ref = TensorImageSet(imgs, labels)
     flipped = imgs.clone()
     flipped.view(-1)[torch.randperm(flipped.numel(), generator=g)[:25]] += 1     # 25 values one level up
@@ -124,6 +124,9 @@ def test_data_summaries_match_within_rounding_only():
     other = imgs.clone()
     other[:10, :, :8, :8] = 0                        # a dark patch in 10 images: a different data set
     assert not summaries_match(data_summary(ref), data_summary(TensorImageSet(other, labels)))
+    one = imgs.clone()
+    one[0] = imgs[50]                                # one image replaced by another of its identity
+    assert not summaries_match(data_summary(ref), data_summary(TensorImageSet(one, labels)))
     assert not summaries_match(data_summary(ref), None)
 
 
@@ -217,8 +220,9 @@ def test_the_shipped_zoo_verifies_and_serves_the_quickstart():
 
 
 def test_a_fresh_quickstart_takes_its_whole_instrument_from_the_shipped_zoo(tmp_path, monkeypatch):
-    """Rendered here, the quickstart's images have the fingerprints the shipped entries were built on, so the
-    backbones, the evaluation model and the GAN prior are installed (sha256-verified), never retrained."""
+    """Rendered here, the quickstart's images equal the ones the shipped entries were built on (the same
+    fingerprint on the build CPU, the same data summary within float rounding on others), so the backbones,
+    the evaluation model and the GAN prior are installed (sha256-verified), never retrained."""
     from midre.config import load_config
     from midre.pipeline import run_pipeline
 
@@ -231,4 +235,5 @@ def test_a_fresh_quickstart_takes_its_whole_instrument_from_the_shipped_zoo(tmp_
     stages = json.loads((tmp_path / "run" / "run.json").read_text())["stages"]
     for stage in ("backbones/smallcnn", "backbones/smallresnet", "eval", "priors/gan"):
         assert stages[stage]["source"].startswith("zoo:quickstart-"), (stage, stages[stage])
+        assert stages[stage]["data_match"] in ("exact", "within rounding")
     assert "source" not in stages["targets/nodef"] or stages["targets/nodef"]["source"] == "trained"
