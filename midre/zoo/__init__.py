@@ -115,9 +115,8 @@ def find(stage: str, key: str, fingerprint: str, root: Optional[str | os.PathLik
     """The entry made by the same config for ``stage`` (same stage key and data), verified; else None.
 
     Same data: the exact fingerprint, or else (``summary`` given) the entry's data summary equal within float
-    rounding -- the same images rendered or decoded on another machine (:func:`summaries_match`)."""
-    same_key = [(n, e) for n, e in load_manifest(root)["entries"].items()
-                if e.get("stage") == stage and e.get("key") == key]
+    rounding -- the same images rendered on another machine (:func:`summaries_match`)."""
+    same_key = _entries_for(stage, key, root)
     for name, entry in sorted(same_key, key=lambda ne: ne[1].get("data_fingerprint") != fingerprint):
         if entry.get("data_fingerprint") == fingerprint or summaries_match(entry.get("data_summary"), summary):
             verify_entry(name, entry, root)
@@ -125,9 +124,13 @@ def find(stage: str, key: str, fingerprint: str, root: Optional[str | os.PathLik
     return None
 
 
+def _entries_for(stage: str, key: str, root: Optional[str | os.PathLike]) -> list[tuple[str, dict[str, Any]]]:
+    return [(n, e) for n, e in load_manifest(root)["entries"].items() if e.get("stage") == stage and e.get("key") == key]
+
+
 def same_config(stage: str, key: str, root: Optional[str | os.PathLike] = None) -> list[str]:
     """The entries made by the same config for ``stage`` (same stage key), whatever data they were built on."""
-    return [n for n, e in load_manifest(root)["entries"].items() if e.get("stage") == stage and e.get("key") == key]
+    return [n for n, _e in _entries_for(stage, key, root)]
 
 
 def install(name: str, entry: dict[str, Any], dest: Path, root: Optional[str | os.PathLike] = None,
