@@ -333,7 +333,7 @@ def resolve_config_path(source: str | os.PathLike, base_dir: Optional[Path] = No
         raise ConfigError(f"config '{s}' is a directory; give a YAML file (to continue a run use --resume {s})")
     builtins = builtin_configs()
     raise ConfigError(f"config file '{s}' not found{did_you_mean(name.removesuffix('.yaml'), builtins)}; "
-                      f"give a YAML path or a built-in config: {', '.join(builtins) or 'none'}")
+                      f"give a YAML path or one of the {len(builtins)} built-in configs (`midre run --list` names them)")
 
 
 def deep_merge(base: dict, child: dict) -> dict:
