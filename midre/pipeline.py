@@ -360,7 +360,7 @@ class _Pipeline:
         rec.pop("zoo_not_used", None)
         name, entry = hit
         exact = entry.get("data_fingerprint") == fp
-        zoo.install(name, entry, dest, rename=_prior_rename(name, entry, prior_dir() if prior_dir else None))
+        zoo.install(name, entry, dest, folder=prior_dir() if prior_dir else None)
         how = "" if exact else "; the images equal the build's within float rounding"
         self.console.print(f"[dim]    from the zoo: {name} (sha256 verified{how})[/dim]")
         figs = entry.get("figures", {})
@@ -654,19 +654,6 @@ def _pool_sets(splits: Any, dataset: str, pool: str, options: dict, bname: str, 
     test_idx, train_idx = perm[:n_test].sort().values, perm[n_test:].sort().values
     return (TensorImageSet(ts.images[train_idx], y[train_idx]), TensorImageSet(ts.images[test_idx], y[test_idx]),
             int(len(uniq)))
-
-
-def _prior_rename(name: str, entry: dict, prior_dir: Optional[str]) -> Optional[dict[str, str]]:
-    """{the entry's gan-<key> folder: this machine's} for a prior entry; None for other entries."""
-    if prior_dir is None:
-        return None
-    from .zoo import ZooError
-
-    built = {rel.split("/", 1)[0] for rel in entry["files"] if "/" in rel}
-    if len(built) != 1:
-        raise ZooError(f"zoo entry '{name}' should hold one prior folder, found {len(built)}; rebuild it with "
-                       "`midre zoo build`")
-    return {built.pop(): prior_dir}
 
 
 def _defense_name(spec: dict) -> str:

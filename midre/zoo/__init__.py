@@ -134,15 +134,19 @@ def same_config(stage: str, key: str, root: Optional[str | os.PathLike] = None) 
 
 
 def install(name: str, entry: dict[str, Any], dest: Path, root: Optional[str | os.PathLike] = None,
-            rename: Optional[dict[str, str]] = None) -> None:
+            folder: Optional[str] = None) -> None:
     """Copy an entry's files into a run's stage directory (atomically, file by file).
 
-    ``rename`` maps a first path component of the entry's files to another name in ``dest`` (a prior's cache
-    directory is named after the fingerprint of the data it was trained on)."""
+    ``folder`` names, in ``dest``, the one top folder of a prior entry (a prior's cache directory is named
+    after the fingerprint of the data it was trained on, which differs across machines by float rounding)."""
     base = entry_dir(name, root)
+    built = {rel.split("/", 1)[0] for rel in entry["files"] if "/" in rel}
+    if folder is not None and len(built) != 1:
+        raise ZooError(f"zoo entry '{name}' should hold one prior folder, found {len(built)}; rebuild it with "
+                       "`midre zoo build`")
     for rel in entry["files"]:
         head, _, tail = rel.partition("/")
-        target = dest / (f"{(rename or {}).get(head, head)}/{tail}" if tail else rel)
+        target = dest / (f"{folder or head}/{tail}" if tail else rel)
         target.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(target) as tmp:
             shutil.copyfile(base / rel, tmp)
