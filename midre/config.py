@@ -48,6 +48,7 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 EMBEDDED_DATASETS = ("synthetic", "digits")   # generated or shipped: no root needed
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 # Keys that do not change any number of a run (left out of the run-directory hash).
+NEW_TARGET_KEYS = {"curve": False, "epochs_from": None}
 NON_RESULT_KEYS = ("name", "description", "expected_time", "device", "report", "sweep", "logging", "gates")
 
 
@@ -122,6 +123,12 @@ class TargetSection(_Section):
     defense: Any = "nodef"
     train: dict[str, Any] = {}
     reference: Optional[str] = None   # the NoDef target for the trade-off (default: the first nodef target)
+    # a point of the NoDef accuracy curve (NoDef stopped earlier; `midre analyze frontier`): not a reference,
+    # not a defense, and not checked by the validity gates (they apply to the reference NoDef alone)
+    curve: bool = False
+    # the paper's rule: train as many epochs as this (converged, train.stop) target kept, with its learning-rate
+    # drops, on the same validation split, keeping the last epoch
+    epochs_from: Optional[str] = None
 
     @field_validator("name")
     @classmethod
@@ -269,6 +276,10 @@ class RunConfig(_Section):
         d = self.to_dict()
         for k in NON_RESULT_KEYS:
             d.pop(k, None)
+        for t in d.get("targets", []):   # keys added later hash only when set: older runs keep their hash
+            for k, default in NEW_TARGET_KEYS.items():
+                if t.get(k) == default:
+                    t.pop(k, None)
         return config_hash(d)
 
     def target_arch(self, t: TargetSection) -> str:
@@ -561,7 +572,7 @@ def validate_train(where: str, path: str, train: dict[str, Any]) -> dict[str, An
     from .training import TrainConfig
 
     try:
-        return TrainConfig(**train).model_dump(mode="json")
+        full = TrainConfig(**train).model_dump(mode="json")
     except ValidationError as e:
         err = e.errors()[0]
         sub = _path(tuple(err["loc"]))
@@ -570,6 +581,9 @@ def validate_train(where: str, path: str, train: dict[str, Any]) -> dict[str, An
             raise ConfigError(f"{where}: unknown key '{sub}' in '{path}'{did_you_mean(sub, allowed)}; "
                               f"allowed keys: {', '.join(allowed)}") from None
         _raise_train(where, path, e)
+    if full.get("stop") is None:   # added later: a section without it keeps the stage keys it always had
+        full.pop("stop", None)
+    return full
 
 
 def _raise_train(where: str, path: str, e: ValidationError):
@@ -685,7 +699,25 @@ def _validate_targets(cfg: RunConfig, where: str) -> set[str]:
         if t.reference is not None and t.reference not in all_targets:
             raise ConfigError(f"{where}: 'targets[{i}].reference' names unknown target '{t.reference}'"
                               f"{did_you_mean(t.reference, all_targets)}; targets are: {', '.join(all_targets)}")
+        _check_epochs_from(cfg, where, i, t)
     return names
+
+
+def _check_epochs_from(cfg: RunConfig, where: str, i: int, t: TargetSection) -> None:
+    """``epochs_from`` names an EARLIER target trained with ``train.stop`` (its kept epoch sets the budget)."""
+    if t.epochs_from is None:
+        return
+    before = [u.name for u in cfg.expanded_targets()[:i]]
+    if t.epochs_from not in before:
+        raise ConfigError(f"{where}: 'targets[{i}].epochs_from' is '{t.epochs_from}', which is not a target listed "
+                          f"before it; list the converged target first (targets before it: {', '.join(before) or 'none'})")
+    ref = next(u for u in cfg.expanded_targets() if u.name == t.epochs_from)
+    if not cfg.target_train(ref).get("stop"):
+        raise ConfigError(f"{where}: 'targets[{i}].epochs_from' names '{t.epochs_from}', which has no train.stop; "
+                          "the budget comes from a target trained to convergence: give it train.stop")
+    if not cfg.target_train(t).get("stop"):
+        raise ConfigError(f"{where}: 'targets[{i}]' has epochs_from but no train.stop; give it the same train.stop "
+                          "as its reference (the validation split must be the same)")
 
 
 def _validate_attacks(cfg: RunConfig, where: str, names: set[str]) -> None:

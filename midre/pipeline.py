@@ -87,7 +87,8 @@ def _identities(a: AttackSection, num_classes: int, where: str) -> list[int]:
 # ============================================================================ the pipeline
 def run_pipeline(config: Any, out_dir: str | os.PathLike, resume: bool = True, progress: bool = True,
                  device: Optional[str] = None, stop_after: Optional[str] = None,
-                 on_stage: Optional[Callable[[str], None]] = None) -> PipelineResult:
+                 on_stage: Optional[Callable[[str], None]] = None, rule: Optional[str | os.PathLike] = None
+                 ) -> PipelineResult:
     """Run (or continue) a whole pipeline into ``out_dir``.
 
     Parameters
@@ -99,6 +100,8 @@ def run_pipeline(config: Any, out_dir: str | os.PathLike, resume: bool = True, p
     device : overrides ``config.device`` (auto / cpu / cuda:N); not part of the config hash.
     stop_after : stop after this stage group (one of STAGE_GROUPS), e.g. ``"targets"``.
     on_stage : called with each finished stage's name (``"targets/nodef"``) -- a hook for tests and UIs.
+    rule : the experiment's decision rule file (midre.rules), recorded with its sha256 in RUN/rule.json when
+        the run starts; a later start with a changed rule is refused.
     """
     cfg = config if isinstance(config, RunConfig) else load_config(config)
     if device is not None:
@@ -114,6 +117,10 @@ def run_pipeline(config: Any, out_dir: str | os.PathLike, resume: bool = True, p
     if not ddp.is_main:
         return _train_worker(cfg, run_dir, ddp)
     with RunLock(run_dir), logs:
+        if rule is not None:
+            from .rules import record_rule
+
+            record_rule(run_dir, Path(rule), cfg.name)
         try:
             remove_stale_temps(run_dir)
             if cfg.seeds:
@@ -412,9 +419,14 @@ class _Pipeline:
 
         defense = build_defense(json.loads(json.dumps(self.plan.def_specs[t.name])))
         arch = self.cfg.target_arch(t)
+        train = self.plan.train_cfgs[t.name]
+        if t.epochs_from:     # the paper's rule: the converged reference's kept epochs and LR drops
+            from .stopping import budget_of
+
+            train = budget_of(train, self.run_dir / "targets" / t.epochs_from / "model.json")
         # every target shares one seed: same initialisation and batch order -> paired comparisons
         return self._train(self.run_dir / "targets" / t.name, arch, self.cfg.target_model_kwargs(t), defense,
-                           self.plan.train_cfgs[t.name], "targets", {"role": "target", "target": t.name},
+                           train, "targets", {"role": "curve" if t.curve else "target", "target": t.name},
                            f"{t.name} {arch}", public=self.public_set)
 
     def _load(self, path: Path):
@@ -604,8 +616,9 @@ def write_gates(run_dir: Path, cfg: RunConfig, rows: Sequence[dict[str, Any]], e
         return None
     from .gates import check_gates, prior_quality_of_run
 
-    res = check_gates(rows, eval_acc, cfg.gates, {a.key: a.name for a in cfg.attacks},
-                      prior_quality_of_run(run_dir))
+    curve = set(RunPlan(cfg).curve_targets)   # the NoDef curve's points are not the reference: not gated
+    res = check_gates([r for r in rows if str(r.get("target")) not in curve], eval_acc, cfg.gates,
+                      {a.key: a.name for a in cfg.attacks}, prior_quality_of_run(run_dir))
     atomic_write_json(run_dir / "gates.json", res)
     return res
 
@@ -754,6 +767,10 @@ def _run_study(cfg: RunConfig, run_dir: Path, progress: bool, stop_after: Option
             from .analysis.paired import write_paired
 
             console.print(f"paired differences -> {write_paired(run_dir)}")
+            if RunPlan(cfg).curve_targets:   # a NoDef curve: the privacy-utility frontier too
+                from .analysis.frontier import write_frontier
+
+                console.print(f"privacy-utility frontier -> {write_frontier(run_dir)}")
         if stop_after is None and cfg.report.enabled and complete:
             try:
                 from .report import write_report

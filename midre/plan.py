@@ -104,12 +104,20 @@ class RunPlan:
             keys[f"targets/{t.name}"] = config_hash({
                 "base": keys["data"], "arch": cfg.target_arch(t), "kwargs": cfg.target_model_kwargs(t),
                 "defense": self.def_specs[t.name], "train": self.train_cfgs[t.name], "seed": cfg.seed,
-                **_init_key(self.train_cfgs[t.name], keys)})
+                **_init_key(self.train_cfgs[t.name], keys),
+                # the paper's rule: the budget is what the converged reference kept, so it depends on that target
+                **({"epochs_from": keys[f"targets/{t.epochs_from}"]} if t.epochs_from else {})})
 
     @property
     def nodef_default(self) -> Optional[str]:
         """The first NoDef target: the reference of every target whose config names none."""
-        return next((t.name for t in self.targets if self.def_specs[t.name].get("name") == "nodef"), None)
+        return next((t.name for t in self.targets if self.def_specs[t.name].get("name") == "nodef" and not t.curve),
+                    None)
+
+    @property
+    def curve_targets(self) -> list[str]:
+        """The points of the NoDef accuracy curve (``curve: true``), in config order."""
+        return [t.name for t in self.targets if t.curve]
 
     def defense_references(self) -> dict[str, str]:
         """Defense target -> the NoDef it is compared with (its ``reference``, else the first NoDef);

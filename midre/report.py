@@ -393,6 +393,22 @@ def _paired_section(run_dir: Path) -> Optional[Section]:
             html_table(head, body) + f"<p class='note'>{html.escape(note)}</p>")
 
 
+def _frontier_section(run_dir: Path) -> tuple[Optional[Section], list[Image]]:
+    """The privacy-utility frontier (RUN/analysis/frontier.json, `midre analyze frontier`) and its figures."""
+    from .analysis.frontier import frontier_table
+
+    data = read_json_safe(run_dir / "analysis" / "frontier.json")
+    if not isinstance(data, dict) or not data.get("attacks"):
+        return None, []
+    head, body, note = frontier_table(data)
+    images = [(f"Privacy-utility frontier: {a}", run_dir / "analysis" / f"frontier_{a}.png",
+               "Natural accuracy against attack accuracy: NoDef trained to different budgets (black, with its "
+               "monotone fit) and every defense; a defense below the curve is better than losing the same accuracy.")
+              for a in data["attacks"] if (run_dir / "analysis" / f"frontier_{a}.png").exists()]
+    return (("Privacy-utility frontier (Δ_F: defense vs NoDef trained less)", md_table(head, body) + "\n\n" + note,
+             html_table(head, body) + f"<p class='note'>{html.escape(note)}</p>"), images)
+
+
 def _summary_figures(rows: Sequence[dict[str, Any]], figs: Path) -> list[Image]:
     """The privacy-utility plot and, when a_e was swept, the a_e curve."""
     from .analysis.curves import ae_curve_points, plot_ae_curve
@@ -558,11 +574,14 @@ def write_report(run_dir: str | Path, *, max_identities: int = 8, splits: Any = 
     if settings is not None:
         sections.append(settings)
     sections.append(_results_section(rows))
+    frontier_sec, frontier_images = _frontier_section(run_dir)
+    if frontier_sec is not None:
+        sections.append(frontier_sec)
     paired = _paired_section(run_dir)
     if paired is not None:
         sections.append(paired)
 
-    images: list[Image] = []
+    images: list[Image] = list(frontier_images)
     notes: list[str] = []
     if rows and standard_figures:
         images += _summary_figures(rows, figs)

@@ -21,7 +21,7 @@ from typing import Any, Literal, Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch.utils.data import DataLoader, Dataset
 
 from . import tblog
@@ -29,6 +29,8 @@ from .checkpoint import load_state, save_checkpoint
 from .defenses.base import Defense, StepContext, TrainContext, build_defense
 from .distributed import world as _world
 from .errors import ArgumentError, CheckpointError, RunDirError, TrainingDivergedError
+from .stopping import StopRule, StopState, replay, split_dataset
+from .stopping import step as stop_step
 from .utils import atomic_path, derive_seed, make_progress, resolve_device, seed_everything, unwrap
 
 
@@ -57,6 +59,16 @@ class TrainConfig(BaseModel):
     # start from pretrained weights (a LOCAL file; `midre run` also resolves "zoo:NAME"): the backbone is
     # loaded, the head is always re-initialised (fine-tuning on new classes)
     init: Optional[str] = None
+    # train to convergence (midre.stopping): hold out validation images of the TRAINING split, stop when the
+    # validation figure stops improving; ``epochs`` is then the most it may run
+    stop: Optional[StopRule] = None
+
+    @model_validator(mode="after")
+    def _stop_needs_constant_lr(self) -> "TrainConfig":
+        if self.stop is not None and self.stop.lr_drops > 0 and self.schedule != "none":
+            raise ValueError("stop.lr_drops lowers the learning rate itself; use schedule: none with it "
+                             "(or stop.lr_drops: 0 to keep the schedule)")
+        return self
 
     @field_validator("milestones")
     @classmethod
@@ -193,6 +205,9 @@ class _Loop:
     use_amp: bool = False
     amp_dtype: torch.dtype = torch.float16
     scaler: Any = None
+    val_set: Optional[Dataset] = None  # held out of the training split by ``cfg.stop``
+    stop: Optional[StopState] = None
+    best_weights: Optional[dict[str, torch.Tensor]] = None
 
 
 def _prepare_model(model: nn.Module, defense: Defense, cfg: TrainConfig, ddp: Any, device: torch.device,
@@ -317,8 +332,14 @@ def _run_epoch(s: _Loop, epoch: int, prog: Any, task: Any) -> dict[str, Any]:
     tot_loss, tot_correct, tot_n = ddp.sum(tot_loss, tot_correct, tot_n)
     rec: dict[str, Any] = {"epoch": epoch + 1, "loss": tot_loss / max(tot_n, 1),
                            "train_acc": 100.0 * tot_correct / max(tot_n, 1)}
-    if s.test_set is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
+    if s.test_set is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
+                                   or s.val_set is not None):
         rec["test_acc"] = evaluate_accuracy(unwrap(s.train_model), s.test_set, device=s.device)
+    if s.val_set is not None:          # the stop rule's figure: held-out TRAINING images, never the test split
+        logits, labels = predict_logits(unwrap(s.train_model), s.val_set, device=s.device)
+        rec["val_acc"] = float((logits.argmax(1) == labels).float().mean().item() * 100.0)
+        rec["val_loss"] = float(F.cross_entropy(logits, labels).item())
+        rec["lr"] = float(s.opt.param_groups[0]["lr"])
     rec["seconds"] = time.perf_counter() - t0
     return rec
 
@@ -328,9 +349,11 @@ def _run_meta(s: _Loop, meta: Optional[dict], init_report: Optional[dict], epoch
     """Checkpoint metadata after ``epoch`` epochs (``report``: the defense's report, else asked for now)."""
     m = _meta(s.model, s.defense, s.cfg, s.train_set, meta)
     m["init_report"] = init_report
+    done = epoch == s.cfg.epochs or (s.stop is not None and s.stop.stopped)
     m.update({"epoch": epoch, "epochs": s.cfg.epochs, "test_acc": test_acc, "history": history,
-              "defense_report": s.defense.report() if report is None else report,
-              "complete": epoch == s.cfg.epochs})
+              "defense_report": s.defense.report() if report is None else report, "complete": done})
+    if s.stop is not None:
+        m["stop"] = s.stop.summary(s.cfg.stop, epoch, s.cfg.epochs)
     return m
 
 
@@ -356,38 +379,89 @@ def train_classifier(model: nn.Module, train_set: Dataset, test_set: Optional[Da
     if len(train_set) == 0:
         raise ArgumentError("the training set is empty; check the dataset and its split")
     out = Path(out_dir) if out_dir is not None else None
+    val_set = None
+    if cfg.stop is not None:   # the same seeded split for every model trained with this seed (paired)
+        train_set, val_set = split_dataset(train_set, cfg.stop, derive_seed(cfg.seed, "val-split"))
 
     init_report = _load_init(model, cfg.init)
     model, resumed = _prepare_model(model, defense, cfg, ddp, device, out, progress, train_set, test_set,
                                     public_set)
     s = _build_loop(model, defense, cfg, ddp, device, train_set, test_set, out)
+    s.val_set = val_set
     start_epoch, history = _resume(s) if resumed else (0, [])
 
     s.use_amp = cfg.amp and device.type == "cuda"
     s.amp_dtype = torch.bfloat16 if (s.use_amp and torch.cuda.is_bf16_supported()) else torch.float16
     s.scaler = torch.amp.GradScaler("cuda", enabled=s.use_amp and s.amp_dtype == torch.float16)
-
-    test_acc = history[-1].get("test_acc") if history else None
     s.tb = tblog.training(out, description, len(s.loader))   # no-op unless a TensorBoard session is open
-    with make_progress(progress) as prog:
-        task = prog.add_task(description, total=cfg.epochs * len(s.loader),
-                             completed=start_epoch * len(s.loader), status="")
-        for epoch in range(start_epoch, cfg.epochs):
-            rec = _run_epoch(s, epoch, prog, task)
-            test_acc = rec.get("test_acc", test_acc)
-            history.append(rec)
-            s.tb.epoch(rec, s.opt)
-            prog.update(task, status=f"epoch {epoch + 1}/{cfg.epochs} acc {test_acc if test_acc is not None else float('nan'):.1f}%")
-            if out is not None:
-                _checkpoint_epoch(s, _run_meta(s, meta, init_report, epoch + 1, test_acc, history), epoch + 1, history)
+    epochs_run, test_acc = _fit(s, start_epoch, history, meta, init_report, progress, description)
 
+    if s.stop is not None and cfg.stop.keep == "best" and s.stop.best_epoch > 0:
+        test_acc = _restore_best(s, history)
     final = unwrap(s.train_model)
     final.eval()
     report = defense.report()
-    m = _run_meta(s, meta, init_report, cfg.epochs, test_acc, history, report=report)
+    m = _run_meta(s, meta, init_report, epochs_run, test_acc, history, report=report)
+    if out is not None and s.stop is not None and ddp.is_main:   # the kept model is what later stages load
+        save_checkpoint(out / "model", s.model, m)
     return TrainResult(model=final, test_acc=test_acc, history=history,
                        checkpoint=(out / "model.safetensors") if out is not None else None,
                        defense_report=report, meta=m)
+
+
+def _fit(s: _Loop, start_epoch: int, history: list, meta: Optional[dict], init_report: Optional[dict],
+         progress: bool, description: str) -> tuple[int, Optional[float]]:
+    """The epochs from ``start_epoch`` on, each checkpointed; the stop rule (if any) may end them early.
+    Returns ``(epochs run, last test accuracy)``."""
+    cfg, out = s.cfg, s.out
+    test_acc = history[-1].get("test_acc") if history else None
+    if cfg.stop is not None:
+        s.stop = replay(cfg.stop, history)
+    epoch = start_epoch
+    with make_progress(progress) as prog:
+        task = prog.add_task(description, total=cfg.epochs * len(s.loader),
+                             completed=start_epoch * len(s.loader), status="")
+        while epoch < cfg.epochs and not (s.stop is not None and s.stop.stopped):
+            rec = _run_epoch(s, epoch, prog, task)
+            epoch += 1
+            test_acc = rec.get("test_acc", test_acc)
+            history.append(rec)
+            s.tb.epoch(rec, s.opt)
+            status = f"epoch {epoch}/{cfg.epochs} acc {test_acc if test_acc is not None else float('nan'):.1f}%"
+            if s.stop is not None:
+                status += _stop_epoch(s, rec, epoch)
+            prog.update(task, status=status)
+            if out is not None:
+                _checkpoint_epoch(s, _run_meta(s, meta, init_report, epoch, test_acc, history), epoch, history)
+    return epoch, test_acc
+
+
+def _stop_epoch(s: _Loop, rec: dict[str, Any], epoch: int) -> str:
+    """Apply the stop rule to a finished epoch (LR drop, best weights); returns a progress-line suffix."""
+    action = stop_step(s.cfg.stop, s.stop, rec)
+    if s.stop.best_epoch == epoch:
+        s.best_weights = {k: v.detach().clone() for k, v in unwrap(s.model).state_dict().items()}
+        if s.out is not None and s.ddp.is_main:
+            save_checkpoint(s.out / "best", s.model, {"epoch": epoch, "val": rec.get(s.cfg.stop.metric)})
+    if action == "drop":
+        for g in s.opt.param_groups:
+            g["lr"] = g["lr"] * s.cfg.stop.factor
+    return f" val {rec['val_acc']:.1f}%" + (" (lr drop)" if action == "drop" else " (stopped)" if action == "stop" else "")
+
+
+def _restore_best(s: _Loop, history: list) -> Optional[float]:
+    """Load the best-validation weights (kept in memory, or ``best.safetensors`` after a resume); returns
+    their test accuracy as measured in that epoch."""
+    weights = s.best_weights
+    if weights is None:
+        if s.out is None or not (s.out / "best.safetensors").exists():
+            raise CheckpointError("the best-validation checkpoint is missing; delete the run directory and train again")
+        weights = load_state(s.out / "best.safetensors")
+    unwrap(s.model).load_state_dict(weights, strict=True)
+    rec = history[s.stop.best_epoch - 1]
+    if "test_acc" in rec:
+        return rec["test_acc"]
+    return evaluate_accuracy(unwrap(s.model), s.test_set, device=s.device) if s.test_set is not None else None
 
 
 def _load_init(model: nn.Module, init: Optional[str]) -> Optional[dict[str, Any]]:

@@ -96,10 +96,10 @@ def test_each_defense_is_paired_with_its_own_reference(tmp_path):
     assert _references(tmp_path, "nodef-b") == {"nodef": "nodef-b", "midre-0.4": "nodef-b", "mid-b": "nodef-b"}
     with pytest.raises(RunDirError, match="no target named 'nodf'"):
         _references(tmp_path, "nodf")
-    from midre.analysis.paired import _seed_record
+    from midre.analysis.paired import seed_record
     (tmp_path / "results.json").write_text('{"rows": []}')       # no models: a wrong name is refused first
     with pytest.raises(RunDirError, match="no target named 'nodf'"):
-        _seed_record(tmp_path, "nodf")
+        seed_record(tmp_path, "nodf")
     rows = [{"target": "midre-0.4", "reference": "nodef"}, {"target": "mid-b", "reference": "nodef-b"}]
     assert _reference_note(rows) == "References: nodef for midre-0.4; nodef-b for mid-b"
     assert _reference_note(rows[:1]) == "Reference: nodef"

@@ -44,7 +44,7 @@ CI_LEVEL = 0.95
 STOCHASTIC_DRAWS = 8
 
 
-def _seed_dirs(run_dir: Path) -> list[Path]:
+def seed_dirs(run_dir: Path) -> list[Path]:
     subs = sorted((p for p in run_dir.glob("seed-*") if (p / "run.json").exists()),
                   key=lambda p: int(p.name.split("-", 1)[1]))
     if subs:
@@ -101,7 +101,7 @@ def _references(seed_dir: Path, reference: Optional[str]) -> dict[str, str]:
     return refs
 
 
-def _seed_record(seed_dir: Path, reference: Optional[str], seed: int = 0) -> dict[str, Any]:
+def seed_record(seed_dir: Path, reference: Optional[str], seed: int = 0) -> dict[str, Any]:
     """Per-test-image correctness of every target, per-identity attack success of every (target, attack)."""
     from ..attacks.base import Reconstructions
     from ..data.base import in_memory
@@ -136,7 +136,8 @@ def _seed_record(seed_dir: Path, reference: Optional[str], seed: int = 0) -> dic
     if missing:
         raise RunDirError(f"'{seed_dir}' has no results for the reference target(s) {', '.join(missing)}; "
                           "let `midre run` finish it, or pass --reference TARGET")
-    return {"acc": acc_correct, "att": att_hits, "rows": recorded, "refs": refs, "stochastic": stochastic}
+    return {"acc": acc_correct, "att": att_hits, "rows": recorded, "refs": refs, "stochastic": stochastic,
+            "labels": torch.as_tensor(test.targets).long().numpy()}
 
 
 def _check(mine: float, theirs: Any, what: str) -> None:
@@ -189,10 +190,10 @@ def paired_differences(run_dir: str | Path, reference: Optional[str] = None, n_b
                        ) -> list[dict[str, Any]]:
     """Paired NoDef - defense differences of a run or study directory (see the module docstring)."""
     run_dir = Path(run_dir)
-    dirs = [d for d in _seed_dirs(run_dir) if (d / "results.json").exists()]   # a study stopped early: its finished seeds
+    dirs = [d for d in seed_dirs(run_dir) if (d / "results.json").exists()]   # a study stopped early: its finished seeds
     if not dirs:
         raise RunDirError(f"'{run_dir}' has no finished seed (results.json); let `midre run` finish one first")
-    seeds = [_seed_record(d, reference, seed) for d in dirs]
+    seeds = [seed_record(d, reference, seed) for d in dirs]
     names = [d.name for d in dirs]
     rng = np.random.default_rng(seed)
     pairs = sorted({key for s in seeds for key in s["att"]}, key=lambda k: (k[1], k[0]))

@@ -1,4 +1,4 @@
-"""`midre analyze features|concealment|paired|curve`: the paper's analyses (and paired differences) as commands."""
+"""`midre analyze features|concealment|paired|frontier|verdict|curve`: the paper's analyses (and paired differences) as commands."""
 from __future__ import annotations
 
 import argparse
@@ -70,6 +70,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default: 0)")
     q.add_argument("--no-report", action="store_true", help="do not re-render report.md/html afterwards")
     q.set_defaults(func=run_paired)
+
+    fr = asub.add_parser(
+        "frontier", help="privacy-utility frontier: each defense against NoDef trained less (Δ_F), with verdicts",
+        description="Per attack, the NoDef accuracy curve (the reference NoDef and the `curve: true` targets, "
+                    "monotone fit) and, for every defense, Δ_F = the curve's attack accuracy at the defense's natural "
+                    "accuracy minus its own, beside the paired gap; 95 %% intervals by a cluster bootstrap (seeds, "
+                    "then identities) and a t-interval across seeds, the verdict from the wider one. Writes "
+                    "RUN/analysis/frontier.json, frontier.md and frontier_<attack>.png; the report shows them.")
+    fr.add_argument("run_dir", metavar="RUN_OR_STUDY", help="run or study directory of `midre run`")
+    fr.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (default: 2000)")
+    fr.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default: 0)")
+    fr.add_argument("--margin", type=float, default=0.0, help="'helps' when the interval lies above it (default 0)")
+    fr.add_argument("--no-report", action="store_true", help="do not re-render report.md/html afterwards")
+    fr.set_defaults(func=run_frontier)
+
+    v = asub.add_parser(
+        "verdict", help="the verdict of a run from the decision rule it recorded when it started",
+        description="Apply the rule recorded in RUN/rule.json (checked against its sha256: a rule edited after the "
+                    "run started is refused) to the run's frontier statistics; writes RUN/analysis/verdict.json and "
+                    "verdict.md and prints the answer.")
+    v.add_argument("run_dir", metavar="RUN", help="run or study directory started with a rule")
+    v.add_argument("--rule", default=None, metavar="FILE",
+                   help="the rule file, if it moved (its sha256 must still match the recorded one)")
+    v.set_defaults(func=run_verdict)
 
     k = asub.add_parser(
         "curve", help="a_e sweep curve: Acc and AttAcc against MIDRE's a_e from a results table",
@@ -153,4 +177,34 @@ def run_curve(args: argparse.Namespace) -> int:
     for attack, p in pts.items():
         print(f"{attack}: " + ", ".join(f"a_e {q['a_e']:g}: Acc {q['acc']:.2f} / AttAcc {q['att']:.2f}" for q in p))
     print(f"wrote {path}")
+    return 0
+
+
+def run_frontier(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..analysis.frontier import write_frontier
+    from ..errors import ArgumentError
+
+    if args.n_boot < 1:
+        raise ArgumentError(f"--n-boot must be at least 1, got {args.n_boot}")
+    if args.margin < 0:
+        raise ArgumentError(f"--margin must be zero or positive, got {args.margin}")
+    run_dir = Path(args.run_dir)
+    md = write_frontier(run_dir, n_boot=args.n_boot, seed=args.seed, margin=args.margin)
+    print(md.read_text(encoding="utf-8"))
+    if not args.no_report and (run_dir / "report.md").exists():
+        from ..report import write_report
+
+        write_report(run_dir)
+    print(f"wrote {md} and {run_dir / 'analysis'}/frontier_<attack>.png")
+    return 0
+
+
+def run_verdict(args: argparse.Namespace) -> int:
+    from ..analysis.verdict import write_verdict
+
+    md = write_verdict(args.run_dir, args.rule)
+    print(md.read_text(encoding="utf-8"))
+    print(f"wrote {md}")
     return 0

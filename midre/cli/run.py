@@ -34,6 +34,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tensorboard", metavar="DIR", default=None,
                    help="write TensorBoard logs to DIR (needs the 'tensorboard' extra; config key: "
                         "logging.tensorboard)")
+    p.add_argument("--rule", default=None, metavar="FILE",
+                   help="the experiment's decision rule (rules/NAME.yaml), recorded with its sha256 in RUN/rule.json "
+                        "when the run starts (default: rules/<config name>.yaml if it exists here); "
+                        "`midre analyze verdict RUN` applies it")
     p.set_defaults(func=run)
 
 
@@ -68,6 +72,10 @@ def run(args: argparse.Namespace) -> int:
         run_dir = Path(args.out) if args.out is not None else Path("runs") / cfg.name
     if args.seed is not None and cfg.seeds:
         raise ArgumentError("--seed cannot override a multi-seed config (it has 'seeds'); edit the seeds list instead")
+    from ..rules import default_rule_path, load_rule
+    rule = Path(args.rule) if args.rule else default_rule_path(cfg.name)
+    if rule is not None:
+        load_rule(rule)          # a bad rule file is refused before anything is written
     from ..tblog import require, session
     if args.tensorboard or cfg.logging.tensorboard:
         require()
@@ -75,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     if progress:
         print(f"midre run '{cfg.name}' -> {run_dir}", file=sys.stderr)
     with session(args.tensorboard if world().is_main else None, base=run_dir):   # rank 0 alone logs
-        res = run_pipeline(cfg, run_dir, resume=True, progress=progress, device=args.device)
+        res = run_pipeline(cfg, run_dir, resume=True, progress=progress, device=args.device, rule=rule)
     if world().is_main:   # under torchrun, rank 0 alone reports
         print_summary(res, cfg)
     return 0

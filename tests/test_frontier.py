@@ -1,0 +1,189 @@
+"""The privacy-utility frontier (midre.analysis.frontier), decision rules (midre.rules) and verdicts
+(midre.analysis.verdict): the monotone curve by hand, known answers on synthetic per-identity data, and a
+tiny study end to end in which a "defense" that is NoDef stopped early comes out "no better than losing
+accuracy", and a rule edited after the run started is refused."""
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+
+from midre.analysis.frontier import (HELPS, NO_BETTER, NOT_MATCHED, WORSE, Frame, isotonic, monotone_curve,
+                                     summarize, verdict, wider)
+from midre.cli import main
+from midre.config import load_config
+from midre.errors import ConfigError, RunDirError
+from midre.pipeline import run_pipeline
+
+
+def test_isotonic_pools_violators_and_curve_is_monotone():
+    x, y = isotonic([70, 80, 90, 96], [50, 60, 55, 80])
+    assert x.tolist() == [70, 80, 90, 96]
+    assert y.tolist() == pytest.approx([50, 57.5, 57.5, 80])
+    f = monotone_curve([96, 70, 90, 80], [80, 50, 55, 60])
+    grid = np.linspace(70, 96, 50)
+    vals = [f(g) for g in grid]
+    assert all(b >= a - 1e-9 for a, b in zip(vals, vals[1:]))
+    assert f(70) == pytest.approx(50) and f(96) == pytest.approx(80)
+    assert np.isnan(f(60)) and np.isnan(f(97))                      # no extrapolation
+    assert np.isnan(monotone_curve([80], [60])(80))                 # one point is no curve
+
+
+def test_verdict_and_wider_interval():
+    assert verdict(3.0, [0.5, 5.0]) == HELPS
+    assert verdict(3.0, [0.5, 5.0], margin=1.0) == NO_BETTER
+    assert verdict(-3.0, [-5.0, -0.5]) == WORSE
+    assert verdict(0.2, [-1.0, 2.0]) == NO_BETTER
+    assert verdict(float("nan"), None) == NOT_MATCHED
+    assert wider([0, 1], [0, 3]) == ([0, 3], "t across seeds")
+    assert wider([0, 4], [0, 3]) == ([0, 4], "bootstrap")
+    assert wider([0, 4], None) == ([0, 4], "bootstrap")
+
+
+def _synthetic(n_seeds=3, n_ids=100, seed=0):
+    """NoDef at four budgets: per-identity Acc ~ q, AttAcc ~ q - 20 (one shared identity effect per seed).
+    Defenses: 'early' = NoDef at q 85 (on the curve), 'good' = Acc 85 but AttAcc 25 below the curve,
+    'bad' = 20 above it, 'far' = Acc 50 (below the curve's range)."""
+    rng = np.random.default_rng(seed)
+    spec = {"nodef": (96, 76), "c1": (70, 50), "c2": (80, 60), "c3": (90, 70),
+            "early": (85, 65), "good": (85, 40), "bad": (85, 85), "far": (50, 30)}
+    frame = Frame("gmi", "nodef", ["c1", "c2", "c3"], ["early", "good", "bad", "far"])
+    mats = []
+    for _ in range(n_seeds):
+        ident = rng.normal(0, 8, n_ids)
+        m = np.empty((len(frame.columns), n_ids))
+        for (t, a), i in frame.idx.items():
+            acc, att = spec[t]
+            m[i] = (att if a else acc) + ident + rng.normal(0, 6, n_ids)
+        mats.append(m)
+    return frame, mats
+
+
+def test_known_answers_on_synthetic_frontier():
+    frame, mats = _synthetic()
+    rows = {r["target"]: r for r in summarize(frame, mats, 400, np.random.default_rng(1))}
+    assert rows["early"]["delta_f_verdict"] == NO_BETTER, rows["early"]
+    assert abs(rows["early"]["delta_f"]) < 3
+    assert rows["good"]["delta_f_verdict"] == HELPS and rows["good"]["delta_f"] == pytest.approx(25, abs=4)
+    assert rows["bad"]["delta_f_verdict"] == WORSE
+    assert rows["far"]["delta_f_verdict"] == NOT_MATCHED and np.isnan(rows["far"]["curve_attack_top1"])
+    # the paired gap of an early-stopped NoDef is positive here (it loses AttAcc with Acc 1:1, so the gap
+    # is ~0); the frontier and the gap agree on it, and each row carries both intervals
+    for r in rows.values():
+        for key in ("delta_f", "gap"):
+            assert r[f"{key}_ci_kind"] in ("bootstrap", "t across seeds")
+            assert len(r[f"{key}_per_seed"]) == 3
+    assert rows["early"]["gap_verdict"] == NO_BETTER
+
+
+def test_one_seed_uses_the_bootstrap_alone():
+    frame, mats = _synthetic(n_seeds=1)
+    rows = {r["target"]: r for r in summarize(frame, mats, 300, np.random.default_rng(2))}
+    assert rows["good"]["delta_f_t_ci"] is None and rows["good"]["delta_f_ci_kind"] == "bootstrap"
+
+
+# ---------------------------------------------------------------------------------------------- end to end
+TINY = {
+    "name": "tiny-frontier", "seed": 0, "device": "cpu", "seeds": [0],
+    "dataset": {"name": "synthetic", "resolution": 32,
+                "options": {"num_private": 6, "num_public": 6, "images_per_id": 10}},
+    "eval_model": {"arch": "smallcnn", "train": {"epochs": 2, "batch_size": 16}},
+    "defaults": {"arch": "tinycnn", "train": {"epochs": 3, "batch_size": 16, "lr": 0.05, "schedule": "none",
+                                              "stop": {"val_per_class": 2, "patience": 2, "lr_drops": 0}}},
+    "targets": [
+        {"name": "nodef", "defense": "nodef"},
+        {"name": "nodef-e1", "defense": "nodef", "curve": True, "train": {"epochs": 1}},
+        {"name": "nodef-e2", "defense": "nodef", "curve": True, "train": {"epochs": 2}},
+        # a "defense" that is NoDef stopped early: label smoothing with alpha 0 is plain cross-entropy
+        {"name": "early", "defense": {"name": "nls", "alpha": 0.0}, "train": {"epochs": 2}},
+    ],
+    "attacks": [{"name": "gmi", "preset": "quick", "params": {"iterations": 3}, "identities": "all", "repeats": 2}],
+    "priors": {"preset": "quick", "params": {"gan": {"iterations": 4, "batch_size": 16, "ckpt_every": 2}}},
+    "metrics": {"fid": "none", "knn": False, "n_boot": 20},
+    "report": {"enabled": True, "max_identities": 2},
+    "gates": {"enabled": False},     # a tiny instrument cannot pass them; the verdict logic is what is tested
+}
+
+RULE = """experiment: tiny-frontier
+question: is a NoDef stopped early better than losing accuracy?
+statistic: delta_f
+n_boot: 200
+comparisons:
+  - {target: early, attack: gmi, primary: true}
+  - {target: missing, attack: gmi}
+"""
+
+
+def test_study_frontier_and_verdict_end_to_end(tmp_path, capsys):
+    rule = tmp_path / "rules" / "tiny-frontier.yaml"
+    rule.parent.mkdir()
+    rule.write_text(RULE)
+    out = tmp_path / "study"
+    run_pipeline(load_config(copy.deepcopy(TINY)), out, progress=False, rule=rule)
+    assert json.loads((out / "rule.json").read_text())["sha256"]
+    assert main(["analyze", "frontier", str(out), "--n-boot", "200"]) == 0
+    res = json.loads((out / "analysis" / "frontier.json").read_text())
+    assert res["reference"] == "nodef" and res["curve_targets"] == ["nodef-e1", "nodef-e2"]
+    (row,) = res["attacks"]["gmi"]["rows"]
+    assert row["target"] == "early"
+    assert (out / "analysis" / "frontier_gmi.png").stat().st_size > 1000
+    assert "Privacy-utility frontier" in (out / "report.md").read_text()
+    assert main(["analyze", "verdict", str(out)]) == 0
+    v = json.loads((out / "analysis" / "verdict.json").read_text())
+    early = next(r for r in v["rows"] if r["target"] == "early")
+    assert early["verdict"] in (NO_BETTER, NOT_MATCHED), early
+    assert early["verdict"] != HELPS
+    assert next(r for r in v["rows"] if r["target"] == "missing")["verdict"] == "not run"
+    capsys.readouterr()
+    # the rule edited after the run started: refused in one line, exit 2
+    rule.write_text(RULE.replace("n_boot: 200", "n_boot: 300"))
+    assert main(["analyze", "verdict", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "changed after the run started" in err[0]
+    with pytest.raises(RunDirError, match="changed since this run started"):
+        run_pipeline(load_config(copy.deepcopy(TINY)), out, progress=False, rule=rule)
+
+
+def test_rule_files_are_validated(tmp_path):
+    from midre.rules import load_rule, recorded_rule
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("experiment: x\nstatistic: median\ncomparisons: [{target: a, attack: gmi}]\n")
+    with pytest.raises(ConfigError, match="'statistic'"):
+        load_rule(bad)
+    with pytest.raises(ConfigError, match="not found"):
+        load_rule(tmp_path / "nope.yaml")
+    with pytest.raises(RunDirError, match="recorded no decision rule"):
+        recorded_rule(tmp_path)
+
+
+def test_committed_rules_parse():
+    from pathlib import Path
+
+    from midre.config import builtin_configs
+    from midre.rules import load_rule
+
+    rules = sorted((Path(__file__).resolve().parents[1] / "rules").glob("*.yaml"))
+    assert rules, "no committed rule files under rules/"
+    names = set(builtin_configs())
+    for p in rules:
+        r = load_rule(p)
+        assert r.experiment == p.stem, f"{p.name} names experiment {r.experiment}"
+        assert r.experiment in names, f"{p.name}: no built-in config named {r.experiment}"
+
+
+def test_curve_points_are_not_gated(tmp_path):
+    """The validity gates apply to the reference NoDef alone (docs/gates.md): a curve point at 40 % accuracy
+    must not fail the NoDef-accuracy gate."""
+    from midre.pipeline import write_gates
+
+    raw = copy.deepcopy(TINY)
+    raw.pop("gates")
+    cfg = load_config(raw)
+    rows = [{"target": "nodef", "defense": "nodef", "attack": "", "acc": 99.0, "attack_top1": float("nan")},
+            {"target": "nodef-e1", "defense": "nodef", "attack": "", "acc": 40.0, "attack_top1": float("nan")}]
+    res = write_gates(tmp_path, cfg, rows, 99.0)
+    subjects = [c["subject"] for c in res["checks"] if c["gate"].startswith("NoDef target")]
+    assert subjects == ["nodef"], subjects
