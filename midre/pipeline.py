@@ -27,7 +27,6 @@ processes out of one directory.
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import time
@@ -42,7 +41,7 @@ from .config import AttackSection, RunConfig, TargetSection, dump_yaml, load_con
 from .distributed import world
 from .errors import ConfigError, MidreError
 from .plan import RunPlan
-from .results import as_float, t_interval
+from .results import aggregate_rows, as_float  # noqa: F401  (aggregate_rows: re-exported)
 from .rundir import (COLUMNS, STUDY_EXTRA_COLUMNS, RunState, StageConsole, crash_point, now, peak_rss_mib, prepare_dir,
                      remove_stale_temps, write_table)
 from .utils import (RunLock, atomic_write_json, atomic_write_text, config_hash, derive_seed, parse_id_ranges,
@@ -784,46 +783,3 @@ def _run_study(cfg: RunConfig, run_dir: Path, progress: bool, stop_after: Option
     state.data["complete"] = res.complete
     state.save(status="complete" if res.complete else "stopped")
     return res
-
-
-def aggregate_rows(per_seed: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean +- std across seeds per (target, attack); see results.json 'aggregation'."""
-    import statistics
-
-    from .metrics import tradeoff
-
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for r in per_seed:
-        groups.setdefault((str(r["target"]), str(r["attack"])), []).append(r)
-
-    def mean_std(vals: list[float]) -> tuple[float, float]:
-        v = [x for x in vals if not math.isnan(x)]
-        if not v:
-            return float("nan"), float("nan")
-        return float(statistics.fmean(v)), float(statistics.stdev(v)) if len(v) > 1 else 0.0
-
-    out: list[dict[str, Any]] = []
-    for (target, attack), rs in groups.items():
-        first = rs[0]
-        row: dict[str, Any] = {k: first.get(k) for k in ("target", "defense", "defense_params", "attack",
-                                                           "repeats", "identities", "reference")}
-        row["seed"] = ",".join(str(r["seed"]) for r in rs)
-        row["n_seeds"] = len(rs)
-        row["acc"], row["acc_std"] = mean_std([as_float(r["acc"]) for r in rs])
-        top1 = [as_float(r["attack_top1"]) for r in rs]
-        row["attack_top1"], row["attack_top1_std"] = mean_std(top1)
-        row["attack_top5"], row["attack_top5_std"] = mean_std([as_float(r["attack_top5"]) for r in rs])
-        row["top1_ci_lo"], row["top1_ci_hi"] = t_interval(top1) or (float("nan"), float("nan"))
-        row["knn"], row["knn_std"] = mean_std([as_float(r["knn"]) for r in rs])
-        row["fid_eval"], row["fid_eval_std"] = mean_std([as_float(r["fid_eval"]) for r in rs])
-        row["epsilon"] = mean_std([as_float(r.get("epsilon")) for r in rs])[0]
-        row["delta"] = ""
-        out.append(row)
-    # trade-off of the seed means against the NoDef target of the same attack
-    for row in out:
-        ref = row.get("reference")
-        base = next((b for b in out if b["attack"] == row["attack"] and
-                     (b["target"] == ref if ref else b["defense"] == "nodef")), None)
-        if base is not None and base is not row and row["attack"] and not math.isnan(row["attack_top1"]):
-            row["delta"] = tradeoff(base["acc"], row["acc"], base["attack_top1"], row["attack_top1"])
-    return out

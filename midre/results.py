@@ -306,3 +306,46 @@ def to_hwc(img):
     if x.shape[0] == 1:
         return x[0].numpy(), "gray"
     return x.permute(1, 2, 0).numpy(), None
+
+
+def aggregate_rows(per_seed: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean +- std across seeds per (target, attack); see results.json 'aggregation'."""
+    import statistics
+
+    from .metrics import tradeoff
+
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in per_seed:
+        groups.setdefault((str(r["target"]), str(r["attack"])), []).append(r)
+
+    def mean_std(vals: list[float]) -> tuple[float, float]:
+        v = [x for x in vals if not math.isnan(x)]
+        if not v:
+            return float("nan"), float("nan")
+        return float(statistics.fmean(v)), float(statistics.stdev(v)) if len(v) > 1 else 0.0
+
+    out: list[dict[str, Any]] = []
+    for (target, attack), rs in groups.items():
+        first = rs[0]
+        row: dict[str, Any] = {k: first.get(k) for k in ("target", "defense", "defense_params", "attack",
+                                                           "repeats", "identities", "reference")}
+        row["seed"] = ",".join(str(r["seed"]) for r in rs)
+        row["n_seeds"] = len(rs)
+        row["acc"], row["acc_std"] = mean_std([as_float(r["acc"]) for r in rs])
+        top1 = [as_float(r["attack_top1"]) for r in rs]
+        row["attack_top1"], row["attack_top1_std"] = mean_std(top1)
+        row["attack_top5"], row["attack_top5_std"] = mean_std([as_float(r["attack_top5"]) for r in rs])
+        row["top1_ci_lo"], row["top1_ci_hi"] = t_interval(top1) or (float("nan"), float("nan"))
+        row["knn"], row["knn_std"] = mean_std([as_float(r["knn"]) for r in rs])
+        row["fid_eval"], row["fid_eval_std"] = mean_std([as_float(r["fid_eval"]) for r in rs])
+        row["epsilon"] = mean_std([as_float(r.get("epsilon")) for r in rs])[0]
+        row["delta"] = ""
+        out.append(row)
+    # trade-off of the seed means against the NoDef target of the same attack
+    for row in out:
+        ref = row.get("reference")
+        base = next((b for b in out if b["attack"] == row["attack"] and
+                     (b["target"] == ref if ref else b["defense"] == "nodef")), None)
+        if base is not None and base is not row and row["attack"] and not math.isnan(row["attack_top1"]):
+            row["delta"] = tradeoff(base["acc"], row["acc"], base["attack_top1"], row["attack_top1"])
+    return out

@@ -216,31 +216,37 @@ def curve_points(frame: Frame, mats: Sequence[np.ndarray]) -> list[dict[str, Any
 
 
 # ============================================================================ a run or study directory
-def _plan_of(seed_dir: Path):
+def _inputs(run_dir: Path, seed: int) -> tuple[list[dict[str, Any]], list[str], Any]:
+    """(per-seed records, seed names, RunPlan) of a run / study directory or a collected summary."""
+    import yaml
+
     from ..config import load_config
     from ..plan import RunPlan
-
-    return RunPlan(load_config(seed_dir / "config.yaml", check=False))
-
-
-def frontier(run_dir: str | Path, n_boot: int = 2000, seed: int = 0, margin: float = 0.0) -> dict[str, Any]:
-    """The frontier of a run or study directory (see the module docstring): per attack, the NoDef curve's
-    points and one row per defense."""
     from .paired import seed_dirs, seed_record
+    from .summary import is_summary, load_records
 
-    run_dir = Path(run_dir)
+    if is_summary(run_dir):
+        recs, names, text = load_records(run_dir)
+        return recs, names, RunPlan(load_config(yaml.safe_load(text), check=False))
     dirs = [d for d in seed_dirs(run_dir) if (d / "results.json").exists()]
     if not dirs:
         raise RunDirError(f"'{run_dir}' has no finished seed (results.json); let `midre run` finish one first")
-    plan = _plan_of(dirs[0])
+    plan = RunPlan(load_config(dirs[0] / "config.yaml", check=False))
+    return [seed_record(d, None, seed) for d in dirs], [d.name for d in dirs], plan
+
+
+def frontier(run_dir: str | Path, n_boot: int = 2000, seed: int = 0, margin: float = 0.0) -> dict[str, Any]:
+    """The frontier of a run or study directory, or of a collected summary (midre.analysis.summary): per
+    attack, the NoDef curve's points and one row per defense (see the module docstring)."""
+    run_dir = Path(run_dir)
+    recs, names, plan = _inputs(run_dir, seed)
     ref = plan.nodef_default
     if ref is None:
         raise RunDirError(f"'{run_dir}' has no reference NoDef target; the frontier compares defenses with NoDef")
     defenses = [t for t, r in plan.defense_references().items() if r == ref]
-    recs = [seed_record(d, None, seed) for d in dirs]
     rng = np.random.default_rng(seed)
     out: dict[str, Any] = {"format": "midre-frontier", "reference": ref, "curve_targets": plan.curve_targets,
-                           "seed_dirs": [d.name for d in dirs], "n_boot": n_boot, "seed": seed, "margin": margin,
+                           "seed_dirs": names, "n_boot": n_boot, "seed": seed, "margin": margin,
                            "ci_level": CI_LEVEL, "attacks": {}}
     for a in [x.key for x in plan.cfg.attacks]:
         curve = [c for c in plan.curve_targets if all((c, a) in r["att"] for r in recs)]

@@ -18,6 +18,11 @@ NOT_RUN, NOT_VALID = "not run", "comparison not valid"
 
 
 def _gates_valid(run_dir: Path) -> Optional[bool]:
+    from .summary import is_summary, seed_gates
+
+    if is_summary(run_dir):                 # every collected seed's own gates
+        gates = seed_gates(run_dir)
+        return None if not gates else all(bool(g and g.get("valid")) for g in gates)
     p = run_dir / "gates.json"
     if not p.exists():
         return None

@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 
 # Order = order in `midre --help`.  A module is listed only if it exists in this installation.
 COMMAND_MODULES = ["run", "train", "attack", "evaluate", "report", "sweep", "analyze", "info", "convert", "userstudy",
-                   "audit", "zoo"]
+                   "audit", "zoo", "results"]
 
 
 def _worth_showing(default: object) -> bool:

@@ -1,0 +1,61 @@
+"""Numbers from one place (midre.analysis.summary + midre.resultsdoc, `midre results collect|render`): the
+repository's generated tables are up to date, a stale or hand-edited block is caught and rewritten, and a
+collected summary carries no machine paths."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from midre.cli import main
+from midre.errors import RunDirError
+from midre.resultsdoc import render
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_repository_tables_are_up_to_date():
+    """CI's check: RESULTS.md / README.md / BENCHMARKS.md blocks equal what results/ generates."""
+    assert render(ROOT, check=True) == [], "run `midre results render` and commit the docs"
+
+
+def _fake_repo(tmp_path: Path) -> Path:
+    shutil.copytree(ROOT / "results" / "calibration-64-curve", tmp_path / "results" / "calibration-64-curve")
+    (tmp_path / "RESULTS.md").write_text(
+        "# R\n\nProse stays.\n\n<!-- midre:results calibration-64-curve training -->\n| typed by hand |\n"
+        "<!-- /midre:results -->\n\nMore prose.\n")
+    return tmp_path
+
+
+def test_stale_block_is_reported_then_rewritten(tmp_path, capsys):
+    root = _fake_repo(tmp_path)
+    assert render(root, check=True) == ["RESULTS.md: calibration-64-curve training"]
+    assert "typed by hand" in (root / "RESULTS.md").read_text()          # --check writes nothing
+    assert main(["results", "render", "--root", str(root), "--check"]) == 1
+    assert "out of date: RESULTS.md: calibration-64-curve training" in capsys.readouterr().err
+    assert main(["results", "render", "--root", str(root)]) == 0
+    text = (root / "RESULTS.md").read_text()
+    assert "typed by hand" not in text and "Prose stays." in text and "More prose." in text
+    assert "| nodef |" in text
+    assert render(root, check=True) == []
+
+
+def test_unknown_summary_or_table_is_one_line(tmp_path, capsys):
+    root = _fake_repo(tmp_path)
+    (root / "README.md").write_text("<!-- midre:results nope results -->\nx\n<!-- /midre:results -->\n")
+    with pytest.raises(RunDirError, match="results/nope/summary.json not found"):
+        render(root, check=True)
+    (root / "README.md").write_text("<!-- midre:results calibration-64-curve pie -->\nx\n<!-- /midre:results -->\n")
+    assert main(["results", "render", "--root", str(root), "--check"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown generated table 'pie'" in err[0]
+
+
+def test_committed_summaries_have_no_machine_paths():
+    for p in (ROOT / "results").glob("*/*.json"):
+        text = p.read_text()
+        for bad in ("/work/", "/tmp/", "/home/", "/root/"):
+            assert bad not in text, f"{p.relative_to(ROOT)} contains a machine path ({bad})"
+        json.loads(text)
