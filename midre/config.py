@@ -48,7 +48,7 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 EMBEDDED_DATASETS = ("synthetic", "digits")   # generated or shipped: no root needed
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 # Keys that do not change any number of a run (left out of the run-directory hash).
-NEW_TARGET_KEYS = {"curve": False, "epochs_from": None}
+NEW_TARGET_KEYS = {"curve": False, "epochs_from": None, "stop_early": None}
 NON_RESULT_KEYS = ("name", "description", "expected_time", "device", "report", "sweep", "logging", "gates")
 
 
@@ -114,6 +114,13 @@ class DefaultsSection(_Section):
     train: dict[str, Any] = {}
 
 
+class StopEarly(_Section):
+    """``targets[i].stop_early``: which converged target, and what fraction of its validation accuracy."""
+
+    of: str
+    val_fraction: float = Field(..., gt=0, lt=1)
+
+
 class TargetSection(_Section):
     """One target model: architecture + defense + training settings."""
 
@@ -129,6 +136,9 @@ class TargetSection(_Section):
     # the paper's rule: train as many epochs as this (converged, train.stop) target kept, with its learning-rate
     # drops, on the same validation split, keeping the last epoch
     epochs_from: Optional[str] = None
+    # a NoDef curve point "stopped earlier": {of: TARGET, val_fraction: F} stops at the first epoch whose
+    # validation accuracy reaches F x that converged target's best (same settings = its run cut short)
+    stop_early: Optional["StopEarly"] = None
 
     @field_validator("name")
     @classmethod
@@ -704,20 +714,21 @@ def _validate_targets(cfg: RunConfig, where: str) -> set[str]:
 
 
 def _check_epochs_from(cfg: RunConfig, where: str, i: int, t: TargetSection) -> None:
-    """``epochs_from`` names an EARLIER target trained with ``train.stop`` (its kept epoch sets the budget)."""
-    if t.epochs_from is None:
-        return
-    before = [u.name for u in cfg.expanded_targets()[:i]]
-    if t.epochs_from not in before:
-        raise ConfigError(f"{where}: 'targets[{i}].epochs_from' is '{t.epochs_from}', which is not a target listed "
-                          f"before it; list the converged target first (targets before it: {', '.join(before) or 'none'})")
-    ref = next(u for u in cfg.expanded_targets() if u.name == t.epochs_from)
-    if not cfg.target_train(ref).get("stop"):
-        raise ConfigError(f"{where}: 'targets[{i}].epochs_from' names '{t.epochs_from}', which has no train.stop; "
-                          "the budget comes from a target trained to convergence: give it train.stop")
-    if not cfg.target_train(t).get("stop"):
-        raise ConfigError(f"{where}: 'targets[{i}]' has epochs_from but no train.stop; give it the same train.stop "
-                          "as its reference (the validation split must be the same)")
+    """``epochs_from`` / ``stop_early.of`` name an EARLIER target trained with ``train.stop``."""
+    for key, ref_name in (("epochs_from", t.epochs_from), ("stop_early.of", t.stop_early.of if t.stop_early else None)):
+        if ref_name is None:
+            continue
+        before = [u.name for u in cfg.expanded_targets()[:i]]
+        if ref_name not in before:
+            raise ConfigError(f"{where}: 'targets[{i}].{key}' is '{ref_name}', which is not a target listed before "
+                              f"it; list the converged target first (targets before it: {', '.join(before) or 'none'})")
+        ref = next(u for u in cfg.expanded_targets() if u.name == ref_name)
+        if not cfg.target_train(ref).get("stop"):
+            raise ConfigError(f"{where}: 'targets[{i}].{key}' names '{ref_name}', which has no train.stop; it must "
+                              "be a target trained to convergence: give it train.stop")
+        if not cfg.target_train(t).get("stop"):
+            raise ConfigError(f"{where}: 'targets[{i}]' has {key} but no train.stop; give it the same train.stop "
+                              "as its reference (the validation split must be the same)")
 
 
 def _validate_attacks(cfg: RunConfig, where: str, names: set[str]) -> None:

@@ -423,6 +423,11 @@ class _Pipeline:
             from .stopping import budget_of
 
             train = budget_of(train, self.run_dir / "targets" / t.epochs_from / "model.json")
+        if t.stop_early:      # a NoDef curve point: the reference's training stopped at a share of its accuracy
+            from .stopping import early_stop_of
+
+            train = early_stop_of(train, self.run_dir / "targets" / t.stop_early.of / "model.json",
+                                  t.stop_early.val_fraction)
         # every target shares one seed: same initialisation and batch order -> paired comparisons
         return self._train(self.run_dir / "targets" / t.name, arch, self.cfg.target_model_kwargs(t), defense,
                            train, "targets", {"role": "curve" if t.curve else "target", "target": t.name},

@@ -106,7 +106,9 @@ class RunPlan:
                 "defense": self.def_specs[t.name], "train": self.train_cfgs[t.name], "seed": cfg.seed,
                 **_init_key(self.train_cfgs[t.name], keys),
                 # the paper's rule: the budget is what the converged reference kept, so it depends on that target
-                **({"epochs_from": keys[f"targets/{t.epochs_from}"]} if t.epochs_from else {})})
+                **({"epochs_from": keys[f"targets/{t.epochs_from}"]} if t.epochs_from else {}),
+                **({"stop_early": [keys[f"targets/{t.stop_early.of}"], t.stop_early.val_fraction]}
+                   if t.stop_early else {})})
 
     @property
     def nodef_default(self) -> Optional[str]:

@@ -1,6 +1,6 @@
 """Numbers come from one place: RESULTS.md's tables are generated from the committed summaries.
 
-A generated block in a markdown file (RESULTS.md, README.md, BENCHMARKS.md) is fenced by two comments::
+A generated block in a markdown file (RESULTS.md, README.md, BENCHMARKS.md, docs/**/*.md) is fenced by two comments::
 
     <!-- midre:results NAME TABLE -->
     ...generated, never edited by hand...
@@ -78,6 +78,15 @@ def _curves(s: dict[str, Any]) -> str:
     return md_table(["target", f"{seed}: test accuracy % after each epoch (validation accuracy)"], body)
 
 
+def _geometry(s: dict[str, Any]) -> str:
+    from .results import md_table
+
+    body = [[r["setup"], f"{100 * r['box_frame_share']:.1f}", f"{r['a_e']:.1f}", f"{100 * r['mean']:.1f}",
+             f"{100 * r['over_80']:.1f}"] for r in s["rows"]]
+    return md_table(["setup", "box share of frame (%)", "a_e", "mean share of box erased (%)",
+                     "draws erasing > 80 % of box (%)"], body) + f"\n\n{s['n']} draws per row (seed {s['seed']})."
+
+
 def _gates(s: dict[str, Any]) -> str:
     lines = []
     for seed, g in s["gates"].items():
@@ -107,7 +116,7 @@ def _verdict(s: dict[str, Any]) -> str:
 
 
 TABLES: dict[str, Callable[[dict[str, Any]], str]] = {
-    "results": _results, "training": _training, "curves": _curves, "gates": _gates, "frontier": _frontier, "verdict": _verdict}
+    "results": _results, "training": _training, "curves": _curves, "geometry": _geometry, "gates": _gates, "frontier": _frontier, "verdict": _verdict}
 
 
 def _summary(root: Path, name: str, cache: dict[str, dict]) -> dict[str, Any]:
@@ -140,10 +149,10 @@ def render(root: str | Path = ".", check: bool = False) -> list[str]:
 
     root = Path(root)
     stale, cache = [], {}
-    for doc in DOCS:
+    docs = [d for d in DOCS if (root / d).is_file()]
+    docs += sorted(str(p.relative_to(root)) for p in (root / "docs").rglob("*.md")) if (root / "docs").is_dir() else []
+    for doc in docs:
         p = root / doc
-        if not p.is_file():
-            continue
         old = p.read_text(encoding="utf-8")
         new = render_text(old, root, cache, doc)
         if new != old:

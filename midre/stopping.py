@@ -42,6 +42,9 @@ class StopRule(BaseModel):
     lr_drops: int = Field(2, ge=0)
     factor: float = Field(0.1, gt=0, lt=1)
     keep: Literal["best", "last"] = "best"
+    # stop as soon as the validation accuracy reaches this (percent): NoDef "stopped earlier" for the NoDef
+    # accuracy curve (``stop_early`` of a target sets it from its reference's converged accuracy)
+    at_val_acc: Optional[float] = Field(None, gt=0, le=100)
 
 
 @dataclass
@@ -72,8 +75,13 @@ def _score(rule: StopRule, rec: dict[str, Any]) -> float:
 
 def step(rule: StopRule, st: StopState, rec: dict[str, Any]) -> str:
     """Apply one finished epoch's record; returns ``""``, ``"drop"`` (multiply the LR now) or ``"stop"``."""
+    if st.stopped:                      # a stopped run takes no more decisions
+        return "stop"
     s = _score(rule, rec)
     epoch = int(rec["epoch"])
+    if rule.at_val_acc is not None and float(rec.get("val_acc", float("nan"))) >= rule.at_val_acc:
+        st.best, st.best_epoch, st.stopped, st.reason = s, epoch, True, "reached at_val_acc"
+        return "stop"
     if math.isnan(st.best) or s > st.best + rule.min_delta:
         st.best, st.best_epoch, st.bad = s, epoch, 0
         return ""
@@ -158,3 +166,23 @@ def budget_of(train: dict[str, Any], reference_json: Any) -> dict[str, Any]:
     return {**train, "epochs": kept, "schedule": "multistep", "gamma": float(stop.get("factor", rule.factor)),
             "milestones": [int(d) for d in stop["lr_drops"] if int(d) < kept],
             "stop": {**rule.model_dump(), "patience": None, "lr_drops": 0, "keep": "last"}}
+
+
+def early_stop_of(train: dict[str, Any], reference_json: Any, fraction: float) -> dict[str, Any]:
+    """``stop_early`` (a NoDef curve point): ``train`` stopped at the first epoch whose validation accuracy
+    reaches ``fraction`` of the converged reference's best, keeping that epoch.  With the reference's own
+    settings and seed this is the reference's training stopped earlier (same trajectory, cut short)."""
+    import json
+    from pathlib import Path
+
+    from .errors import ConfigError
+
+    path = Path(reference_json)
+    try:
+        stop = json.loads(path.read_text(encoding="utf-8"))["stop"]
+    except (OSError, ValueError, KeyError):
+        raise ConfigError(f"'{path.parent}' holds no converged training (model.json without 'stop'); train the "
+                          "reference target with train.stop first") from None
+    if stop.get("metric") != "val_acc":
+        raise ConfigError(f"stop_early needs a reference stopped on val_acc; '{path.parent}' used {stop.get('metric')}")
+    return {**train, "stop": {**train["stop"], "at_val_acc": round(float(stop["best"]) * fraction, 4), "keep": "last"}}

@@ -27,7 +27,7 @@ def recs(vals):
 def test_rule_drops_then_stops_on_a_known_curve():
     rule = StopRule(patience=2, lr_drops=1, min_delta=0.5)
     st = StopState()
-    actions = [step(rule, st, r) for r in recs([50, 60, 60.4, 59, 61, 61, 61, 61])]
+    actions = [step(rule, st, r) for r in recs([50, 60, 60.4, 59, 61, 61, 61])]
     # 60.4 is not an improvement (min_delta 0.5); two epochs without one -> drop after epoch 4;
     # 61 at epoch 5 improves; epochs 6 and 7 do not -> the one drop is used, so stop after epoch 7
     assert actions[:7] == ["", "", "", "drop", "", "", "stop"]
@@ -126,3 +126,28 @@ def test_resume_after_a_kill_takes_the_same_decisions(tiny_sets, tmp_path):
     sa, sb = full.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert resumed.meta["stop"] == full.meta["stop"]
+
+
+def test_at_val_acc_stops_at_the_first_epoch_reaching_it():
+    rule = StopRule(patience=5, at_val_acc=60.0)
+    st = StopState()
+    assert [step(rule, st, r) for r in recs([20, 50, 61, 70])][:3] == ["", "", "stop"]
+    assert st.best_epoch == 3 and st.reason == "reached at_val_acc"
+
+
+def test_stop_early_is_the_reference_run_cut_short(tiny_sets, tmp_path):
+    """A curve point with the reference's settings and seed retraces its trajectory and stops at the share."""
+    from midre.stopping import early_stop_of
+
+    train, test = tiny_sets
+    cfg = {**CFG, "stop": {**STOP, "patience": 3}}
+    ref = train_classifier(fresh(), train, test, config=cfg, out_dir=tmp_path / "ref", progress=False)
+    best = ref.meta["stop"]["best"]
+    cut = early_stop_of(cfg, tmp_path / "ref" / "model.json", 0.9)
+    assert cut["stop"]["at_val_acc"] == pytest.approx(0.9 * best, abs=1e-3) and cut["stop"]["keep"] == "last"
+    early = train_classifier(fresh(), train, test, config=cut, out_dir=tmp_path / "early", progress=False)
+    k = early.meta["stop"]["stopped_epoch"]
+    assert early.history[-1]["val_acc"] >= 0.9 * best - 1e-3
+    assert all(h["val_acc"] < 0.9 * best - 1e-3 for h in early.history[:-1])
+    strip = lambda hs: [{a: b for a, b in h.items() if a != "seconds"} for h in hs]   # noqa: E731
+    assert strip(early.history) == strip(ref.history[:k])          # the same trajectory, cut short

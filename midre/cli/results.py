@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.set_defaults(func=run_collect)
     r = rsub.add_parser("render", help="rewrite the generated tables (<!-- midre:results NAME TABLE --> blocks)",
                         description="Rewrite every <!-- midre:results NAME TABLE --> ... <!-- /midre:results --> "
-                                    "block of RESULTS.md, README.md and BENCHMARKS.md from results/NAME/. With "
+                                    "block of RESULTS.md, README.md, BENCHMARKS.md and docs/**/*.md from results/NAME/. With "
                                     "--check nothing is written and the command fails, naming each stale block.")
     r.add_argument("--root", default=".", help="the repository root holding the docs and results/")
     r.add_argument("--check", action="store_true", help="change nothing; exit 1 when a block is out of date")
