@@ -187,3 +187,24 @@ def test_curve_points_are_not_gated(tmp_path):
     res = write_gates(tmp_path, cfg, rows, 99.0)
     subjects = [c["subject"] for c in res["checks"] if c["gate"].startswith("NoDef target")]
     assert subjects == ["nodef"], subjects
+
+
+def test_learning_curves_figure_and_bad_inputs(tmp_path, capsys):
+    """`midre analyze learning` plots every target's curve (a target still training included); the frontier,
+    verdict and learning commands refuse a directory that is not a run in one line (exit 2)."""
+    t = tmp_path / "run" / "targets"
+    for name, vals, stop in (("nodef", [50, 80, 90, 91], {"kept_epoch": 4, "reason": "patience"}),
+                             ("midre-0.4", [30, 60], None)):
+        (t / name).mkdir(parents=True)
+        (t / name / "history.json").write_text(json.dumps(
+            [{"epoch": i + 1, "val_acc": v, "test_acc": v - 1} for i, v in enumerate(vals)]))
+        if stop:
+            (t / name / "model.json").write_text(json.dumps({"stop": stop, "complete": True}))
+    assert main(["analyze", "learning", str(tmp_path / "run"), "--out", str(tmp_path / "lc.png")]) == 0
+    out = capsys.readouterr().out
+    assert "nodef: 4 epochs, kept 4" in out and "midre-0.4: 2 epochs" in out
+    assert (tmp_path / "lc.png").stat().st_size > 1000
+    for cmd in (["analyze", "frontier"], ["analyze", "verdict"], ["analyze", "learning"]):
+        assert main([*cmd, str(tmp_path / "nowhere")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "nowhere" in err[0], err

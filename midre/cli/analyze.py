@@ -106,6 +106,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--n", type=int, default=20000, help="draws per setting")
     g.set_defaults(func=run_geometry)
 
+    lc = asub.add_parser(
+        "learning", help="learning curves of a run's targets (validation / test accuracy per epoch, kept epoch)",
+        description="Plot every target's validation and test accuracy after each epoch (a target still training "
+                    "shows its finished epochs) and mark the kept epoch; writes the figure (default "
+                    "RUN/figures/learning_curves.png).")
+    lc.add_argument("run_dir", metavar="RUN", help="run directory, or one seed-<s> directory of a study")
+    lc.add_argument("--target", action="append", default=None, help="a target to plot (repeatable; default: all)")
+    lc.add_argument("--out", default=None, help="the figure's path")
+    lc.set_defaults(func=run_learning)
+
     k = asub.add_parser(
         "curve", help="a_e sweep curve: Acc and AttAcc against MIDRE's a_e from a results table",
         description="Plot natural and attack accuracy against a_e from RUN/results.csv (NoDef = a_e 0, every MIDRE "
@@ -236,4 +246,22 @@ def run_geometry(args: argparse.Namespace) -> int:
     for r in res["rows"]:
         print(f"{r['setup']:40s} a_e {r['a_e']:.1f}: mean {100 * r['mean']:.1f} %, > 80 %: {100 * r['over_80']:.1f} %")
     print(f"wrote {args.out}/summary.json and {args.figure}")
+    return 0
+
+
+def run_learning(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..analysis.learning import learning_curves, plot_learning
+
+    run_dir = Path(args.run_dir)
+    curves = learning_curves(run_dir, args.target)
+    out = Path(args.out) if args.out else run_dir / "figures" / "learning_curves.png"
+    plot_learning(curves, out, f"learning curves: {run_dir.resolve().name}")
+    for name, c in curves.items():
+        st = c.get("stop") or {}
+        last = c["history"][-1]
+        print(f"{name}: {len(c['history'])} epochs, kept {st.get('kept_epoch', '-')}, {st.get('reason', '')} "
+              f"test {last.get('test_acc', float('nan')):.1f} %")
+    print(f"wrote {out}")
     return 0
