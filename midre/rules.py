@@ -128,6 +128,9 @@ def recorded_rule(run_dir: Path, path: Optional[str | Path] = None) -> tuple[Rul
                           "rule fixed before the run: start it with `midre run CONFIG --rule rules/NAME.yaml`")
     rec = json.loads(rec_path.read_text(encoding="utf-8"))
     p = Path(path) if path is not None else Path(rec["path"])
+    if path is None and not p.is_absolute() and not p.is_file():
+        # a collected summary (results/NAME/) records the rule relative to the repository holding results/
+        p = Path(run_dir).resolve().parent.parent / p
     if not p.is_file():
         raise RunDirError(f"the rule file '{p}' recorded by '{run_dir}' is not there; pass --rule PATH to the "
                           "committed copy")

@@ -136,12 +136,25 @@ def test_study_frontier_and_verdict_end_to_end(tmp_path, capsys):
     assert early["verdict"] in (NO_BETTER, NOT_MATCHED), early
     assert early["verdict"] != HELPS
     assert next(r for r in v["rows"] if r["target"] == "missing")["verdict"] == "not run"
+    # a study run in parts: seed 1 in another directory, both collected into one summary
+    raw = copy.deepcopy(TINY)
+    raw["seeds"] = [1]
+    run_pipeline(load_config(raw), tmp_path / "part2", progress=False, rule=rule)
+    summ = tmp_path / "results" / "tiny-frontier"
+    for part in (out, tmp_path / "part2"):
+        assert main(["results", "collect", str(part), "tiny-frontier", "--into", str(tmp_path / "results")]) == 0
+    s = json.loads((summ / "summary.json").read_text())
+    assert s["seeds"] == ["seed-0", "seed-1"] and s["frontier"]["seed_dirs"] == ["seed-0", "seed-1"]
+    assert s["verdict"]["rows"][0]["n_seeds"] == 2
+    assert main(["analyze", "verdict", str(summ)]) == 0
     capsys.readouterr()
     # the rule edited after the run started: refused in one line, exit 2
     rule.write_text(RULE.replace("n_boot: 200", "n_boot: 300"))
     assert main(["analyze", "verdict", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "changed after the run started" in err[0]
+    assert main(["analyze", "verdict", str(summ)]) == 2             # the summary keeps the recorded sha256 too
+    capsys.readouterr()
     with pytest.raises(RunDirError, match="changed since this run started"):
         run_pipeline(load_config(copy.deepcopy(TINY)), out, progress=False, rule=rule)
 

@@ -135,16 +135,17 @@ def collect(run_dir: str | Path, dest: str | Path) -> Path:
     if not dirs:
         raise RunDirError(f"'{run_dir}' has no finished seed (results.json); let `midre run` finish one first")
     cfg = load_config(run_dir / "config.yaml", check=False)
+    ident = cfg.for_seed(0).hash()       # the config without its seed list: a study run in parts matches
     old = _read(dest / "summary.json") if is_summary(dest) else None
-    if old is not None and old.get("config_hash") != cfg.hash():
+    if old is not None and old.get("config_hash") != ident:
         raise RunDirError(f"'{dest}' summarises another config (hash {old.get('config_hash')}, this run "
-                          f"{cfg.hash()}); collect into another name")
+                          f"{ident}); collect into another name")
     label = {d: d.name if d.name.startswith("seed-") else f"seed-{cfg.seed}" for d in dirs}   # a single run: its seed
     names = sorted(set((old or {}).get("seeds", [])) | set(label.values()), key=_seed_order)
     for d in dirs:
         atomic_write_json(dest / f"{label[d]}.json", {**_seed_summary(d), "seed_dir": label[d]})
     rule = _rule_record(run_dir) or (old or {}).get("rule")
-    summary = {"format": FORMAT, "name": cfg.name, "config_hash": cfg.hash(), "seeds": names,
+    summary = {"format": FORMAT, "name": cfg.name, "config_hash": ident, "seeds": names,
                "config_yaml": (run_dir / "config.yaml").read_text(encoding="utf-8"), "rule": rule}
     if rule is not None:
         atomic_write_json(dest / "rule.json", rule)

@@ -20,7 +20,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("analyze", help="the paper's analyses: features (Sec. 3.2), concealment (Table 1), a_e curve",
                        description="The MIDRE paper's analyses as commands.")
     asub = p.add_subparsers(dest="analysis", metavar="ANALYSIS", parser_class=_Parser)
+    _add_paper_analyses(asub)
+    _add_comparisons(asub)
+    _add_figures(asub)
+    p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
 
+
+def _add_paper_analyses(asub: argparse._SubParsersAction) -> None:
+    """features (Sec. 3.2) and concealment (Table 1)."""
     f = asub.add_parser(
         "features", help="feature-space analysis (paper Sec. 3.2): PCA + convex hulls, overlap numbers",
         description="Penultimate features of private, RE-private (MIDRE's eraser) and reconstructed images under "
@@ -55,6 +62,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--no-progress", action="store_true")
     c.set_defaults(func=run_concealment)
 
+
+def _add_comparisons(asub: argparse._SubParsersAction) -> None:
+    """paired, frontier and verdict: is a defense better than NoDef / than losing accuracy?"""
     q = asub.add_parser(
         "paired", help="paired NoDef - defense differences of Acc and AttAcc with 95 %% CIs (run or study)",
         description="Recompute every prediction from RUN's models and reconstructions (checked against the run's "
@@ -95,6 +105,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="the rule file, if it moved (its sha256 must still match the recorded one)")
     v.set_defaults(func=run_verdict)
 
+
+def _add_figures(asub: argparse._SubParsersAction) -> None:
+    """geometry, learning curves and the a_e curve."""
     g = asub.add_parser(
         "geometry", help="share of the inner-face box MIDRE's square erases, per a_e (synthetic 32/64 px, CelebA 64)",
         description="With MIDRE's own sampler, the share of the identity-bearing eyes-to-mouth box erased per image "
@@ -123,7 +136,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "RUN/figures/ae_curve.png and RUN/analysis/ae_curve.json.")
     k.add_argument("run_dir", metavar="RUN", help="run or sweep directory holding results.csv")
     k.set_defaults(func=run_curve)
-    p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
 
 
 def run_features(args: argparse.Namespace) -> int:
