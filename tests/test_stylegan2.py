@@ -180,3 +180,29 @@ def test_init_kwargs_layouts_of_official_repositories():
     assert Generator(**a.init_kwargs).state_dict().keys() == a.state_dict().keys()
     with pytest.raises(ArgumentError, match="magnitude_ema_beta"):
         Generator(**{**sg3, "magnitude_ema_beta": 0.999})            # a StyleGAN3 (alias-free) option
+
+
+def test_official_forward_keywords_noise_default_and_execution_options():
+    """G(z, c, truncation_psi, truncation_cutoff, noise_mode) as the official generator: 'random' noise by
+    default (seeded by ``generator``), midre's older psi / cutoff names still accepted; fp16_channels_last
+    (written by official training with --nhwc=1) is accepted and ignored like fused_modconv_default."""
+    kw = dict(z_dim=16, w_dim=16, img_resolution=16, mapping_kwargs={"num_layers": 2},
+              synthesis_kwargs={"channel_base": 256, "channel_max": 16, "fp16_channels_last": True,
+                                "fused_modconv_default": "inference_only"})
+    torch.manual_seed(0)
+    G = Generator(**kw)
+    torch.manual_seed(0)
+    plain = Generator(**{**kw, "synthesis_kwargs": {"channel_base": 256, "channel_max": 16}})
+    for k, v in G.state_dict().items():
+        assert torch.equal(v, plain.state_dict()[k]), k
+    G.eval()                                  # in training mode the mapping updates w_avg on every call
+    with torch.no_grad():                     # noise strengths start at 0 (as the official): give them weight
+        for name, p in G.named_parameters():
+            if name.endswith("noise_strength"):
+                p.fill_(0.5)
+    z = torch.randn(2, 16, generator=torch.Generator().manual_seed(1))
+    a = G(z, None, 0.7, 4, "const")
+    assert torch.equal(a, G(z, psi=0.7, cutoff=4, noise_mode="const"))
+    r1 = G(z, generator=torch.Generator().manual_seed(3))
+    r2 = G(z, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(r1, r2) and not torch.equal(r1, G(z, noise_mode="const"))

@@ -92,7 +92,8 @@ def test_round_trip_is_bit_exact_and_runs_nothing(fake_nvidia, tmp_path, protoco
     for k, v in G.state_dict().items():
         assert torch.equal(v, G2.state_dict()[k]), k
     z = torch.randn(3, 32, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(G(z, psi=0.7, cutoff=4), G2(z, psi=0.7, cutoff=4))
+    assert torch.equal(G(z, truncation_psi=0.7, truncation_cutoff=4, noise_mode="const"),
+                       G2(z, truncation_psi=0.7, truncation_cutoff=4, noise_mode="const"))
     assert sorted(os.listdir(out)) == ["generator.json", "generator.safetensors"]
 
 

@@ -391,7 +391,9 @@ class MappingNetwork(nn.Module):
 
 # ================================================================================ generator
 _SYNTH_KEYS = ("channel_base", "channel_max", "num_fp16_res", "conv_clamp", "architecture", "resample_filter",
-               "use_noise", "activation", "kernel_size", "fused_modconv_default")
+               "use_noise", "activation", "kernel_size", "fused_modconv_default", "fp16_channels_last")
+# options of the official code that choose how it runs (kernel fusion, memory layout), not what it computes
+_EXECUTION_ONLY = ("fused_modconv_default", "fp16_channels_last")
 _MAP_KEYS = ("num_layers", "embed_features", "layer_features", "activation", "lr_multiplier", "w_avg_beta")
 
 
@@ -417,7 +419,8 @@ class Generator(nn.Module):
                             "synthesis_kwargs": _jsonable(sk)}
         self.z_dim, self.c_dim, self.w_dim = z_dim, c_dim, w_dim
         self.img_resolution, self.img_channels = img_resolution, img_channels
-        sk.pop("fused_modconv_default", None)      # an execution choice of the official code, not architecture
+        for k in _EXECUTION_ONLY:                  # execution choices of the official code, not architecture
+            sk.pop(k, None)
         self.synthesis = SynthesisNetwork(w_dim, img_resolution, img_channels, **sk)
         self.num_ws = self.synthesis.num_ws
         self.mapping = MappingNetwork(z_dim, c_dim, w_dim, self.num_ws, **mk)
@@ -426,9 +429,17 @@ class Generator(nn.Module):
     def num_blocks(self) -> int:
         return self.synthesis.num_blocks
 
-    def forward(self, z: torch.Tensor, c: Optional[torch.Tensor] = None, psi: float = 1.0,
-                cutoff: Optional[int] = None, noise_mode: str = "const") -> torch.Tensor:
-        return self.synthesis(self.mapping(z, c, psi, cutoff), noise_mode=noise_mode)
+    def forward(self, z: torch.Tensor, c: Optional[torch.Tensor] = None, truncation_psi: float = 1.0,
+                truncation_cutoff: Optional[int] = None, noise_mode: str = "random", *,
+                psi: Optional[float] = None, cutoff: Optional[int] = None,
+                generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """``G(z, c, truncation_psi, truncation_cutoff, noise_mode)`` as the official generator (noise_mode
+        'random' by default, as there; ``generator`` seeds the noise).  ``psi`` / ``cutoff`` are midre's older
+        names for the two truncation arguments.  ``synthesis`` itself defaults to 'const' noise: midre's attacks
+        call it directly and always say which noise they use."""
+        psi = truncation_psi if psi is None else psi
+        cutoff = truncation_cutoff if cutoff is None else cutoff
+        return self.synthesis(self.mapping(z, c, psi, cutoff), noise_mode=noise_mode, generator=generator)
 
     @staticmethod
     def to_unit(images: torch.Tensor) -> torch.Tensor:
