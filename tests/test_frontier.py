@@ -221,3 +221,19 @@ def test_learning_curves_figure_and_bad_inputs(tmp_path, capsys):
         assert main([*cmd, str(tmp_path / "nowhere")]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "nowhere" in err[0], err
+
+
+def test_rule_lookup_and_experiment_mismatch(tmp_path):
+    from midre.rules import default_rule_path, record_rule
+
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "tiny-frontier.yaml").write_text(RULE)
+    assert default_rule_path("tiny-frontier", tmp_path) == tmp_path / "rules" / "tiny-frontier.yaml"
+    assert default_rule_path("other", tmp_path) is None
+    run = tmp_path / "run"
+    run.mkdir()
+    with pytest.raises(ConfigError, match="is for experiment 'tiny-frontier', not 'other'"):
+        record_rule(run, tmp_path / "rules" / "tiny-frontier.yaml", "other")
+    assert not (run / "rule.json").exists()
+    rec = record_rule(run, tmp_path / "rules" / "tiny-frontier.yaml", "tiny-frontier")
+    assert record_rule(run, tmp_path / "rules" / "tiny-frontier.yaml", "tiny-frontier") == rec   # a resume
