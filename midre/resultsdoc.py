@@ -34,17 +34,22 @@ def _f(v: Any, fmt: str = "{:.1f}") -> str:
     return "--" if not math.isfinite(x) else fmt.format(x)
 
 
+def _pm(mean: Any, std: Any, seeds: int) -> str:
+    """``mean ± std`` across seeds (the mean alone for one seed or a missing std)."""
+    ok = isinstance(std, (int, float)) and math.isfinite(std) and seeds > 1
+    return _f(mean) + (f" ± {_f(std)}" if ok else "")
+
+
 def _results(s: dict[str, Any]) -> str:
     from .results import md_table
 
     head = ["target", "defense", "attack", "Acc (%)", "AttAcc top-1 (%)", "top-5 (%)", "KNN", "FID_eval", "seeds"]
     body = []
     for r in s["rows"]:
-        pm = lambda m, sd: _f(m) + ("" if not isinstance(sd, (int, float)) or not math.isfinite(sd) or  # noqa: E731
-                                    int(r.get("n_seeds", 1) or 1) < 2 else f" ± {_f(sd)}")
-        body.append([r["target"], str(r.get("defense")), str(r.get("attack") or "--"), pm(r["acc"], r.get("acc_std")),
-                     pm(r.get("attack_top1"), r.get("attack_top1_std")), _f(r.get("attack_top5")), _f(r.get("knn"), "{:.0f}"),
-                     _f(r.get("fid_eval"), "{:.0f}"), str(r.get("n_seeds", 1))])
+        n = int(r.get("n_seeds", 1) or 1)
+        body.append([r["target"], str(r.get("defense")), str(r.get("attack") or "--"), _pm(r["acc"], r.get("acc_std"), n),
+                     _pm(r.get("attack_top1"), r.get("attack_top1_std"), n), _f(r.get("attack_top5")),
+                     _f(r.get("knn"), "{:.0f}"), _f(r.get("fid_eval"), "{:.0f}"), str(n)])
     return md_table(head, body) + "\n\n" + ("Mean ± std across seeds." if len(s["seeds"]) > 1 else "One seed.")
 
 
