@@ -271,6 +271,15 @@ def run_command(run_json: Path) -> Optional[str]:
     return str(data.get("command") or ("audit" if "cost" in stages else "run"))
 
 
+def require_run_dir(run_dir: Path, command: str) -> None:
+    """Commands that write into a run's own folder (report, analyze) refuse one that holds no midre run,
+    study or sweep (no run.json / sweep.json): the folder may be the user's own."""
+    run_dir = Path(run_dir)
+    if run_dir.is_dir() and not (run_dir / "run.json").is_file() and not (run_dir / "sweep.json").is_file():
+        raise RunDirError(f"'{run_dir}' is not a midre run or sweep directory (no run.json or sweep.json); "
+                          f"`{command}` writes only into the --out of `midre run` or `midre sweep`")
+
+
 def _is_seed_run(p: Path, seeds: list[int]) -> bool:
     return p.is_dir() and p.name in {f"seed-{s}" for s in seeds} and (p / "run.json").exists()
 
