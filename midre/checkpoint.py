@@ -112,6 +112,21 @@ def _refusal_reason(err: BaseException, caught: list) -> str:
     return reason
 
 
+def _looks_pickled(source: Any) -> bool:
+    """A torch zip archive or what opens a pickle: 0x80 (protocol 2+), or the MARK / empty dict / empty list /
+    GLOBAL opcode of protocols 0 and 1."""
+    if not isinstance(source, (str, os.PathLike)):
+        return True
+    import zipfile
+
+    try:
+        with open(source, "rb") as fh:
+            head = fh.read(1)
+        return head in (b"\x80", b"(", b"}", b"]", b"c") or zipfile.is_zipfile(source)
+    except OSError:
+        return False
+
+
 def weights_only_load(source: Any) -> Any:
     """``torch.load(source, weights_only=True)`` on the CPU, with the library's warnings captured (a refusal is
     one line of midre's, not torch's warnings first); failure raises :class:`TorchLoadRefused`."""
@@ -120,8 +135,10 @@ def weights_only_load(source: Any) -> Any:
         try:
             return torch.load(source if not isinstance(source, (str, os.PathLike)) else str(source),
                               map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as e:
-            raise TorchLoadRefused(_refusal_reason(e, caught), unsafe=True) from None
+        except pickle.UnpicklingError as e:   # a pickle the weights-only unpickler refused, or no pickle at all
+            reason = _refusal_reason(e, caught)
+            unsafe = reason.startswith("it imports") or _looks_pickled(source)
+            raise TorchLoadRefused(reason if unsafe else "not a pickle or torch zip archive", unsafe) from None
         except Exception as e:  # noqa: BLE001 - RuntimeError (truncated), EOFError, KeyError (text), ...
             raise TorchLoadRefused(_refusal_reason(e, caught), unsafe=False) from None
 
