@@ -303,6 +303,9 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], list[str]]] = {
     "userstudy-tally-foreign-key": (lambda t: ["userstudy", "tally", str(_file(t / "v.csv", "pair_id,answer,rater\n"
                                                                                 "p1,left,r1\n")),
                                                "--key", str(_file(t / "k.json", '{"a": 1}'))], ["k.json"]),
+    "userstudy-tally-json-would-overwrite-the-votes": (lambda t: ["userstudy", "tally", str(_file(
+        t / "v.csv", "pair_id,answer,rater\np1,left,r1\n")), "--key", str(_key(t)), "--json", str(t / "v.csv")],
+        ["--json", "overwritten"]),
     # zoo
     "zoo-check-a-folder-without-a-manifest": (lambda t: ["zoo", "check", "--zoo-dir", str(user_folder(t / "mine"))],
                                               ["no manifest.json"]),
