@@ -446,7 +446,7 @@ def test_own_outputs_are_continued(tmp_path, capsys):
 
 
 def test_check_out_recognises_each_commands_own_output(tmp_path):
-    from midre.cli.attack import is_attack_output
+    from midre.cli.attack import is_attack_output, is_prior_cache
     from midre.cli.train import is_training_output
     from midre.errors import RunDirError
     from midre.rundir import check_out, prepare_dir
@@ -458,6 +458,8 @@ def test_check_out_recognises_each_commands_own_output(tmp_path):
     (tmp_path / "killed").mkdir()
     (tmp_path / "killed" / "train_state.pt").write_bytes(b"")          # killed before the first checkpoint
     assert is_training_output(tmp_path / "killed")
+    (tmp_path / "priors" / "gan-0123abcd").mkdir(parents=True)            # a prior killed while training
+    assert is_prior_cache(tmp_path / "priors") and not is_prior_cache(user_folder(tmp_path / "pics"))
     check_out(tmp_path / "new" / "deeper", "thing", lambda d: False)      # a new folder is always fine
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / ".lock").write_text("")

@@ -65,8 +65,13 @@ def is_attack_output(out: Path) -> bool:
 
 
 def is_prior_cache(folder: Path) -> bool:
-    """A prior cache: its sub-folders are priors (``<kind>-<key>/prior.json``)."""
-    return any((p / "prior.json").is_file() for p in folder.iterdir() if p.is_dir())
+    """A prior cache: a finished prior (``<kind>-<key>/prior.json``) in it, or only ``<kind>-<key>/`` folders
+    (a prior whose training was killed before it finished)."""
+    from ..priors import PRIOR_KINDS
+
+    subs = [p for p in folder.iterdir() if not p.name.startswith(".")]
+    return any((p / "prior.json").is_file() for p in subs) or all(
+        p.is_dir() and p.name.split("-", 1)[0] in PRIOR_KINDS and "-" in p.name for p in subs)
 
 
 def check_outputs(args: argparse.Namespace) -> None:
