@@ -30,6 +30,7 @@ import hashlib
 import json
 import math
 import time
+import warnings
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -84,6 +85,7 @@ class AuditSpec:
     seed: int = 0
     device: str = "auto"
     name: str = "audit"
+    command = "audit"                           # not a field: marks run.json as an audit's (rundir.RunState)
 
     def hash(self) -> str:
         return config_hash({k: v for k, v in asdict(self).items() if k != "device"})
@@ -203,13 +205,16 @@ def _load_torchscript(path: Path, num_classes: int, size: int, spec: AuditSpec) 
         raise CheckpointError(f"'{path}' is not a TorchScript archive; for a state dict give its architecture "
                               "with --arch (see `midre models`)")
     try:
-        scripted = torch.jit.load(str(path), map_location="cpu")
+        with warnings.catch_warnings():   # torch's notes on the archive would come before midre's one line
+            warnings.simplefilter("ignore")
+            scripted = torch.jit.load(str(path), map_location="cpu")
     except Exception as e:  # noqa: BLE001 - any failure to read the archive is the user's file
         raise CheckpointError(f"cannot load TorchScript '{path}' ({type(e).__name__}); re-export it with "
                               "torch.jit.script(model).save(path)") from None
     model = Classifier(_ScriptedLogits(scripted), num_classes, num_classes, arch="torchscript", head=nn.Identity())
     _set_input(model, spec, size)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # the user's scripted code may warn; the check's answer is midre's line
         try:
             out = model(torch.zeros(1, 3, size, size))
         except Exception as e:  # noqa: BLE001
@@ -483,14 +488,14 @@ class AuditResult:
 
 def run_audit(spec: AuditSpec, out_dir: str | Path, progress: bool = True) -> AuditResult:
     """Run (or continue) an audit into ``out_dir``; see the module docstring."""
-    from .rundir import remove_stale_temps
+    from .rundir import check_out, remove_stale_temps, run_command
     from .utils import RunLock
 
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise RunDirError(f"'{out}' is a file; give a directory to --out")
-    if out.is_dir() and any(not p.name.startswith(".") for p in out.iterdir()) and not (out / "run.json").exists():
-        raise RunDirError(f"'{out}' is not empty and holds no midre audit; choose a new or empty --out")
+    check_out(out, "audit", lambda d: run_command(d / "run.json") == "audit",
+              hint=" (the --out of an earlier audit of the same model continues it)")
     audit = _Audit(spec, out, progress)
     audit.prepare()                      # every check that needs no writing: bad input leaves no trace
     with RunLock(out):

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -82,6 +85,64 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
+class TorchLoadRefused(Exception):
+    """``torch.load(weights_only=True)`` failed: ``reason`` is one short clause for the caller's one line;
+    ``unsafe`` when the file is a pickle the weights-only unpickler refused (it would import or run code)."""
+
+    def __init__(self, reason: str, unsafe: bool):
+        super().__init__(reason)
+        self.reason, self.unsafe = reason, unsafe
+
+
+def _refusal_reason(err: BaseException, caught: list) -> str:
+    """The useful part of torch's multi-paragraph refusal (the blocked global, the opcode), plus the pickle
+    protocol when torch warned about it; the exception type otherwise."""
+    text = str(err)
+    m = re.search(r"unsupported GLOBAL ([\w.]+)", text) or re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if m:
+        reason = f"it imports {m.group(1)}"
+    elif (m := re.search(r"Unsupported operand (\d+)", text)):
+        reason = f"unsupported pickle opcode {m.group(1)}"
+    else:
+        first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+        reason = type(err).__name__ + (f": {first[:80]}" if first and "weights_only" not in first else "")
+    protocols = {m.group(1) for w in caught if (m := re.search(r"pickle protocol (\d+)", str(w.message)))}
+    if protocols:
+        reason += f"; pickle protocol {', '.join(sorted(protocols))}"
+    return reason
+
+
+def _looks_pickled(source: Any) -> bool:
+    """A torch zip archive or what opens a pickle: 0x80 (protocol 2+), or the MARK / empty dict / empty list /
+    GLOBAL opcode of protocols 0 and 1."""
+    if not isinstance(source, (str, os.PathLike)):
+        return True
+    import zipfile
+
+    try:
+        with open(source, "rb") as fh:
+            head = fh.read(1)
+        return head in (b"\x80", b"(", b"}", b"]", b"c") or zipfile.is_zipfile(source)
+    except OSError:
+        return False
+
+
+def weights_only_load(source: Any) -> Any:
+    """``torch.load(source, weights_only=True)`` on the CPU, with the library's warnings captured (a refusal is
+    one line of midre's, not torch's warnings first); failure raises :class:`TorchLoadRefused`."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            return torch.load(source if not isinstance(source, (str, os.PathLike)) else str(source),
+                              map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:   # a pickle the weights-only unpickler refused, or no pickle at all
+            reason = _refusal_reason(e, caught)
+            unsafe = reason.startswith("it imports") or _looks_pickled(source)
+            raise TorchLoadRefused(reason if unsafe else "not a pickle or torch zip archive", unsafe) from None
+        except Exception as e:  # noqa: BLE001 - RuntimeError (truncated), EOFError, KeyError (text), ...
+            raise TorchLoadRefused(_refusal_reason(e, caught), unsafe=False) from None
+
+
 def load_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Load a tensor state dict: safetensors, or torch.load(weights_only=True) for .pt/.pth."""
     p = Path(path)
@@ -96,10 +157,10 @@ def load_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         except (SafetensorError, OSError, ValueError, RuntimeError) as e:
             raise CheckpointError(f"checkpoint '{p}' is truncated or corrupt ({str(e).splitlines()[0][:80]}); re-train or restore it") from None
     try:
-        obj = torch.load(str(p), map_location="cpu", weights_only=True)
-    except Exception as e:  # UnpicklingError for smuggled code, RuntimeError for truncation, ...
+        obj = weights_only_load(p)
+    except TorchLoadRefused as e:  # a pickle that would import code, a truncated or foreign file, ...
         raise CheckpointError(
-            f"refusing to load '{p}': not a plain tensor checkpoint ({type(e).__name__}); "
+            f"refusing to load '{p}': not a plain tensor checkpoint ({e.reason}); "
             "only safetensors or weights-only torch files are accepted") from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]

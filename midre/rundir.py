@@ -2,7 +2,8 @@
 
 ``RUN/run.json`` (:class:`RunState`): the config hash, versions, every stage's status, key, seconds and peak
 memory, and one entry per session (a resumed run adds a session).  Beside it: the stage console, the
-crash-test hook, the clean-up of temp files a killed process left, the check of ``--out``, and the
+crash-test hook, the clean-up of temp files a killed process left, the check of ``--out`` (every command
+that writes refuses a non-empty folder that is not its own earlier output: :func:`check_out`), and the
 CSV writer of the results tables.
 """
 from __future__ import annotations
@@ -111,7 +112,8 @@ class RunState:
                     f"run directory '{run_dir}' holds a {self.data.get('kind')} run but the config is a {kind} run "
                     "(seeds list vs single seed); use a new --out")
         else:
-            self.data = {"format": RUN_FORMAT, "kind": kind, "created": now(), "stages": {}, "sessions": []}
+            self.data = {"format": RUN_FORMAT, "kind": kind, "command": getattr(cfg, "command", "run"),
+                         "created": now(), "stages": {}, "sessions": []}
         self.session = {"id": len(self.data.get("sessions", [])) + 1, "started": now(),
                         "resumed": bool(self.data.get("sessions")), "status": "running"}
         self._t0 = time.perf_counter()
@@ -207,18 +209,75 @@ def prepare_dir(run_dir: Path, resume: bool, seeds: Optional[list[int]] = None) 
     ``seed-<s>/`` (each with its run.json, ``s`` one of ``seeds``): it continues them by stage key."""
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirError(f"'{run_dir}' is a file; give a directory to --out")
-    if not run_dir.exists():
-        return
-    entries = [p for p in run_dir.iterdir() if not p.name.startswith(".")]   # .lock, temp files of a kill
-    if not entries:
-        return
-    if seeds and not (run_dir / "run.json").exists() and all(_is_seed_run(p, seeds) for p in entries):
-        return
+    check_out(run_dir, "run", lambda d: (d / "run.json").exists() or bool(seeds) and all(
+        _is_seed_run(p, seeds) for p in _entries(d)))
     if not (run_dir / "run.json").exists():
-        raise RunDirError(f"'{run_dir}' is not empty and holds no midre run; choose a new or empty --out")
+        return
+    if run_command(run_dir / "run.json") == "audit":
+        raise RunDirError(f"'{run_dir}' holds a midre audit, not a run; choose a new or empty --out")
     if not resume:
         raise RunDirError(f"'{run_dir}' already holds a run; continue it with `midre run --resume {run_dir}` "
                           "or choose a new --out")
+
+
+def _entries(folder: Path) -> list[Path]:
+    """What a folder holds, less hidden entries (the run lock, temp files of a killed process)."""
+    return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+
+
+def check_out(out: Path, what: str, is_ours: Callable[[Path], bool], flag: str = "--out", hint: str = "") -> None:
+    """Refuse (one RunDirError line) an output folder that is a file or lies under one, or that is not empty
+    and not an earlier output of the same command: ``is_ours(out)`` tells (e.g. its run.json, model.json or
+    key.json is midre's).  A new or empty folder is fine.  Writes nothing; call it before any work.
+
+    ``what`` names the command's output in the message ("training output"); ``hint`` is appended to it
+    (how to continue one's own output)."""
+    out = Path(out)
+    for parent in (out, *out.parents):   # an --out under a regular file fails before any work
+        if parent.exists():
+            if not parent.is_dir():
+                raise RunDirError(f"cannot use {flag} '{out}': '{parent}' is a file, not a directory; "
+                                  f"choose another {flag}")
+            break
+    if not out.is_dir():
+        return
+    entries = _entries(out)
+    if not entries or is_ours(out):
+        return
+    more = f" and {len(entries) - 1} more" if len(entries) > 1 else ""
+    raise RunDirError(f"'{out}' is not empty and holds no midre {what} (it holds '{entries[0].name}'{more}); "
+                      f"midre writes only into a new or empty folder or its own earlier output: choose a new or "
+                      f"empty {flag}{hint}")
+
+
+def record_format(path: Path, key: str = "format") -> Optional[str]:
+    """Field ``key`` of a JSON record, or None when the file is missing, unreadable, not JSON or not a mapping
+    (tells a midre artefact from a user's file of the same name)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    value = data.get(key) if isinstance(data, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def run_command(run_json: Path) -> Optional[str]:
+    """The command that made a run.json ("run" or "audit"); None when it is not a midre run record.
+    Records written before the field existed: an audit is the one with a "cost" stage."""
+    if record_format(run_json) != RUN_FORMAT:
+        return None
+    data = json.loads(run_json.read_text(encoding="utf-8"))
+    stages = data.get("stages") if isinstance(data.get("stages"), dict) else {}
+    return str(data.get("command") or ("audit" if "cost" in stages else "run"))
+
+
+def require_run_dir(run_dir: Path, command: str) -> None:
+    """Commands that write into a run's own folder (report, analyze) refuse one that holds no midre run,
+    study or sweep (no run.json / sweep.json): the folder may be the user's own."""
+    run_dir = Path(run_dir)
+    if run_dir.is_dir() and not (run_dir / "run.json").is_file() and not (run_dir / "sweep.json").is_file():
+        raise RunDirError(f"'{run_dir}' is not a midre run or sweep directory (no run.json or sweep.json); "
+                          f"`{command}` writes only into the --out of `midre run` or `midre sweep`")
 
 
 def _is_seed_run(p: Path, seeds: list[int]) -> bool:

@@ -37,6 +37,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from .config import raw_config
 from .errors import ArgumentError, ConfigError, MidreError, RunDirError
+from .rundir import check_out, record_format
 from .utils import atomic_write_json, atomic_write_text, config_hash, make_progress, read_json
 
 SWEEP_KEYS = ("grid", "trials", "num_cpus", "num_gpus", "backend")
@@ -318,6 +319,8 @@ def run_sweep(config: Any, out_dir: str | Path, backend: Optional[str] = None, a
     if validate:
         _validate_trials(spec, configs)
     out_dir = Path(out_dir)
+    check_out(out_dir, "sweep", lambda d: record_format(d / "sweep.json", "base_hash") is not None,
+              hint=" (the --out of an earlier sweep of the same config resumes it)")
     out_dir.mkdir(parents=True, exist_ok=True)
     if not resume and (out_dir / "sweep.json").exists():
         raise RunDirError(f"'{out_dir}' already holds a sweep; re-run without --no-resume to continue it, or "

@@ -34,6 +34,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from .errors import ArgumentError, DataError
+from .rundir import check_out, record_format
 from .utils import atomic_write_bytes, atomic_write_json, atomic_write_text, config_hash, derive_seed
 
 KEY_FORMAT = "midre-userstudy-key"
@@ -139,13 +140,15 @@ def make_study(run_dir: str | Path, out: Optional[str | Path] = None, *, attack:
     if max_identities is not None and max_identities < 1:
         raise ArgumentError(f"--max-identities must be at least 1, got {max_identities}")
     art, attack, defenses, targets = _choose(run_dir, attack, defenses)
+    out = Path(out) if out is not None else run_dir / "userstudy" / f"{attack}-{defenses[0]}-vs-{defenses[1]}"
+    check_out(out, "user study", lambda d: record_format(d / "key.json") == KEY_FORMAT,
+              hint=" (an earlier study's --out is rebuilt)")
     recs = {d: Reconstructions.load(targets[d]) for d in defenses}
     private = private_images(art)
     if private is None or getattr(private, "targets", None) is None:
         raise DataError(f"the private images of '{run_dir}' cannot be rebuilt (dataset missing or moved); "
                         "make the dataset root available as recorded in the run's config.yaml")
     pairs = _pairs(recs, private, defenses, max_identities, seed)
-    out = Path(out) if out is not None else run_dir / "userstudy" / f"{attack}-{defenses[0]}-vs-{defenses[1]}"
     study_id = config_hash({"run": str(run_dir.resolve()), "attack": attack, "defenses": defenses, "seed": seed,
                             "pairs": [(p.id, p.identity, p.left, p.private_index, p.recon_index) for p in pairs]})
     shown, rows = [], []

@@ -77,6 +77,20 @@ def _built_on(device: Any) -> str:
     return f"{dev.type}: {what}, torch {torch.__version__}"
 
 
+def check_folders(root_dir: Path, work_root: Path) -> None:
+    """The zoo folder and the work folder must be new, empty or midre's own: a zoo (manifest.json) and a work
+    folder of runs (one ``run.json`` per config); nothing of the user's is written over."""
+    from .rundir import check_out, record_format, run_command
+    from .zoo import FORMAT
+
+    check_out(root_dir, "zoo", lambda d: record_format(d / "manifest.json") == FORMAT, flag="--zoo-dir",
+              hint=" (an earlier zoo gets the new entries)")
+    check_out(work_root, "zoo work folder", lambda d: all(
+        p.is_dir() and (run_command(p / "run.json") == "run" or not any(p.iterdir()))
+        for p in d.iterdir() if not p.name.startswith(".")),
+        flag="--work", hint=" (an earlier `midre zoo build --work` resumes)")
+
+
 def build(names: Sequence[str] = (), configs: Optional[Sequence[str]] = None, root: Optional[str | os.PathLike] = None,
           work_dir: Optional[str | os.PathLike] = None, progress: bool = True, device: Optional[str] = None
           ) -> list[str]:
@@ -90,6 +104,7 @@ def build(names: Sequence[str] = (), configs: Optional[Sequence[str]] = None, ro
         raise ConfigError("no zoo configs: list them in midre/zoo/zoo.yaml or pass --config CONFIG")
     root_dir = zoo_dir(root)
     work_root = Path(work_dir) if work_dir is not None else root_dir / ".build"
+    check_folders(root_dir, work_root)
     plan: dict[str, tuple[str, str]] = {}
     for c in configs:
         cfg, pipe = _pipeline(c, work_root, False, device)

@@ -565,7 +565,10 @@ class Attack:
         return {"name": self.name, "preset": self.preset, **self.params}
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(preset={self.preset!r}, " + ", ".join(f"{k}={v!r}" for k, v in self.params.items()) + ")"
+        """Its name, preset and the settings that differ from the preset's: ``gmi(preset='quick', iterations=2)``."""
+        base = {**self.defaults, **{"paper": {}, **self.presets}[self.preset]}
+        shown = [f"{k}={v!r}" for k, v in self.params.items() if k not in base or v != base[k]]
+        return f"{self.name}(" + ", ".join([f"preset={self.preset!r}", *shown]) + ")"
 
 
 def build_attack(name: str, preset: str = "paper", **params: Any) -> Attack:

@@ -144,6 +144,11 @@ def run_features(args: argparse.Namespace) -> int:
     from ..results import md_table
     from ..utils import parse_id_ranges
 
+    from pathlib import Path
+
+    from ..rundir import require_run_dir
+
+    require_run_dir(Path(args.run_dir), "midre analyze features")
     ids = parse_id_ranges(args.identities) if args.identities else None
     res = feature_analysis(args.run_dir, targets=args.target, attack=args.attack, area=args.area, identities=ids,
                            max_images=args.max_images, plot_identity=args.plot_identity, seed=args.seed)

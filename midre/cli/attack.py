@@ -56,6 +56,35 @@ def _prior_configs(items: list[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def is_attack_output(out: Path) -> bool:
+    """An earlier `midre attack` output (its reconstructions.json is midre's; a killed one holds only .partial/)."""
+    from ..attacks.base import RECON_FORMAT
+    from ..rundir import record_format
+
+    return record_format(out / "reconstructions.json") == RECON_FORMAT
+
+
+def is_prior_cache(folder: Path) -> bool:
+    """A prior cache: a finished prior (``<kind>-<key>/prior.json``) in it, or only ``<kind>-<key>/`` folders
+    (a prior whose training was killed before it finished)."""
+    from ..priors import PRIOR_KINDS
+
+    subs = [p for p in folder.iterdir() if not p.name.startswith(".")]
+    return any((p / "prior.json").is_file() for p in subs) or all(
+        p.is_dir() and p.name.split("-", 1)[0] in PRIOR_KINDS and "-" in p.name for p in subs)
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """--out and the prior cache must be new, empty or midre's own (nothing of the user's is written over)."""
+    from ..rundir import check_out
+
+    out = Path(args.out)
+    check_out(out, "attack output", is_attack_output, hint=" (an earlier `midre attack --out` continues)")
+    prior_dir = Path(args.prior_dir) if args.prior_dir else out.parent / "priors"
+    check_out(prior_dir, "prior cache", is_prior_cache, flag="--prior-dir",
+              hint="" if args.prior_dir else f" (default: the 'priors' folder beside --out, '{prior_dir}')")
+
+
 def _load_target_dataset(meta: dict[str, Any]):
     from ..data import load_dataset
     from ..errors import CheckpointError
@@ -78,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
     progress = not args.no_progress
     # ---- validate everything up front (cheap checks first)
     ATTACKS.get(args.attack)
+    check_outputs(args)
     if args.tensorboard:
         from .. import tblog
         tblog.require()

@@ -22,9 +22,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..models.stylegan2 import load_generator
-    from ..models.stylegan2_convert import convert_stylegan2, describe
+    from pathlib import Path
 
+    from ..models.stylegan2 import GENERATOR_KIND, load_generator
+    from ..models.stylegan2_convert import convert_stylegan2, describe
+    from ..rundir import check_out, record_format
+
+    check_out(Path(args.out), "converted generator",
+              lambda d: record_format(d / "generator.json", "kind") == GENERATOR_KIND,
+              hint=" (an earlier `midre convert --out` is overwritten)")
     path = convert_stylegan2(args.pkl, args.out, key=args.key)
     G, _ = load_generator(path)
     print(f"wrote {path} ({describe(G)})")

@@ -30,6 +30,9 @@ def run(args: argparse.Namespace) -> int:
 
         raise RunDirError(f"'{args.dir}' holds a `midre audit`; re-run the same `midre audit` command to re-render "
                           "its report (finished stages are skipped)")
+    from ..rundir import require_run_dir
+
+    require_run_dir(Path(args.dir), "midre report")
     md, html = write_report(args.dir, max_identities=args.max_identities, title=args.title)
     print(f"wrote {md}\nwrote {html}")
     return 0

@@ -68,10 +68,24 @@ def _defense_spec(args: argparse.Namespace):
     return build_defense(specs if len(specs) > 1 else specs[0])
 
 
+TRAIN_FILES = frozenset({"model.safetensors", "model.json", "train_state.pt", "history.json"})
+
+
+def is_training_output(out: Path) -> bool:
+    """An earlier `midre train` output: its model.json is midre checkpoint metadata, or (killed before the
+    first checkpoint was complete) it holds only training files, train_state.pt among them."""
+    from ..checkpoint import FORMAT
+    from ..rundir import record_format
+
+    names = {p.name for p in out.iterdir() if not p.name.startswith(".")}
+    return record_format(out / "model.json") == FORMAT or (names <= TRAIN_FILES and "train_state.pt" in names)
+
+
 def run(args: argparse.Namespace) -> int:
     from ..distributed import world
-    from ..errors import ArgumentError, RunDirError
+    from ..errors import ArgumentError
     from ..models import create_model
+    from ..rundir import check_out
     from ..training import make_config, train_classifier
     from ..utils import RunLock, derive_seed, resolve_device, seed_everything
 
@@ -91,12 +105,8 @@ def run(args: argparse.Namespace) -> int:
                       weight_decay=args.weight_decay, schedule=args.schedule, milestones=args.milestones,
                       hflip=not args.no_hflip, device=args.device, seed=args.seed, num_workers=args.workers)
     out = Path(args.out or f"runs/train-{args.dataset}-{args.arch}-{defense.name}")
-    for parent in (out, *out.parents):   # an --out under a regular file fails before any work
-        if parent.exists():
-            if not parent.is_dir():
-                raise RunDirError(f"cannot use --out '{out}': '{parent}' is a file, not a directory; "
-                                  "choose another --out")
-            break
+    check_out(out, "training output", is_training_output,
+              hint=" (an earlier `midre train --out` of the same model resumes)")
     splits = load_splits(args, progress=progress)
     seed_everything(derive_seed(args.seed, "model"))   # same --seed -> same initial weights in every process
     model = create_model(args.arch, num_classes=splits.num_classes, resolution=splits.resolution, weights=args.weights)
@@ -107,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
                         "options": parse_kv(args.data_option, "data-option"), "info": splits.info},
             "class_names": list(splits.class_names)}
     print(f"{splits.summary()}", file=sys.stderr)
-    print(f"training {args.arch} with defense {defense!r} for {cfg.epochs} epochs -> {out}", file=sys.stderr)
+    print(f"training {args.arch} with defense {defense} for {cfg.epochs} epochs -> {out}", file=sys.stderr)
     from ..tblog import session
     with (RunLock(out) if ddp.is_main else contextlib.nullcontext()), \
             session(args.tensorboard if ddp.is_main else None, base=out.parent):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -47,10 +48,24 @@ def run_make(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_json_out(path: Path) -> None:
+    """--json may name a new file or an earlier tally, never a folder or a file of the user's (the votes)."""
+    from ..errors import ArgumentError
+    from ..rundir import record_format
+
+    if path.is_dir():
+        raise ArgumentError(f"--json '{path}' is a folder; give a file name, e.g. tally.json")
+    if path.exists() and record_format(path, "study_id") is None:
+        raise ArgumentError(f"--json '{path}' exists and is not a tally written by `midre userstudy tally`; "
+                            "choose a new file name (it would be overwritten)")
+
+
 def run_tally(args: argparse.Namespace) -> int:
     from ..userstudy import format_tally, tally
     from ..utils import atomic_write_json
 
+    if args.json:
+        _check_json_out(Path(args.json))
     t = tally(args.votes, key=args.key)
     if args.json:
         atomic_write_json(args.json, t)

@@ -41,6 +41,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"built {len(names)} zoo entr{'y' if len(names) == 1 else 'ies'} in {zoo.zoo_dir(args.zoo_dir)}: "
               + ", ".join(names))
         return 0
+    where = zoo.zoo_dir(args.zoo_dir)
+    if not (where / "manifest.json").is_file() and (not where.is_dir() or any(where.iterdir())):
+        raise zoo.ZooError(f"'{where}' holds no midre zoo (no manifest.json); give the --zoo-dir (or MIDRE_ZOO_DIR) "
+                           "of a zoo made by `midre zoo build`")
     if args.zoo_command == "check":
         names = zoo.check(args.zoo_dir)
         print(f"zoo {zoo.zoo_dir(args.zoo_dir)}: {len(names)} entr{'y' if len(names) == 1 else 'ies'} verified "

@@ -32,6 +32,7 @@ seed, so the same seed always gives the same split.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -43,6 +44,7 @@ from ..registry import Registry
 from ..utils import derive_seed
 from .base import DATASETS, ImageSet, MISplits
 from .digits import stratified_split
+from .pixels import limit_text, pixel_limit, split_oversized, warn_skipped
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".pgm", ".tif", ".tiff"})
 
@@ -96,6 +98,10 @@ class ResizeCrop:
         return f"ResizeCrop(resolution={self.resolution}{extra})"
 
 
+class _TooLarge(Exception):
+    """An image over the pixel limit met while decoding (becomes a DataError naming the file)."""
+
+
 class FileImageSet(ImageSet):
     """Images on disk, decoded lazily with PIL; ``transform`` maps a PIL image to a (3, R, R) tensor.
 
@@ -120,12 +126,21 @@ class FileImageSet(ImageSet):
         from PIL import Image, UnidentifiedImageError
 
         path = self.files[i]
+        limit = pixel_limit()
         try:
-            with Image.open(path) as img:
-                img.load()
-                x = self.transform(img)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")   # Pillow's notes (palette transparency, EXIF) stay off the console
+                with Image.open(path) as img:
+                    if limit is not None and img.size[0] * img.size[1] > limit:
+                        raise _TooLarge(f"{img.size[0]:,} x {img.size[1]:,} px")
+                    img.load()
+                    x = self.transform(img)
         except FileNotFoundError:
             raise DataError(f"image file '{path}' is missing; restore it or rebuild the dataset folder") from None
+        except (_TooLarge, Image.DecompressionBombError) as e:
+            size = str(e) if isinstance(e, _TooLarge) else "a decompression bomb"
+            raise DataError(f"image file '{path}' ({size}) is over {limit_text(limit or 0)}; shrink or remove "
+                            "it, or raise the limit") from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
             raise DataError(f"cannot decode image file '{path}' ({type(e).__name__}); it is corrupt or not an "
                             f"image: re-extract it or delete it") from None
@@ -160,6 +175,20 @@ def _images_in(folder: Path, recursive: bool = False) -> list[Path]:
     return sorted(p for p in it if p.is_file() and _is_image(p))
 
 
+def _public_images(folder: Path, files: list[Path], layout: str) -> list[Path]:
+    """The images ``files`` of a public set in ``folder``, less those over the pixel limit (skipped with one
+    warning line); none left is a one-line DataError."""
+    limit = pixel_limit()
+    kept, dropped = split_oversized(files, limit)
+    if files and not kept:
+        raise DataError(f"'{folder}' holds only images over {limit_text(limit or 0)} (e.g. '{dropped[0][0]}', "
+                        f"{dropped[0][1]}); shrink them, or raise the limit")
+    if not files:
+        raise DataError(f"'{folder}' holds no images; expected the layout {layout}")
+    warn_skipped(dropped, limit)
+    return kept
+
+
 def scan_class_folders(folder: Path, layout: str, what: str = "identity") -> list[tuple[str, list[Path]]]:
     """Sorted ``(class name, sorted image files)`` for every sub-folder of ``folder``.
 
@@ -167,15 +196,21 @@ def scan_class_folders(folder: Path, layout: str, what: str = "identity") -> lis
     """
     if not folder.is_dir():
         raise DataError(f"folder '{folder}' is missing; expected the layout {layout}")
-    classes = []
+    classes, skipped, limit = [], [], pixel_limit()
     for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
         files = _images_in(sub)
         if not files:
             raise DataError(f"{what} folder '{sub}' holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); "
                             f"add images or remove the folder")
+        files, dropped = split_oversized(files, limit)
+        if not files:
+            raise DataError(f"{what} folder '{sub}' holds only images over {limit_text(limit or 0)} (e.g. "
+                            f"'{dropped[0][0].name}', {dropped[0][1]}); shrink them, or raise the limit")
+        skipped += dropped
         classes.append((sub.name, files))
     if not classes:
         raise DataError(f"folder '{folder}' holds no {what} sub-folders; expected the layout {layout}")
+    warn_skipped(skipped, limit)
     return classes
 
 
@@ -564,9 +599,7 @@ PUBLIC_SETS: Registry[Callable[..., FileImageSet]] = Registry("public dataset")
 def ffhq(root: Optional[str], resolution: int, seed: int = 0) -> FileImageSet:
     """FFHQ (public faces): every image under ROOT, recursively; labels -1 (no identities)."""
     base = _require_root("ffhq", root, FFHQ_LAYOUT)
-    files = _images_in(base, recursive=True)
-    if not files:
-        raise DataError(f"'{base}' holds no images; expected the layout {FFHQ_LAYOUT}")
+    files = _public_images(base, _images_in(base, recursive=True), FFHQ_LAYOUT)
     return FileImageSet(files, [-1] * len(files), resolution, ResizeCrop(resolution))
 
 
@@ -574,9 +607,7 @@ def ffhq(root: Optional[str], resolution: int, seed: int = 0) -> FileImageSet:
 def images(root: Optional[str], resolution: int, seed: int = 0) -> FileImageSet:
     """Any folder of images (recursive), labels -1."""
     base = _require_root("images", root, "ROOT/**/<images>")
-    files = _images_in(base, recursive=True)
-    if not files:
-        raise DataError(f"'{base}' holds no images; expected image files under it")
+    files = _public_images(base, _images_in(base, recursive=True), "ROOT/**/<images> (image files under it)")
     return FileImageSet(files, [-1] * len(files), resolution, ResizeCrop(resolution))
 
 
@@ -594,8 +625,7 @@ def afhq(root: Optional[str], resolution: int, seed: int = 0, animal: str = "dog
         if not folder.is_dir():
             raise DataError(f"AFHQ folder '{folder}' is missing; expected the layout {AFHQ_LAYOUT}")
         files += _images_in(folder)
-    if not files:
-        raise DataError(f"AFHQ folder '{base / split / animal}' holds no images; expected the layout {AFHQ_LAYOUT}")
+    files = _public_images(base / split / animal, files, AFHQ_LAYOUT)
     return FileImageSet(files, [-1] * len(files), resolution, ResizeCrop(resolution))
 
 

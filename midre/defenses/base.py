@@ -105,8 +105,30 @@ class Defense:
         return [self]
 
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
-        return f"{type(self).__name__}({args})"
+        """Its name and settings, as torchvision transforms print: ``nodef``, ``midre(area=0.4)``,
+        ``midre(area=0.6, fill='zero')+nls(alpha=-0.05)``; see :func:`settings_text`."""
+        return self.name + settings_text(type(self), self.params())
+
+
+def _plain(v: Any) -> Any:
+    return [_plain(x) for x in v] if isinstance(v, (list, tuple)) else v
+
+
+def settings_text(cls: type, params: dict[str, Any]) -> str:
+    """``(k=v, ...)`` of the settings that differ from ``cls``'s defaults, or of its first setting when none
+    differ (the one that defines it, e.g. MIDRE's area); empty without settings."""
+    import inspect
+
+    try:
+        defaults = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()
+                    if p.default is not inspect.Parameter.empty}
+    except (TypeError, ValueError):
+        defaults = {}
+    shown = {k: v for k, v in params.items() if k not in defaults or _plain(v) != _plain(defaults[k])}
+    if not shown and params:
+        k = next(iter(params))
+        shown = {k: params[k]}
+    return "(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")" if shown else ""
 
 
 class Compose(Defense):
@@ -126,6 +148,9 @@ class Compose(Defense):
 
     def members(self) -> list[Defense]:
         return list(self.defenses)
+
+    def __repr__(self) -> str:
+        return "+".join(repr(d) for d in self.defenses) or "nodef"
 
     def params(self) -> dict[str, Any]:
         return {"defenses": [d.spec() for d in self.defenses]}

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..checkpoint import TorchLoadRefused, weights_only_load
 from ..errors import CheckpointError, MidreError
 
 _MAX_BYTES = 8 << 30
@@ -105,9 +106,9 @@ def _load_from_bytes(b: Any) -> Any:
     if not isinstance(b, bytes):
         raise CheckpointError("a tensor storage in the pickle is not raw bytes; refusing it")
     try:
-        return torch.load(io.BytesIO(b), map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"a tensor storage in the pickle is not plain tensor data ({type(e).__name__}); "
+        return weights_only_load(io.BytesIO(b))
+    except TorchLoadRefused as e:
+        raise CheckpointError(f"a tensor storage in the pickle is not plain tensor data ({e.reason}); "
                               "refusing it") from None
 
 

@@ -24,7 +24,6 @@ exactly: a missing backbone key, an unexpected key or a shape mismatch is a one-
 from __future__ import annotations
 
 import os
-import pickle
 import re
 from pathlib import Path
 from typing import Any, Mapping
@@ -32,6 +31,7 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 
+from ..checkpoint import TorchLoadRefused, weights_only_load
 from ..errors import CheckpointError
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
@@ -61,14 +61,13 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
                                   "re-download or re-export it") from None
     elif suffix in TORCH_SUFFIXES:
         try:
-            obj = torch.load(str(p), map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise CheckpointError(f"refused to load '{p}': it is not a plain tensor state dict and unpickling it could "
-                                  f"run code ({first[:160]}); re-save it with torch.save(model.state_dict()) or as "
-                                  ".safetensors") from None
-        except (RuntimeError, EOFError, OSError, ValueError) as e:
-            raise CheckpointError(f"weights file '{p}' is corrupt or not a torch file ({type(e).__name__}); "
+            obj = weights_only_load(p)
+        except TorchLoadRefused as e:
+            if e.unsafe:
+                raise CheckpointError(f"refused to load '{p}': it is not a plain tensor state dict and unpickling it "
+                                      f"could run code ({e.reason}); re-save it with torch.save(model.state_dict()) "
+                                      "or as .safetensors") from None
+            raise CheckpointError(f"weights file '{p}' is corrupt or not a torch file ({e.reason}); "
                                   "re-download or re-export it") from None
     else:
         raise CheckpointError(f"weights file '{p}' has unsupported suffix '{p.suffix}'; use .safetensors, "
