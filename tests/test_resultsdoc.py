@@ -59,3 +59,15 @@ def test_committed_summaries_have_no_machine_paths():
         for bad in ("/work/", "/tmp/", "/home/", "/root/"):
             assert bad not in text, f"{p.relative_to(ROOT)} contains a machine path ({bad})"
         json.loads(text)
+
+
+def test_collect_and_geometry_refuse_a_foreign_folder(tmp_path, capsys):
+    mine = tmp_path / "results" / "x"
+    mine.mkdir(parents=True)
+    (mine / "notes.txt").write_text("my own file")
+    assert main(["results", "collect", str(tmp_path / "nowhere"), "x", "--into", str(tmp_path / "results")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds no midre run summary" in err[0]
+    assert main(["analyze", "geometry", "--out", str(mine), "--figure", str(tmp_path / "g.png"), "--n", "200"]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"] and not (tmp_path / "g.png").exists()

@@ -255,8 +255,11 @@ def run_geometry(args: argparse.Namespace) -> int:
     from ..errors import ArgumentError
     from ..utils import atomic_write_json
 
+    from ..rundir import check_out, record_format
+
     if args.n < 100:
         raise ArgumentError(f"--n must be at least 100 draws, got {args.n}")
+    check_out(Path(args.out), "geometry summary", lambda d: record_format(d / "summary.json") == "midre-geometry")
     res = geometry(n=args.n)
     atomic_write_json(Path(args.out) / "summary.json", res)
     plot_geometry(res, Path(args.figure))

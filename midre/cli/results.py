@@ -35,9 +35,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_collect(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..analysis.summary import collect
+    from ..analysis.summary import FORMAT, collect
+    from ..rundir import check_out, record_format
 
-    path = collect(args.run_dir, Path(args.into) / args.name)
+    dest = Path(args.into) / args.name
+    check_out(dest, "run summary", lambda d: record_format(d / "summary.json") == FORMAT,
+              flag="--into/NAME", hint=" (collecting into an earlier summary of the same config adds its seeds)")
+    path = collect(args.run_dir, dest)
     print(f"wrote {path.parent}")
     return 0
 
