@@ -700,3 +700,204 @@ def test_ifgmi_drops_the_skip_image_and_keeps_each_stages_last_forward_pass(hr, 
     assert torch.allclose(got["w"], w_ref, atol=1e-4) and torch.allclose(got["images"], img_ref, atol=2e-4)
     for old in (ref(carry_skip=True)[1], ref(after_step=True)[1]):      # the two old rules give other images
         assert (old - img_ref).abs().max() > 1e-3
+
+
+def ref_mirror_images(G, w, psi=0.7, cutoff=8):
+    """MIRROR's generator call: raw w repeated over the layers, truncated towards w_avg on layers < cutoff."""
+    ws = w[:, None].repeat(1, G.num_ws, 1)
+    ws[:, :cutoff] = G.mapping.w_avg + psi * (ws[:, :cutoff] - G.mapping.w_avg)
+    return ref_img(G, ws).clamp(0, 1)
+
+
+def ref_mirror_logp(G, T, w, y, cutoff):
+    with torch.no_grad():
+        return T(ref_mirror_images(G, w, cutoff=cutoff)).softmax(1)[:, y].clamp_min(1e-38).log()
+
+
+def ref_mirror_children(pop, fit, gen, lo, hi, std, mp=0.1, mc=0.1):
+    """One generation's N - 1 children: parents ~ softmax(fitness), uniform crossover weighted p1 / (p1 + p2)
+    (midre's documented choice), mutation of each coordinate with probability mp by mc U(-std, std) in
+    p = lrelu^-1(w) space, clipped to the bounds."""
+    n, d = pop.shape
+    par = torch.multinomial(fit.softmax(0), 2 * (n - 1), replacement=True, generator=gen)
+    e1, e2 = fit[par[:n - 1]].exp(), fit[par[n - 1:]].exp()
+    take1 = torch.rand(n - 1, d, generator=gen) < (e1 / (e1 + e2))[:, None]
+    child = torch.where(take1, pop[par[:n - 1]], pop[par[n - 1:]])
+    mut = torch.rand(n - 1, d, generator=gen) < mp
+    noise = mc * (2 * torch.rand(n - 1, d, generator=gen) - 1) * std
+    child = F.leaky_relu(F.leaky_relu(child, 5.0) + mut * noise, 0.2)
+    return torch.max(torch.min(child, hi), lo)
+
+
+def test_mirror_searches_raw_w_truncates_only_to_generate_and_bounds_the_raw_pool(hr):
+    from midre.attacks import QueryOracle
+
+    a = build_attack("mirror", pool=40, population=6, cutoff=2, gen_batch=16)
+    a.extra_meta = {}
+    oracle = QueryOracle(hr.T)
+    st = a.init_latents(oracle, IDS, hr.priors, _gen(8))
+    with torch.no_grad():
+        w = hr.G.mapping(torch.randn(40, hr.G.z_dim, generator=_gen(8)), None)[:, 0]        # raw w
+        logp = ref_mirror_logp(hr.G, hr.T, w, IDS, 2)
+        p = F.leaky_relu(w, 5.0)
+        mean, std = p.mean(0, keepdim=True), p.std(0, unbiased=False, keepdim=True)
+        lo, hi = F.leaky_relu(mean - std, 0.2), F.leaky_relu(mean + std, 0.2)
+        top = logp.T.topk(6, dim=1).indices
+        # the old rule pre-truncated the pool (psi 0.5 on every layer): its bounds are narrower
+        wt = hr.G.mapping(torch.randn(40, hr.G.z_dim, generator=_gen(8)), None, truncation_psi=0.5)[:, 0]
+        pt = F.leaky_relu(wt, 5.0)
+    assert oracle.queries == 40
+    assert torch.allclose(st["pop"], w[top], atol=1e-6)
+    assert torch.allclose(st["fit"], logp.T.gather(1, top), atol=1e-5)
+    assert torch.allclose(st["lo"], lo, atol=1e-6) and torch.allclose(st["hi"], hi, atol=1e-6)
+    assert float(pt.std(0, unbiased=False).mean()) < 0.75 * float(std.mean())
+
+
+def test_mirror_generation_requeries_the_whole_population_elite_included(hr):
+    from midre.attacks import QueryOracle
+
+    N, gens, y = 6, 3, torch.tensor([2])
+    a = build_attack("mirror", pool=40, population=N, generations=gens, cutoff=2, gen_batch=16, min_score=0.999999)
+    oracle, g = QueryOracle(hr.T), _gen(9)
+    a.extra_meta = {}
+    st = a.init_latents(oracle, y, hr.priors, g)
+    q0 = oracle.queries
+    out = a.invert(oracle, y, hr.priors, st, g, None, lambda v: None, lambda: None)
+    g2 = _gen(9)
+    torch.randn(40, hr.G.z_dim, generator=g2)                  # the pool's draw
+    pop, fit = st["pop"][0].clone(), st["fit"][0].clone()
+    for _ in range(gens):
+        order = fit.argsort(descending=True)
+        pop, fit = pop[order], fit[order]
+        kids = ref_mirror_children(pop, fit, g2, st["lo"][0], st["hi"][0], st["p_std"][0])
+        pop = torch.cat([pop[:1], kids])
+        fit = ref_mirror_logp(hr.G, hr.T, pop, y, 2)[:, 0]      # all N queried: the elite's score is re-drawn
+    assert oracle.queries - q0 == gens * N                    # the old rule: gens * (N - 1)
+    assert torch.allclose(out["w"][0], pop[fit.argmax()], atol=1e-6)
+    assert torch.allclose(out["fit"][0], fit.max(), atol=1e-5)
+
+
+def test_mirror_elite_is_rescored_against_a_target_that_samples():
+    """Against a stochastic target the elite's kept score is the latest query, not the luckiest one."""
+    a = build_attack("mirror", pool=8, population=3, generations=1)
+    a.extra_meta = {}
+
+    class Resampled:        # the pool's 0.9 was a lucky draw: every later query of any image says 0.5 / K
+        queries = 0
+
+        def __call__(self, x):
+            self.queries += len(x)
+            return torch.full((len(x), K), 0.5 / K)
+
+    a.sg = SimpleNamespace(images=lambda ws: torch.zeros(len(ws), 3, 4, 4), truncate=lambda w, p, c: w[:, None])
+    a.res = 4
+    st = {"pop": torch.zeros(1, 3, 2), "fit": torch.full((1, 3), math.log(0.9)), "p_std": torch.ones(1, 2),
+          "lo": -torch.ones(1, 2), "hi": torch.ones(1, 2)}
+    out = a.invert(Resampled(), torch.tensor([0]), {}, st, _gen(), None, lambda v: None, lambda: None)
+    assert torch.allclose(out["fit"], torch.tensor([math.log(0.5 / K)]))     # 0.9 is not kept for good
+
+
+# ------------------------------------------------------------------------------ RLB-MI
+def test_rlbmi_reward_is_the_releases():
+    from midre.attacks.rlbmi import rlbmi_reward
+
+    g = _gen(3)
+    ps, pa = torch.rand(5, K, generator=g).softmax(1), torch.rand(5, K, generator=g).softmax(1)
+    y = torch.tensor([0, 1, 2, 3, 1])
+    want = []
+    for i in range(5):
+        others = [float(ps[i, c]) for c in range(K) if c != int(y[i])]
+        want.append(2 * math.log(ps[i, y[i]]) + 2 * math.log(pa[i, y[i]]) +
+                    8 * math.log(max(1e-7, float(ps[i, y[i]]) - max(others))))
+    assert torch.allclose(rlbmi_reward(ps, pa, y), torch.tensor(want), atol=1e-4)
+
+
+def _agent(kind: str, dim=5, hidden=16, batch=4):
+    from midre.attacks.rlbmi import RLBMI, SACAgent
+
+    p = {**RLBMI.defaults, "hidden": hidden, "sac_batch": batch, "agent": kind}
+    return SACAgent(dim, p, _gen(1), torch.device("cpu"), 64), p
+
+
+def test_rlbmi_released_agent_one_noise_scalar_one_critic_and_its_initialisation():
+    import torch.nn as nn
+
+    ag, _ = _agent("faithful")
+    assert all(torch.equal(a, b) for a, b in zip(ag.q1.state_dict().values(), ag.q2.state_dict().values()))
+    lin = [m for m in ag.q1.net if isinstance(m, nn.Linear)]
+    assert float(lin[-1].weight.detach().abs().max()) <= 3e-3
+    assert all(float(m.weight.detach().abs().max()) <= 1 / math.sqrt(m.weight.shape[0]) for m in lin[:-1])
+    s = torch.randn(7, 5, generator=_gen(2))
+    with torch.no_grad():
+        a, _ = ag.policy(s)
+        mu, ls = ag.actor(s).chunk(2, 1)
+        eps = (torch.atanh(a) - mu) / ls.clamp(-20, 2).exp()
+    assert torch.allclose(eps, eps[0, 0].expand_as(eps), atol=1e-4)         # one scalar for the whole call
+    tb, _ = _agent("textbook")
+    with torch.no_grad():
+        a, _ = tb.policy(s)
+        mu, ls = tb.actor(s).chunk(2, 1)
+        eps = (torch.atanh(a) - mu) / ls.clamp(-20, 2).exp()
+    assert float(eps.std()) > 0.1
+    assert not torch.equal(tb.q1.net[-1].weight, tb.q2.net[-1].weight)
+
+
+def test_rlbmi_released_sac_update(monkeypatch):
+    """Two learning steps of the released agent against the release's update written out: critic target
+    r + gamma (1 - done) (min(Q1', Q2')(s', a') - alpha_prev log pi(a'|s')) with alpha_prev the temperature
+    before the previous update (1 at first), 0.5 MSE for each critic, temperature loss
+    -log_alpha (log pi + target entropy), actor loss alpha log pi - Q1, soft target updates (tau)."""
+    import copy
+
+    ag, p = _agent("faithful")
+    g = _gen(5)
+    for _ in range(10):
+        ag.store(torch.randn(5, generator=g), torch.rand(5, generator=g) * 2 - 1, torch.randn(1, generator=g),
+                 torch.randn(5, generator=g), torch.ones(1))
+    nets = {k: copy.deepcopy(getattr(ag, k)) for k in ("actor", "q1", "q2", "q1_t", "q2_t")}
+    log_alpha = ag.log_alpha.detach().clone().requires_grad_(True)
+    opts = {k: torch.optim.Adam(nets[k].parameters(), lr=5e-4) for k in ("actor", "q1", "q2")}
+    opt_a = torch.optim.Adam([log_alpha], lr=5e-4)
+    gr = torch.Generator()
+    gr.set_state(ag.gen.get_state())
+    ag.learn()
+    ag.learn()
+
+    def pi(s):
+        mu, ls = nets["actor"](s).chunk(2, 1)
+        std = ls.clamp(-20, 2).exp()
+        e = torch.randn((), generator=gr)                        # ONE scalar per call
+        a = torch.tanh(mu + e * std)
+        lp = torch.distributions.Normal(mu, std).log_prob(mu + e * std) - torch.log(1 - a.pow(2) + 1e-6)
+        return a, lp.sum(1, keepdim=True)                        # summed: midre's documented deviation
+
+    alpha_prev = 1.0
+    for _ in range(2):
+        idx = torch.randint(ag.size, (4,), generator=gr)          # with replacement: documented deviation
+        s, a, r, s2, d = (ag.buf[k][idx] for k in ("s", "a", "r", "s2", "done"))
+        with torch.no_grad():
+            a2, lp2 = pi(s2)
+            q = torch.min(nets["q1_t"](torch.cat([s2, a2], 1)), nets["q2_t"](torch.cat([s2, a2], 1)))
+            target = r + 0.99 * (1 - d) * (q - alpha_prev * lp2)
+        for k in ("q1", "q2"):
+            opts[k].zero_grad()
+            (0.5 * F.mse_loss(nets[k](torch.cat([s, a], 1)), target)).backward()
+            opts[k].step()
+        a_new, lp = pi(s)
+        alpha = log_alpha.exp().detach()
+        opt_a.zero_grad()
+        (-(log_alpha * (lp - 5).detach()).mean()).backward()
+        opt_a.step()
+        alpha_prev = alpha
+        opts["actor"].zero_grad()
+        (alpha * lp - nets["q1"](torch.cat([s, a_new], 1))).mean().backward()
+        opts["actor"].step()
+        with torch.no_grad():
+            for k in ("q1", "q2"):
+                for pt, pn in zip(nets[k + "_t"].parameters(), nets[k].parameters()):
+                    pt.copy_(0.01 * pn + 0.99 * pt)
+    for k, net in nets.items():
+        for x, y in zip(getattr(ag, k).parameters(), net.parameters()):
+            assert torch.allclose(x, y, atol=1e-6), k
+    assert torch.allclose(ag.log_alpha, log_alpha, atol=1e-7)
+    assert all(torch.equal(x, y) for x, y in zip(ag.q1.parameters(), ag.q2.parameters()))   # one Q in effect
