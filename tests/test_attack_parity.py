@@ -700,6 +700,12 @@ def test_ifgmi_drops_the_skip_image_and_keeps_each_stages_last_forward_pass(hr, 
     assert torch.allclose(got["w"], w_ref, atol=1e-4) and torch.allclose(got["images"], img_ref, atol=2e-4)
     for old in (ref(carry_skip=True)[1], ref(after_step=True)[1]):      # the two old rules give other images
         assert (old - img_ref).abs().max() > 1e-3
+    # carry_skip: true (not the published rule, an option) hands the frozen skip image on
+    b = build_attack("ifgmi", stages=stages, radii_w=rw, radii_features=rf, lr=lr, crop_scale_min=1.0,
+                     center_crop=1.0, opt_batch=8, cutoff=2, carry_skip=True)
+    b.init_latents(hr.T, IDS, hr.priors, _gen())
+    got_skip = b.optimise(hr.T, w0, y, _gen(2), None, lambda: None)
+    assert torch.allclose(got_skip["images"], ref(carry_skip=True, mean=False)[1], atol=1e-6)
 
 
 def ref_mirror_images(G, w, psi=0.7, cutoff=8):

@@ -12,6 +12,12 @@ through the generator's synthesis blocks (:meth:`IFGMI.optimise`):
 * after every Adam step the deviation from the stage's starting point is projected onto an L1 ball:
   radius ``radii_w[i]`` for w and ``radii_features[i]`` for the features (0 = unconstrained).
 
+``carry_skip: true`` instead hands the RGB skip image of the earlier blocks on (frozen): NOT the
+published rule, kept because on small generators (midre's 32-px quick prior, 3 blocks) the earlier
+blocks' toRGB outputs carry most of the image and dropping them leaves the later stages rarely better
+than stage 0 (embedded benchmark, docs/highres-attacks.md: 60 % top-1 with the reference's rule, 90 %
+carrying the skip image).
+
 The image a stage yields is the one of its LAST FORWARD PASS (before its last Adam step and projection),
 as the reference keeps; its w is the stage's end point (the reference's per-stage w).
 
@@ -49,6 +55,7 @@ class IFGMI(PPA):
     defaults: dict[str, Any] = {
         **{k: v for k, v in PPA.defaults.items() if k != "iterations"}, "milestone_1": 0, "milestone_2": 0,
         "stages": [50, 10, 10, 10, 10, 10, 10, 10], "radii_w": list(_RADII), "radii_features": list(_RADII),
+        "carry_skip": False,
     }
     presets = {"quick": {**{k: v for k, v in PPA.presets["quick"].items() if k != "iterations"},
                          "stages": [20, 5, 5], "radii_w": [100.0, 100.0, 100.0],
@@ -84,13 +91,15 @@ class IFGMI(PPA):
             p = (self.target_probs(access, x) + self.target_probs(access, x.flip(-1))) / 2
         return p.gather(1, y[:, None]).squeeze(1)
 
-    def stage_view(self, w: torch.Tensor, f: Optional[torch.Tensor], i: int) -> torch.Tensor:
+    def stage_view(self, w: torch.Tensor, f: Optional[torch.Tensor], i: int,
+                   skip: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Target view of the image synthesised from block ``i`` on: hidden map ``f`` entering block i
-        (None at block 0), no RGB skip image from the blocks before i (the reference's state)."""
-        x = self.sg.images_from(w, None if f is None else (f, None), i)
+        (None at block 0) and no RGB skip image from the blocks before i (the reference's state), unless
+        ``carry_skip`` hands the (frozen) ``skip`` image on."""
+        x = self.sg.images_from(w, None if f is None else (f, skip), i)
         return to_target_view(x, self.res, self.params["center_crop"])
 
-    def _stage(self, access, w, f, i, y, gen, eraser, curve, ticker) -> tuple[torch.Tensor, Any, torch.Tensor]:
+    def _stage(self, access, w, f, skip, i, y, gen, eraser, curve, ticker) -> tuple[torch.Tensor, Any, torch.Tensor]:
         """Optimise one stage from (w, hidden map entering block i); returns its end point and the image of
         its last forward pass."""
         p = self.params
@@ -106,7 +115,7 @@ class IFGMI(PPA):
         offset = sum(p["stages"][:i])
         last = None
         for t in range(p["stages"][i]):
-            x = self.stage_view(w, f, i)
+            x = self.stage_view(w, f, i, skip)
             last = x.detach()
             loss = self.step_loss(access, x, y, gen, eraser)
             opt.zero_grad(set_to_none=True)
@@ -126,11 +135,11 @@ class IFGMI(PPA):
     def _stages(self, access, w, y, gen, eraser, curve, ticker) -> tuple[torch.Tensor, ...]:
         """All stages for one group of candidates: the best stage's (w, image, stage, confidence)."""
         n_stages = len(self.params["stages"])
-        f = None
+        f = skip = None
         best_conf = torch.full((len(w),), -1.0, device=w.device)
         best_img = best_w = best_stage = None
         for i in range(n_stages):
-            w, f, x = self._stage(access, w, f, i, y, gen, eraser, curve, ticker)
+            w, f, x = self._stage(access, w, f, skip, i, y, gen, eraser, curve, ticker)
             with torch.no_grad():
                 conf = self._confidence(access, x, y)
                 better = conf > best_conf
@@ -140,7 +149,8 @@ class IFGMI(PPA):
                 st = torch.full_like(better, i, dtype=torch.long)
                 best_stage = st if best_stage is None else torch.where(better, st, best_stage)
                 if i + 1 < n_stages:      # the hidden map leaving block i (its RGB skip image is dropped)
-                    f = self.sg.features(w, None if f is None else (f, None), i, i + 1)[0].detach()
+                    f, skip = self.sg.features(w, None if f is None else (f, skip), i, i + 1)
+                    f, skip = f.detach(), (skip.detach() if self.params["carry_skip"] else None)
         return best_w, best_img, best_stage.cpu(), best_conf.cpu()
 
     def optimise(self, access, w_all: torch.Tensor, y_all: torch.Tensor, gen, eraser, tick) -> dict:
