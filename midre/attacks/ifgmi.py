@@ -13,10 +13,10 @@ through the generator's synthesis blocks (:meth:`IFGMI.optimise`):
   radius ``radii_w[i]`` for w and ``radii_features[i]`` for the features (0 = unconstrained).
 
 ``carry_skip: true`` instead hands the RGB skip image of the earlier blocks on (frozen): NOT the
-published rule, kept because on small generators (midre's 32-px quick prior, 3 blocks) the earlier
+published rule, kept because on small generators (midre's 32-px quick prior, 4 blocks) the earlier
 blocks' toRGB outputs carry most of the image and dropping them leaves the later stages rarely better
-than stage 0 (embedded benchmark, docs/highres-attacks.md: 60 % top-1 with the reference's rule, 90 %
-carrying the skip image).
+than stage 0 (embedded benchmark, docs/highres-attacks.md: 60 % top-1 with the reference's rule, 100 %
+carrying the skip image, on the same target and prior).
 
 The image a stage yields is the one of its LAST FORWARD PASS (before its last Adam step and projection),
 as the reference keeps; its w is the stage's end point (the reference's per-stage w).
