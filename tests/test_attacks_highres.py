@@ -366,3 +366,32 @@ def test_a_killed_run_resumes_from_its_finished_chunks(setup, tmp_path, monkeypa
     other = build_attack("mirror", preset="quick", **kw).run(setup["target"], [0, 1, 2], 2, setup["priors"], seed=2,
                                                             resume_dir=tmp_path / "p")
     assert other.meta["resumed_chunks"] == 0
+
+
+def test_ppa_resumed_after_its_first_repeat_equals_an_uninterrupted_run(setup, tmp_path, monkeypatch):
+    """The repeats of a batch share one pipeline run on the first repeat; a run killed after that repeat was
+    saved recomputes it (seeded by the batch, not the repeat) and gives the same samples and metadata."""
+    from midre.attacks import ppa
+
+    kw = {**SMALL["ppa"], "iterations": 3, "candidates": 2}
+    ref = build_attack("ppa", preset="quick", **kw).run(setup["target"], [0, 1], 3, setup["priors"], seed=4)
+    calls = []
+    orig = ppa.PPA.final_selection
+
+    def crashing(self, *a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise _Killed("killed")
+        return orig(self, *a, **k)
+
+    monkeypatch.setattr(ppa.PPA, "final_selection", crashing)
+    with pytest.raises(_Killed):
+        build_attack("ppa", preset="quick", **kw).run(setup["target"], [0, 1], 3, setup["priors"], seed=4,
+                                                     resume_dir=tmp_path / "p")
+    monkeypatch.undo()
+    rec = build_attack("ppa", preset="quick", **kw).run(setup["target"], [0, 1], 3, setup["priors"], seed=4,
+                                                       resume_dir=tmp_path / "p")
+    assert rec.meta["resumed_chunks"] == 1
+    assert torch.equal(rec.images, ref.images) and torch.equal(rec.latents, ref.latents)
+    assert rec.meta["search_confidence"] == ref.meta["search_confidence"]
+    assert len({tuple(v.flatten().tolist()) for v in rec.latents}) == 6     # 3 distinct samples per identity
