@@ -461,3 +461,449 @@ def test_kedmi_gan_losses_follow_the_release(nets):
     p = F.softmax(k_logits(fake), 1)
     h = -(p * F.log_softmax(k_logits(fake), 1)).sum()
     assert torch.allclose(_kedmi_generator_loss(Dk, fake, real), mom + 1e-4 * h, atol=1e-6)
+
+
+# ============================================================================== high-resolution / black-box
+# PPA, IF-GMI, MIRROR and RLB-MI (issue 26).  The reference rules below are written from the releases'
+# update rules (LukasStruppek/Plug-and-Play-Attacks, final-solution/IF-GMI, njuaplusplus/mirror,
+# HanGyojin/RLB-MI) on a tiny random StyleGAN2 (16 px, 6 ws) and a tinycnn target; the generator's
+# blocks and midre's seeding plumbing (ChunkContext, the draw order of random_resized_crop: one
+# rand(n, 5) per call, u[:, 4] < 0.5 flips) are shared, every rule under test is re-derived here.
+HR = 16
+
+
+@pytest.fixture(scope="module")
+def hr():
+    from midre.models.stylegan2 import tiny_generator
+
+    torch.set_num_threads(1)
+    G = _frozen(tiny_generator(HR, seed=0, channels=8))
+    with torch.no_grad():                       # a non-zero w_avg, as trained weights have
+        G.mapping.w_avg.copy_(G.mapping(torch.randn(64, G.z_dim, generator=_gen(0)),
+                                        skip_w_avg_update=True)[:, 0].mean(0) + 0.3)
+    torch.manual_seed(1)
+    T = _frozen(create_model("tinycnn", num_classes=K, resolution=HR))
+    return SimpleNamespace(G=G, T=T, priors={"stylegan2": Prior("stylegan2", generator=G, meta={"resolution": HR})})
+
+
+def ref_poincare(logits, y, xi=1e-4):
+    """PPA's loss: arccosh(1 + 2|u - v|^2 / ((1 - |u|^2)(1 - |v|^2))), u = logits / |logits|_1, v = onehot - xi."""
+    u = logits / logits.abs().sum(1, keepdim=True)
+    v = (torch.eye(logits.shape[1])[y] - xi).clamp(0, 1)
+    d = 2 * (u - v).pow(2).sum(1) / ((1 - u.pow(2).sum(1)) * (1 - v.pow(2).sum(1)))
+    return torch.acosh(1 + d)
+
+
+def ref_img(G, ws):
+    """Synthesis of full ws, constant noise, mapped to [0, 1] scale, NOT clamped (16 px = the target's input)."""
+    return (G.synthesis(ws, noise_mode="const") + 1) / 2
+
+
+def ref_flip_score(T, imgs, y, views, g):
+    """PPA's final-selection score with the crop covering the whole image: mean p_y over views, each image
+    flipped with probability 0.5."""
+    score = torch.zeros(len(imgs))
+    for _ in range(views):
+        u = torch.rand(len(imgs), 5, generator=g)
+        v = torch.where((u[:, 4] < 0.5)[:, None, None, None], imgs.flip(-1), imgs)
+        score += T(v).softmax(1)[torch.arange(len(imgs)), y]
+    return score
+
+
+def ref_l1_ball(v, r):
+    """Euclidean projection of each row onto the L1 ball of radius r (sort-based, Duchi et al.)."""
+    flat = v.flatten(1)
+    out = []
+    for row in flat:
+        if row.abs().sum() <= r:
+            out.append(row)
+            continue
+        mu = row.abs().sort(descending=True).values
+        css = mu.cumsum(0)
+        j = torch.arange(1, len(mu) + 1, dtype=row.dtype)
+        rho = int(torch.nonzero(mu - (css - r) / j > 0).max())
+        theta = (css[rho] - r) / (rho + 1)
+        out.append(row.sign() * (row.abs() - theta).clamp_min(0))
+    return torch.stack(out).view_as(v)
+
+
+def test_highres_paper_presets_are_the_reference_configs():
+    """PPA: FaceScrub as used against MIDRE (protocols.md: MultiStepLR [30, 40]), the release's CelebA and
+    Stanford Dogs configs; IF-GMI: the release's three configs."""
+    from midre.attacks.highres import paper_preset
+
+    P = {n: build_attack("ppa", preset=n).params for n in ("paper", "paper-facescrub", "paper-celeba", "paper-dogs")}
+    assert P["paper"] == P["paper-facescrub"]
+    pick = ("pool", "iterations", "lr", "milestone_1", "milestone_2", "crop_scale_min", "center_crop")
+    assert [P["paper-facescrub"][k] for k in pick] == [2000, 50, 0.005, 30, 40, 0.9, 800 / 1024]
+    assert [P["paper-celeba"][k] for k in pick] == [5000, 70, 0.005, 0, 0, 0.9, 800 / 1024]
+    assert [P["paper-dogs"][k] for k in pick] == [2000, 100, 0.01, 0, 0, 0.75, 1.0]
+    for p in P.values():
+        assert (p["psi"], p["cutoff"], p["single_w"], p["beta1"], p["beta2"], p["final_views"]) == \
+            (0.5, 8, True, 0.1, 0.1, 100)
+    radii = [1000.0, 2000.0, 3000.0, 4000.0, 5000.0, 6000.0, 8000.0, 8000.0]
+    I = {n: build_attack("ifgmi", preset=n).params for n in ("paper", "paper-facescrub", "paper-celeba", "paper-dogs")}
+    assert I["paper"] == I["paper-facescrub"]
+    assert (I["paper"]["stages"], I["paper"]["lr"], I["paper"]["pool"]) == ([50] + [10] * 7, 0.005, 2000)
+    assert (I["paper-celeba"]["stages"], I["paper-celeba"]["lr"], I["paper-celeba"]["pool"]) == \
+        ([70, 25, 25, 25, 25], 0.005, 5000)
+    assert (I["paper-dogs"]["stages"], I["paper-dogs"]["lr"], I["paper-dogs"]["crop_scale_min"],
+            I["paper-dogs"]["center_crop"]) == ([100] + [10] * 6, 0.01, 0.75, 1.0)
+    for p in I.values():
+        n = len(p["stages"])
+        assert p["radii_w"] == radii[:n] and p["radii_features"] == radii[:n]
+        assert (p["milestone_1"], p["milestone_2"]) == (0, 0)
+    assert [paper_preset(d) for d in ("facescrub", "celeba", "stanford_dogs")] == \
+        ["paper-facescrub", "paper-celeba", "paper-dogs"]
+
+
+def test_ppa_search_scores_the_full_ws_and_keeps_a_joint_top_k(hr):
+    a = build_attack("ppa", pool=40, cutoff=2, center_crop=1.0, gen_batch=16)
+    a.init_latents(hr.T, IDS, hr.priors, _gen())
+    k = 5
+    w, y, conf = a.search(hr.T, IDS, _gen(3), k)
+    with torch.no_grad():
+        z = torch.randn(40, hr.G.z_dim, generator=_gen(3))
+        ws = hr.G.mapping(z, None, truncation_psi=0.5, truncation_cutoff=2)      # layers >= 2 untruncated
+
+        def probs(v):
+            x = ref_img(hr.G, v)
+            return (hr.T(x).softmax(1) + hr.T(x.flip(-1)).softmax(1)) / 2
+
+        def top(p):
+            return torch.stack([p[:, c].argsort(descending=True)[:k] for c in IDS])
+
+        want = top(probs(ws))
+        old = top(probs(ws[:, :1].expand(-1, hr.G.num_ws, -1)))        # the old rule: one w copied to all layers
+    assert torch.equal(y, IDS.repeat_interleave(k))
+    assert torch.allclose(w, ws[want.flatten(), :1], atol=1e-6)
+    assert torch.allclose(conf, probs(ws)[want, IDS[:, None]], atol=1e-6)
+    assert not torch.equal(old, want), "the test must tell full-ws scoring from copied-w scoring"
+
+
+def test_ppa_optimisation_is_adam_on_w_with_the_poincare_loss_and_multistep_lr(hr):
+    a = build_attack("ppa", iterations=6, milestone_1=2, milestone_2=4, crop_scale_min=1.0, center_crop=1.0,
+                     lr=0.05, opt_batch=4, cutoff=2)
+    a.init_latents(hr.T, IDS, hr.priors, _gen())
+    with torch.no_grad():
+        w0 = hr.G.mapping(torch.randn(6, hr.G.z_dim, generator=_gen(1)), None, truncation_psi=0.5,
+                          truncation_cutoff=2)[:, :1]
+    y = torch.tensor([0, 1, 2, 3, 0, 1])
+    got = a.optimise(hr.T, w0, y, _gen(2), None, lambda: None)["w"]
+    # the release: Adam betas (0.1, 0.1) on the mean Poincaré loss of the batch, lr x 0.1 at steps 2 and 4
+    opt, w = HandAdam([w0.clone()], 0.05, 0.1, 0.1), w0.clone()
+    for t in range(6):
+        opt.lr = 0.05 * 0.1 ** ((t >= 2) + (t >= 4))
+        ww = w.clone().requires_grad_(True)
+        loss = ref_poincare(hr.T(ref_img(hr.G, ww.expand(-1, hr.G.num_ws, -1))), y).mean()
+        g, = torch.autograd.grad(loss, ww)
+        w, = opt.step([g])
+    assert (w - w0).abs().max() > 1e-3
+    assert torch.allclose(got, w, atol=1e-5), float((got - w).abs().max())
+
+
+def test_ppa_final_selection_ranks_unclamped_images_jointly(hr):
+    a = build_attack("ppa", final_views=5, final_scale_min=1.0, final_scale_max=1.0, final_ratio_min=1.0,
+                     final_ratio_max=1.0, gen_batch=7)
+    imgs = torch.rand(12, 3, HR, HR, generator=_gen(4)) * 3 - 1           # far outside [0, 1]
+    y = torch.tensor([0, 3]).repeat_interleave(6)
+    got = a.rank(hr.T, imgs, y, 2, 3, _gen(5))
+    with torch.no_grad():
+        want = ref_flip_score(hr.T, imgs, y, 5, _gen(5)).view(2, 6).argsort(1, descending=True)[:, :3]
+        clamped = ref_flip_score(hr.T, imgs.clamp(0, 1), y, 5, _gen(5)).view(2, 6).argsort(1, descending=True)[:, :3]
+    assert torch.equal(got, want)
+    assert not torch.equal(clamped, want), "the test must tell unclamped from clamped scoring"
+
+
+def test_ppa_repeats_share_one_pool_and_split_its_joint_top_k(hr):
+    """3 repeats x 2 candidates: ONE pool, the top 6 per identity, the 3 best after final selection; repeat r
+    gets the r-th (the release's num_candidates / samples_per_target)."""
+    from midre.attacks import ChunkContext
+
+    R, C, views = 3, 2, 4
+    a = build_attack("ppa", pool=30, candidates=C, iterations=2, lr=0.0, milestone_1=0, milestone_2=0,
+                     crop_scale_min=1.0, center_crop=1.0, cutoff=2, final_views=views, final_scale_min=1.0,
+                     final_scale_max=1.0, final_ratio_min=1.0, final_ratio_max=1.0, opt_batch=64, gen_batch=64)
+    ids = torch.tensor([0, 3])
+    rec = a.run(hr.T, ids.tolist(), R, hr.priors, seed=11)
+    g = ChunkContext(11, 0, R, 0).generator("ppa", "shared")
+    with torch.no_grad():
+        ws = hr.G.mapping(torch.randn(30, hr.G.z_dim, generator=g), None, truncation_psi=0.5, truncation_cutoff=2)
+        x = ref_img(hr.G, ws)
+        p = (hr.T(x).softmax(1) + hr.T(x.flip(-1)).softmax(1)) / 2
+        cand = torch.stack([ws[p[:, c].argsort(descending=True)[:C * R], :1] for c in ids])   # (2, 6, 1, d)
+        for _ in range(2):                                   # lr 0: w stays; the identity crops draw
+            torch.rand(2 * C * R, 5, generator=g)
+        imgs = ref_img(hr.G, cand.flatten(0, 1).expand(-1, hr.G.num_ws, -1))
+        score = ref_flip_score(hr.T, imgs, ids.repeat_interleave(C * R), views, g).view(2, C * R)
+        best = score.argsort(1, descending=True)[:, :R]                                     # (2, R)
+    want = torch.stack([cand[i, best[i, r]] for r in range(R) for i in range(2)])
+    assert torch.equal(rec.repeat, torch.arange(R).repeat_interleave(2))
+    assert torch.allclose(rec.latents, want, atol=1e-6)
+
+
+def test_ifgmi_drops_the_skip_image_and_keeps_each_stages_last_forward_pass(hr, monkeypatch):
+    from midre.attacks import ifgmi
+
+    stages, rw, rf, lr = [3, 2, 2], [0.5, 0.5, 0.5], [1.0, 2.0, 3.0], 0.05
+    a = build_attack("ifgmi", stages=stages, radii_w=rw, radii_features=rf, lr=lr, crop_scale_min=1.0,
+                     center_crop=1.0, opt_batch=8, cutoff=2)
+    a.init_latents(hr.T, IDS, hr.priors, _gen())
+    calls = []
+
+    def scripted(self, access, x, y):           # later stages score higher: the last stage is kept
+        calls.append(1)
+        return torch.full((len(x),), float(len(calls)))
+
+    monkeypatch.setattr(ifgmi.IFGMI, "_confidence", scripted)
+    with torch.no_grad():
+        w0 = hr.G.mapping(torch.randn(4, hr.G.z_dim, generator=_gen(1)), None, truncation_psi=0.5,
+                          truncation_cutoff=2)[:, :1]
+    y = torch.tensor([0, 1, 2, 3])
+    got = a.optimise(hr.T, w0, y, _gen(2), None, lambda: None)
+    G, L = hr.G, hr.G.num_ws
+
+    def ref(carry_skip=False, after_step=False, mean=True):
+        w, f, img = w0.clone(), None, None
+        for i, n in enumerate(stages):
+            state0 = [w.clone()] + ([f.clone()] if i else [])
+            opt, cur = HandAdam([v.clone() for v in state0], lr, 0.1, 0.1), [v.clone() for v in state0]
+            for _ in range(n):
+                var = [v.clone().requires_grad_(True) for v in cur]
+                feats = None if i == 0 else (var[1], img if carry_skip else None)
+                x = (G.synthesis(var[0].expand(-1, L, -1), features=feats, start_block=i, noise_mode="const") + 1) / 2
+                last = x.detach()
+                loss = ref_poincare(hr.T(x), y)
+                grads = torch.autograd.grad(loss.mean() if mean else loss.sum(), var)
+                cur = opt.step(list(grads))
+                cur[0] = state0[0] + ref_l1_ball(cur[0] - state0[0], rw[i])
+                if i:
+                    cur[1] = state0[1] + ref_l1_ball(cur[1] - state0[1], rf[i])
+                opt.p = [v.clone() for v in cur]
+            w = cur[0]
+            f = cur[1] if i else None
+            with torch.no_grad():
+                if after_step:
+                    feats = None if i == 0 else (f, img if carry_skip else None)
+                    last = (G.synthesis(w.expand(-1, L, -1), features=feats, start_block=i) + 1) / 2
+                if i + 1 < len(stages):
+                    f, img = G.synthesis(w.expand(-1, L, -1), features=None if i == 0 else (f, img if carry_skip
+                                         else None), start_block=i, end_block=i + 1, return_features=True)
+        return w, last
+
+    assert torch.equal(got["stage"], torch.full((4,), 2))
+    # midre sums the loss over candidates (a documented deviation): with the sum the rule matches to float
+    # precision; with the release's batch mean only Adam's eps tells them apart (~1e-5 on this tiny case)
+    w_sum, img_sum = ref(mean=False)
+    assert torch.allclose(got["w"], w_sum, atol=1e-6) and torch.allclose(got["images"], img_sum, atol=1e-6)
+    w_ref, img_ref = ref()
+    assert torch.allclose(got["w"], w_ref, atol=1e-4) and torch.allclose(got["images"], img_ref, atol=2e-4)
+    for old in (ref(carry_skip=True)[1], ref(after_step=True)[1]):      # the two old rules give other images
+        assert (old - img_ref).abs().max() > 1e-3
+    # carry_skip: true (not the published rule, an option) hands the frozen skip image on
+    b = build_attack("ifgmi", stages=stages, radii_w=rw, radii_features=rf, lr=lr, crop_scale_min=1.0,
+                     center_crop=1.0, opt_batch=8, cutoff=2, carry_skip=True)
+    b.init_latents(hr.T, IDS, hr.priors, _gen())
+    got_skip = b.optimise(hr.T, w0, y, _gen(2), None, lambda: None)
+    assert torch.allclose(got_skip["images"], ref(carry_skip=True, mean=False)[1], atol=1e-6)
+
+
+def ref_mirror_images(G, w, psi=0.7, cutoff=8):
+    """MIRROR's generator call: raw w repeated over the layers, truncated towards w_avg on layers < cutoff."""
+    ws = w[:, None].repeat(1, G.num_ws, 1)
+    ws[:, :cutoff] = G.mapping.w_avg + psi * (ws[:, :cutoff] - G.mapping.w_avg)
+    return ref_img(G, ws).clamp(0, 1)
+
+
+def ref_mirror_logp(G, T, w, y, cutoff):
+    with torch.no_grad():
+        return T(ref_mirror_images(G, w, cutoff=cutoff)).softmax(1)[:, y].clamp_min(1e-38).log()
+
+
+def ref_mirror_children(pop, fit, gen, lo, hi, std, mp=0.1, mc=0.1):
+    """One generation's N - 1 children: parents ~ softmax(fitness), uniform crossover weighted p1 / (p1 + p2)
+    (midre's documented choice), mutation of each coordinate with probability mp by mc U(-std, std) in
+    p = lrelu^-1(w) space, clipped to the bounds."""
+    n, d = pop.shape
+    par = torch.multinomial(fit.softmax(0), 2 * (n - 1), replacement=True, generator=gen)
+    e1, e2 = fit[par[:n - 1]].exp(), fit[par[n - 1:]].exp()
+    take1 = torch.rand(n - 1, d, generator=gen) < (e1 / (e1 + e2))[:, None]
+    child = torch.where(take1, pop[par[:n - 1]], pop[par[n - 1:]])
+    mut = torch.rand(n - 1, d, generator=gen) < mp
+    noise = mc * (2 * torch.rand(n - 1, d, generator=gen) - 1) * std
+    child = F.leaky_relu(F.leaky_relu(child, 5.0) + mut * noise, 0.2)
+    return torch.max(torch.min(child, hi), lo)
+
+
+def test_mirror_searches_raw_w_truncates_only_to_generate_and_bounds_the_raw_pool(hr):
+    from midre.attacks import QueryOracle
+
+    a = build_attack("mirror", pool=40, population=6, cutoff=2, gen_batch=16)
+    a.extra_meta = {}
+    oracle = QueryOracle(hr.T)
+    st = a.init_latents(oracle, IDS, hr.priors, _gen(8))
+    with torch.no_grad():
+        w = hr.G.mapping(torch.randn(40, hr.G.z_dim, generator=_gen(8)), None)[:, 0]        # raw w
+        logp = ref_mirror_logp(hr.G, hr.T, w, IDS, 2)
+        p = F.leaky_relu(w, 5.0)
+        mean, std = p.mean(0, keepdim=True), p.std(0, unbiased=False, keepdim=True)
+        lo, hi = F.leaky_relu(mean - std, 0.2), F.leaky_relu(mean + std, 0.2)
+        top = logp.T.topk(6, dim=1).indices
+        # the old rule pre-truncated the pool (psi 0.5 on every layer): its bounds are narrower
+        wt = hr.G.mapping(torch.randn(40, hr.G.z_dim, generator=_gen(8)), None, truncation_psi=0.5)[:, 0]
+        pt = F.leaky_relu(wt, 5.0)
+    assert oracle.queries == 40
+    assert torch.allclose(st["pop"], w[top], atol=1e-6)
+    assert torch.allclose(st["fit"], logp.T.gather(1, top), atol=1e-5)
+    assert torch.allclose(st["lo"], lo, atol=1e-6) and torch.allclose(st["hi"], hi, atol=1e-6)
+    assert float(pt.std(0, unbiased=False).mean()) < 0.75 * float(std.mean())
+
+
+def test_mirror_generation_requeries_the_whole_population_elite_included(hr):
+    from midre.attacks import QueryOracle
+
+    N, gens, y = 6, 3, torch.tensor([2])
+    a = build_attack("mirror", pool=40, population=N, generations=gens, cutoff=2, gen_batch=16, min_score=0.999999)
+    oracle, g = QueryOracle(hr.T), _gen(9)
+    a.extra_meta = {}
+    st = a.init_latents(oracle, y, hr.priors, g)
+    q0 = oracle.queries
+    out = a.invert(oracle, y, hr.priors, st, g, None, lambda v: None, lambda: None)
+    g2 = _gen(9)
+    torch.randn(40, hr.G.z_dim, generator=g2)                  # the pool's draw
+    pop, fit = st["pop"][0].clone(), st["fit"][0].clone()
+    for _ in range(gens):
+        order = fit.argsort(descending=True)
+        pop, fit = pop[order], fit[order]
+        kids = ref_mirror_children(pop, fit, g2, st["lo"][0], st["hi"][0], st["p_std"][0])
+        pop = torch.cat([pop[:1], kids])
+        fit = ref_mirror_logp(hr.G, hr.T, pop, y, 2)[:, 0]      # all N queried: the elite's score is re-drawn
+    assert oracle.queries - q0 == gens * N                    # the old rule: gens * (N - 1)
+    assert torch.allclose(out["w"][0], pop[fit.argmax()], atol=1e-6)
+    assert torch.allclose(out["fit"][0], fit.max(), atol=1e-5)
+
+
+def test_mirror_elite_is_rescored_against_a_target_that_samples():
+    """Against a stochastic target the elite's kept score is the latest query, not the luckiest one."""
+    a = build_attack("mirror", pool=8, population=3, generations=1)
+    a.extra_meta = {}
+
+    class Resampled:        # the pool's 0.9 was a lucky draw: every later query of any image says 0.5 / K
+        queries = 0
+
+        def __call__(self, x):
+            self.queries += len(x)
+            return torch.full((len(x), K), 0.5 / K)
+
+    a.sg = SimpleNamespace(images=lambda ws: torch.zeros(len(ws), 3, 4, 4), truncate=lambda w, p, c: w[:, None])
+    a.res = 4
+    st = {"pop": torch.zeros(1, 3, 2), "fit": torch.full((1, 3), math.log(0.9)), "p_std": torch.ones(1, 2),
+          "lo": -torch.ones(1, 2), "hi": torch.ones(1, 2)}
+    out = a.invert(Resampled(), torch.tensor([0]), {}, st, _gen(), None, lambda v: None, lambda: None)
+    assert torch.allclose(out["fit"], torch.tensor([math.log(0.5 / K)]))     # 0.9 is not kept for good
+
+
+# ------------------------------------------------------------------------------ RLB-MI
+def test_rlbmi_reward_is_the_releases():
+    from midre.attacks.rlbmi import rlbmi_reward
+
+    g = _gen(3)
+    ps, pa = torch.rand(5, K, generator=g).softmax(1), torch.rand(5, K, generator=g).softmax(1)
+    y = torch.tensor([0, 1, 2, 3, 1])
+    want = []
+    for i in range(5):
+        others = [float(ps[i, c]) for c in range(K) if c != int(y[i])]
+        want.append(2 * math.log(ps[i, y[i]]) + 2 * math.log(pa[i, y[i]]) +
+                    8 * math.log(max(1e-7, float(ps[i, y[i]]) - max(others))))
+    assert torch.allclose(rlbmi_reward(ps, pa, y), torch.tensor(want), atol=1e-4)
+
+
+def _agent(kind: str, dim=5, hidden=16, batch=4):
+    from midre.attacks.rlbmi import RLBMI, SACAgent
+
+    p = {**RLBMI.defaults, "hidden": hidden, "sac_batch": batch, "agent": kind}
+    return SACAgent(dim, p, _gen(1), torch.device("cpu"), 64), p
+
+
+def test_rlbmi_released_agent_one_noise_scalar_one_critic_and_its_initialisation():
+    import torch.nn as nn
+
+    ag, _ = _agent("faithful")
+    assert all(torch.equal(a, b) for a, b in zip(ag.q1.state_dict().values(), ag.q2.state_dict().values()))
+    lin = [m for m in ag.q1.net if isinstance(m, nn.Linear)]
+    assert float(lin[-1].weight.detach().abs().max()) <= 3e-3
+    assert all(float(m.weight.detach().abs().max()) <= 1 / math.sqrt(m.weight.shape[0]) for m in lin[:-1])
+    s = torch.randn(7, 5, generator=_gen(2))
+    with torch.no_grad():
+        a, _ = ag.policy(s)
+        mu, ls = ag.actor(s).chunk(2, 1)
+        eps = (torch.atanh(a) - mu) / ls.clamp(-20, 2).exp()
+    assert torch.allclose(eps, eps[0, 0].expand_as(eps), atol=1e-4)         # one scalar for the whole call
+    tb, _ = _agent("textbook")
+    with torch.no_grad():
+        a, _ = tb.policy(s)
+        mu, ls = tb.actor(s).chunk(2, 1)
+        eps = (torch.atanh(a) - mu) / ls.clamp(-20, 2).exp()
+    assert float(eps.std()) > 0.1
+    assert not torch.equal(tb.q1.net[-1].weight, tb.q2.net[-1].weight)
+
+
+def test_rlbmi_released_sac_update(monkeypatch):
+    """Two learning steps of the released agent against the release's update written out: critic target
+    r + gamma (1 - done) (min(Q1', Q2')(s', a') - alpha_prev log pi(a'|s')) with alpha_prev the temperature
+    before the previous update (1 at first), 0.5 MSE for each critic, temperature loss
+    -log_alpha (log pi + target entropy), actor loss alpha log pi - Q1, soft target updates (tau)."""
+    import copy
+
+    ag, p = _agent("faithful")
+    g = _gen(5)
+    for _ in range(10):
+        ag.store(torch.randn(5, generator=g), torch.rand(5, generator=g) * 2 - 1, torch.randn(1, generator=g),
+                 torch.randn(5, generator=g), torch.ones(1))
+    nets = {k: copy.deepcopy(getattr(ag, k)) for k in ("actor", "q1", "q2", "q1_t", "q2_t")}
+    log_alpha = ag.log_alpha.detach().clone().requires_grad_(True)
+    opts = {k: torch.optim.Adam(nets[k].parameters(), lr=5e-4) for k in ("actor", "q1", "q2")}
+    opt_a = torch.optim.Adam([log_alpha], lr=5e-4)
+    gr = torch.Generator()
+    gr.set_state(ag.gen.get_state())
+    ag.learn()
+    ag.learn()
+
+    def pi(s):
+        mu, ls = nets["actor"](s).chunk(2, 1)
+        std = ls.clamp(-20, 2).exp()
+        e = torch.randn((), generator=gr)                        # ONE scalar per call
+        a = torch.tanh(mu + e * std)
+        lp = torch.distributions.Normal(mu, std).log_prob(mu + e * std) - torch.log(1 - a.pow(2) + 1e-6)
+        return a, lp.sum(1, keepdim=True)                        # summed: midre's documented deviation
+
+    alpha_prev = 1.0
+    for _ in range(2):
+        idx = torch.randint(ag.size, (4,), generator=gr)          # with replacement: documented deviation
+        s, a, r, s2, d = (ag.buf[k][idx] for k in ("s", "a", "r", "s2", "done"))
+        with torch.no_grad():
+            a2, lp2 = pi(s2)
+            q = torch.min(nets["q1_t"](torch.cat([s2, a2], 1)), nets["q2_t"](torch.cat([s2, a2], 1)))
+            target = r + 0.99 * (1 - d) * (q - alpha_prev * lp2)
+        for k in ("q1", "q2"):
+            opts[k].zero_grad()
+            (0.5 * F.mse_loss(nets[k](torch.cat([s, a], 1)), target)).backward()
+            opts[k].step()
+        a_new, lp = pi(s)
+        alpha = log_alpha.exp().detach()
+        opt_a.zero_grad()
+        (-(log_alpha * (lp - 5).detach()).mean()).backward()
+        opt_a.step()
+        alpha_prev = alpha
+        opts["actor"].zero_grad()
+        (alpha * lp - nets["q1"](torch.cat([s, a_new], 1))).mean().backward()
+        opts["actor"].step()
+        with torch.no_grad():
+            for k in ("q1", "q2"):
+                for pt, pn in zip(nets[k + "_t"].parameters(), nets[k].parameters()):
+                    pt.copy_(0.01 * pn + 0.99 * pt)
+    for k, net in nets.items():
+        for x, y in zip(getattr(ag, k).parameters(), net.parameters()):
+            assert torch.allclose(x, y, atol=1e-6), k
+    assert torch.allclose(ag.log_alpha, log_alpha, atol=1e-7)
+    assert all(torch.equal(x, y) for x, y in zip(ag.q1.parameters(), ag.q2.parameters()))   # one Q in effect

@@ -183,3 +183,24 @@ report: {{enabled: false}}
     rec = Reconstructions.load(tmp_path / "run" / "attacks" / "nodef" / "ppa")
     assert rec.images.shape == (2, 3, RES, RES) and res.run_dir.exists()
     assert not (tmp_path / "run" / "attacks" / "nodef" / "ppa" / "partial").exists()
+
+
+@pytest.mark.parametrize("name", ["paper/facescrub", "paper/dogs", "paper/celeba-ppa"])
+def test_paper_configs_run_the_reference_preset_of_their_dataset(name):
+    """Each high-resolution paper config attacks with the PPA / IF-GMI preset of the reference config for
+    its dataset (a config that kept FaceScrub's settings on Stanford Dogs or CelebA fails here)."""
+    from midre.attacks import build_attack
+    from midre.attacks.highres import paper_preset
+    from midre.config import raw_config, resolve_config_path
+
+    raw = raw_config(str(resolve_config_path(name)))
+    want = paper_preset(raw["dataset"]["name"])
+    assert want == {"facescrub": "paper-facescrub", "celeba": "paper-celeba",
+                    "stanford_dogs": "paper-dogs"}[raw["dataset"]["name"]]
+    hr = [a for a in raw["attacks"] if a["name"] in ("ppa", "ifgmi")]
+    assert {a["name"] for a in hr} == {"ppa", "ifgmi"}
+    for a in hr:
+        assert a["preset"] == want, f"{name}: {a['name']} runs preset {a['preset']!r}, the dataset's is {want!r}"
+        # the config does not override what the preset fixes (iterations, lr, crops, stages)
+        fixed = set(build_attack(a["name"], preset=want).presets[want])
+        assert not fixed & set(a.get("params", {})), f"{name}: {a['name']} overrides {fixed & set(a['params'])}"

@@ -16,8 +16,8 @@ mirror         black-box    stylegan2     An et al. 2022
 rlbmi          black-box    gan           Han et al. 2023
 =============  ===========  ============  ==========================================
 """
-from .base import (ACCESS_LEVELS, ATTACKS, AccessError, Attack, QueryOracle, Reconstructions,  # noqa: F401
-                   adaptive_eraser_from_meta, build_attack)
+from .base import (ACCESS_LEVELS, ATTACKS, AccessError, Attack, ChunkContext, QueryOracle,  # noqa: F401
+                   Reconstructions, adaptive_eraser_from_meta, build_attack)
 from ..losses import logit_loss, max_margin_loss  # noqa: F401
 from . import gmi, kedmi, lomma, plgmi, brepmi  # noqa: F401,E402  (register the attacks)
 from .gmi import GMI  # noqa: F401,E402

@@ -339,6 +339,25 @@ def _target_scores(model: nn.Module, imgs: torch.Tensor, ident: torch.Tensor,
 
 
 # ============================================================================ attack base
+@dataclass(frozen=True)
+class ChunkContext:
+    """Where one (repeat, identity batch) chunk of :meth:`Attack.run` stands; set as ``attack.chunk``
+    before the chunk's hooks run.  Attacks whose repeats share work (PPA and IF-GMI: one candidate pool
+    and a joint top-k over all repeats of an identity, as the references do) seed that shared work with
+    :meth:`generator`, which does not depend on the repeat."""
+
+    seed: int = 0
+    repeat: int = 0
+    repeats: int = 1
+    batch: int = 0
+
+    def generator(self, *keys: Any) -> torch.Generator:
+        """A CPU generator seeded from (seed, keys, batch): the same for every repeat of this batch."""
+        g = torch.Generator(device="cpu")
+        g.manual_seed(derive_seed(self.seed, *keys, "batch", self.batch))
+        return g
+
+
 ATTACKS: Registry[Callable[..., "Attack"]] = Registry("attack", group="midre.attacks")
 
 
@@ -358,6 +377,7 @@ class Attack:
     prior_kinds: tuple[str, ...] = ()
     defaults: dict[str, Any] = {}
     presets: dict[str, dict[str, Any]] = {}
+    chunk: ChunkContext = ChunkContext()     # the chunk being attacked (set by run)
 
     def __init__(self, preset: str = "paper", **params: Any):
         presets = {"paper": {}, **self.presets}
@@ -468,6 +488,7 @@ class Attack:
                             prog.update(task, advance=steps)
                             continue
                         where = f"rep {r + 1}/{repeats} batch {b + 1}/{len(chunks)}"
+                        self.chunk = ChunkContext(seed, r, repeats, b)
                         self._attack_chunk(out, access, priors, chunk, r, b, seed, dev, adaptive_eraser,
                                            lambda status: prog.update(task, advance=1, status=f"{where} {status}"))
                         if part is not None:

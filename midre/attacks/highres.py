@@ -9,6 +9,7 @@ Not an attack itself (nothing is registered here):
 * :func:`random_resized_crop`: differentiable RandomResizedCrop (+ flip) with per-image parameters drawn
   from an explicit generator;
 * :func:`poincare_loss`, :func:`project_l1_ball`, :func:`top_per_class`;
+* :func:`paper_preset`: the PPA / IF-GMI preset of the reference config for a dataset;
 * :class:`Ticker`: spreads progress ticks evenly when the work of one batch is split into chunks.
 """
 from __future__ import annotations
@@ -54,6 +55,16 @@ class StyleGANView:
     def expand(self, w: torch.Tensor) -> torch.Tensor:
         """(B, 1, w_dim) single w -> (B, num_ws, w_dim); (B, num_ws, w_dim) unchanged."""
         return w.expand(-1, self.num_ws, -1) if w.shape[1] == 1 else w
+
+    def truncate(self, w: torch.Tensor, psi: float, cutoff: int) -> torch.Tensor:
+        """Raw single w (n, w_dim) -> ws (n, num_ws, w_dim), the layers below ``cutoff`` (all when 0) moved
+        towards the mapping's w_avg by ``psi`` (MIRROR truncates only when generating)."""
+        ws = w[:, None].expand(-1, self.num_ws, -1)
+        if psi == 1:
+            return ws
+        n = int(cutoff) or self.num_ws
+        head = self.G.mapping.w_avg.to(w.dtype).lerp(ws[:, :n], psi)
+        return torch.cat([head, ws[:, n:]], dim=1)
 
     def images(self, w: torch.Tensor) -> torch.Tensor:
         """w (single or per layer) -> images in [0, 1] scale, NOT clamped (gradients reach every pixel)."""
@@ -195,6 +206,14 @@ def chunks(n: int, size: int) -> list[slice]:
 
 def batched(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, size: int) -> torch.Tensor:
     return torch.cat([fn(x[s]) for s in chunks(len(x), size)])
+
+
+PAPER_PRESETS = {"facescrub": "paper-facescrub", "celeba": "paper-celeba", "stanford_dogs": "paper-dogs"}
+
+
+def paper_preset(dataset: str) -> str:
+    """The PPA / IF-GMI preset of the reference's config for ``dataset`` (FaceScrub's for any other)."""
+    return PAPER_PRESETS.get(str(dataset), "paper-facescrub")
 
 
 def check_fraction(attack: str, params: Mapping[str, Any], *names: str) -> None:

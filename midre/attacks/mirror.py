@@ -1,26 +1,30 @@
 """MIRROR, black-box model inversion by a genetic search in StyleGAN's w space (An et al., NDSS 2022).
 
 Black-box: the attack sees only a :class:`~midre.attacks.base.QueryOracle` (softmax probabilities, every
-image counted).  Prior kind ``stylegan2``.  One repeat of one identity batch:
+image counted).  Prior kind ``stylegan2``.  One repeat of one identity batch, as the released code:
 
-1. ``pool`` latents z ~ N(0, I) -> w (truncation psi 0.5, cutoff 8, one w per latent); every pool image
-   is QUERIED once (the queries are counted; one query serves all attacked identities);
+1. ``pool`` latents z ~ N(0, I) -> RAW w (no truncation, one w per latent); every pool image is
+   QUERIED once (the queries are counted; one query serves all attacked identities).  The search runs
+   in raw w; truncation (``psi`` 0.7 on the layers below ``cutoff`` 8) is applied only when an image is
+   generated (:meth:`~midre.attacks.highres.StyleGANView.truncate`);
 2. bounds: p = leaky_relu(w, 5) (the inverse of StyleGAN's leaky ReLU 0.2), per-dimension mean and std
-   over the pool in p-space; w is clipped to lrelu(mean +- ``p_std_ce`` * std);
+   over the RAW pool in p-space; w is clipped to lrelu(mean +- ``p_std_ce`` * std);
 3. the initial population of each identity = its ``population`` best pool latents by log p_y;
 4. each generation: the elite (best log p_y) is kept; N - 1 children, each from two parents drawn with
    probability softmax(log p_y) (i.e. proportional to p_y), uniform crossover taking each coordinate from
    parent 1 with probability p1 / (p1 + p2); mutation: each coordinate with probability
-   ``mutation_prob`` gets ``mutation_ce`` * U(-std, std) in p-space; children clipped to the bounds and
-   queried (N - 1 queries per identity and generation);
+   ``mutation_prob`` gets ``mutation_ce`` * U(-std, std) in p-space; children clipped to the bounds; then
+   the whole population, the elite included, is queried again (N queries per identity and generation:
+   against a target that samples at test time the elite's score is re-drawn, not kept);
 5. an identity stops (no more queries) once its elite reaches p_y >= ``min_score``; after
    ``generations`` the elite is the repeat's reconstruction.
 
 Defaults: the original's 100,000 pool, population 1,000, 100 generations, mutation 0.1 / 0.1, bound
-1 std, stop at 0.95.  ``repeats`` independent runs give the final samples per identity (the original's
-"top 5 per class" -> repeats 5).  Deviations from the released code (see docs/highres-attacks.md): the
-crossover weight uses probabilities (the original divides log-probabilities, which favours the WORSE
-parent), and the mutation noise is drawn per child (the original shares one noise vector per generation).
+1 std, stop at 0.95, no centre crop before the target (``center_crop`` 1.0; set it to crop).
+``repeats`` independent runs give the final samples per identity (the original's "top 5 per class" ->
+repeats 5).  Deviations from the released code (see docs/highres-attacks.md): the crossover weight uses
+probabilities (the original divides log-probabilities, which favours the WORSE parent), and the
+mutation noise is drawn per child (the original shares one noise vector per generation).
 """
 from __future__ import annotations
 
@@ -43,7 +47,7 @@ class MIRROR(Attack):
     prior_kinds = ("stylegan2",)
     defaults: dict[str, Any] = {
         "pool": 100000, "population": 1000, "generations": 100, "mutation_prob": 0.1, "mutation_ce": 0.1,
-        "p_std_ce": 1.0, "min_score": 0.95, "psi": 0.5, "cutoff": 8, "center_crop": 0.78125,
+        "p_std_ce": 1.0, "min_score": 0.95, "psi": 0.7, "cutoff": 8, "center_crop": 1.0,
         "target_resolution": 0, "batch_size": 100, "gen_batch": 64, "max_queries": 0,
     }
     presets = {"quick": {"pool": 400, "population": 24, "generations": 12, "center_crop": 1.0, "batch_size": 50,
@@ -64,9 +68,10 @@ class MIRROR(Attack):
 
     # ------------------------------------------------------------------ images and fitness (oracle only)
     def _images(self, w: torch.Tensor) -> torch.Tensor:
-        """(n, w_dim) -> target-view images in [0, 1] (the attacker's own generator, no query)."""
-        return batched(lambda v: to_target_view(self.sg.images(v[:, None]), self.res,
-                                                self.params["center_crop"]).clamp(0, 1), w, self.params["gen_batch"])
+        """Raw (n, w_dim) -> target-view images in [0, 1], truncated when generated (no query)."""
+        p = self.params
+        return batched(lambda v: to_target_view(self.sg.images(self.sg.truncate(v, p["psi"], p["cutoff"])), self.res,
+                                                p["center_crop"]).clamp(0, 1), w, p["gen_batch"])
 
     def _fitness(self, oracle, w: torch.Tensor, y: torch.Tensor, eraser=None) -> torch.Tensor:
         """log p_y of each w (one query per latent)."""
@@ -79,7 +84,7 @@ class MIRROR(Attack):
         p = self.params
         self.sg = stylegan_view(prior)
         self.res = target_resolution(p, oracle, prior["stylegan2"], int(getattr(self.sg.G, "img_resolution", 0) or 0))
-        pool = self.sg.sample_w(p["pool"], gen, p["psi"], p["cutoff"], single=True)[:, 0]      # (pool, w_dim)
+        pool = self.sg.sample_w(p["pool"], gen, 1.0, 0, single=True)[:, 0]          # raw w (pool, w_dim)
         q0 = oracle.queries
         with torch.no_grad():
             logp = batched(lambda w: oracle(self._images(w)).to(w.device)[:, ids].clamp_min(1e-38).log(), pool,
@@ -121,9 +126,8 @@ class MIRROR(Attack):
                     if done_at[i] < 0:
                         done_at[i] = g
                     continue
-                kids = self._children(pop[i], fit[i], state, gen)
-                pop[i, 1:] = kids
-                fit[i, 1:] = self._fitness(oracle, kids, ids[i].expand(len(kids)), eraser)
+                pop[i, 1:] = self._children(pop[i], fit[i], state, gen)
+                fit[i] = self._fitness(oracle, pop[i], ids[i].expand(len(pop[i])), eraser)   # elite re-queried
             log(float(-fit.max(1).values.mean()))
             tick()
         best = fit.argmax(1)

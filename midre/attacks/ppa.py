@@ -1,29 +1,34 @@
 """PPA, Plug & Play Attacks (Struppek et al., ICML 2022).
 
 White-box, prior kind ``stylegan2`` (a StyleGAN2 generator: trained on public data by midre, or official
-weights converted with ``midre convert stylegan2``).  One repeat of one identity batch:
+weights converted with ``midre convert stylegan2``).  As in the reference, all samples of an identity
+come from ONE pipeline: the ``repeats`` of one identity batch share it (:meth:`PPA.attack_batch`, run
+once per batch and kept for the other repeats), and repeat r returns the identity's r-th best sample.
 
-1. **candidate search** (:meth:`PPA.init_latents` / :meth:`PPA.select_candidates`): ``pool`` latents
-   z ~ N(0, I) mapped to w with truncation (psi 0.5, cutoff 8; a single w per latent, ``single_w``);
-   each image is centre-cropped (``center_crop`` of the side, 800/1024 for FFHQ), resized to the target's
-   input and scored by the target's softmax averaged over the image and its horizontal flip; the
-   ``candidates`` best latents of every attacked class are kept (distinct latents per class);
-2. **optimisation** (:meth:`PPA.invert`): Adam (lr 0.005, betas (0.1, 0.1), MultiStepLR at
-   ``milestone_1`` / ``milestone_2``, gamma 0.1) on w, each step on a RandomResizedCrop (scale 0.9-1,
-   ratio 1) of the target view, Poincaré loss; the loss is summed over candidates so every candidate's
-   trajectory is independent of how candidates are grouped into ``opt_batch`` chunks;
-3. **final selection** (:meth:`PPA.final_selection`): every candidate's image scored by its mean target
+1. **candidate search** (:meth:`PPA.search`): ``pool`` latents z ~ N(0, I) mapped to the full ws with
+   truncation (psi 0.5 on the layers below ``cutoff`` 8, the others untruncated); each image is
+   centre-cropped (``center_crop`` of the side, 800/1024 for FFHQ), resized to the target's input and
+   scored, unclamped, by the target's softmax averaged over the image and its horizontal flip; the
+   ``candidates x repeats`` best latents of every attacked class are kept (joint top-k, distinct per
+   class), as their first layer's w when ``single_w``;
+2. **optimisation** (:meth:`PPA.optimise`): Adam (lr, betas (0.1, 0.1), optional MultiStepLR at
+   ``milestone_1`` / ``milestone_2``, gamma 0.1) on w, each step on a RandomResizedCrop (scale
+   ``crop_scale_min``-1, ratio 1) of the target view, Poincaré loss summed over candidates (each
+   candidate's trajectory is independent of how candidates are grouped into ``opt_batch`` chunks);
+3. **final selection** (:meth:`PPA.rank`): every candidate's (unclamped) image scored by its mean target
    confidence over ``final_views`` RandomResizedCrop (scale 0.5-0.9, ratio 0.8-1.2) + flip views; the
-   best candidate of each identity is the repeat's reconstruction.
+   ``repeats`` best of each identity (joint top-k) are its samples, repeat r gets the r-th.
 
-One repeat keeps 1 of ``candidates`` optimised latents per identity, so ``repeats`` x ``candidates``
-latents are optimised per identity in all (the MIDRE paper's PPA setting: 16 candidates -> 8 samples,
-i.e. ``candidates: 2`` with 8 repeats).  Reconstructions are stored at the target's resolution, with the
+Presets: ``paper`` / ``paper-facescrub`` (the setting used against MIDRE: 50 iterations, lr 0.005,
+MultiStepLR [30, 40]), ``paper-celeba`` and ``paper-dogs`` (the reference's CelebA and Stanford Dogs
+configs); :func:`~midre.attacks.highres.paper_preset` names the one for a dataset.  The MIDRE paper's
+16 candidates -> 8 samples is ``candidates: 2`` with 8 repeats; the reference's 200 -> 50 is
+``candidates: 4`` with 50 repeats.  Reconstructions are stored at the target's resolution, with the
 selected w of each in ``Reconstructions.latents``.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
@@ -31,6 +36,10 @@ from .base import ATTACKS, Attack
 from .highres import (Ticker, batched, check_fraction, chunks, poincare_loss, random_resized_crop, stylegan_view,
                       target_resolution, to_target_view, top_per_class)
 from ..errors import ArgumentError
+
+_CELEBA = {"pool": 5000, "iterations": 70, "milestone_1": 0, "milestone_2": 0}
+_DOGS = {"pool": 2000, "iterations": 100, "lr": 0.01, "milestone_1": 0, "milestone_2": 0,
+         "crop_scale_min": 0.75, "center_crop": 1.0}
 
 
 class PPA(Attack):
@@ -48,7 +57,8 @@ class PPA(Attack):
     }
     presets = {"quick": {"pool": 300, "candidates": 2, "iterations": 30, "milestone_1": 0, "milestone_2": 0,
                          "center_crop": 1.0, "final_views": 16, "batch_size": 50, "opt_batch": 64,
-                         "gen_batch": 100}}
+                         "gen_batch": 100},
+               "paper-facescrub": {}, "paper-celeba": dict(_CELEBA), "paper-dogs": dict(_DOGS)}
 
     def validate(self) -> None:
         super().validate()
@@ -78,29 +88,73 @@ class PPA(Attack):
         """Softmax of the target (white-box: the model; black-box subclasses: the oracle)."""
         return access(x).float().softmax(1)
 
-    # ------------------------------------------------------------------ 1. candidate search
+    # ------------------------------------------------------------------ the Attack hooks
     def init_latents(self, access, ids, prior, gen):
         self._setup(access, prior)
-        p = self.params
-        return {"pool": self.sg.sample_w(p["pool"], gen, p["psi"], p["cutoff"], p["single_w"])}
+        return {}
 
-    def select_candidates(self, access, ids, prior, state, gen):
+    def invert(self, access, ids, prior, state, gen, eraser, log, tick):
+        """The first repeat of a batch runs the whole pipeline for every repeat (seeded by the batch, not
+        the repeat); the others take their share of it."""
+        key = (self.chunk.seed, self.chunk.batch, self.chunk.repeats, tuple(int(i) for i in ids))
+        cache = getattr(self, "_shared", None)
+        if cache is None or cache[0] != key:
+            self._shared = cache = (key, self.attack_batch(access, ids, self.chunk.generator(self.name, "shared"),
+                                                           eraser, tick))
+        else:
+            for _ in range(self.steps_per_batch()):
+                tick()
+        for v in cache[1]["curve"]:
+            log(float(v))
+        return {**state, "shared": cache[1]}
+
+    def final_selection(self, access, ids, prior, state, gen):
+        sh, r = state["shared"], self.chunk.repeat
+        state["latents"] = sh["latents"][:, r].float().cpu()
+        if "stage" in sh:
+            self.extra_meta.setdefault("selected_stage", []).extend(int(v) for v in sh["stage"][:, r])
+        if r == self.chunk.repeats - 1:
+            self._shared = None                  # the batch's last repeat: free the shared samples
+        return sh["images"][:, r].to(ids.device).clamp(0, 1)
+
+    # ------------------------------------------------------------------ the reference's pipeline
+    def attack_batch(self, access, ids: torch.Tensor, gen: torch.Generator, eraser: Any, tick: Any) -> dict:
+        """Search, optimisation and final selection for all repeats of ``ids`` at once: ``images``
+        (b, repeats, C, H, W) on the CPU, best first, their ``latents`` (b, repeats, ...), the mean loss
+        ``curve`` and (IF-GMI) the ``stage`` of each sample."""
+        R = self.chunk.repeats
+        k = self.params["candidates"] * R
+        w, y, conf = self.search(access, ids, gen, k)
+        if self.chunk.repeat == 0:          # once per batch (a resumed run recomputes it at a later repeat)
+            self.extra_meta.setdefault("search_confidence", []).extend(float(v) for v in conf.mean(1))
+        st = self.optimise(access, w, y, gen, eraser, tick)
+        imgs = self.candidate_images(st)
+        sel = self.rank(access, imgs, y, len(ids), R, gen)                  # (b, R) indices into 0..k-1
+        flat = (torch.arange(len(ids), device=sel.device)[:, None] * k + sel).flatten()
+        out = {"images": imgs[flat.to(imgs.device)].detach().cpu().unflatten(0, (len(ids), R)),
+               "latents": st["w"][flat.to(st["w"].device)].detach().cpu().unflatten(0, (len(ids), R)),
+               "curve": st["curve"]}
+        if "stage" in st:
+            out["stage"] = st["stage"][flat.cpu()].view(len(ids), R)
+        return out
+
+    def search(self, access, ids: torch.Tensor, gen: torch.Generator,
+               k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One pool, joint top-``k`` per class: (w of the b * k candidates, their labels, (b, k) scores)."""
         p = self.params
-        pool = state["pool"]
+        ws = self.sg.sample_w(p["pool"], gen, p["psi"], p["cutoff"], single=False)     # full ws, as scored
 
         def score(w):
-            x = self.view(w).clamp(0, 1)
+            x = self.view(w)
             return ((self.target_probs(access, x) + self.target_probs(access, x.flip(-1))) / 2)[:, ids]
 
         with torch.no_grad():
-            s = batched(score, pool, p["gen_batch"])                      # (pool, b): only the attacked classes
-        top = top_per_class(s, torch.arange(len(ids), device=s.device), p["candidates"])     # (b, k)
-        em = self.extra_meta
-        em.setdefault("search_confidence", []).extend(float(v) for v in s.gather(0, top.T).T.mean(1))
-        k = p["candidates"]
-        return {"w": pool[top.flatten().to(pool.device)].clone(), "y": ids.repeat_interleave(k), "k": k}
+            s = batched(score, ws, p["gen_batch"])                          # (pool, b): the attacked classes
+        top = top_per_class(s, torch.arange(len(ids), device=s.device), k)                 # (b, k)
+        w = ws[top.flatten().to(ws.device)]
+        w = w[:, :1] if p["single_w"] else w
+        return w.clone(), ids.repeat_interleave(k), s.gather(0, top.T).T
 
-    # ------------------------------------------------------------------ 2. optimisation
     def _optimizer(self, params: list[torch.Tensor]) -> tuple[torch.optim.Optimizer, Any]:
         p = self.params
         opt = torch.optim.Adam(params, lr=p["lr"], betas=(p["beta1"], p["beta2"]))
@@ -113,9 +167,9 @@ class PPA(Attack):
         v = random_resized_crop(x, gen, (self.params["crop_scale_min"], 1.0), (1.0, 1.0))
         return poincare_loss(access(self.to_target(v, eraser)), y)
 
-    def invert(self, access, ids, prior, state, gen, eraser, log, tick):
+    def optimise(self, access, w_all: torch.Tensor, y_all: torch.Tensor, gen, eraser, tick) -> dict:
+        """Adam on every candidate's w (``opt_batch`` at a time): {"w", "curve"}."""
         p = self.params
-        w_all, y_all = state["w"], state["y"]
         T, parts = p["iterations"], chunks(len(w_all), p["opt_batch"])
         ticker = Ticker(tick, T, T * len(parts))
         curve = torch.zeros(T)
@@ -133,34 +187,30 @@ class PPA(Attack):
                 curve[t] += float(loss.detach().sum())
                 ticker.step()
             out.append(w.detach())
-        for v in curve / len(w_all):
-            log(float(v))
-        return {**state, "w": torch.cat(out)}
+        return {"w": torch.cat(out), "curve": (curve / len(w_all)).tolist()}
 
-    # ------------------------------------------------------------------ 3. final selection
-    def candidate_images(self, state: dict) -> torch.Tensor:
-        if "images" in state:
-            return state["images"]
+    def candidate_images(self, st: dict) -> torch.Tensor:
+        """The optimised candidates' target views, unclamped (IF-GMI: the images its stages kept)."""
+        if "images" in st:
+            return st["images"]
         with torch.no_grad():
-            return batched(lambda w: self.view(w).clamp(0, 1), state["w"], self.params["gen_batch"])
+            return batched(self.view, st["w"], self.params["gen_batch"])
 
-    def final_selection(self, access, ids, prior, state, gen):
-        p, k = self.params, state["k"]
-        imgs, y = self.candidate_images(state), state["y"]
+    def rank(self, access, imgs: torch.Tensor, y: torch.Tensor, n_ids: int, keep: int,
+             gen: Optional[torch.Generator]) -> torch.Tensor:
+        """(n_ids, keep) indices of each identity's best candidates by mean target confidence over
+        ``final_views`` random views, best first (all of them, in search order, when keep = candidates)."""
+        p, k = self.params, len(imgs) // n_ids
+        if keep >= k:
+            return torch.arange(k).expand(n_ids, k)
         score = torch.zeros(len(imgs), device=imgs.device)
-        if k > 1:
-            with torch.no_grad():
-                for _ in range(p["final_views"]):
-                    v = random_resized_crop(imgs, gen, (p["final_scale_min"], p["final_scale_max"]),
-                                            (p["final_ratio_min"], p["final_ratio_max"]), flip=True)
-                    probs = batched(lambda x: self.target_probs(access, x), v, p["gen_batch"])
-                    score += probs.gather(1, y[:, None].to(probs.device)).squeeze(1).to(score.device)
-        best = score.view(len(ids), k).argmax(1)
-        sel = torch.arange(len(ids), device=best.device) * k + best
-        state["latents"] = state["w"][sel.to(state["w"].device)].detach().float().cpu()
-        if "stage" in state:
-            self.extra_meta.setdefault("selected_stage", []).extend(int(v) for v in state["stage"][sel.cpu()])
-        return imgs[sel.to(imgs.device)].clamp(0, 1)
+        with torch.no_grad():
+            for _ in range(p["final_views"]):
+                v = random_resized_crop(imgs, gen, (p["final_scale_min"], p["final_scale_max"]),
+                                        (p["final_ratio_min"], p["final_ratio_max"]), flip=True)
+                probs = batched(lambda x: self.target_probs(access, x), v, p["gen_batch"])
+                score += probs.gather(1, y[:, None].to(probs.device)).squeeze(1).to(score.device)
+        return score.view(n_ids, k).topk(keep, dim=1).indices.cpu()
 
 
 ATTACKS.register("ppa", access="white-box", prior="stylegan2")(PPA)

@@ -13,7 +13,12 @@ Gaussian policy) moves the state, z' = alpha * z + (1 - alpha) * a; the reward i
 and, if its p_y is at least the best so far, becomes the identity's reconstruction (one query).
 SAC: two critics with soft-updated targets (tau 0.01), gamma 0.99, hidden 256, replay buffer 1e6,
 batch 256, Adam 5e-4, automatic entropy tuning (target entropy -dim(a)); updates start once the buffer
-holds more than a batch.  Defaults = the original: 40,000 episodes, one step, alpha 0.
+holds more than a batch.  Defaults = the original: 40,000 episodes, one step, alpha 0.  ``agent:
+faithful`` (default) is the released agent: one noise scalar per policy call shared by all action
+dimensions and the batch, both critics seeded identically (so they stay one Q network in effect), the
+release's critic initialisation (last layer U(+-3e-3)), and the critic target's temperature one update
+behind; ``agent: textbook`` is standard SAC (per-element noise, independent default-initialised
+critics).
 
 Known bugs of one public port that this file does not repeat (tests/test_attacks_highres.py checks
 each): the best image is chosen by the TEST image's own confidence (not the state image's), the best
@@ -58,19 +63,46 @@ class _MLP(nn.Module):
         return self.net(x)
 
 
+def released_critic_init(q: _MLP) -> _MLP:
+    """The release's critic initialisation: hidden weights U(+-1 / sqrt(n)) with n the layer's OUTPUT size
+    (the release's ``hidden_init`` reads ``weight.size()[0]``), last weight U(+-3e-3); biases as created."""
+    lin = [m for m in q.net if isinstance(m, nn.Linear)]
+    with torch.no_grad():
+        for m in lin[:-1]:
+            lim = 1.0 / math.sqrt(m.weight.shape[0])
+            m.weight.uniform_(-lim, lim)
+        lin[-1].weight.uniform_(-3e-3, 3e-3)
+    return q
+
+
 class SACAgent:
-    """Soft actor-critic with a tanh-squashed Gaussian policy; every random draw from ``gen``."""
+    """Soft actor-critic with a tanh-squashed Gaussian policy; every random draw from ``gen``.
+
+    ``p["agent"]``: ``"faithful"`` (the release: one noise scalar per policy call shared by every action
+    dimension and batch row, both critics built from the same seed -- identical, so they stay one Q
+    network in effect --, critics initialised by :func:`released_critic_init`, and the critic target's
+    temperature one update behind, as the release's ``self.alpha``), or ``"textbook"`` (per-element noise,
+    independently initialised critics with PyTorch's default initialisation, the current temperature)."""
 
     def __init__(self, dim: int, p: dict, gen: torch.Generator, device: torch.device, capacity: int):
         self.dim, self.p, self.gen, self.dev = dim, p, gen, device
+        self.faithful = p.get("agent", "faithful") == "faithful"
+        seed = int(torch.randint(2 ** 31 - 1, (1,), generator=gen))
         with torch.random.fork_rng():
-            torch.manual_seed(int(torch.randint(2 ** 31 - 1, (1,), generator=gen)))
+            torch.manual_seed(seed)
             self.actor = _MLP(dim, p["hidden"], 2 * dim).to(device)
-            self.q1, self.q2 = _MLP(2 * dim, p["hidden"], 1).to(device), _MLP(2 * dim, p["hidden"], 1).to(device)
+            qs = []
+            for _ in range(2):
+                if self.faithful:
+                    torch.manual_seed(seed)                 # the release seeds every network identically
+                q = _MLP(2 * dim, p["hidden"], 1)
+                qs.append((released_critic_init(q) if self.faithful else q).to(device))
+            self.q1, self.q2 = qs
         self.q1_t, self.q2_t = _MLP(2 * dim, p["hidden"], 1).to(device), _MLP(2 * dim, p["hidden"], 1).to(device)
         self.q1_t.load_state_dict(self.q1.state_dict())
         self.q2_t.load_state_dict(self.q2.state_dict())
         self.log_alpha = torch.zeros(1, device=device, requires_grad=True)
+        self.alpha_critic = torch.ones(1, device=device)  # faithful: the temperature before the last update
         self.opt_actor = torch.optim.Adam(self.actor.parameters(), lr=p["lr_actor"])
         self.opt_q1 = torch.optim.Adam(self.q1.parameters(), lr=p["lr_critic"])
         self.opt_q2 = torch.optim.Adam(self.q2.parameters(), lr=p["lr_critic"])
@@ -83,7 +115,8 @@ class SACAgent:
         """Sampled action and its log-probability (summed over dimensions, tanh-corrected)."""
         mu, log_std = self.actor(s).chunk(2, dim=1)
         std = log_std.clamp(-20, 2).exp()
-        eps = torch.randn(mu.shape, generator=self.gen).to(mu.device)
+        shape = () if self.faithful else mu.shape           # faithful: one scalar for the whole call
+        eps = torch.randn(shape, generator=self.gen).to(mu.device).expand_as(mu)
         u = mu + std * eps
         a = torch.tanh(u)
         logp = (-0.5 * eps.pow(2) - std.log() - 0.5 * math.log(2 * math.pi)).sum(1, keepdim=True)
@@ -108,7 +141,8 @@ class SACAgent:
         with torch.no_grad():
             a2, logp2 = self.policy(s2)
             sa2 = torch.cat([s2, a2], 1)
-            q_next = torch.min(self.q1_t(sa2), self.q2_t(sa2)) - alpha * logp2
+            alpha_t = self.alpha_critic if self.faithful else alpha
+            q_next = torch.min(self.q1_t(sa2), self.q2_t(sa2)) - alpha_t * logp2
             target = r + self.p["gamma"] * (1 - done) * q_next
         sa = torch.cat([s, a], 1)
         for q, opt in ((self.q1, self.opt_q1), (self.q2, self.opt_q2)):
@@ -121,6 +155,7 @@ class SACAgent:
         self.opt_alpha.zero_grad(set_to_none=True)
         alpha_loss.backward()
         self.opt_alpha.step()
+        self.alpha_critic = alpha
         actor_loss = (alpha * logp - self.q1(torch.cat([s, a_new], 1))).mean()
         self.opt_actor.zero_grad(set_to_none=True)
         actor_loss.backward()
@@ -141,7 +176,7 @@ class RLBMI(Attack):
     defaults: dict[str, Any] = {
         "episodes": 40000, "max_step": 1, "alpha": 0.0, "hidden": 256, "gamma": 0.99, "tau": 0.01,
         "buffer": 1000000, "sac_batch": 256, "lr_actor": 5e-4, "lr_critic": 5e-4, "w_state": 2.0,
-        "w_action": 2.0, "w_margin": 8.0, "batch_size": 60, "max_queries": 0,
+        "w_action": 2.0, "w_margin": 8.0, "batch_size": 60, "max_queries": 0, "agent": "faithful",
     }
     presets = {"quick": {"episodes": 100, "hidden": 64, "sac_batch": 32, "batch_size": 50}}
 
@@ -151,6 +186,9 @@ class RLBMI(Attack):
         for k in ("episodes", "max_step", "hidden", "buffer", "sac_batch"):
             if p[k] < 1:
                 raise ArgumentError(f"attack '{self.name}': '{k}' must be >= 1, got {p[k]}")
+        if p["agent"] not in ("faithful", "textbook"):
+            raise ArgumentError(f"attack '{self.name}': 'agent' must be 'faithful' (the released SAC) or 'textbook', "
+                                f"got {p['agent']!r}")
         if p["alpha"] > 1 or p["tau"] > 1 or p["gamma"] > 1:
             raise ArgumentError(f"attack '{self.name}': 'alpha', 'tau' and 'gamma' must be in [0, 1]")
 
