@@ -489,7 +489,10 @@ class _Pipeline:
         eraser = None
         if a.adaptive:
             eraser = _adaptive_eraser(tmeta)
-        attack = build_attack(a.name, **({"preset": a.preset} if a.preset else {}), **a.params)
+        from .attacks.highres import resolve_preset
+
+        preset = resolve_preset(a.name, a.preset, self.cfg.dataset.name)   # plain 'paper': the dataset's preset
+        attack = build_attack(a.name, **({"preset": preset} if preset else {}), **a.params)
         if attack.params.get("target_resolution") == 0:      # StyleGAN attacks: images at the target's size
             attack.params["target_resolution"] = int(self.splits.resolution)
         seed = derive_seed(self.cfg.seed, "attack", a.key)

@@ -204,3 +204,14 @@ def test_paper_configs_run_the_reference_preset_of_their_dataset(name):
         # the config does not override what the preset fixes (iterations, lr, crops, stages)
         fixed = set(build_attack(a["name"], preset=want).presets[want])
         assert not fixed & set(a.get("params", {})), f"{name}: {a['name']} overrides {fixed & set(a['params'])}"
+
+
+def test_plain_paper_preset_follows_the_attacked_dataset():
+    """`preset: paper` on ppa / ifgmi in a run config means the reference config of the attacked dataset."""
+    from midre.attacks.highres import resolve_preset
+
+    assert resolve_preset("ppa", "paper", "celeba") == "paper-celeba"
+    assert resolve_preset("ifgmi", "paper", "stanford_dogs") == "paper-dogs"
+    assert resolve_preset("ppa", "paper", "synthetic2") == "paper-facescrub"
+    assert resolve_preset("ppa", "quick", "celeba") == "quick" and resolve_preset("gmi", "paper", "celeba") == "paper"
+    assert resolve_preset("ppa", None, "celeba") is None

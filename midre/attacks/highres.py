@@ -15,7 +15,7 @@ Not an attack itself (nothing is registered here):
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
@@ -214,6 +214,14 @@ PAPER_PRESETS = {"facescrub": "paper-facescrub", "celeba": "paper-celeba", "stan
 def paper_preset(dataset: str) -> str:
     """The PPA / IF-GMI preset of the reference's config for ``dataset`` (FaceScrub's for any other)."""
     return PAPER_PRESETS.get(str(dataset), "paper-facescrub")
+
+
+def resolve_preset(attack: str, preset: Optional[str], dataset: str) -> Optional[str]:
+    """A run config's preset for ``attack``: plain ``paper`` on PPA / IF-GMI means the reference config of the
+    attacked ``dataset``; anything else is kept as given."""
+    if preset == "paper" and attack in ("ppa", "ifgmi"):
+        return paper_preset(dataset)
+    return preset
 
 
 def check_fraction(attack: str, params: Mapping[str, Any], *names: str) -> None:
