@@ -45,8 +45,6 @@ from .utils import atomic_write_json, atomic_write_text, config_hash, derive_see
 
 ACCESS_LEVELS = ("white-box", "black-box", "label-only")
 _RANK = {"label-only": 0, "black-box": 1, "white-box": 2}
-# strongest first (the literature's ranking at equal budget); the default is the first two that fit
-STRENGTH = ["plgmi", "lomma_kedmi", "ppa", "if_gmi", "lomma_gmi", "kedmi", "mirror", "rlbmi", "gmi", "brepmi"]
 GATE_TARGET_ACC = 50.0      # % of its own training images the model must classify right (class order, normalisation)
 GATE_EVAL_ACC = 50.0        # % held-out accuracy of the evaluation model
 GATE_ATTACK_TOP1 = 50.0     # % of reconstructions the TARGET assigns to the attacked class (did the attack converge?)
@@ -110,9 +108,8 @@ def select_attacks(access: str, names: Optional[Sequence[str]]) -> list[str]:
     if access not in ACCESS_LEVELS:
         raise ArgumentError(f"unknown access level '{access}'; choose one of: {', '.join(ACCESS_LEVELS)}")
     fits = [n for n in ATTACKS.names() if _RANK[_attack_access(n)] <= _RANK[access]]
-    if not names:
-        ranked = [n for n in STRENGTH if n in fits] + [n for n in fits if n not in STRENGTH]
-        return ranked[:2]
+    if not names:   # the two strongest that fit: each attack class declares its ``strength`` (unranked last)
+        return sorted(fits, key=lambda n: -(attack_strength(n) or float("-inf")))[:2]
     out = []
     for n in names:
         n = str(n).strip().lower()
@@ -123,6 +120,14 @@ def select_attacks(access: str, names: Optional[Sequence[str]]) -> list[str]:
         if n not in out:
             out.append(n)
     return out
+
+
+def attack_strength(name: str) -> Optional[float]:
+    """An attack's declared ``strength`` (its class attribute, via the registry); None when unranked."""
+    from .attacks import ATTACKS
+
+    v = ATTACKS.info(name).get("strength", getattr(ATTACKS.get(name), "strength", None))
+    return None if v is None else float(v)
 
 
 def _attack_access(name: str) -> str:

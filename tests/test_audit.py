@@ -234,6 +234,23 @@ def test_select_attacks_by_access():
     wb = select_attacks("white-box", None)
     assert len(wb) == 2 and "plgmi" in wb          # the strongest first
     assert select_attacks("white-box", ["brepmi", "gmi"]) == ["brepmi", "gmi"]   # more access never hurts
+    assert select_attacks("black-box", None) == ["mirror", "rlbmi"]
+
+
+def test_every_registered_attack_is_ranked_by_its_own_class():
+    """The audit ranks attacks by the ``strength`` each class declares (a hand-written list once spelled IF-GMI
+    'if_gmi', so it ranked last); name, access and priors are declared once, on the class."""
+    from midre.attacks import ATTACKS
+    from midre.audit import attack_strength
+
+    builtin = [n for n in ATTACKS.names() if not ATTACKS.info(n).get("plugin")]
+    for n in builtin:
+        info, cls = ATTACKS.info(n), ATTACKS.get(n)
+        assert attack_strength(n) is not None, f"attack '{n}' declares no strength"
+        assert (info["access"], info["prior"]) == (cls.access, "+".join(cls.prior_kinds)) and cls.name == n
+    order = sorted(builtin, key=lambda n: -attack_strength(n))
+    assert order.index("ifgmi") < order.index("lomma_gmi") < order.index("gmi") < order.index("brepmi")
+    assert order[0] == "plgmi"
 
 
 def test_class_order_relabels_the_folder(world):

@@ -375,6 +375,9 @@ class Attack:
     name: str = "attack"
     access: str = "white-box"
     prior_kinds: tuple[str, ...] = ()
+    # the literature's ranking at equal budget (higher = stronger); `midre audit` runs the strongest that fit
+    # its access level; None: unranked (listed after the ranked ones)
+    strength: Optional[int] = None
     defaults: dict[str, Any] = {}
     presets: dict[str, dict[str, Any]] = {}
     chunk: ChunkContext = ChunkContext()     # the chunk being attacked (set by run)
@@ -609,3 +612,10 @@ def adaptive_eraser_from_meta(meta: Mapping[str, Any]) -> nn.Module:
         name = spec.get("name") if isinstance(spec, Mapping) else spec
         raise ArgumentError(f"the target's defense '{name or 'nodef'}' does not erase images, so --adaptive has "
                             "nothing to apply; use --adaptive only against MIDRE / erasing targets") from None
+
+
+def register_attack(cls: type) -> type:
+    """Register an Attack subclass under its own ``name`` with the ``access``, priors and ``strength`` it
+    declares (stated once, on the class; `midre attacks` and the audit read them from the registry)."""
+    return ATTACKS.register(cls.name, access=cls.access, prior="+".join(cls.prior_kinds),
+                            strength=cls.strength)(cls)

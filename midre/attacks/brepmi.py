@@ -34,7 +34,7 @@ from typing import NamedTuple
 import torch
 
 from ..errors import ArgumentError
-from .base import ATTACKS, Attack
+from .base import Attack, register_attack
 
 
 class SphereStep(NamedTuple):
@@ -62,6 +62,7 @@ class BREPMI(Attack):
     """BREP-MI: label-only boundary repelling with a growing sphere in the GAN latent space."""
 
     name = "brepmi"
+    strength = 20
     access = "label-only"
     prior_kinds = ("gan",)
     defaults = {"iterations": 20000, "max_iters_at_radius": 1000, "sphere_points": 32, "init_radius": 2.0,
@@ -160,4 +161,4 @@ class BREPMI(Attack):
             return prior["gan"].generator(state["z"]).clamp(0, 1)
 
 
-ATTACKS.register("brepmi", access="label-only", prior="gan")(BREPMI)
+register_attack(BREPMI)

@@ -23,13 +23,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import ATTACKS, Attack
+from .base import Attack, register_attack
 
 
 class GMI(Attack):
     """GMI: WGAN prior + identity cross-entropy, Nesterov momentum on z, z clamped to [-1, 1] after each step."""
 
     name = "gmi"
+    strength = 30
     access = "white-box"
     prior_kinds = ("gan",)
     defaults = {"iterations": 1500, "lr": 0.02, "momentum": 0.9, "lambda_iden": 100.0, "lambda_prior": 1.0,
@@ -76,4 +77,4 @@ class GMI(Attack):
         return self.generator(prior)(state["z"])
 
 
-ATTACKS.register("gmi", access="white-box", prior="gan")(GMI)
+register_attack(GMI)

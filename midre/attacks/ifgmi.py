@@ -40,7 +40,7 @@ from typing import Any, Optional
 
 import torch
 
-from .base import ATTACKS
+from .base import register_attack
 from .highres import Ticker, chunks, project_l1_ball, to_target_view
 from .ppa import PPA
 from ..errors import ArgumentError
@@ -52,6 +52,7 @@ class IFGMI(PPA):
     """IF-GMI: PPA's search, then block-by-block optimisation of w and intermediate features (L1 balls)."""
 
     name = "ifgmi"
+    strength = 85
     defaults: dict[str, Any] = {
         **{k: v for k, v in PPA.defaults.items() if k != "iterations"}, "milestone_1": 0, "milestone_2": 0,
         "stages": [50, 10, 10, 10, 10, 10, 10, 10], "radii_w": list(_RADII), "radii_features": list(_RADII),
@@ -168,4 +169,4 @@ class IFGMI(PPA):
                 "curve": (curve / len(w_all)).tolist()}
 
 
-ATTACKS.register("ifgmi", access="white-box", prior="stylegan2")(IFGMI)
+register_attack(IFGMI)

@@ -25,7 +25,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .base import ATTACKS
+from .base import register_attack
 from .gmi import GMI
 
 
@@ -33,6 +33,7 @@ class KedMI(GMI):
     """KedMI: distributional latent search with the inversion-specific (K+1)-class discriminator."""
 
     name = "kedmi"
+    strength = 60
     prior_kinds = ("kedmi",)
     defaults = {"iterations": 2400, "lr": 0.02, "lambda_iden": 100.0, "lambda_prior": 1.0, "batch_size": 60,
                 "z_clip": 0.0, "log_var_init": 1.0, "refit_per_repeat": False}
@@ -99,4 +100,4 @@ class KedMI(GMI):
         return self.generator(prior)(self._sample(state["mu"], state["log_var"], gen))
 
 
-ATTACKS.register("kedmi", access="white-box", prior="kedmi")(KedMI)
+register_attack(KedMI)

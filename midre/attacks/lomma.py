@@ -21,7 +21,7 @@ from __future__ import annotations
 
 
 from ..losses import logit_loss
-from .base import ATTACKS
+from .base import register_attack
 from .gmi import GMI
 from .kedmi import KedMI
 
@@ -44,6 +44,7 @@ class LommaGMI(_LommaLoss, GMI):
     """LOMMA + GMI: logit loss + p_reg feature regulariser + augmented models, GMI's prior and optimiser."""
 
     name = "lomma_gmi"
+    strength = 70
     prior_kinds = ("gan", "lomma")
     defaults = {**GMI.defaults, "iterations": 2400, "lambda_feat": 1.0}
     presets = {"quick": {"iterations": 150, "batch_size": 50}}
@@ -53,10 +54,11 @@ class LommaKedMI(_LommaLoss, KedMI):
     """LOMMA + KedMI: logit loss + p_reg feature regulariser + augmented models, KedMI's distribution."""
 
     name = "lomma_kedmi"
+    strength = 90
     prior_kinds = ("kedmi", "lomma")
     defaults = {**KedMI.defaults, "iterations": 2400, "lambda_feat": 1.0, "z_clip": 1.0}
     presets = {"quick": {"iterations": 150, "batch_size": 50}}
 
 
-ATTACKS.register("lomma_gmi", access="white-box", prior="gan+lomma")(LommaGMI)
-ATTACKS.register("lomma_kedmi", access="white-box", prior="kedmi+lomma")(LommaKedMI)
+register_attack(LommaGMI)
+register_attack(LommaKedMI)

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .base import ATTACKS, Attack
+from .base import Attack, register_attack
 from .highres import batched, check_fraction, stylegan_view, target_resolution, to_target_view
 from ..errors import ArgumentError
 
@@ -43,6 +43,7 @@ class MIRROR(Attack):
     """MIRROR (black-box): genetic algorithm over w with fitness log p_y from the query oracle."""
 
     name = "mirror"
+    strength = 50
     access = "black-box"
     prior_kinds = ("stylegan2",)
     defaults: dict[str, Any] = {
@@ -141,4 +142,4 @@ class MIRROR(Attack):
             return self._images(state["w"])
 
 
-ATTACKS.register("mirror", access="black-box", prior="stylegan2")(MIRROR)
+register_attack(MIRROR)

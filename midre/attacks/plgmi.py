@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..losses import max_margin_loss
-from .base import ATTACKS, Attack
+from .base import Attack, register_attack
 
 
 def random_views(x: torch.Tensor, gen: torch.Generator, scale=(0.8, 1.0), jitter: float = 0.2,
@@ -48,6 +48,7 @@ class PLGMI(Attack):
     """PLG-MI: conditional-GAN prior, Adam on z, max-margin loss over two augmented views."""
 
     name = "plgmi"
+    strength = 100
     access = "white-box"
     prior_kinds = ("cgan",)
     defaults = {"iterations": 600, "lr": 0.1, "views": 2, "batch_size": 60, "crop_scale_min": 0.8,
@@ -80,4 +81,4 @@ class PLGMI(Attack):
         return prior["cgan"].generator(state["z"], ids)
 
 
-ATTACKS.register("plgmi", access="white-box", prior="cgan")(PLGMI)
+register_attack(PLGMI)

@@ -32,7 +32,7 @@ from typing import Any, Optional
 
 import torch
 
-from .base import ATTACKS, Attack
+from .base import Attack, register_attack
 from .highres import (Ticker, batched, check_fraction, chunks, poincare_loss, random_resized_crop, stylegan_view,
                       target_resolution, to_target_view, top_per_class)
 from ..errors import ArgumentError
@@ -46,6 +46,7 @@ class PPA(Attack):
     """PPA: StyleGAN2 w-space search + Poincaré-loss optimisation + augmentation-based final selection."""
 
     name = "ppa"
+    strength = 80
     access = "white-box"
     prior_kinds = ("stylegan2",)
     defaults: dict[str, Any] = {
@@ -213,4 +214,4 @@ class PPA(Attack):
         return score.view(n_ids, k).topk(keep, dim=1).indices.cpu()
 
 
-ATTACKS.register("ppa", access="white-box", prior="stylegan2")(PPA)
+register_attack(PPA)

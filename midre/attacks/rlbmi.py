@@ -37,7 +37,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import ATTACKS, Attack
+from .base import Attack, register_attack
 from .highres import Ticker
 from ..errors import ArgumentError
 
@@ -171,6 +171,7 @@ class RLBMI(Attack):
     """RLB-MI (black-box): a SAC agent per identity in the GAN's latent space, the original's reward."""
 
     name = "rlbmi"
+    strength = 40
     access = "black-box"
     prior_kinds = ("gan",)
     defaults: dict[str, Any] = {
@@ -259,4 +260,4 @@ class RLBMI(Attack):
         return state["images"]
 
 
-ATTACKS.register("rlbmi", access="black-box", prior="gan")(RLBMI)
+register_attack(RLBMI)
