@@ -146,10 +146,8 @@ def split_dataset(ds: Any, rule: StopRule, seed: int) -> tuple[Any, Any]:
     return Subset(ds, tr.tolist()), Subset(ds, va.tolist())
 
 
-def budget_of(train: dict[str, Any], reference_json: Any) -> dict[str, Any]:
-    """The paper's rule (``epochs_from``): ``train`` with the converged reference's budget -- as many epochs as
-    the reference kept, its learning-rate drops as milestones, no early stop, the last epoch kept, and the same
-    validation split (``val_per_class``) so both train on the same images."""
+def reference_stop(reference_json: Any) -> dict[str, Any]:
+    """The ``stop`` record of a converged target's model.json (one ConfigError line when it has none)."""
     import json
     from pathlib import Path
 
@@ -157,10 +155,17 @@ def budget_of(train: dict[str, Any], reference_json: Any) -> dict[str, Any]:
 
     path = Path(reference_json)
     try:
-        stop = json.loads(path.read_text(encoding="utf-8"))["stop"]
-    except (OSError, ValueError, KeyError):
+        return dict(json.loads(path.read_text(encoding="utf-8"))["stop"])
+    except (OSError, ValueError, KeyError, TypeError):
         raise ConfigError(f"'{path.parent}' holds no converged training (model.json without 'stop'); train the "
                           "reference target with train.stop first") from None
+
+
+def budget_of(train: dict[str, Any], reference_json: Any) -> dict[str, Any]:
+    """The paper's rule (``epochs_from``): ``train`` with the converged reference's budget -- as many epochs as
+    the reference kept, its learning-rate drops as milestones, no early stop, the last epoch kept, and the same
+    validation split (``val_per_class``) so both train on the same images."""
+    stop = reference_stop(reference_json)
     rule = StopRule(**train["stop"])
     kept = int(stop["kept_epoch"])
     return {**train, "epochs": kept, "schedule": "multistep", "gamma": float(stop.get("factor", rule.factor)),
@@ -172,17 +177,10 @@ def early_stop_of(train: dict[str, Any], reference_json: Any, fraction: float) -
     """``stop_early`` (a NoDef curve point): ``train`` stopped at the first epoch whose validation accuracy
     reaches ``fraction`` of the converged reference's best, keeping that epoch.  With the reference's own
     settings and seed this is the reference's training stopped earlier (same trajectory, cut short)."""
-    import json
-    from pathlib import Path
-
     from .errors import ConfigError
 
-    path = Path(reference_json)
-    try:
-        stop = json.loads(path.read_text(encoding="utf-8"))["stop"]
-    except (OSError, ValueError, KeyError):
-        raise ConfigError(f"'{path.parent}' holds no converged training (model.json without 'stop'); train the "
-                          "reference target with train.stop first") from None
+    stop = reference_stop(reference_json)
     if stop.get("metric") != "val_acc":
-        raise ConfigError(f"stop_early needs a reference stopped on val_acc; '{path.parent}' used {stop.get('metric')}")
+        raise ConfigError(f"stop_early needs a reference stopped on val_acc; '{reference_json}' used "
+                          f"{stop.get('metric')}")
     return {**train, "stop": {**train["stop"], "at_val_acc": round(float(stop["best"]) * fraction, 4), "keep": "last"}}

@@ -16,6 +16,8 @@ import torch
 
 from midre.cli import main
 
+from _tiny_run import TINY_RUN_YAML  # the tests folder's shared tiny config
+
 TINY_DATA = ["--dataset", "synthetic", "--resolution", "16", "--data-option", "num_private=4",
              "--data-option", "num_public=2", "--data-option", "images_per_id=4"]
 TRAIN = ["train", *TINY_DATA, "--arch", "tinycnn", "--epochs", "1", "--batch-size", "8", "--device", "cpu",
@@ -56,19 +58,6 @@ def _yaml(tmp: Path, text: str, name: str = "cfg.yaml") -> str:
     return str(p)
 
 
-TINY_RUN_YAML = """
-name: tiny
-seed: 0
-device: cpu
-dataset: {name: synthetic, resolution: 16, options: {num_private: 4, num_public: 4, images_per_id: 4}}
-eval_model: {arch: tinycnn, train: {epochs: 1, batch_size: 8}}
-defaults: {arch: tinycnn, train: {epochs: 1, batch_size: 8}}
-targets: [{name: nodef, defense: nodef}]
-attacks: [{name: gmi, preset: quick, params: {iterations: 2}, identities: "0-1", repeats: 1}]
-priors: {preset: quick, params: {gan: {iterations: 2, batch_size: 8}}}
-metrics: {fid: none, n_boot: 10}
-report: {enabled: false}
-"""
 
 
 def _run_dir_of_other_config(tmp: Path) -> list[str]:

@@ -76,9 +76,7 @@ def _add_comparisons(asub: argparse._SubParsersAction) -> None:
     q.add_argument("--reference", default=None,
                    help="pair every defense with this target (default: each target's `reference` in the config, "
                         "else the run's first NoDef target, as for the trade-off)")
-    q.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (default: 2000)")
-    q.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default: 0)")
-    q.add_argument("--no-report", action="store_true", help="do not re-render report.md/html afterwards")
+    _bootstrap_args(q)
     q.set_defaults(func=run_paired)
 
     fr = asub.add_parser(
@@ -89,10 +87,8 @@ def _add_comparisons(asub: argparse._SubParsersAction) -> None:
                     "then identities) and a t-interval across seeds, the verdict from the wider one. Writes "
                     "RUN/analysis/frontier.json, frontier.md and frontier_<attack>.png; the report shows them.")
     fr.add_argument("run_dir", metavar="RUN_OR_STUDY", help="run or study directory of `midre run`")
-    fr.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (default: 2000)")
-    fr.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default: 0)")
+    _bootstrap_args(fr)
     fr.add_argument("--margin", type=float, default=0.0, help="'helps' when the interval lies above it (default 0)")
-    fr.add_argument("--no-report", action="store_true", help="do not re-render report.md/html afterwards")
     fr.set_defaults(func=run_frontier)
 
     v = asub.add_parser(
@@ -104,6 +100,12 @@ def _add_comparisons(asub: argparse._SubParsersAction) -> None:
     v.add_argument("--rule", default=None, metavar="FILE",
                    help="the rule file, if it moved (its sha256 must still match the recorded one)")
     v.set_defaults(func=run_verdict)
+
+
+def _bootstrap_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (default: 2000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default: 0)")
+    p.add_argument("--no-report", action="store_true", help="do not re-render report.md/html afterwards")
 
 
 def _add_figures(asub: argparse._SubParsersAction) -> None:
@@ -185,13 +187,18 @@ def run_paired(args: argparse.Namespace) -> int:
         raise ArgumentError(f"--n-boot must be at least 1, got {args.n_boot}")
     run_dir = Path(args.run_dir)
     md = write_paired(run_dir, args.reference, args.n_boot, args.seed)
+    _show(md, run_dir, args.no_report, f"wrote {md}")
+    return 0
+
+
+def _show(md, run_dir, no_report: bool, last: str) -> None:
+    """Print an analysis' markdown, re-render the run's report when it has one, then ``last``."""
     print(md.read_text(encoding="utf-8"))
-    if not args.no_report and (run_dir / "report.md").exists():
+    if not no_report and (run_dir / "report.md").exists():
         from ..report import write_report
 
         write_report(run_dir)
-    print(f"wrote {md}")
-    return 0
+    print(last)
 
 
 def run_curve(args: argparse.Namespace) -> int:
@@ -230,12 +237,7 @@ def run_frontier(args: argparse.Namespace) -> int:
         raise ArgumentError(f"--margin must be zero or positive, got {args.margin}")
     run_dir = Path(args.run_dir)
     md = write_frontier(run_dir, n_boot=args.n_boot, seed=args.seed, margin=args.margin)
-    print(md.read_text(encoding="utf-8"))
-    if not args.no_report and (run_dir / "report.md").exists():
-        from ..report import write_report
-
-        write_report(run_dir)
-    print(f"wrote {md} and {run_dir / 'analysis'}/frontier_<attack>.png")
+    _show(md, run_dir, args.no_report, f"wrote {md} and {run_dir / 'analysis'}/frontier_<attack>.png")
     return 0
 
 
