@@ -116,6 +116,7 @@ comparisons:
 """
 
 
+@pytest.mark.slow
 def test_study_frontier_and_verdict_end_to_end(tmp_path, capsys):
     rule = tmp_path / "rules" / "tiny-frontier.yaml"
     rule.parent.mkdir()

@@ -52,6 +52,7 @@ TINY = {
 }
 
 
+@pytest.mark.slow
 def test_a_study_writes_paired_differences_that_reproduce_its_figures(tmp_path, capsys):
     out = tmp_path / "study"
     run_pipeline(load_config(copy.deepcopy(TINY)), out, progress=False)

@@ -290,6 +290,7 @@ def test_aggregate_rows_mean_std_ci_and_tradeoff_by_hand():
     assert n["delta"] == "" and math.isnan(m["fid_eval"])
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_resume_gives_identical_results(full_run, tmp_path):
     """A real `midre run` process killed with SIGKILL, then `midre run --resume DIR`."""
     import os
@@ -346,6 +347,7 @@ def _tiny_version(name: str) -> dict:
     return raw
 
 
+@pytest.mark.slow
 def test_every_builtin_config_trains_all_its_targets_at_tiny_scale(tmp_path):
     """Every defense / ablation in the shipped configs goes through the one pipeline (1 epoch, tiny data)."""
     from midre.config import builtin_configs

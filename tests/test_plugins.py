@@ -71,6 +71,7 @@ def cli(*argv: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------ listings
+@pytest.mark.slow
 def test_example_plugin_is_listed_like_a_builtin(plugin_site):
     r = midre(plugin_site, cli("defenses"), cli("attacks"), cli("models"))
     assert r.returncode == 0, r.stderr
@@ -83,6 +84,7 @@ def test_example_plugin_is_listed_like_a_builtin(plugin_site):
     assert max(len(ln) for ln in out.splitlines()) <= 80
 
 
+@pytest.mark.slow
 def test_plugin_objects_behave_like_builtins(plugin_site):
     r = midre(plugin_site, textwrap.dedent("""
         import torch
@@ -196,6 +198,7 @@ def broken_site(tmp_path_factory) -> Path:
     return site
 
 
+@pytest.mark.slow
 def test_broken_plugins_warn_one_line_each_and_midre_still_works(broken_site):
     r = midre(broken_site, cli("defenses"), cli("attacks"), cli("models"), cli("datasets"),
               "from midre.defenses import build_defense; print('BUILT', type(build_defense('midre')).__module__)")
@@ -220,6 +223,7 @@ def test_broken_plugins_warn_one_line_each_and_midre_still_works(broken_site):
         assert not any(ln.startswith(f"  {name} ") for ln in out.splitlines()), name
 
 
+@pytest.mark.slow
 def test_a_refused_plugin_name_is_an_unknown_name_with_exit_2(broken_site, tmp_path):
     r = midre(broken_site, "import sys; from midre.cli import main; sys.exit(main(['train', '--defense', 'kaput', "
                            f"'--epochs', '1', '--out', {str(tmp_path / 't')!r}]))")
@@ -229,6 +233,7 @@ def test_a_refused_plugin_name_is_an_unknown_name_with_exit_2(broken_site, tmp_p
     assert not (tmp_path / "t").exists()
 
 
+@pytest.mark.slow
 def test_a_good_dataset_plugin_trains(broken_site, tmp_path):
     r = midre(broken_site, cli("train", "--dataset", "blobs", "--arch", "tinycnn", "--epochs", "1",
                                 "--out", str(tmp_path / "t"), "--no-progress"))

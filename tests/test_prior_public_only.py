@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,6 +25,7 @@ def _imagefolder(root: Path, classes: int = 3, per_class: int = 4) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_public_set_overlapping_the_private_identities_is_a_one_line_refusal(tmp_path):
     data = _imagefolder(tmp_path / "faces")
     cfg = {

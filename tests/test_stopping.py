@@ -96,6 +96,7 @@ def test_stopped_run_is_not_continued(tiny_sets, tmp_path):
     assert len(again.history) == len(first.history) and again.test_acc == first.test_acc
 
 
+@pytest.mark.slow
 def test_resume_after_a_kill_takes_the_same_decisions(tiny_sets, tmp_path):
     train, test = tiny_sets
     full = train_classifier(fresh(), train, test, config=CFG, out_dir=tmp_path / "a", progress=False)
@@ -135,6 +136,7 @@ def test_at_val_acc_stops_at_the_first_epoch_reaching_it():
     assert st.best_epoch == 3 and st.reason == "reached at_val_acc"
 
 
+@pytest.mark.slow
 def test_stop_early_is_the_reference_run_cut_short(tiny_sets, tmp_path):
     """A curve point with the reference's settings and seed retraces its trajectory and stops at the share."""
     from midre.stopping import early_stop_of

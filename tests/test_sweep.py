@@ -182,6 +182,7 @@ def test_ray_missing_is_a_clear_error(monkeypatch):
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_ray_sweep_two_trials(tmp_path):
     ray = pytest.importorskip("ray", reason="needs the optional ray extra: pip install -e '.[ray]'")
     from midre.sweep import run_sweep

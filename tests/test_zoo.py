@@ -219,6 +219,7 @@ def test_the_shipped_zoo_verifies_and_serves_the_quickstart():
 
 
 
+@pytest.mark.slow
 def test_a_fresh_quickstart_takes_its_whole_instrument_from_the_shipped_zoo(tmp_path, monkeypatch):
     """Rendered here, the quickstart's images equal the ones the shipped entries were built on (the same
     fingerprint on the build CPU, the same data summary within float rounding on others), so the backbones,
