@@ -57,7 +57,14 @@ def test_each_gate_can_fail(case):
     else:
         rows = [r for r in rows if r["defense"] != "nodef"]
     res = check_gates(rows, eval_acc, GatesSection(), None, priors)
-    assert not res["valid"]
+    assert not res["valid"] and res["verdict"] == NOT_VALID
+    expected = {"eval": ("evaluation model accuracy (%)", "failed"), "target": ("NoDef target accuracy (%)", "failed"),
+                "gmi-not-weakest": ("weakest attack stays weakest", "failed"),
+                "prior": ("prior relative coverage (held-out public)", "failed"),
+                "prior-missing": ("prior relative coverage (held-out public)", "not measured"),
+                "no-nodef": ("NoDef target", "not measured")}[case]
+    bad = {(c["gate"], c["status"]) for c in res["checks"] if c["status"] not in ("passed", "info")}
+    assert bad == {expected}, f"{case}: expected only {expected} to fail, got {bad}"
 
 
 def test_overridden_floors_are_used_and_recorded():
