@@ -174,13 +174,13 @@ def _derived(dest: Path, names: list[str]) -> dict[str, Any]:
                            "runs": {n: s["run"] for n, s in zip(names, seeds)}}
     if all(s.get("records") for s in seeds):
         from .frontier import frontier
+        from .verdict import verdict_and_frontier
 
-        try:
-            out["frontier"] = frontier(dest)
-        except RunDirError:
-            out["frontier"] = None
-        if (dest / "rule.json").exists():
-            from .verdict import compute_verdict
-
-            out["verdict"] = compute_verdict(dest)
+        if (dest / "rule.json").exists():   # the frontier the verdict used (the rule's bootstrap settings)
+            out["verdict"], out["frontier"] = verdict_and_frontier(dest)
+        else:
+            try:
+                out["frontier"] = frontier(dest)
+            except RunDirError:
+                out["frontier"] = None
     return out

@@ -30,6 +30,12 @@ def _gates_valid(run_dir: Path) -> Optional[bool]:
 
 
 def compute_verdict(run_dir: str | Path, rule_path: Optional[str | Path] = None) -> dict[str, Any]:
+    return verdict_and_frontier(run_dir, rule_path)[0]
+
+
+def verdict_and_frontier(run_dir: str | Path, rule_path: Optional[str | Path] = None
+                         ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The verdict and the frontier it was computed from (with the rule's bootstrap settings)."""
     from ..rules import recorded_rule
 
     run_dir = Path(run_dir)
@@ -52,7 +58,7 @@ def compute_verdict(run_dir: str | Path, rule_path: Optional[str | Path] = None)
     return {"format": "midre-verdict", "experiment": rule.experiment, "question": rule.question,
             "rule": {"name": rec.get("name"), "sha256": rec.get("sha256"), "recorded": rec.get("recorded")},
             "statistic": st, "margin": rule.margin, "gates_valid": valid, "seed_dirs": fr["seed_dirs"],
-            "rows": rows, "answer": _answer(rule, rows, valid)}
+            "rows": rows, "answer": _answer(rule, rows, valid)}, fr
 
 
 def _answer(rule: Any, rows: list[dict[str, Any]], valid: Optional[bool]) -> str:
