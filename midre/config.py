@@ -593,6 +593,8 @@ def validate_train(where: str, path: str, train: dict[str, Any]) -> dict[str, An
         _raise_train(where, path, e)
     if full.get("stop") is None:   # added later: a section without it keeps the stage keys it always had
         full.pop("stop", None)
+    elif full["stop"].get("at_val_acc") is None:   # added after train.stop: unset, the keys stay as they were
+        full["stop"].pop("at_val_acc", None)
     return full
 
 
