@@ -41,13 +41,11 @@ import torch.nn as nn
 
 from .errors import ArgumentError, CheckpointError, DataError, RunDirError
 from .models.base import IMAGENET_MEAN, IMAGENET_STD
-from .utils import atomic_write_json, atomic_write_text, config_hash, derive_seed, resolve_device, seed_everything
+from .utils import (atomic_write_json, atomic_write_text, config_hash, derive_seed, parse_id_ranges, resolve_device,
+                    seed_everything)
 
 ACCESS_LEVELS = ("white-box", "black-box", "label-only")
 _RANK = {"label-only": 0, "black-box": 1, "white-box": 2}
-GATE_TARGET_ACC = 50.0      # % of its own training images the model must classify right (class order, normalisation)
-GATE_EVAL_ACC = 50.0        # % held-out accuracy of the evaluation model
-GATE_ATTACK_TOP1 = 50.0     # % of reconstructions the TARGET assigns to the attacked class (did the attack converge?)
 AUDIT_FORMAT = "midre-audit"
 
 
@@ -381,31 +379,13 @@ def measure_step(model: nn.Module, images: torch.Tensor, area: float, device: to
 
 
 # ============================================================================ gates and verdict
-def gates(target_acc: float, eval_acc: Optional[float], attack_rows: Sequence[dict]) -> list[dict]:
-    """The checks that make the numbers meaningful, each with its value, threshold and what to do."""
-    out = [_gate("target fits its private data", target_acc, GATE_TARGET_ACC,
-                 "accuracy of your model on the private images (its training data)",
-                 "check the class order (--classes), --mean/--std and --input-size")]
-    out.append(_gate("evaluation model is accurate", eval_acc, GATE_EVAL_ACC,
-                     "held-out accuracy of the independent evaluation model",
-                     "train it longer (--eval-epochs) or give a stronger one (--eval)"))
-    for r in attack_rows:
-        out.append(_gate(f"attack {r['attack']} converged", r.get("target_top1"), GATE_ATTACK_TOP1,
-                         "share of its reconstructions your model assigns to the attacked identity",
-                         "raise the attack budget (--preset paper or --attack-param ...iterations=...)"))
-    return out
+def verdict(rows: Sequence[dict], gates: dict, num_classes: int, access: str) -> dict:
+    """A plain-language verdict from the strongest attack's top-1 attack accuracy and its 95 % interval
+    (``gates``: the audit's gates record, midre.gates.check_audit)."""
+    from .gates import failed_gates
 
-
-def _gate(name: str, value: Optional[float], threshold: float, what: str, fix: str) -> dict:
-    ok = value is not None and not math.isnan(value) and value >= threshold
-    return {"gate": name, "value": value, "threshold": threshold, "passed": bool(ok), "what": what,
-            "fix": None if ok else fix}
-
-
-def verdict(rows: Sequence[dict], gate_list: Sequence[dict], num_classes: int, access: str) -> dict:
-    """A plain-language verdict from the strongest attack's top-1 attack accuracy and its 95 % interval."""
     chance = 100.0 / num_classes
-    failed = [g["gate"] for g in gate_list if not g["passed"]]
+    failed = failed_gates(gates)
     scored = [r for r in rows if r.get("attack_top1") is not None and not math.isnan(r["attack_top1"])]
     if not scored:
         return {"level": "inconclusive", "text": "No attack produced a measurable result.", "chance": chance}
@@ -473,27 +453,20 @@ def _train_command(spec: AuditSpec, data: AuditData, info: dict, target_name: st
     return " ".join(shlex.quote(p) for p in parts)
 
 
-def cost_text(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
 # ============================================================================ the run
 @dataclass
 class AuditResult:
     out_dir: Path
     report: Optional[Path]
     verdict: dict
-    gates: list
+    gates: dict          # the gates record (midre.gates.check_audit), also in OUT/gates.json
     rows: list
 
 
 def run_audit(spec: AuditSpec, out_dir: str | Path, progress: bool = True) -> AuditResult:
     """Run (or continue) an audit into ``out_dir``; see the module docstring."""
-    from .rundir import check_out, remove_stale_temps, run_command
+    from .engine import run_stages
+    from .rundir import RunState, check_out, remove_stale_temps, run_command
     from .utils import RunLock
 
     out = Path(out_dir)
@@ -501,274 +474,256 @@ def run_audit(spec: AuditSpec, out_dir: str | Path, progress: bool = True) -> Au
         raise RunDirError(f"'{out}' is a file; give a directory to --out")
     check_out(out, "audit", lambda d: run_command(d / "run.json") == "audit",
               hint=" (the --out of an earlier audit of the same model continues it)")
-    audit = _Audit(spec, out, progress)
-    audit.prepare()                      # every check that needs no writing: bad input leaves no trace
+    ctx = prepare_audit(spec, out, progress)     # every check that needs no writing: bad input leaves no trace
     with RunLock(out):
         remove_stale_temps(out)
-        return audit.run()
-
-
-class _Audit:
-    def __init__(self, spec: AuditSpec, out: Path, progress: bool):
-        from .rundir import StageConsole
-
-        self.spec, self.out, self.progress = spec, out, progress
-        self.console = StageConsole(progress)
-        self.device = resolve_device(spec.device)
-        self.attacks = select_attacks(spec.access, spec.attacks)
-        self.target_name = _slug(Path(spec.model).stem)
-        self._count = 0
-
-    # ------------------------------------------------------------------ stages (keys in run.json)
-    def _stage(self, name: str, key: str, fn, label: str) -> None:
-        self._count += 1
-        self.state.run_stage(name, key, fn, label, f"[{self._count}/{self.n_units}]", self.console,
-                             cpu_seconds=False, note_memory=False)
-
-    def _keys(self) -> dict[str, str]:
-        s = self.spec
-        data = config_hash({"data": s.data, "root": s.root, "options": s.data_options, "classes": s.classes,
-                            "resolution": s.resolution, "public": s.public, "seed": s.seed})
-        target = config_hash({"file": file_fingerprint(s.model), "arch": s.arch, "options": s.model_options,
-                              "input_size": s.input_size, "mean": list(s.mean), "std": list(s.std)})
-        ev = config_hash({"data": data, "eval": file_fingerprint(s.eval) if s.eval else None,
-                          "arch": s.eval_arch, "train": s.eval_train, "seed": s.seed})
-        keys = {"targets/" + self.target_name: target, "eval": ev,
-                "cost": config_hash({"target": target, "area": s.area, "data": data})}
-        for a in self.attacks:
-            ak = config_hash({"target": target, "data": data, "attack": a, "preset": s.preset,
-                              "params": s.attack_params.get(a, {}), "priors": s.prior_params,
-                              "identities": s.identities, "repeats": s.repeats, "seed": s.seed})
-            keys[f"attacks/{self.target_name}/{a}"] = ak
-            keys[f"metrics/{self.target_name}/{a}"] = config_hash({"attack": ak, "eval": ev})
-        return keys
-
-    # ------------------------------------------------------------------ run
-    def prepare(self) -> None:
-        """Load and check every input (data, model, evaluation model, attack settings); writes nothing."""
-        s = self.spec
-        for what, f in (("model", s.model), ("evaluation model", s.eval)):
-            if f is not None and not Path(f).expanduser().is_file():
-                raise CheckpointError(f"{what} file '{f}' not found; check the path")
-        self.n_units = 4 + 2 * len(self.attacks) + 1
-        self._count += 1
-        self.console.print(f"[bold cyan][{self._count}/{self.n_units}][/bold cyan] data and model")
-        seed_everything(derive_seed(s.seed, "audit-data"))
-        self.data = prepare_data(s, self.progress)
-        k = len(self.data.class_names)
-        self.console.print(f"[dim]    {len(self.data.private)} private images of {k} classes, "
-                           f"{len(self.data.public)} public images, {self.data.resolution} px[/dim]")
-        self.model, self.info = load_user_model(s, k, self.data.resolution)
-        self.model.to(self.device)
-        self.ids = self._identities()
-        self.eval_model = self._given_eval() if s.eval else None
-        self._check_attack_settings()
-        self.keys = self._keys()
-
-    def _given_eval(self) -> nn.Module:
-        from .loading import load_model
-
-        model, meta = load_model(Path(self.spec.eval).expanduser(), device=self.device)
-        if int(meta["num_classes"]) != len(self.data.class_names):
-            raise CheckpointError(f"the evaluation model has {meta['num_classes']} classes but the private data has "
-                                  f"{len(self.data.class_names)}; give one trained on the same classes")
-        return model
-
-    def _check_attack_settings(self) -> None:
-        from .attacks import build_attack
-        from .priors import PRIOR_KINDS, prior_config
-
-        extra = [a for a in self.spec.attack_params if a not in self.attacks]
-        if extra:
-            raise ArgumentError(f"--attack-param names attack '{extra[0]}', which this audit does not run "
-                                f"({', '.join(self.attacks)})")
-        for a in self.attacks:
-            build_attack(a, preset=self.spec.preset, **self.spec.attack_params.get(a, {}))
-        for kind, params in self.spec.prior_params.items():
-            if kind not in PRIOR_KINDS:
-                raise ArgumentError(f"--prior-param names unknown prior kind '{kind}'; kinds: {', '.join(PRIOR_KINDS)}")
-            prior_config(kind, self.spec.preset, params)
-
-    def run(self) -> AuditResult:
-        from .rundir import RunState
-
-        s = self.spec
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.state = RunState(self.out, s)
-        other = [k for k in self.state.stages if k.startswith("targets/") and k not in self.keys]
+        out.mkdir(parents=True, exist_ok=True)
+        ctx.state = state = RunState(out, spec)
+        other = [k for k in state.stages if k.startswith("targets/") and k not in ctx.keys]
         if other:
-            raise RunDirError(f"'{self.out}' holds an audit of another model ({other[0][8:]}); use a new --out")
-        self.state.check_keys({k: v for k, v in self.keys.items() if not k.startswith("metrics/")})
-        self.state.save()
-        _write_config(self.out, s, self.data, self.attacks, self.ids)
-        tname = self.target_name
-        self._stage(f"targets/{tname}", self.keys[f"targets/{tname}"], self._target,
-                    f"your model ({self.info['arch']})")
-        self._stage("eval", self.keys["eval"], self._eval, "evaluation model")
-        self._stage("cost", self.keys["cost"], self._cost, "cost of retraining with MIDRE (measured step)")
-        for a in self.attacks:
-            self._stage(f"attacks/{tname}/{a}", self.keys[f"attacks/{tname}/{a}"], lambda a=a: self._attack(a),
-                        f"attack {a} ({len(self.ids)} classes x {s.repeats}; priors on public data)")
-        for a in self.attacks:
-            self._stage(f"metrics/{tname}/{a}", self.keys[f"metrics/{tname}/{a}"], lambda a=a: self._metrics(a),
-                        f"evaluate {a}")
-        result = self._finish()
-        self.state.data["complete"] = True
-        self.state.save(status="complete")
-        return result
+            raise RunDirError(f"'{out}' holds an audit of another model ({other[0][8:]}); use a new --out")
+        state.check_keys({k: v for k, v in ctx.keys.items() if not k.startswith("metrics/")})
+        state.save()
+        _write_config(out, spec, ctx.data, ctx.attacks, ctx.ids)
+        run_stages(audit_stages(ctx), state, ctx.console, measure=False)
+        state.data["complete"] = True
+        state.save(status="complete")
+        return ctx.result
 
-    def _identities(self) -> list[int]:
-        from .utils import parse_id_ranges
 
-        k = len(self.data.class_names)
-        if self.spec.identities in (None, ""):
-            return list(range(min(k, 50)))
-        return parse_id_ranges(self.spec.identities, k)
+@dataclass
+class AuditContext:
+    """One audit: its settings, the loaded data and model, the stage keys and (after the run) the result."""
 
-    # ------------------------------------------------------------------ stage bodies
-    def _target(self) -> dict:
-        from .training import evaluate_accuracy
+    spec: AuditSpec
+    out: Path
+    progress: bool
+    console: Any
+    device: Any
+    attacks: list[str]
+    target_name: str
+    data: AuditData
+    model: nn.Module
+    info: dict
+    ids: list[int]
+    eval_model: Optional[nn.Module]
+    keys: dict[str, str] = field(default_factory=dict)
+    state: Any = None
+    result: Optional[AuditResult] = None
 
-        acc = evaluate_accuracy(self.model, self.data.private, device=self.device)
-        meta = {**self.info, "role": "audited model", "defense": "unknown (trained elsewhere)", "test_acc": None,
-                "private_acc": acc, "resolution": self.data.resolution, "dataset": self.data.meta,
-                "class_names": self.data.class_names}
-        atomic_write_json(self.out / "targets" / self.target_name / "model.json", meta)
-        return {"private_acc": acc}
 
-    def _eval(self) -> dict:
-        from .metrics import natural_accuracy
-        from .models import create_model
-        from .training import train_classifier
+def prepare_audit(spec: AuditSpec, out: Path, progress: bool) -> AuditContext:
+    """Load and check every input (data, model, evaluation model, attack settings); writes nothing."""
+    from .rundir import StageConsole
 
-        s, d = self.spec, self.data
-        if self.eval_model is not None:
-            held_out = d.test if d.test is not None else d.private
-            return {"test_acc": natural_accuracy(self.eval_model, held_out, device=self.device), "given": s.eval}
-        arch = s.eval_arch or ("smallcnn" if s.arch == "smallresnet" else "smallresnet")
-        seed = derive_seed(s.seed, "eval")
-        seed_everything(seed)
-        model = create_model(arch, num_classes=len(d.class_names), resolution=d.resolution)
-        cfg = {"epochs": 20, "batch_size": 64, "optimizer": "sgd", "lr": 0.05, "momentum": 0.9,
-               "weight_decay": 5e-4, "schedule": "cosine", **s.eval_train, "seed": seed, "device": str(self.device)}
-        res = train_classifier(model, d.train, d.test, config=cfg, out_dir=self.out / "eval", progress=self.progress,
-                               meta={"dataset": d.meta, "class_names": d.class_names, "role": "eval"},
-                               description=f"eval {arch}")
-        return {"test_acc": res.test_acc, "arch": arch}
+    for what, f in (("model", spec.model), ("evaluation model", spec.eval)):
+        if f is not None and not Path(f).expanduser().is_file():
+            raise CheckpointError(f"{what} file '{f}' not found; check the path")
+    console = StageConsole(progress)
+    device = resolve_device(spec.device)
+    attacks = select_attacks(spec.access, spec.attacks)
+    console.print("[bold cyan]data and model[/bold cyan]")
+    seed_everything(derive_seed(spec.seed, "audit-data"))
+    data = prepare_data(spec, progress)
+    k = len(data.class_names)
+    console.print(f"[dim]    {len(data.private)} private images of {k} classes, "
+                  f"{len(data.public)} public images, {data.resolution} px[/dim]")
+    model, info = load_user_model(spec, k, data.resolution)
+    model.to(device)
+    ids = parse_id_ranges(spec.identities, k) if spec.identities not in (None, "") else list(range(min(k, 50)))
+    eval_model = _given_eval(spec, k, device) if spec.eval else None
+    _check_attack_settings(spec, attacks)
+    ctx = AuditContext(spec, out, progress, console, device, attacks, _slug(Path(spec.model).stem), data, model,
+                       info, ids, eval_model)
+    ctx.keys = _keys(ctx)
+    return ctx
 
-    def _cost(self) -> dict:
-        n = min(32, len(self.data.private))
-        g = torch.Generator().manual_seed(derive_seed(self.spec.seed, "cost"))
-        idx = torch.randperm(len(self.data.private), generator=g)[:n]
-        x, _ = self.data.private.batch(idx)
-        cost = measure_step(self.model, x, self.spec.area, self.device)
-        atomic_write_json(self.out / "cost.json", cost)
-        return {"seconds_per_image": cost["seconds_per_image"]}
 
-    def _attack(self, name: str) -> dict:
-        from .attacks import build_attack
-        from .priors import prepare_priors
+def audit_stages(ctx: AuditContext) -> list:
+    """The audit as stages: the model, the evaluation model, the cost, the attacks, their metrics, the results."""
+    from .engine import Stage
 
-        s = self.spec
-        attack = build_attack(name, preset=s.preset, **s.attack_params.get(name, {}))
-        priors = prepare_priors(attack, self.data.public, self.model, out_dir=self.out / "priors", preset=s.preset,
-                                seed=derive_seed(s.seed, "prior"), progress=self.progress, device=self.device,
-                                configs=s.prior_params)
-        seed = derive_seed(s.seed, "attack", name)
-        seed_everything(seed)
-        rec = attack.run(self.model, self.ids, s.repeats, priors, seed=seed, progress=self.progress,
-                         target_path=s.model, device=self.device)
-        rec.meta.update({"target_name": self.target_name, "attack_key": name, "audit_access": s.access})
-        rec.save(self.out / "attacks" / self.target_name / name)
-        return {"target_top1": rec.meta["target_top1"], "queries": rec.meta.get("queries")}
+    t, s, keys = ctx.target_name, ctx.spec, ctx.keys
+    stages = [Stage(f"targets/{t}", lambda: _target(ctx), f"your model ({ctx.info['arch']})", key=keys[f"targets/{t}"]),
+              Stage("eval", lambda: _eval(ctx), "evaluation model", key=keys["eval"]),
+              Stage("cost", lambda: _cost(ctx), "cost of retraining with MIDRE (measured step)", key=keys["cost"],
+                    needs=(f"targets/{t}",))]
+    stages += [Stage(f"attacks/{t}/{a}", lambda a=a: _attack(ctx, a), f"attack {a} ({len(ctx.ids)} classes x "
+                     f"{s.repeats}; priors on public data)", key=keys[f"attacks/{t}/{a}"], needs=(f"targets/{t}",))
+               for a in ctx.attacks]
+    stages += [Stage(f"metrics/{t}/{a}", lambda a=a: _metrics(ctx, a), f"evaluate {a}", key=keys[f"metrics/{t}/{a}"],
+                     needs=(f"attacks/{t}/{a}", "eval")) for a in ctx.attacks]
+    stages.append(Stage("results", lambda: _finish(ctx), "results, verdict and report",
+                        needs=tuple(f"metrics/{t}/{a}" for a in ctx.attacks) + ("cost",)))
+    return stages
 
-    def _load_eval(self) -> nn.Module:
-        from .loading import load_model
 
-        if self.eval_model is None:
-            self.eval_model = load_model(self.out / "eval", device=self.device)[0]
-        return self.eval_model
+def _keys(ctx: AuditContext) -> dict[str, str]:
+    s = ctx.spec
+    data = config_hash({"data": s.data, "root": s.root, "options": s.data_options, "classes": s.classes,
+                        "resolution": s.resolution, "public": s.public, "seed": s.seed})
+    target = config_hash({"file": file_fingerprint(s.model), "arch": s.arch, "options": s.model_options,
+                          "input_size": s.input_size, "mean": list(s.mean), "std": list(s.std)})
+    ev = config_hash({"data": data, "eval": file_fingerprint(s.eval) if s.eval else None,
+                      "arch": s.eval_arch, "train": s.eval_train, "seed": s.seed})
+    keys = {"targets/" + ctx.target_name: target, "eval": ev,
+            "cost": config_hash({"target": target, "area": s.area, "data": data})}
+    for a in ctx.attacks:
+        ak = config_hash({"target": target, "data": data, "attack": a, "preset": s.preset,
+                          "params": s.attack_params.get(a, {}), "priors": s.prior_params,
+                          "identities": s.identities, "repeats": s.repeats, "seed": s.seed})
+        keys[f"attacks/{ctx.target_name}/{a}"] = ak
+        keys[f"metrics/{ctx.target_name}/{a}"] = config_hash({"attack": ak, "eval": ev})
+    return keys
 
-    def _metrics(self, name: str) -> dict:
-        from .attacks.base import Reconstructions
-        from .metrics import evaluate_reconstructions, nearest_private
 
-        adir = self.out / "attacks" / self.target_name / name
-        rec = Reconstructions.load(adir)
-        seed = derive_seed(self.spec.seed, "metrics", name)
-        seed_everything(seed)
-        ev = self._load_eval()
-        m = evaluate_reconstructions(rec, ev, self.data.private, None, fid=True, seed=seed, device=self.device,
-                                     progress=self.progress)
-        m["nearest"] = nearest_private(rec, ev, self.data.private, self.device)
-        m.update({"target": self.target_name, "attack_key": name, "target_top1": rec.meta.get("target_top1")})
-        atomic_write_json(adir / "metrics.json", m)
-        return {}
+def _given_eval(spec: AuditSpec, num_classes: int, device: Any) -> nn.Module:
+    from .loading import load_model
 
-    # ------------------------------------------------------------------ results, verdict, report
-    def _finish(self) -> AuditResult:
-        from .rundir import COLUMNS, write_table
-        from .utils import read_json
+    model, meta = load_model(Path(spec.eval).expanduser(), device=device)
+    if int(meta["num_classes"]) != num_classes:
+        raise CheckpointError(f"the evaluation model has {meta['num_classes']} classes but the private data has "
+                              f"{num_classes}; give one trained on the same classes")
+    return model
 
-        s, t = self.spec, self.target_name
-        self._count += 1
-        self.console.print(f"[bold cyan][{self._count}/{self.n_units}][/bold cyan] results, verdict and report")
-        metrics = {a: read_json(self.out / "attacks" / t / a / "metrics.json") for a in self.attacks}
-        rows = [_row(t, a, m, s, len(self.ids)) for a, m in metrics.items()]
-        write_table(self.out / "results.csv", rows, COLUMNS)
-        atomic_write_json(self.out / "results.json", {"format": "midre-results", "kind": "audit", "columns": COLUMNS,
-                                                      "rows": rows, "seed": s.seed, "name": s.name})
-        stages = self.state.stages
-        private_acc = stages[f"targets/{t}"].get("private_acc")
-        eval_acc = stages["eval"].get("test_acc")
-        gate_list = gates(private_acc, eval_acc, [{"attack": a, "target_top1": m.get("target_top1")}
-                                                  for a, m in metrics.items()])
-        v = verdict(rows, gate_list, len(self.data.class_names), s.access)
-        cost = read_json(self.out / "cost.json")
-        advice = retrain_advice(s, self.data, self.info, cost, t)
-        atomic_write_json(self.out / "audit.json", {
-            "format": AUDIT_FORMAT, "spec": asdict(s), "model": self.info, "access": s.access,
-            "attacks": self.attacks, "identities": self.ids, "gates": gate_list, "verdict": v,
-            "retrain": advice, "private_acc": private_acc, "eval_acc": eval_acc, "eval": stages["eval"]})
-        report = self._report(metrics, gate_list, v, advice, private_acc, eval_acc)
-        self.console.print(f"[bold]{v['text']}[/bold]")
-        return AuditResult(self.out, report, v, gate_list, rows)
 
-    def _report(self, metrics: dict, gate_list: list, v: dict, advice: dict, private_acc: Any,
-                eval_acc: Any) -> Path:
-        from .report import write_report
+def _check_attack_settings(spec: AuditSpec, attacks: list[str]) -> None:
+    from .attacks import build_attack
+    from .priors import PRIOR_KINDS, prior_config
 
-        figs = []
-        for a, m in metrics.items():
-            p = plot_nearest_pairs(a, self.out / "attacks" / self.target_name / a, m.get("nearest") or {},
-                                   self.data.private, self.data.class_names, self.out / "figures" / f"nearest_{a}.png")
-            if p is not None:
-                figs.append((f"Reconstructions beside the nearest private image: {a}", p,
-                             "For each attacked class: the reconstruction your model is most confident about (left) "
-                             "and the private training image closest to it in the evaluation model's features "
-                             "(right, with the squared feature distance d²)."))
-        lead = [("Verdict", *_verdict_section(v, self.spec, self.info)),
-                ("Validity gates", *_gates_section(gate_list))]
-        tail = [("Retrain with MIDRE", *_advice_section(advice))]
-        _md, html_path = write_report(self.out, splits=None, lead=lead, figures=figs, tail=tail,
-                                      standard_figures=False,
-                                      title=f"midre audit: {Path(self.spec.model).name} ({self.spec.access})")
-        return Path(html_path)
+    extra = [a for a in spec.attack_params if a not in attacks]
+    if extra:
+        raise ArgumentError(f"--attack-param names attack '{extra[0]}', which this audit does not run "
+                            f"({', '.join(attacks)})")
+    for a in attacks:
+        build_attack(a, preset=spec.preset, **spec.attack_params.get(a, {}))
+    for kind, params in spec.prior_params.items():
+        if kind not in PRIOR_KINDS:
+            raise ArgumentError(f"--prior-param names unknown prior kind '{kind}'; kinds: {', '.join(PRIOR_KINDS)}")
+        prior_config(kind, spec.preset, params)
+
+
+# ------------------------------------------------------------------ stage bodies
+def _target(ctx: AuditContext) -> dict:
+    from .training import evaluate_accuracy
+
+    acc = evaluate_accuracy(ctx.model, ctx.data.private, device=ctx.device)
+    meta = {**ctx.info, "role": "audited model", "defense": "unknown (trained elsewhere)", "test_acc": None,
+            "private_acc": acc, "resolution": ctx.data.resolution, "dataset": ctx.data.meta,
+            "class_names": ctx.data.class_names}
+    atomic_write_json(ctx.out / "targets" / ctx.target_name / "model.json", meta)
+    return {"private_acc": acc}
+
+
+def _eval(ctx: AuditContext) -> dict:
+    from .metrics import natural_accuracy
+    from .models import create_model
+    from .training import train_classifier
+
+    s, d = ctx.spec, ctx.data
+    if ctx.eval_model is not None:
+        held_out = d.test if d.test is not None else d.private
+        return {"test_acc": natural_accuracy(ctx.eval_model, held_out, device=ctx.device), "given": s.eval}
+    arch = s.eval_arch or ("smallcnn" if s.arch == "smallresnet" else "smallresnet")
+    seed = derive_seed(s.seed, "eval")
+    seed_everything(seed)
+    model = create_model(arch, num_classes=len(d.class_names), resolution=d.resolution)
+    cfg = {"epochs": 20, "batch_size": 64, "optimizer": "sgd", "lr": 0.05, "momentum": 0.9,
+           "weight_decay": 5e-4, "schedule": "cosine", **s.eval_train, "seed": seed, "device": str(ctx.device)}
+    res = train_classifier(model, d.train, d.test, config=cfg, out_dir=ctx.out / "eval", progress=ctx.progress,
+                           meta={"dataset": d.meta, "class_names": d.class_names, "role": "eval"},
+                           description=f"eval {arch}")
+    return {"test_acc": res.test_acc, "arch": arch}
+
+
+def _cost(ctx: AuditContext) -> dict:
+    n = min(32, len(ctx.data.private))
+    g = torch.Generator().manual_seed(derive_seed(ctx.spec.seed, "cost"))
+    idx = torch.randperm(len(ctx.data.private), generator=g)[:n]
+    x, _ = ctx.data.private.batch(idx)
+    cost = measure_step(ctx.model, x, ctx.spec.area, ctx.device)
+    atomic_write_json(ctx.out / "cost.json", cost)
+    return {"seconds_per_image": cost["seconds_per_image"]}
+
+
+def _attack(ctx: AuditContext, name: str) -> dict:
+    from .attacks import build_attack
+    from .priors import prepare_priors
+
+    s = ctx.spec
+    attack = build_attack(name, preset=s.preset, **s.attack_params.get(name, {}))
+    priors = prepare_priors(attack, ctx.data.public, ctx.model, out_dir=ctx.out / "priors", preset=s.preset,
+                            seed=derive_seed(s.seed, "prior"), progress=ctx.progress, device=ctx.device,
+                            configs=s.prior_params)
+    seed = derive_seed(s.seed, "attack", name)
+    seed_everything(seed)
+    rec = attack.run(ctx.model, ctx.ids, s.repeats, priors, seed=seed, progress=ctx.progress,
+                     target_path=s.model, device=ctx.device)
+    rec.meta.update({"target_name": ctx.target_name, "attack_key": name, "audit_access": s.access})
+    rec.save(ctx.out / "attacks" / ctx.target_name / name)
+    return {"target_top1": rec.meta["target_top1"], "queries": rec.meta.get("queries")}
+
+
+def _load_eval(ctx: AuditContext) -> nn.Module:
+    from .loading import load_model
+
+    if ctx.eval_model is None:
+        ctx.eval_model = load_model(ctx.out / "eval", device=ctx.device)[0]
+    return ctx.eval_model
+
+
+def _metrics(ctx: AuditContext, name: str) -> dict:
+    from .attacks.base import Reconstructions
+    from .metrics import evaluate_reconstructions, nearest_private
+
+    adir = ctx.out / "attacks" / ctx.target_name / name
+    rec = Reconstructions.load(adir)
+    seed = derive_seed(ctx.spec.seed, "metrics", name)
+    seed_everything(seed)
+    ev = _load_eval(ctx)
+    m = evaluate_reconstructions(rec, ev, ctx.data.private, None, fid=True, seed=seed, device=ctx.device,
+                                 progress=ctx.progress)
+    m["nearest"] = nearest_private(rec, ev, ctx.data.private, ctx.device)
+    m.update({"target": ctx.target_name, "attack_key": name, "target_top1": rec.meta.get("target_top1")})
+    atomic_write_json(adir / "metrics.json", m)
+    return {}
+
+
+# ------------------------------------------------------------------ results, verdict, report
+def _finish(ctx: AuditContext) -> None:
+    from .gates import check_audit
+    from .results import COLUMNS, write_results_table
+    from .utils import read_json
+
+    s, t = ctx.spec, ctx.target_name
+    metrics = {a: read_json(ctx.out / "attacks" / t / a / "metrics.json") for a in ctx.attacks}
+    rows = [_row(t, a, m, s, len(ctx.ids)) for a, m in metrics.items()]
+    write_results_table(ctx.out / "results.csv", rows, COLUMNS)
+    atomic_write_json(ctx.out / "results.json", {"format": "midre-results", "kind": "audit", "columns": COLUMNS,
+                                                 "rows": rows, "seed": s.seed, "name": s.name})
+    stages = ctx.state.stages
+    private_acc = stages[f"targets/{t}"].get("private_acc")
+    eval_acc = stages["eval"].get("test_acc")
+    gates = check_audit(private_acc, eval_acc, {a: m.get("target_top1") for a, m in metrics.items()})
+    atomic_write_json(ctx.out / "gates.json", gates)
+    v = verdict(rows, gates, len(ctx.data.class_names), s.access)
+    advice = retrain_advice(s, ctx.data, ctx.info, read_json(ctx.out / "cost.json"), t)
+    atomic_write_json(ctx.out / "audit.json", {
+        "format": AUDIT_FORMAT, "spec": asdict(s), "model": ctx.info, "access": s.access,
+        "attacks": ctx.attacks, "identities": ctx.ids, "gates": gates, "verdict": v,
+        "retrain": advice, "private_acc": private_acc, "eval_acc": eval_acc, "eval": stages["eval"]})
+    from .audit_report import write_audit_report
+
+    report = write_audit_report(ctx.out, t, s, ctx.info, ctx.data, metrics, v, advice)
+    ctx.console.print(f"[bold]{v['text']}[/bold]")
+    ctx.result = AuditResult(ctx.out, report, v, gates, rows)
 
 
 def _row(target: str, attack: str, m: dict, spec: AuditSpec, n_ids: int) -> dict:
-    ci = m.get("attacc_top1_ci95") or [float("nan"), float("nan")]
+    from .results import ResultRow, as_float
 
-    def num(k: str) -> float:
-        v = m.get(k)
-        return float(v) if isinstance(v, (int, float)) else float("nan")
-
-    return {"target": target, "defense": "unknown", "defense_params": "{}", "attack": attack,
-            "acc": float("nan"), "attack_top1": num("attacc_top1"), "attack_top1_std": num("attacc_top1_std"),
-            "attack_top5": num("attacc_top5"), "attack_top5_std": num("attacc_top5_std"),
-            "top1_ci_lo": float(ci[0]), "top1_ci_hi": float(ci[1]), "knn": num("knn_dist"),
-            "fid_eval": num("fid_eval"), "delta": "", "epsilon": float("nan"), "seed": spec.seed,
-            "repeats": spec.repeats, "identities": n_ids, "target_top1": num("target_top1")}
+    return ResultRow.from_metrics(target, "unknown", attack, m, seed=spec.seed, repeats=spec.repeats,
+                                  identities=n_ids, target_top1=as_float(m.get("target_top1"))).as_dict()
 
 
 def _write_config(out: Path, spec: AuditSpec, data: AuditData, attacks: list, ids: list) -> None:
@@ -799,82 +754,3 @@ def _slug(s: str) -> str:
     import re
 
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", s).strip("_.") or "model"
-
-
-def plot_nearest_pairs(attack: str, adir: Path, nearest: dict, private: Any, class_names: Sequence[str],
-                       path: Path, max_pairs: int = 12, per_row: int = 4) -> Optional[Path]:
-    """A grid of (reconstruction | nearest private image) pairs, one pair per attacked class."""
-    from .attacks.base import Reconstructions
-    from .plotting import pyplot, save_fig
-    from .results import to_hwc
-
-    if not nearest:
-        return None
-    rec = Reconstructions.load(adir)
-    items = sorted(nearest.items(), key=lambda kv: int(kv[0]))[:max_pairs]
-    rows = math.ceil(len(items) / per_row)
-    cols = 2 * min(per_row, len(items))
-    plt = pyplot()
-    fig, axes = plt.subplots(rows, cols, figsize=(1.5 * cols + 0.4, 1.75 * rows + 0.5), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for k, (c, nn_) in enumerate(items):
-        r, c0 = divmod(k, per_row)
-        name = class_names[int(c)] if int(c) < len(class_names) else c
-        for j, (img, label) in enumerate(((rec.images[nn_["recon"]], f"{name}\nreconstruction"),
-                                          (private[nn_["private"]][0], f"nearest private\nd² {nn_['sq_dist']:.3g}"))):
-            ax = axes[r][2 * c0 + j]
-            arr, cmap = to_hwc(img)
-            ax.imshow(arr, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
-            ax.set_title(label, fontsize=8)
-    fig.suptitle(f"{attack}: reconstruction | nearest private training image", fontsize=10)
-    fig.tight_layout()
-    return save_fig(fig, path)
-
-
-# ============================================================================ report sections (md, html)
-def _verdict_section(v: dict, spec: AuditSpec, info: dict) -> tuple[str, str]:
-    import html
-
-    note = (f"Model: {info['arch']} from {Path(spec.model).name} (sha256 {info['sha256_16']}…), input "
-            f"{info['input_size']} px, mean {tuple(spec.mean)}, std {tuple(spec.std)}; attack preset "
-            f"'{spec.preset}', {spec.repeats} repeats, seed {spec.seed}.")
-    md = f"**{v['level'].upper()}** — {v['text']}\n\n_{note}_"
-    color = {"high leakage": "#b00020", "moderate leakage": "#c46200", "low leakage": "#8a7a00",
-             "no leakage measured": "#1b7f3b"}.get(v["level"], "#555")
-    ht = (f"<p style='font-size:17px'><b style='color:{color}'>{html.escape(v['level'].upper())}</b> — "
-          f"{html.escape(v['text'])}</p><p class='note'>{html.escape(note)}</p>")
-    return md, ht
-
-
-def _gates_section(gate_list: Sequence[dict]) -> tuple[str, str]:
-    from .results import fmt, html_table, md_table
-
-    head = ["gate", "value (%)", "threshold (%)", "passed", "what it measures / fix"]
-    body = [[g["gate"], fmt(g["value"], 1), fmt(g["threshold"], 0), "yes" if g["passed"] else "NO",
-             g["what"] + ("" if g["passed"] else f" — fix: {g['fix']}")] for g in gate_list]
-    note = ("The attack numbers mean something only when every gate passes: a model that does not fit its own "
-            "data (wrong class order or normalisation), a weak evaluation model or an attack that did not "
-            "converge would all make the model look private when it is not.")
-    return md_table(head, body) + f"\n\n_{note}_", html_table(head, body) + f"<p class='note'>{note}</p>"
-
-
-def _advice_section(a: dict) -> tuple[str, str]:
-    import html
-
-    c = a["cost"]
-    cost = (f"Expected cost: about {cost_text(a['seconds'])} of training on {c['device']} "
-            f"({a['epochs']} epochs × {a['train_images']} images × {1000 * c['seconds_per_image']:.2f} ms per image, "
-            f"the median of {c['batch']}-image MIDRE steps (eraser + forward + backward) of your model measured here "
-            f"with {c['threads']} thread(s); data loading and evaluation not included).")
-    md, ht = [], []
-    if a["command"]:
-        md.append(f"```bash\n{a['command']}\n```")
-        ht.append("<pre style='white-space:pre-wrap;word-break:break-all;background:#f3f3f3;padding:8px'><code>"
-                  f"{html.escape(a['command'])}</code></pre>")
-    for text in [a["why_area"], cost, *a["notes"]]:
-        md.append(text)
-        ht.append(f"<p>{html.escape(text)}</p>")
-    md.append("Then audit the retrained model again with the same command to see the leakage it removes.")
-    ht.append("<p>Then audit the retrained model again with the same command to see the leakage it removes.</p>")
-    return "\n\n".join(md), "".join(ht)

@@ -11,7 +11,7 @@ import pickle
 import re
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
@@ -167,14 +167,3 @@ def load_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"'{p}' does not hold a state dict of tensors; give a model checkpoint")
     return obj
-
-
-def check_compatible(meta: dict[str, Any], *, num_classes: Optional[int] = None, resolution: Optional[int] = None,
-                     what: str = "checkpoint") -> None:
-    """Raise a one-line CheckpointError when a checkpoint does not fit the data it is used with."""
-    if num_classes is not None and int(meta["num_classes"]) != int(num_classes):
-        raise CheckpointError(f"{what} has {meta['num_classes']} classes but the dataset has {num_classes}; "
-                              "use a checkpoint trained on this dataset")
-    if resolution is not None and int(meta["resolution"]) != int(resolution):
-        raise CheckpointError(f"{what} was trained at {meta['resolution']} px but the data is {resolution} px; "
-                              "use --resolution to match or another checkpoint")

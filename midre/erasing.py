@@ -171,7 +171,7 @@ def _fill_repr(fill: Union[str, tuple[float, ...]]) -> str:
     return repr(fill[0]) if len(fill) == 1 else repr(list(fill))
 
 
-def _fill_param(fill: Union[str, tuple[float, ...]]) -> Any:
+def fill_param(fill: Union[str, tuple[float, ...]]) -> Any:
     """JSON-able form of a normalised fill (round-trips through _check_fill)."""
     if isinstance(fill, str):
         return fill
@@ -696,7 +696,7 @@ class BatchRandomErasing(BatchEraser):
 
     def single(self) -> RandomErasing:
         """The per-image form with the same arguments (CPU global RNG)."""
-        return RandomErasing(self.area, self.lower, _fill_param(self.fill), self.ratio, self.released, self.p,
+        return RandomErasing(self.area, self.lower, fill_param(self.fill), self.ratio, self.released, self.p,
                              self.max_attempts, self.size, self.inpaint_radius, position=self.position)
 
     def extra_repr(self) -> str:

@@ -103,6 +103,41 @@ def check_gates(rows: Sequence[Mapping[str, Any]], eval_acc: Any, gates: Any,
             "floors": {k: g[k] for k in ("eval_acc", "target_acc", "attack_top1", "weakest", "prior_coverage")}}
 
 
+# `midre audit`: the model is the user's (no NoDef to compare with), so its gates check the audit itself
+AUDIT_FLOORS = {"target_acc": 50.0,    # % of its own training images the model classifies right (class order, normalisation)
+                "eval_acc": 50.0,      # % held-out accuracy of the evaluation model
+                "attack_top1": 50.0}   # % of reconstructions the TARGET assigns to the attacked class (converged?)
+
+
+def check_audit(target_acc: Any, eval_acc: Any, attack_top1: Mapping[str, Any]) -> dict[str, Any]:
+    """The audit's gates, in the same record as :func:`check_gates` (each check adds what it measures and,
+    when it fails, the fix): the model fits its data, the evaluation model is accurate, each attack converged
+    (``attack_top1``: attack -> share of its reconstructions the audited model assigns to the attacked class)."""
+    f = AUDIT_FLOORS
+    checks = [_explained(_floor_check("target fits its private data", "-", as_float(target_acc), f["target_acc"]),
+                         "accuracy of your model on the private images (its training data)",
+                         "check the class order (--classes), --mean/--std and --input-size"),
+              _explained(_floor_check("evaluation model is accurate", "-", as_float(eval_acc), f["eval_acc"]),
+                         "held-out accuracy of the independent evaluation model",
+                         "train it longer (--eval-epochs) or give a stronger one (--eval)")]
+    checks += [_explained(_floor_check(f"attack {a} converged", a, as_float(v), f["attack_top1"]),
+                          "share of its reconstructions your model assigns to the attacked identity",
+                          "raise the attack budget (--preset paper or --attack-param ...iterations=...)")
+               for a, v in attack_top1.items()]
+    valid = all(c["status"] == PASSED for c in checks)
+    return {"format": "midre-gates", "kind": "audit", "title": "Validity gates", "valid": valid,
+            "verdict": VALID if valid else NOT_VALID, "checks": checks, "floors": dict(f)}
+
+
+def _explained(check: dict[str, Any], what: str, fix: str) -> dict[str, Any]:
+    return {**check, "what": what, "fix": None if check["status"] == PASSED else fix}
+
+
+def failed_gates(result: Mapping[str, Any]) -> list[str]:
+    """The names of the checks that failed or could not be measured."""
+    return [str(c["gate"]) for c in result.get("checks", []) if c["status"] in (FAILED, MISSING)]
+
+
 def prior_quality_of_run(run_dir: str | Path) -> list[dict[str, Any]]:
     """The ``quality`` record of every sample-generating prior in a run (or each seed of a study)."""
     run_dir = Path(run_dir)
@@ -127,17 +162,28 @@ def prior_quality_of_run(run_dir: str | Path) -> list[dict[str, Any]]:
 
 def gates_table(result: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
     """(header, body) of the gates table for the report."""
-    head = ["gate", "subject", "value", "floor", "status"]
+    checks = result.get("checks", [])
+    explained = any("what" in c for c in checks)
+    head = ["gate", "subject", "value", "floor", "status"] + (["what it measures / fix"] if explained else [])
     body = []
-    for c in result.get("checks", []):
+    for c in checks:
         v = as_float(c.get("value"))
-        body.append([str(c["gate"]), str(c["subject"]), "—" if math.isnan(v) else f"{v:.4g}", str(c["floor"]),
-                     str(c["status"]).upper() if c["status"] in (FAILED, MISSING) else str(c["status"])])
+        row = [str(c["gate"]), str(c["subject"]), "—" if math.isnan(v) else f"{v:.4g}", str(c["floor"]),
+               str(c["status"]).upper() if c["status"] in (FAILED, MISSING) else str(c["status"])]
+        if explained:
+            row.append(str(c.get("what", "")) + (f" — fix: {c['fix']}" if c.get("fix") else ""))
+        body.append(row)
     return head, body
 
 
 def verdict_line(result: Mapping[str, Any]) -> str:
     """One sentence for the top of the report."""
+    if result.get("kind") == "audit":
+        if result.get("valid"):
+            return "Validity gates: all passed -- the attack numbers below can be read as privacy."
+        return (f"Validity gates: FAILED ({', '.join(failed_gates(result))}) -- the attack numbers cannot be read "
+                "as privacy: a model that does not fit its own data, a weak evaluation model or an attack that did "
+                "not converge would all make the model look private when it is not.")
     if result.get("valid"):
         return "Validity gates: all passed -- the instrument is strong enough on NoDef for the comparison below."
     bad = [c for c in result.get("checks", []) if c["status"] in (FAILED, MISSING)]

@@ -190,6 +190,31 @@ def natural_accuracy(model: nn.Module, imageset: Any, batch_size: int = 256,
     return evaluate_accuracy(model, imageset, batch_size=batch_size, device=dev)
 
 
+def _checked_logits(logits: Any, identity: Any, repeat: Any, topk: Sequence[int], n_boot: int
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
+    """The inputs of :func:`attack_accuracy_from_logits`, checked: (logits on the CPU, identity, repeat, ks)."""
+    logits = torch.as_tensor(logits)
+    if logits.dim() != 2 or logits.shape[0] == 0:
+        raise ArgumentError(f"logits must be a non-empty (N, K) tensor, got shape {tuple(logits.shape)}")
+    n, k_classes = logits.shape
+    identity = _as_long(identity, "identity")
+    repeat = torch.zeros(n, dtype=torch.long) if repeat is None else _as_long(repeat, "repeat")
+    if len(identity) != n or len(repeat) != n:
+        raise ArgumentError(f"logits ({n}), identity ({len(identity)}) and repeat ({len(repeat)}) differ in length")
+    if identity.min() < 0 or identity.max() >= k_classes:
+        bad = int(identity[(identity < 0) | (identity >= k_classes)][0])
+        raise ArgumentError(f"attacked identity {bad} is outside the evaluation model's {k_classes} classes; "
+                            "use an evaluation model trained on the same private identities")
+    ks = []
+    for k in topk:
+        if int(k) < 1:
+            raise ArgumentError(f"top-k must be at least 1, got {k}")
+        ks.append(int(k))
+    if n_boot < 0:
+        raise ArgumentError(f"n_boot must be >= 0, got {n_boot}")
+    return logits.detach().float().cpu(), identity, repeat, ks
+
+
 def attack_accuracy_from_logits(logits: torch.Tensor, identity: Any, repeat: Any = None,
                                 topk: Sequence[int] = (1, 5), n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
     """Attack accuracy from evaluation-model logits.
@@ -214,26 +239,8 @@ def attack_accuracy_from_logits(logits: torch.Tensor, identity: Any, repeat: Any
     repeat, come along), because reconstructions of one identity are not independent; each resample's
     statistic is the pooled accuracy of its reconstructions.
     """
-    logits = torch.as_tensor(logits)
-    if logits.dim() != 2 or logits.shape[0] == 0:
-        raise ArgumentError(f"logits must be a non-empty (N, K) tensor, got shape {tuple(logits.shape)}")
+    logits, identity, repeat, ks = _checked_logits(logits, identity, repeat, topk, n_boot)
     n, k_classes = logits.shape
-    identity = _as_long(identity, "identity")
-    repeat = torch.zeros(n, dtype=torch.long) if repeat is None else _as_long(repeat, "repeat")
-    if len(identity) != n or len(repeat) != n:
-        raise ArgumentError(f"logits ({n}), identity ({len(identity)}) and repeat ({len(repeat)}) differ in length")
-    if identity.min() < 0 or identity.max() >= k_classes:
-        bad = int(identity[(identity < 0) | (identity >= k_classes)][0])
-        raise ArgumentError(f"attacked identity {bad} is outside the evaluation model's {k_classes} classes; "
-                            "use an evaluation model trained on the same private identities")
-    ks = []
-    for k in topk:
-        if int(k) < 1:
-            raise ArgumentError(f"top-k must be at least 1, got {k}")
-        ks.append(int(k))
-    if n_boot < 0:
-        raise ArgumentError(f"n_boot must be >= 0, got {n_boot}")
-    logits = logits.detach().float().cpu()
     reps = torch.unique(repeat)
     ids = torch.unique(identity)
     out: dict[str, Any] = {"n": int(n), "n_identities": int(len(ids)), "n_repeats": int(len(reps)),
@@ -612,10 +619,7 @@ def evaluate_reconstructions(recon: Any, eval_model: nn.Module, private_train: A
     from .face_embedder import resolve_face_embedder
 
     face_embedder, face_note = resolve_face_embedder(face_embedder)
-    num_classes = getattr(eval_model, "num_classes", None)
-    if num_classes is not None and int(identity.max()) >= int(num_classes):
-        raise ArgumentError(f"attacked identity {int(identity.max())} is outside the evaluation model's {num_classes} "
-                            "classes; use an evaluation model trained on the same private identities")
+    _check_classes(eval_model, identity)
     dev = _pick_device(eval_model, device)
     n = images.shape[0]
     out: dict[str, Any] = {"attack": meta.get("attack"), "n": int(n)}
@@ -641,18 +645,8 @@ def evaluate_reconstructions(recon: Any, eval_model: nn.Module, private_train: A
         att = attack_accuracy(eval_model, images, identity, repeat, topk=topk, n_boot=n_boot, seed=seed,
                               batch_size=batch_size, device=dev, advance=advance)
         out.update(_attack_accuracy_keys(att, topk))
-        stage("KNN distance")
-        # the reconstructions' evaluation features and the private features serve KNN and FID_eval
-        classes = torch.unique(identity).tolist()
-        cache = PrivateFeatureCache(_features_fn(eval_model), private_train, batch_size, dev)
-        with _eval_mode(eval_model):
-            q = _batched(_features_fn(eval_model), images, batch_size, dev, advance)
-            ref = cache.get(classes)
-        out["knn_dist"] = float(nn_sq_distance(q, identity, ref))
-        out["delta_eval"] = out["knn_dist"]
-        if fid:
-            stage("FID")
-            out.update(_fid_keys(fid_extractor, q, ref, classes, images, private_train, batch_size, dev, advance))
+        out.update(_distance_keys(eval_model, images, identity, private_train, fid, fid_extractor, batch_size, dev,
+                                  advance, stage))
         if face_embedder is not None:
             stage("delta_face")
             out["delta_face"] = delta_face(face_embedder, images, identity, private_train, batch_size=batch_size,
@@ -660,8 +654,32 @@ def evaluate_reconstructions(recon: Any, eval_model: nn.Module, private_train: A
             advance(n)
     if conf is not None and conf.numel() == n:
         out["target_confidence"] = float(conf.mean())
-    if baseline is not None:
-        out.update(_tradeoff_from_baseline(out, baseline))
+    return {**out, **_tradeoff_from_baseline(out, baseline)} if baseline is not None else out
+
+
+def _check_classes(eval_model: nn.Module, identity: torch.Tensor) -> None:
+    num_classes = getattr(eval_model, "num_classes", None)
+    if num_classes is not None and int(identity.max()) >= int(num_classes):
+        raise ArgumentError(f"attacked identity {int(identity.max())} is outside the evaluation model's {num_classes} "
+                            "classes; use an evaluation model trained on the same private identities")
+
+
+def _distance_keys(eval_model: nn.Module, images: torch.Tensor, identity: torch.Tensor, private_train: Any,
+                   fid: bool, fid_extractor: Union[None, str, Path, Extractor], batch_size: int, dev: torch.device,
+                   advance: Any, stage: Any) -> dict[str, Any]:
+    """KNN distance (δ_eval) and, when asked, the FID: the reconstructions' evaluation features and the private
+    features serve both."""
+    stage("KNN distance")
+    classes = torch.unique(identity).tolist()
+    cache = PrivateFeatureCache(_features_fn(eval_model), private_train, batch_size, dev)
+    with _eval_mode(eval_model):
+        q = _batched(_features_fn(eval_model), images, batch_size, dev, advance)
+        ref = cache.get(classes)
+    out: dict[str, Any] = {"knn_dist": float(nn_sq_distance(q, identity, ref))}
+    out["delta_eval"] = out["knn_dist"]
+    if fid:
+        stage("FID")
+        out.update(_fid_keys(fid_extractor, q, ref, classes, images, private_train, batch_size, dev, advance))
     return out
 
 

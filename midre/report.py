@@ -328,12 +328,13 @@ def _gates_section(run_dir: Path) -> Optional[tuple[str, str, str]]:
     line = verdict_line(g)
     head, body = gates_table(g)
     floors = "; ".join(f"{k}: {v}" for k, v in g.get("floors", {}).items())
-    note = f"Floors used (from the config's gates section): {floors}."
+    source = "midre audit's fixed floors" if g.get("kind") == "audit" else "from the config's gates section"
+    note = f"Floors used ({source}): {floors}."
     cls = "ok" if g.get("valid") else "bad"
     md = f"**{line}**\n\n" + md_table(head, body) + f"\n\n_{note}_"
     ht = (f'<p class="{cls}"><b>{html.escape(line)}</b></p>' + html_table(head, body, align_numbers=False)
           + f'<p class="note">{html.escape(note)}</p>')
-    return ("Validity gates (NoDef)", md, ht)
+    return (str(g.get("title", "Validity gates (NoDef)")), md, ht)
 
 
 Section = tuple[str, str, str]  # (heading, markdown, html)
@@ -597,14 +598,3 @@ def write_report(run_dir: str | Path, *, max_identities: int = 8, splits: Any = 
     atomic_write_text(md_path, md_text)
     atomic_write_text(html_path, html_text)
     return md_path, html_path
-
-
-def analyze_features(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
-    """:func:`midre.analysis.features.feature_analysis` then, when the run already has a report,
-    re-render it with the figure."""
-    from .analysis.features import feature_analysis
-
-    res = feature_analysis(run_dir, **kwargs)
-    if (Path(run_dir) / "report.html").exists():
-        write_report(run_dir, splits=kwargs.get("splits"))
-    return res

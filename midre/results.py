@@ -9,21 +9,76 @@ from __future__ import annotations
 
 import csv
 import html
+import io
 import json
 import math
 import re
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from .errors import RunDirError
-from .utils import atomic_path, read_json
+from .utils import atomic_write_text, read_json
 
 DASH = "—"
 NUMERIC_COLUMNS = ("acc", "attack_top1", "attack_top1_std", "attack_top5", "attack_top5_std", "top1_ci_lo",
                    "top1_ci_hi", "knn", "fid_eval", "epsilon")
-RESULT_COLUMNS = ["target", "defense", "defense_params", "attack", "acc", "attack_top1", "attack_top1_std",
-                  "attack_top5", "attack_top5_std", "top1_ci_lo", "top1_ci_hi", "knn", "fid_eval", "delta",
-                  "epsilon", "seed", "repeats", "identities"]
+NAN = float("nan")
+
+
+@dataclass
+class ResultRow:
+    """One row of ``results.csv`` / ``results.json``: a target under one attack (or under none).
+
+    The one list of result columns: :data:`COLUMNS` are the fields up to ``identities`` in this order; the
+    optional fields after them are written only when set (``reference`` by ``midre run``, ``dp_delta`` for DP
+    targets, ``target_top1`` by ``midre audit``).  Accuracies and attack accuracies are percentages; ``delta``
+    is the trade-off against the reference ("" when there is none)."""
+
+    target: str
+    defense: str
+    defense_params: str = "{}"
+    attack: str = ""
+    acc: float = NAN
+    attack_top1: float = NAN
+    attack_top1_std: float = NAN
+    attack_top5: float = NAN
+    attack_top5_std: float = NAN
+    top1_ci_lo: float = NAN
+    top1_ci_hi: float = NAN
+    knn: float = NAN
+    fid_eval: float = NAN
+    delta: Any = ""
+    epsilon: float = NAN
+    seed: Any = ""
+    repeats: Any = ""
+    identities: Any = ""
+    dp_delta: Optional[float] = None
+    reference: Optional[str] = None
+    target_top1: Optional[float] = None
+
+    @classmethod
+    def from_metrics(cls, target: str, defense: str, attack: str, m: dict[str, Any], **fields_: Any) -> "ResultRow":
+        """A row from an attack's ``metrics.json`` (missing figures stay NaN)."""
+        ci = m.get("attacc_top1_ci95")
+        lo, hi = (as_float(ci[0]), as_float(ci[1])) if isinstance(ci, (list, tuple)) and len(ci) == 2 else (NAN, NAN)
+        return cls(target=target, defense=defense, attack=attack,
+                   attack_top1=as_float(m.get("attacc_top1")), attack_top1_std=as_float(m.get("attacc_top1_std")),
+                   attack_top5=as_float(m.get("attacc_top5")), attack_top5_std=as_float(m.get("attacc_top5_std")),
+                   top1_ci_lo=lo, top1_ci_hi=hi, knn=as_float(m.get("knn_dist")),
+                   fid_eval=as_float(m.get("fid_eval", m.get("fid_inception"))), **fields_)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The row as written: every column, then the optional fields that are set."""
+        out = {k: getattr(self, k) for k in COLUMNS}
+        out.update({k: getattr(self, k) for k in OPTIONAL_COLUMNS if getattr(self, k) is not None})
+        return out
+
+
+OPTIONAL_COLUMNS = ("dp_delta", "reference", "target_top1")
+COLUMNS = [f.name for f in fields(ResultRow) if f.name not in OPTIONAL_COLUMNS]
+# a multi-seed study's rows add the spread across seeds (midre.results.aggregate_rows)
+STUDY_EXTRA_COLUMNS = ["n_seeds", "acc_std", "knn_std", "fid_eval_std"]
 
 
 # ----------------------------------------------------------------------------------------- values
@@ -137,28 +192,32 @@ def load_results(run_dir: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def write_results_table(path: str | Path, rows: Sequence[dict[str, Any]],
+def write_results_table(path: str | Path, rows: Sequence[ResultRow | dict[str, Any]],
                         columns: Optional[Sequence[str]] = None) -> None:
-    """Write rows as CSV (atomic); NaN written as an empty cell; extra keys appended as columns."""
-    cols = list(columns or RESULT_COLUMNS)
-    for r in rows:
+    """The one writer of results tables (atomic CSV): ``columns`` (default :data:`COLUMNS`) first, then any
+    other key in the order it first appears; NaN as an empty cell, floats to 6 significant digits."""
+    dicts = [r.as_dict() if isinstance(r, ResultRow) else r for r in rows]
+    cols = list(columns or COLUMNS)
+    for r in dicts:
         for k in r:
             if k not in cols:
                 cols.append(k)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in dicts:
+        w.writerow({k: _cell(r.get(k, "")) for k in cols})
+    atomic_write_text(Path(path), buf.getvalue())
 
-    def cell(v: Any) -> Any:
-        if isinstance(v, float) and math.isnan(v):
+
+def _cell(v: Any) -> Any:
+    if isinstance(v, float):
+        if math.isnan(v):
             return ""
-        if isinstance(v, (dict, list)):
-            return json.dumps(v, sort_keys=True)
-        return v
-
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            w = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
-            w.writeheader()
-            for r in rows:
-                w.writerow({k: cell(r.get(k, "")) for k in cols})
+        return f"{v:.6g}" if abs(v) < 1e6 else repr(v)
+    if isinstance(v, (dict, list)):
+        return json.dumps(v, sort_keys=True)
+    return v
 
 
 # ----------------------------------------------------------------------------------------- run info
@@ -224,6 +283,19 @@ def attack_dirs(run_dir: Path) -> list[tuple[str, str, Path]]:
             if (adir / "reconstructions.safetensors").exists():
                 out.append((tdir.name, adir.name, adir))
     return out
+
+
+def defense_name(spec: Any) -> str:
+    """The defense's short name (the ``defense`` column): ``nodef``, ``midre``, ``midre+nls`` for a composition."""
+    if spec is None:
+        return "nodef"
+    if isinstance(spec, list):
+        return "+".join(defense_name(s) for s in spec) or "nodef"
+    if isinstance(spec, dict):
+        if spec.get("name") == "compose":
+            return "+".join(defense_name(s) for s in spec.get("defenses", [])) or "nodef"
+        return str(spec.get("name", "nodef"))
+    return str(spec)
 
 
 def defense_label(spec: Any) -> str:

@@ -2,37 +2,28 @@
 
 ``RUN/run.json`` (:class:`RunState`): the config hash, versions, every stage's status, key, seconds and peak
 memory, and one entry per session (a resumed run adds a session).  Beside it: the stage console, the
-crash-test hook, the clean-up of temp files a killed process left, the check of ``--out`` (every command
-that writes refuses a non-empty folder that is not its own earlier output: :func:`check_out`), and the
-CSV writer of the results tables.
+crash-test hook, the clean-up of temp files a killed process left, and the check of ``--out`` (every command
+that writes refuses a non-empty folder that is not its own earlier output: :func:`check_out`).
 """
 from __future__ import annotations
 
-import csv
 import datetime as _dt
-import io
 import json
-import math
 import os
 import platform
 import resource
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional
 
 import torch
 
 from .config import RunConfig
 from .errors import RunDirError
-from .utils import atomic_write_json, atomic_write_text
+from .utils import atomic_write_json
 
 RUN_FORMAT = "midre-run"
-# results.csv: one row per target x attack; a multi-seed study adds the spread across seeds
-COLUMNS = ["target", "defense", "defense_params", "attack", "acc", "attack_top1", "attack_top1_std",
-           "attack_top5", "attack_top5_std", "top1_ci_lo", "top1_ci_hi", "knn", "fid_eval", "delta",
-           "epsilon", "seed", "repeats", "identities"]
-STUDY_EXTRA_COLUMNS = ["n_seeds", "acc_std", "knn_std", "fid_eval_std"]
 
 
 def peak_rss_mib() -> float:
@@ -282,26 +273,3 @@ def require_run_dir(run_dir: Path, command: str) -> None:
 
 def _is_seed_run(p: Path, seeds: list[int]) -> bool:
     return p.is_dir() and p.name in {f"seed-{s}" for s in seeds} and (p / "run.json").exists()
-
-
-def _cell(v: Any) -> Any:
-    if isinstance(v, float):
-        if math.isnan(v):
-            return ""
-        return f"{v:.6g}" if abs(v) < 1e6 else repr(v)
-    return v
-
-
-def write_table(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
-    """CSV with ``columns`` first and any extra keys appended; NaN as an empty cell (atomic)."""
-    cols = list(columns)
-    for r in rows:
-        for k in r:
-            if k not in cols:
-                cols.append(k)
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: _cell(r.get(k, "")) for k in cols})
-    atomic_write_text(path, buf.getvalue())

@@ -218,7 +218,7 @@ def _write_state(out_dir: Path, spec: SweepSpec, backend: str) -> None:
 
 
 def _write_table(out_dir: Path, spec: SweepSpec, rows_by_trial: dict[int, list[dict]]) -> tuple[list[dict], Path]:
-    from .results import RESULT_COLUMNS, write_results_table
+    from .results import COLUMNS, write_results_table
 
     rows = []
     for t in spec.trials:
@@ -229,7 +229,7 @@ def _write_table(out_dir: Path, spec: SweepSpec, rows_by_trial: dict[int, list[d
                 row[k] = json.dumps(v) if isinstance(v, (dict, list)) else v
             row.update({k: v for k, v in r.items() if k not in row})
             rows.append(row)
-    cols = ["trial", *spec.grid_keys, *RESULT_COLUMNS]
+    cols = ["trial", *spec.grid_keys, *COLUMNS]
     path = out_dir / "results.csv"
     write_results_table(path, rows, cols)
     import math

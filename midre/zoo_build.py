@@ -1,9 +1,9 @@
 """``midre zoo build``: train the target-independent pieces of the zoo's configs and ship them.
 
-It drives the pipeline, so it sits above it; :mod:`midre.zoo` (manifest, lookup, install) stays below.
+It runs the pipeline's stages, so it sits above them; :mod:`midre.zoo` (manifest, lookup, install) stays below.
 
 Each config in ``midre/zoo/zoo.yaml`` (or given with ``--config``) is run by the pipeline's own stage code
-(:meth:`midre.pipeline._Pipeline.run_instrument`; stage keys from :class:`midre.plan.RunPlan`), into a
+(:func:`midre.stages.build_instrument`; stage keys from :class:`midre.plan.RunPlan`), into a
 resumable work directory, with the config's fixed seeds; each finished piece is copied into
 ``midre/zoo/weights/<entry>/`` and recorded in the manifest with its sha256, the config that made it (name +
 resolved YAML) and its training figures.
@@ -38,14 +38,14 @@ def entry_name(config_name: str, stage: str) -> str:
 
 def _pipeline(source: str, work: Path, progress: bool, device: Optional[str]):
     from .config import load_config
-    from .pipeline import _Pipeline
+    from .stages import RunContext
 
     cfg = load_config(source)
     if device is not None:
         cfg = cfg.model_copy(update={"device": device})
     if cfg.seeds:
         cfg = cfg.for_seed(cfg.run_seeds()[0])
-    return cfg, _Pipeline(cfg, work, progress, None)
+    return cfg, RunContext(cfg, work, progress)
 
 
 def _files(stage_dir: Path, stage: str) -> list[str]:
@@ -55,8 +55,8 @@ def _files(stage_dir: Path, stage: str) -> list[str]:
     return ["model.safetensors", "model.json"]
 
 
-def _figures(pipe: Any, stage: str, stage_dir: Path) -> dict[str, Any]:
-    rec = pipe.state.stages.get(stage, {})
+def _figures(ctx: Any, stage: str, stage_dir: Path) -> dict[str, Any]:
+    rec = ctx.state.stages.get(stage, {})
     figs = {k: rec[k] for k in ("test_acc", "train_acc", "pool_classes", "seconds", "peak_rss_mib") if k in rec}
     if stage.startswith("priors/"):
         pj = next(stage_dir.glob("*/prior.json"), None)
@@ -97,6 +97,8 @@ def build(names: Sequence[str] = (), configs: Optional[Sequence[str]] = None, ro
     """Build the named entries (all of the configs' entries when none are named); returns the names built."""
     from .config import dump_yaml
     from .priors import data_fingerprint, data_summary
+    from .stages import build_instrument, instrument_names
+    from .stages.models import stage_data
     from .utils import RunLock
 
     configs = list(configs) if configs else zoo_configs()
@@ -107,9 +109,9 @@ def build(names: Sequence[str] = (), configs: Optional[Sequence[str]] = None, ro
     check_folders(root_dir, work_root)
     plan: dict[str, tuple[str, str]] = {}
     for c in configs:
-        cfg, pipe = _pipeline(c, work_root, False, device)
+        cfg, ctx = _pipeline(c, work_root, False, device)
         cname = cfg.name
-        for stage in pipe.instrument_stages():
+        for stage in instrument_names(ctx):
             plan[entry_name(cname, stage)] = (c, stage)
     for n in names:
         if n not in plan:
@@ -119,20 +121,20 @@ def build(names: Sequence[str] = (), configs: Optional[Sequence[str]] = None, ro
     for c in dict.fromkeys(plan[n][0] for n in wanted):
         cname = _pipeline(c, work_root, False, device)[0].name
         work = work_root / cname
-        cfg, pipe = _pipeline(c, work, progress, device)
+        cfg, ctx = _pipeline(c, work, progress, device)
         stages = [plan[n][1] for n in wanted if plan[n][0] == c]
         deps = [f"backbones/{i[4:]}" for i in (cfg.eval_model.train.get("init"),) if "eval" in stages and i
                 and i.startswith("zoo:")]
-        order = [s for s in pipe.instrument_stages() if s in stages or s in deps]
+        order = [s for s in instrument_names(ctx) if s in stages or s in deps]
         with RunLock(work):
-            pipe.run_instrument(order)
+            build_instrument(ctx, order)
         for stage in stages:
             stage_dir = work / stage
             name = entry_name(cname, stage)
-            add_entry(name, kind=stage.split("/")[0].rstrip("s"), stage=stage, key=pipe.keys[stage],
-                      fingerprint=data_fingerprint(pipe.stage_data(stage)),
-                      summary=data_summary(pipe.stage_data(stage)), src=stage_dir,
+            add_entry(name, kind=stage.split("/")[0].rstrip("s"), stage=stage, key=ctx.keys[stage],
+                      fingerprint=data_fingerprint(stage_data(ctx, stage)),
+                      summary=data_summary(stage_data(ctx, stage)), src=stage_dir,
                       files=_files(stage_dir, stage), config=str(c), config_yaml=dump_yaml(cfg),
-                      figures=_figures(pipe, stage, stage_dir), built_on=_built_on(pipe.device), root=root_dir)
+                      figures=_figures(ctx, stage, stage_dir), built_on=_built_on(ctx.device), root=root_dir)
             built.append(name)
     return built

@@ -124,7 +124,9 @@ def test_audit_end_to_end_white_box(world, tmp_path, capsys):
     html = (out / "report.html").read_text()
     assert "data:image/png;base64," in html and "src='http" not in html and 'src="http' not in html
     audit = json.loads((out / "audit.json").read_text())
-    assert [g["gate"] for g in audit["gates"]][:2] == ["target fits its private data", "evaluation model is accurate"]
+    assert [g["gate"] for g in audit["gates"]["checks"]][:2] == ["target fits its private data",
+                                                                 "evaluation model is accurate"]
+    assert json.loads((out / "gates.json").read_text()) == audit["gates"]    # the report's one gates section reads it
     # midre reads the model as the user's own pipeline does (class order, normalisation, input size);
     # the two resize 16 -> 32 px differently (PIL vs torch bilinear), hence one image of slack
     assert abs(audit["private_acc"] - float((world["root"] / "resnet18_acc.txt").read_text())) <= 100 / 40 + 1e-6
@@ -278,13 +280,14 @@ def test_measuring_the_cost_leaves_the_model_untouched(world):
 
 
 def test_verdict_levels():
-    from midre.audit import gates, verdict
+    from midre.audit import verdict
+    from midre.gates import check_audit as gates
 
-    ok = gates(90.0, 90.0, [{"attack": "gmi", "target_top1": 95.0}])
+    ok = gates(90.0, 90.0, {"gmi": 95.0})
     row = {"attack": "gmi", "attack_top1": 80.0, "top1_ci_lo": 70.0, "top1_ci_hi": 90.0}
     assert verdict([row], ok, 10, "white-box")["level"] == "high leakage"
     low = {**row, "attack_top1": 12.0, "top1_ci_lo": 4.0, "top1_ci_hi": 20.0}
     assert verdict([low], ok, 10, "white-box")["level"] == "no leakage measured"
-    bad = gates(90.0, 20.0, [{"attack": "gmi", "target_top1": 95.0}])
+    bad = gates(90.0, 20.0, {"gmi": 95.0})
     v = verdict([row], bad, 10, "white-box")
     assert v["level"] == "inconclusive" and "evaluation model is accurate" in v["text"]

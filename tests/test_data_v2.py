@@ -153,15 +153,17 @@ def test_region_probe_finds_where_identity_lives():
 
 
 def test_v1_is_unchanged():
-    """v1 (``synthetic``) renders byte-identically to the code before v2 existed (recorded checksum)."""
+    """v1 (``synthetic``) renders as the code before v2 existed did (recorded per-image pixel sums).
+
+    Another CPU may round a pixel or two differently (one unit each), so each image's sum of pixel values may
+    move by a few units; a change of the generator moves whole images by thousands."""
     s = load_dataset("synthetic", num_private=3, num_public=2, images_per_id=4, seed=0)
-    means = s.private_train.images.float().mean(dim=(1, 2, 3))[:6]
-    ref = torch.tensor([121.11197662353516, 121.07161712646484, 92.6962890625, 116.71646881103516, 85.875,
-                        85.61328125])
-    assert torch.allclose(means, ref, atol=0.05)
-    digest = hashlib.sha256(s.private_train.images.numpy().tobytes()).hexdigest()
-    assert digest == "29223a37c998125936aef96c5703b8b14a3214771536532dd565978528b43a4c" or \
-        torch.allclose(means, ref, atol=0.01)        # other CPUs may round one pixel differently
+    x = s.private_train.images
+    assert x.dtype == torch.uint8 and tuple(x.shape) == (9, 3, 32, 32)
+    ref = [372056, 371932, 284763, 358553, 263808, 263004, 501893, 523846, 445803]   # recorded at 29223a37…
+    sums = [int(v) for v in x.long().sum(dim=(1, 2, 3))]
+    off = [abs(a - b) for a, b in zip(sums, ref)]
+    assert max(off) <= 4, f"per-image pixel sums moved from the recorded v1 rendering: {sums} vs {ref}"
     assert s.info["generator_version"] == 1 and s.resolution == 32
 
 

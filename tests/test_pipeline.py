@@ -13,7 +13,8 @@ import yaml
 
 from midre.config import builtin_configs, load_config
 from midre.errors import ConfigError, RunDirError
-from midre.pipeline import COLUMNS, STUDY_EXTRA_COLUMNS, aggregate_rows, run_pipeline
+from midre.pipeline import run_pipeline
+from midre.results import COLUMNS, STUDY_EXTRA_COLUMNS, aggregate_rows
 
 # results.csv's columns as users' scripts read them; changing one is a breaking change to say in the notes
 RESULTS_CSV_HEADER = ["target", "defense", "defense_params", "attack", "acc", "attack_top1", "attack_top1_std",

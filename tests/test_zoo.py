@@ -205,16 +205,16 @@ def test_the_shipped_zoo_verifies_and_serves_the_quickstart():
     """The package's zoo: every file's sha256 checks, and the quickstart's instrument stages all match an entry
     (same stage key; the data fingerprints are checked when a run renders the data)."""
     from midre.config import load_config
-    from midre.pipeline import _Pipeline
     from midre.plan import RunPlan
+    from midre.stages import RunContext, instrument_names
     from midre.zoo import PACKAGE_ZOO, check, load_manifest
 
     assert len(check(PACKAGE_ZOO)) >= 4
     entries = load_manifest(PACKAGE_ZOO)["entries"]
     assert sum(e["bytes"] for e in entries.values()) < 50 * 2 ** 20           # tens of MB at most
-    pipe = _Pipeline(load_config("quickstart"), PACKAGE_ZOO / ".probe", False, None)
+    ctx = RunContext(load_config("quickstart"), PACKAGE_ZOO / ".probe", False)
     keys = RunPlan(load_config("quickstart")).keys
-    for stage in pipe.instrument_stages():
+    for stage in instrument_names(ctx):
         assert any(e["stage"] == stage and e["key"] == keys[stage] for e in entries.values()), stage
 
 

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from ..errors import ArgumentError, RunDirError
+from ..results import defense_name
 from ..utils import atomic_write_json, derive_seed, read_json
 
 GROUPS = ("private", "re_private", "recon")
@@ -201,10 +202,6 @@ def _target_meta(run_dir: Path, name: str) -> dict:
     return read_json(p)
 
 
-def _defense_name(spec: Any) -> str:
-    if isinstance(spec, dict):
-        return str(spec.get("name", ""))
-    return str(spec or "nodef")
 
 
 def default_targets(run_dir: Path, area: float = 0.4) -> list[str]:
@@ -215,7 +212,7 @@ def default_targets(run_dir: Path, area: float = 0.4) -> list[str]:
     for t in target_dirs(run_dir):
         meta = read_json(t / "model.json") if (t / "model.json").exists() else {}
         spec = meta.get("defense")
-        name = _defense_name(spec)
+        name = defense_name(spec)
         if name == "nodef":
             nodef.append(t.name)
         elif name == "midre":
@@ -314,7 +311,7 @@ def feature_analysis(run_dir: str | Path, targets: Optional[Sequence[str]] = Non
         eraser = {"name": "midre", "area": float(area)}
     else:
         eraser = next((dict(m["defense"]) for m in metas.values()
-                       if isinstance(m.get("defense"), dict) and _defense_name(m["defense"]) == "midre"),
+                       if isinstance(m.get("defense"), dict) and defense_name(m["defense"]) == "midre"),
                       {"name": "midre", "area": 0.4})
     private = private_images(run_dir, splits)
     if private is None:

@@ -33,7 +33,7 @@ class _HelpFormatter(argparse.HelpFormatter):
         return text
 
 
-class _Parser(argparse.ArgumentParser):
+class MidreParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line on stderr and exit code 2; --help shows defaults."""
 
     def __init__(self, *args, **kwargs) -> None:
@@ -54,9 +54,9 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 
-    parser = _Parser(prog="midre", description="Model-inversion defense (MIDRE) and evaluation toolkit.")
+    parser = MidreParser(prog="midre", description="Model-inversion defense (MIDRE) and evaluation toolkit.")
     parser.add_argument("--version", action="version", version=f"midre {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=MidreParser)
     for name in COMMAND_MODULES:
         modname = f"{__name__}.{name}"
         if importlib.util.find_spec(modname) is None:

@@ -15,11 +15,11 @@ def _levels(s: str) -> list[float]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from . import _Parser
+    from . import MidreParser
 
     p = sub.add_parser("analyze", help="the paper's analyses: features (Sec. 3.2), concealment (Table 1), a_e curve",
                        description="The MIDRE paper's analyses as commands.")
-    asub = p.add_subparsers(dest="analysis", metavar="ANALYSIS", parser_class=_Parser)
+    asub = p.add_subparsers(dest="analysis", metavar="ANALYSIS", parser_class=MidreParser)
     _add_paper_analyses(asub)
     _add_comparisons(asub)
     _add_figures(asub)

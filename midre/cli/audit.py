@@ -124,7 +124,9 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/audit-{Path(args.model).stem}")
     res = run_audit(spec, out, progress=not args.no_progress)
     v = res.verdict
-    failed = [g["gate"] for g in res.gates if not g["passed"]]
+    from ..gates import failed_gates
+
+    failed = failed_gates(res.gates)
     print(f"verdict: {v['level']}" + (f" | gates failed: {', '.join(failed)}" if failed else " | all gates passed")
           + f" | report {res.report}")
     if failed:

@@ -62,20 +62,6 @@ def _load_splits(meta: dict[str, Any], root: Optional[str]):
                         resolution=ds.get("resolution", meta.get("resolution")), seed=int(ds.get("seed", 0)), **opts)
 
 
-def _defense_name(spec: Any) -> str:
-    if spec is None:
-        return "nodef"
-    if isinstance(spec, str):
-        return spec
-    if isinstance(spec, dict):
-        if spec.get("name") == "compose":
-            return "+".join(_defense_name(s) for s in spec.get("defenses", [])) or "nodef"
-        return str(spec.get("name", "nodef"))
-    if isinstance(spec, list):
-        return "+".join(_defense_name(s) for s in spec) or "nodef"
-    return str(spec)
-
-
 def _check_options(args: argparse.Namespace) -> tuple[int, ...]:
     """The numeric options, checked; returns the sorted top-k list."""
     from ..errors import ArgumentError
@@ -185,8 +171,10 @@ def run(args: argparse.Namespace) -> int:
         recon, eval_model, private_train, private_test, target_model=target, fid=not args.no_fid,
         fid_extractor=args.inception_weights, face_embedder=face, baseline=baseline, topk=topk,
         n_boot=args.n_boot, seed=args.seed, batch_size=args.batch_size, device=device, progress=progress)
+    from ..results import defense_name
+
     metrics.update({
-        "defense": _defense_name(tmeta.get("defense")),
+        "defense": defense_name(tmeta.get("defense")),
         "target": str(target_path), "target_arch": tmeta["arch"],
         "eval": str(eval_path), "eval_arch": emeta["arch"],
         "target_test_acc_recorded": tmeta.get("test_acc"),

@@ -6,13 +6,13 @@ import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from . import _Parser
+    from . import MidreParser
 
     p = sub.add_parser("results", help="commit a run's summary (results/NAME/) and generate RESULTS.md's tables",
                        description="Numbers come from one place: `collect` writes a run's small summary under "
                                    "results/NAME/, `render` rewrites the generated tables of RESULTS.md, README.md "
                                    "and BENCHMARKS.md from those summaries.")
-    rsub = p.add_subparsers(dest="results_command", metavar="COMMAND", parser_class=_Parser)
+    rsub = p.add_subparsers(dest="results_command", metavar="COMMAND", parser_class=MidreParser)
     c = rsub.add_parser("collect", help="write (or extend, seed by seed) results/NAME/ from a run or study",
                         description="Write results/NAME/summary.json and one seed-<s>.json per seed (results tables, "
                                     "gates, training curves, stage times, per-identity records, the decision rule's "

@@ -94,6 +94,7 @@ def print_summary(res, cfg) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from ..results import fmt, fmt_pm
 
     console = Console() if sys.stdout.isatty() else Console(width=160)   # files / pipes: no truncation
     rows = res.rows
@@ -117,32 +118,6 @@ def print_summary(res, cfg) -> None:
         console.print(f"results: {res.results_csv}")
     if res.report is not None:
         console.print(f"report: {res.report}")
-
-
-def _missing(v) -> bool:
-    import math
-
-    if v is None or v == "":
-        return True
-    try:
-        return math.isnan(float(v))
-    except (TypeError, ValueError):
-        return False
-
-
-def fmt(v, digits: int = 2) -> str:
-    if _missing(v):
-        return "—"
-    try:
-        return f"{float(v):.{digits}f}"
-    except (TypeError, ValueError):
-        return str(v)
-
-
-def fmt_pm(mean, std, digits: int = 2) -> str:
-    if _missing(mean):
-        return "—"
-    return fmt(mean, digits) + ("" if _missing(std) else f" ± {fmt(std, digits)}")
 
 
 def _print_builtin_configs(names: list[str]) -> None:

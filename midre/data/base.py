@@ -79,10 +79,6 @@ class TensorImageSet(ImageSet):
         idx = torch.as_tensor(idx, dtype=torch.long)
         return TensorImageSet(self.images[idx], self.targets[idx])
 
-    def of_classes(self, classes: Sequence[int]) -> "TensorImageSet":
-        mask = torch.isin(self.targets, torch.as_tensor(list(classes), dtype=torch.long))
-        return self.subset(mask.nonzero().flatten())
-
 
 @dataclass
 class MISplits:

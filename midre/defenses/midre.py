@@ -15,7 +15,7 @@ from typing import Any, Optional, Sequence, Union
 import torch
 
 from ..erasing import (BatchEraser, BatchRandomErasing, EntireErasing, FixedErasing, MultiPatchErasing,
-                       RandomErasing, RandomPixelMasking, _fill_param)
+                       RandomErasing, RandomPixelMasking, fill_param)
 from ..errors import ArgumentError
 from ..utils import derive_seed
 from .base import DEFENSES, Defense, TrainContext, build_defense
@@ -94,7 +94,7 @@ class MIDRE(ErasingDefense):
 
     def params(self) -> dict[str, Any]:
         e = self.eraser
-        return {"area": e.area, "lower": e.lower, "fill": _fill_param(e.fill), "ratio": _pair(e.ratio),
+        return {"area": e.area, "lower": e.lower, "fill": fill_param(e.fill), "ratio": _pair(e.ratio),
                 "released": e.released, "position": e.position, "seed": self.seed}
 
 
@@ -116,7 +116,7 @@ class FixedErasingDefense(ErasingDefense):
 
     def params(self) -> dict[str, Any]:
         e = self.eraser
-        return {"area": e.area, "lower": e.lower, "fill": _fill_param(e.fill), "ratio": _pair(e.ratio),
+        return {"area": e.area, "lower": e.lower, "fill": fill_param(e.fill), "ratio": _pair(e.ratio),
                 "seed": self.seed}
 
 
@@ -140,7 +140,7 @@ class EntireErasingDefense(ErasingDefense):
         self.eraser.set_targets(targets)
 
     def params(self) -> dict[str, Any]:
-        return {"share": self.eraser.share, "fill": _fill_param(self.eraser.fill), "seed": self.seed}
+        return {"share": self.eraser.share, "fill": fill_param(self.eraser.fill), "seed": self.seed}
 
 
 @DEFENSES.register("pixel_masking", params="fraction, fill, seed")
@@ -155,7 +155,7 @@ class PixelMaskingDefense(ErasingDefense):
 
     def params(self) -> dict[str, Any]:
         lo, hi = self.eraser.fraction
-        return {"fraction": lo if lo == hi else [lo, hi], "fill": _fill_param(self.eraser.fill), "seed": self.seed}
+        return {"fraction": lo if lo == hi else [lo, hi], "fill": fill_param(self.eraser.fill), "seed": self.seed}
 
 
 @DEFENSES.register("multi_patch", params="patches, area, lower, fill, ratio, seed")
@@ -171,7 +171,7 @@ class MultiPatchDefense(ErasingDefense):
 
     def params(self) -> dict[str, Any]:
         e = self.eraser
-        return {"patches": e.patches, "area": e.area, "lower": e.lower, "fill": _fill_param(e.fill),
+        return {"patches": e.patches, "area": e.area, "lower": e.lower, "fill": fill_param(e.fill),
                 "ratio": _pair(e.ratio), "seed": self.seed}
 
 
@@ -192,7 +192,7 @@ def eraser_for(defense: Any, batched: bool = True) -> Union[BatchEraser, RandomE
         raise ArgumentError(f"defense '{d.name}' holds several erasing defenses; pass the one you mean")
     e = found[0].eraser
     if isinstance(e, BatchRandomErasing):
-        fresh = BatchRandomErasing(area=e.area, lower=e.lower, fill=_fill_param(e.fill), ratio=e.ratio,
+        fresh = BatchRandomErasing(area=e.area, lower=e.lower, fill=fill_param(e.fill), ratio=e.ratio,
                                    released=e.released, p=e.p, max_attempts=e.max_attempts, size=e.size,
                                    inpaint_radius=e.inpaint_radius, position=e.position)
         return fresh if batched else fresh.single()
