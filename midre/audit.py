@@ -576,7 +576,7 @@ class _Audit:
 
     def _check_attack_settings(self) -> None:
         from .attacks import build_attack
-        from .priors import PRIOR_KINDS, prior_config
+        from .priors import PRIORS, prior_config
 
         extra = [a for a in self.spec.attack_params if a not in self.attacks]
         if extra:
@@ -585,8 +585,8 @@ class _Audit:
         for a in self.attacks:
             build_attack(a, preset=self.spec.preset, **self.spec.attack_params.get(a, {}))
         for kind, params in self.spec.prior_params.items():
-            if kind not in PRIOR_KINDS:
-                raise ArgumentError(f"--prior-param names unknown prior kind '{kind}'; kinds: {', '.join(PRIOR_KINDS)}")
+            if kind not in PRIORS:
+                raise ArgumentError(f"--prior-param names unknown prior kind '{kind}'; kinds: {', '.join(PRIORS)}")
             prior_config(kind, self.spec.preset, params)
 
     def run(self) -> AuditResult:
