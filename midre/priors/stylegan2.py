@@ -126,7 +126,8 @@ def _step(G: Generator, D: Discriminator, optG: Any, optD: Any, real: torch.Tens
 
 def train_stylegan2(cfg: StyleGAN2PriorConfig, data: Any, root: Path, gen: torch.Generator, progress: bool,
                     until: Optional[int]) -> tuple[Generator, Discriminator, dict]:
-    """Train on ``data`` (:class:`midre.priors.data.PublicImages`, PUBLIC images) -> (EMA generator, discriminator, metadata).
+    """Train on ``data`` (:class:`midre.priors.data.PublicImages`, PUBLIC images) -> (EMA generator,
+    discriminator, metadata).
 
     Resume state (G, D, G_ema, both optimisers, the RNG) is written to ``root`` every ``ckpt_every``
     iterations by the priors' resume helper (midre.gan_state); a second call continues from it.
