@@ -779,11 +779,11 @@ def _check_prior_kinds(cfg: RunConfig, where: str) -> None:
                 raise ConfigError(f"{where}: 'attacks[{i}]' ({a.name}) needs prior kind '{kind}', which is not "
                                   f"registered; kinds: {', '.join(PRIORS.names())} (install the plugin that adds it)")
             users.setdefault(kind, a.name)
+    real_data = needs_root(cfg.dataset.name)
     for kind in dict.fromkeys([*users, *cfg.priors.params]):
         if kind not in PRIORS:                      # an unknown priors.params kind: _validate_priors says so
             continue
-        msg = get_prior(kind).check_run(cfg.priors.params.get(kind) or {}, users.get(kind),
-                                        needs_root(cfg.dataset.name))
+        msg = get_prior(kind).check_run(cfg.priors.params.get(kind) or {}, users.get(kind), real_data)
         if msg:
             raise ConfigError(f"{where}: {msg}")
 

@@ -130,7 +130,8 @@ def run(args: argparse.Namespace) -> int:
     target, tmeta = load_model(args.target, device=device)
 
     # ---- public data (never the private split); priors that train nothing (a converted StyleGAN2) need none
-    if attack.prior_kinds and all(not get_prior(k).uses_public_data(prior_cfgs.get(k, {})) for k in attack.prior_kinds):
+    kinds = attack.prior_kinds
+    if kinds and all(not get_prior(k).uses_public_data(prior_cfgs.get(k, {})) for k in kinds):
         return _attack(args, attack, target, tmeta, ids, eraser, None, "none (converted generator)", prior_cfgs,
                        device, progress)
     splits = None
