@@ -589,7 +589,7 @@ def _given_eval(spec: AuditSpec, num_classes: int, device: Any) -> nn.Module:
 
 def _check_attack_settings(spec: AuditSpec, attacks: list[str]) -> None:
     from .attacks import build_attack
-    from .priors import PRIOR_KINDS, prior_config
+    from .priors import PRIORS, prior_config
 
     extra = [a for a in spec.attack_params if a not in attacks]
     if extra:
@@ -598,8 +598,8 @@ def _check_attack_settings(spec: AuditSpec, attacks: list[str]) -> None:
     for a in attacks:
         build_attack(a, preset=spec.preset, **spec.attack_params.get(a, {}))
     for kind, params in spec.prior_params.items():
-        if kind not in PRIOR_KINDS:
-            raise ArgumentError(f"--prior-param names unknown prior kind '{kind}'; kinds: {', '.join(PRIOR_KINDS)}")
+        if kind not in PRIORS:
+            raise ArgumentError(f"--prior-param names unknown prior kind '{kind}'; kinds: {', '.join(PRIORS)}")
         prior_config(kind, spec.preset, params)
 
 

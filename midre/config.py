@@ -751,7 +751,7 @@ def _validate_attacks(cfg: RunConfig, where: str, names: set[str]) -> None:
             if tn not in names:
                 raise ConfigError(f"{where}: '{p}.targets' names unknown target '{tn}'"
                                   f"{did_you_mean(tn, names)}; targets are: {', '.join(sorted(names))}")
-    _check_stylegan2_weights(cfg, where)
+    _check_prior_kinds(cfg, where)
 
 
 def _validate_priors(cfg: RunConfig, where: str) -> None:
@@ -766,19 +766,26 @@ def _validate_priors(cfg: RunConfig, where: str) -> None:
         _wrap(where, f"priors.params.{kind}", prior_config, kind, cfg.priors.preset or "paper", params)
 
 
-def _check_stylegan2_weights(cfg: RunConfig, where: str) -> None:
-    """On real data, StyleGAN attacks (PPA, IF-GMI, MIRROR) need a converted generator: say so in one line."""
+def _check_prior_kinds(cfg: RunConfig, where: str) -> None:
+    """Every prior kind an attack needs is registered (midre.priors.PRIORS), and each kind's own run-level
+    check of its ``priors.params`` passes (e.g. StyleGAN2 weights on real data)."""
     from .attacks import build_attack
+    from .priors import PRIORS, get_prior
 
-    sg = [a.name for a in cfg.attacks
-          if "stylegan2" in build_attack(a.name, **({"preset": a.preset} if a.preset else {})).prior_kinds]
-    path = (cfg.priors.params.get("stylegan2") or {}).get("path")
-    if sg and not path and needs_root(cfg.dataset.name):
-        raise ConfigError(f"{where}: attack '{sg[0]}' needs StyleGAN2 weights: convert the official pickle with "
-                          "`midre convert stylegan2 ffhq.pkl --out DIR` and pass `--set priors.params.stylegan2.path=DIR`")
-    if path and not Path(str(path)).expanduser().exists():
-        raise ConfigError(f"{where}: 'priors.params.stylegan2.path' '{path}' does not exist; give the directory "
-                          "written by `midre convert stylegan2`")
+    users: dict[str, str] = {}                      # kind -> the first attack that needs it
+    for i, a in enumerate(cfg.attacks):
+        for kind in build_attack(a.name, **({"preset": a.preset} if a.preset else {})).prior_kinds:
+            if kind not in PRIORS:
+                raise ConfigError(f"{where}: 'attacks[{i}]' ({a.name}) needs prior kind '{kind}', which is not "
+                                  f"registered; kinds: {', '.join(PRIORS.names())} (install the plugin that adds it)")
+            users.setdefault(kind, a.name)
+    real_data = needs_root(cfg.dataset.name)
+    for kind in dict.fromkeys([*users, *cfg.priors.params]):
+        if kind not in PRIORS:                      # an unknown priors.params kind: _validate_priors says so
+            continue
+        msg = get_prior(kind).check_run(cfg.priors.params.get(kind) or {}, users.get(kind), real_data)
+        if msg:
+            raise ConfigError(f"{where}: {msg}")
 
 
 def dump_yaml(cfg: RunConfig) -> str:

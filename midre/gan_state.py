@@ -1,5 +1,5 @@
 """Safe load of a GAN prior's safetensors state and its resume state (modules + optimizers + RNG +
-iteration), shared by :mod:`midre.priors` and :mod:`midre.priors_stylegan2`."""
+iteration), shared by the prior kinds of :mod:`midre.priors`."""
 from __future__ import annotations
 
 import json

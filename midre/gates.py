@@ -10,7 +10,8 @@ NoDef target                each NoDef target's natural accuracy >= ``gates.targ
 attack strength             each attack's NoDef top-1 >= its floor in ``gates.attack_top1`` (by attack
                             name or label); attacks without a floor are listed for information
 weakest attack              ``gates.weakest`` (GMI) stays below every other attack's NoDef top-1
-prior quality               each GAN prior an attack on NoDef used covers held-out public images at least
+prior quality               each GAN prior an attack on NoDef used (a kind with ``quality_gate``:
+                            gan, kedmi, cgan) covers held-out public images at least
                             ``gates.prior_coverage`` times as well as real public images do
                             (``relative_coverage`` in ``prior.json`` ``quality``, midre.prior_quality);
                             a prior without the figure is "not measured"
@@ -27,11 +28,11 @@ import math
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
+from .priors import PRIORS, get_prior
 from .results import as_float
 
 PASSED, FAILED, MISSING, INFO = "passed", "failed", "not measured", "info"
 VALID, NOT_VALID = "valid", "comparison not valid"
-PRIOR_KINDS_WITH_SAMPLES = ("gan", "kedmi", "cgan")
 
 
 def _floor_check(gate: str, subject: str, value: float, floor: float) -> dict[str, Any]:
@@ -142,9 +143,10 @@ def prior_quality_of_run(run_dir: str | Path) -> list[dict[str, Any]]:
     """The ``quality`` record of every sample-generating prior in a run (or each seed of a study)."""
     run_dir = Path(run_dir)
     out: list[dict[str, Any]] = []
+    gated = sorted((k for k in PRIORS if get_prior(k).quality_gate), key=len, reverse=True)   # longest first
     for pj in sorted(run_dir.glob("**/priors/*/*/prior.json")):
         unit = pj.parent.parent.name                  # "gan" or "<kind>-<target>"
-        kind = next((k for k in PRIOR_KINDS_WITH_SAMPLES if unit == k or unit.startswith(k + "-")), None)
+        kind = next((k for k in gated if unit == k or unit.startswith(k + "-")), None)
         if kind is None:
             continue
         try:

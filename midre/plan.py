@@ -25,6 +25,7 @@ from typing import Any, Optional
 
 from .config import AttackSection, RunConfig, TargetSection, validate_train
 from .errors import ConfigError, MidreError
+from .priors import get_prior
 from .utils import config_hash, derive_seed
 
 
@@ -169,10 +170,9 @@ def defense_spec(spec: Any) -> dict[str, Any]:
 
 
 def prior_needs_target(kind: str) -> bool:
-    """Whether a prior kind is trained per target (KedMI's GAN, PLG-MI's cGAN, LOMMA's augmented models)."""
-    from .priors import TARGET_FREE_KINDS
-
-    return kind not in TARGET_FREE_KINDS   # the plain GAN and StyleGAN2 priors are shared by all targets
+    """Whether a prior kind is trained per target (KedMI's GAN, PLG-MI's cGAN, LOMMA's augmented models);
+    the kind declares it (:attr:`midre.priors.PriorKind.needs_target`)."""
+    return get_prior(kind).needs_target
 
 
 def _init_key(train: dict, keys: dict[str, str]) -> dict[str, str]:

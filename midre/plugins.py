@@ -10,6 +10,8 @@ A package declares, in its ``pyproject.toml``::
     mlp = "my_pkg.nets:mlp"                            # factory(num_classes, resolution, ...) -> Classifier
     [project.entry-points."midre.datasets"]
     blobs = "my_pkg.data:blobs"                        # factory(root, resolution, seed, ...) -> MISplits
+    [project.entry-points."midre.priors"]
+    pca = "my_pkg.prior:PCAPrior"                      # a midre.priors.PriorKind subclass (name = "pca")
 
 The entry-point name is the name users type.  Each registry (:class:`midre.registry.Registry` with a
 ``group``) loads its group once, on first use, after its built-ins are registered; a plugin then
@@ -31,7 +33,8 @@ from typing import Any, Callable
 from .registry import set_plugin_hooks
 
 GROUPS = {"midre.defenses": "midre.defenses", "midre.attacks": "midre.attacks",
-          "midre.models": "midre.models", "midre.datasets": "midre.data"}   # group -> package of built-ins
+          "midre.models": "midre.models", "midre.datasets": "midre.data",
+          "midre.priors": "midre.priors"}   # group -> package of built-ins
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _problems: list[str] = []
 _loaded: list[tuple[str, str, str]] = []
@@ -159,17 +162,27 @@ def _check_defense(obj: Any, key: str) -> dict:
 
 def _check_attack(obj: Any, key: str) -> dict:
     from .attacks.base import ACCESS_LEVELS, Attack
-    from .priors import PRIOR_KINDS
+    from .priors import PRIORS
 
     if not (inspect.isclass(obj) and issubclass(obj, Attack)):
         raise PluginError(f"expected a midre.attacks.Attack subclass, got {getattr(obj, '__name__', type(obj).__name__)}")
     _named_class(obj, key, "Attack")
     if obj.access not in ACCESS_LEVELS:
         raise PluginError(f"access '{obj.access}' is not one of {', '.join(ACCESS_LEVELS)}")
-    bad = [k for k in obj.prior_kinds if k not in PRIOR_KINDS]
+    bad = [k for k in obj.prior_kinds if k not in PRIORS]
     if bad:
-        raise PluginError(f"prior kind '{bad[0]}' is not one of {', '.join(PRIOR_KINDS)}")
+        raise PluginError(f"prior kind '{bad[0]}' is not one of {', '.join(PRIORS)}")
     return {"access": obj.access, "prior": "+".join(obj.prior_kinds) or "none"}
+
+
+def _check_prior(obj: Any, key: str) -> dict:
+    from .priors import PriorKind
+
+    if not (inspect.isclass(obj) and issubclass(obj, PriorKind)):
+        raise PluginError(f"expected a midre.priors.PriorKind subclass, got "
+                          f"{getattr(obj, '__name__', type(obj).__name__)}")
+    _named_class(obj, key, "PriorKind")
+    return {"needs_target": bool(obj.needs_target)}
 
 
 def _check_model(obj: Any, key: str) -> dict:
@@ -186,7 +199,7 @@ def _check_dataset(obj: Any, key: str) -> dict:
 
 _CHECKS: dict[str, Callable[[Any, str], dict]] = {
     "midre.defenses": _check_defense, "midre.attacks": _check_attack,
-    "midre.models": _check_model, "midre.datasets": _check_dataset,
+    "midre.models": _check_model, "midre.datasets": _check_dataset, "midre.priors": _check_prior,
 }
 
 

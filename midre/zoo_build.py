@@ -18,6 +18,7 @@ from typing import Any, Optional, Sequence
 import yaml
 
 from .errors import ConfigError, did_you_mean
+from .priors import get_prior
 from .zoo import PACKAGE_ZOO, add_entry, zoo_dir
 
 ZOO_YAML = PACKAGE_ZOO / "zoo.yaml"
@@ -28,11 +29,16 @@ def zoo_configs() -> list[str]:
     return [str(c) for c in data.get("configs") or []]
 
 
-def entry_name(config_name: str, stage: str) -> str:
+def entry_name(config_name: str, stage: str, prior_units: Optional[dict[str, tuple]] = None) -> str:
+    """The zoo entry a stage of a config makes; a prior stage's is named by its kind (``prior_units``: the
+    plan's prior stage -> (kind, target or None))."""
     if stage.startswith("backbones/"):
         return f"{config_name}-backbone-{stage.split('/', 1)[1]}"
     if stage == "eval":
         return f"{config_name}-eval"
+    if stage in (prior_units or {}):
+        kind, target = prior_units[stage]
+        return get_prior(kind).zoo_entry(config_name, target)
     return f"{config_name}-prior-{stage.split('/', 1)[1]}"
 
 
@@ -112,7 +118,7 @@ def build(names: Sequence[str] = (), configs: Optional[Sequence[str]] = None, ro
         cfg, ctx = _pipeline(c, work_root, False, device)
         cname = cfg.name
         for stage in instrument_names(ctx):
-            plan[entry_name(cname, stage)] = (c, stage)
+            plan[entry_name(cname, stage, ctx.plan.prior_units)] = (c, stage)
     for n in names:
         if n not in plan:
             raise ConfigError(f"unknown zoo entry '{n}'{did_you_mean(n, plan)}; the zoo configs make: {', '.join(plan)}")
@@ -130,7 +136,7 @@ def build(names: Sequence[str] = (), configs: Optional[Sequence[str]] = None, ro
             build_instrument(ctx, order)
         for stage in stages:
             stage_dir = work / stage
-            name = entry_name(cname, stage)
+            name = entry_name(cname, stage, ctx.plan.prior_units)
             add_entry(name, kind=stage.split("/")[0].rstrip("s"), stage=stage, key=ctx.keys[stage],
                       fingerprint=data_fingerprint(stage_data(ctx, stage)),
                       summary=data_summary(stage_data(ctx, stage)), src=stage_dir,

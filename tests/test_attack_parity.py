@@ -440,7 +440,7 @@ def test_brepmi_guards_stop_a_target_that_labels_everything_y():
 
 # ------------------------------------------------------------------------------ KedMI's GAN losses
 def test_kedmi_gan_losses_follow_the_release(nets):
-    from midre.priors import _kedmi_discriminator_loss, _kedmi_generator_loss
+    from midre.priors.kedmi import kedmi_discriminator_loss, kedmi_generator_loss
 
     g = _gen(4)
     real, unl, fake = (torch.rand(6, 3, RES, RES, generator=g) for _ in range(3))
@@ -456,11 +456,11 @@ def test_kedmi_gan_losses_follow_the_release(nets):
 
     lab = -(soft * F.log_softmax(k_logits(real), 1)).sum() / 6
     unlab = 0.5 * (F.softplus(lse(unl)).mean() - lse(unl).mean() + F.softplus(lse(fake)).mean())
-    assert torch.allclose(_kedmi_discriminator_loss(Dk, real, soft, unl, fake), lab + unlab, atol=1e-6)
+    assert torch.allclose(kedmi_discriminator_loss(Dk, real, soft, unl, fake), lab + unlab, atol=1e-6)
     mom = (Dk.features(fake).mean(0) - Dk.features(real).mean(0)).abs().mean()
     p = F.softmax(k_logits(fake), 1)
     h = -(p * F.log_softmax(k_logits(fake), 1)).sum()
-    assert torch.allclose(_kedmi_generator_loss(Dk, fake, real), mom + 1e-4 * h, atol=1e-6)
+    assert torch.allclose(kedmi_generator_loss(Dk, fake, real), mom + 1e-4 * h, atol=1e-6)
 
 
 # ============================================================================== high-resolution / black-box

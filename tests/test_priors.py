@@ -94,7 +94,7 @@ def test_cache_second_call_loads(data, tmp_path, monkeypatch):
     splits, _ = data
     p1 = train_prior("gan", splits.public, out_dir=tmp_path, config=TINY, preset="quick", seed=0, device="cpu")
     assert (tmp_path / f"gan-{p1.meta['key']}" / "prior.json").exists()
-    monkeypatch.setattr(P, "_gan_loop", lambda *a, **k: (_ for _ in ()).throw(AssertionError("retrained")))
+    monkeypatch.setattr(P.AdversarialPrior, "loop", lambda *a, **k: (_ for _ in ()).throw(AssertionError("retrained")))
     p2 = train_prior("gan", splits.public, out_dir=tmp_path, config=TINY, preset="quick", seed=0, device="cpu")
     for a, b in zip(p1.generator.state_dict().values(), p2.generator.state_dict().values()):
         assert torch.equal(a, b)
@@ -189,13 +189,13 @@ def test_priors_only_ever_see_public_data(data, tmp_path, monkeypatch):
 
     splits, target = data
     seen = []
-    orig = P._Data.__init__
+    orig = P.PublicImages.__init__
 
     def spy(self, public_set, device, hflip):
         seen.append(data_fingerprint(public_set))
         orig(self, public_set, device, hflip)
 
-    monkeypatch.setattr(P._Data, "__init__", spy)
+    monkeypatch.setattr(P.PublicImages, "__init__", spy)
 
     class _Attack:
         prior_kinds = ("gan", "kedmi", "cgan", "lomma")

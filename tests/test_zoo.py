@@ -137,6 +137,7 @@ def test_images_rendered_on_another_machine_still_use_the_zoo(zoo, tmp_path, mon
     import shutil
 
     import midre.priors
+    import midre.priors.base
     from midre.pipeline import run_pipeline
     from midre.zoo import load_manifest
 
@@ -144,7 +145,9 @@ def test_images_rendered_on_another_machine_still_use_the_zoo(zoo, tmp_path, mon
     other = tmp_path / "other"
     shutil.copytree(root, other)
     exact = midre.priors.data_fingerprint
-    monkeypatch.setattr(midre.priors, "data_fingerprint", lambda d: exact(d)[::-1])    # "another CPU"
+    other_cpu = lambda d: exact(d)[::-1]                                               # noqa: E731
+    monkeypatch.setattr(midre.priors, "data_fingerprint", other_cpu)           # "another CPU": the zoo lookup
+    monkeypatch.setattr(midre.priors.base, "data_fingerprint", other_cpu)      # and the prior cache's key
     monkeypatch.setenv("MIDRE_ZOO_DIR", str(other))
     man = load_manifest(other)
     run_pipeline(copy.deepcopy(TOY), tmp_path / "run", progress=False, stop_after="attacks")

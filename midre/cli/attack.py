@@ -67,11 +67,11 @@ def is_attack_output(out: Path) -> bool:
 def is_prior_cache(folder: Path) -> bool:
     """A prior cache: a finished prior (``<kind>-<key>/prior.json``) in it, or only ``<kind>-<key>/`` folders
     (a prior whose training was killed before it finished)."""
-    from ..priors import PRIOR_KINDS
+    from ..priors import PRIORS
 
     subs = [p for p in folder.iterdir() if not p.name.startswith(".")]
     return any((p / "prior.json").is_file() for p in subs) or all(
-        p.is_dir() and p.name.split("-", 1)[0] in PRIOR_KINDS and "-" in p.name for p in subs)
+        p.is_dir() and p.name.rsplit("-", 1)[0] in PRIORS and "-" in p.name for p in subs)
 
 
 def check_outputs(args: argparse.Namespace) -> None:
@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     from ..checkpoint import read_meta
     from ..loading import load_model
     from ..errors import ArgumentError, CheckpointError, DataError, MidreError
-    from ..priors import assert_public_only
+    from ..priors import assert_public_only, get_prior
     from ..utils import parse_id_ranges, resolve_device
 
     progress = not args.no_progress
@@ -129,8 +129,9 @@ def run(args: argparse.Namespace) -> int:
     eraser = adaptive_eraser_from_meta(tmeta) if args.adaptive else None
     target, tmeta = load_model(args.target, device=device)
 
-    # ---- public data (never the private split); a converted StyleGAN2 (stylegan2.path) needs none
-    if set(attack.prior_kinds) == {"stylegan2"} and prior_cfgs.get("stylegan2", {}).get("path"):
+    # ---- public data (never the private split); priors that train nothing (a converted StyleGAN2) need none
+    kinds = attack.prior_kinds
+    if kinds and all(not get_prior(k).uses_public_data(prior_cfgs.get(k, {})) for k in kinds):
         return _attack(args, attack, target, tmeta, ids, eraser, None, "none (converted generator)", prior_cfgs,
                        device, progress)
     splits = None

@@ -99,8 +99,10 @@ def holdout_split(public: Any, share: float, seed: int) -> tuple[Any, Any]:
 
 
 def priors_need_no_public(cfg: RunConfig, units: dict) -> bool:
-    """True when every prior of the run is a StyleGAN2 given by ``path`` (nothing trained on public data)."""
-    return all(kind == "stylegan2" and cfg.priors.params.get("stylegan2", {}).get("path") for kind, _ in units.values())
+    """True when no prior of the run trains on public data (e.g. a StyleGAN2 given by ``path``)."""
+    from ..priors import get_prior
+
+    return all(not get_prior(kind).uses_public_data(cfg.priors.params.get(kind, {})) for kind, _ in units.values())
 
 
 def pretraining_pool(splits: Any, dataset: str, options: dict, bname: str) -> Any:

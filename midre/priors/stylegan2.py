@@ -1,6 +1,7 @@
 """The ``stylegan2`` prior: a StyleGAN2 generator for PPA, IF-GMI, MIRROR and RLB-MI.
 
-Two ways to get one (both through :func:`midre.priors.train_prior`, kind ``"stylegan2"``):
+Two ways to get one (both through :func:`midre.priors.train_prior`, kind ``"stylegan2"``; the kind is
+:class:`StyleGAN2Prior`, registered in :data:`midre.priors.PRIORS`):
 
 * ``path=DIR``: a generator converted from official weights with ``midre convert stylegan2`` is loaded
   as it is (nothing is trained; the paper's setups use FFHQ / AFHQ-Dog weights this way).
@@ -22,12 +23,13 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from .errors import ArgumentError, DataError, TrainingDivergedError, did_you_mean
-from .gan_state import GanResume
-from .models.stylegan2 import Discriminator, Generator, load_generator
-from .utils import config_hash, make_progress
+from ..errors import ArgumentError, DataError, TrainingDivergedError
+from ..gan_state import GanResume
+from ..models.stylegan2 import Discriminator, Generator, load_generator
+from ..utils import config_hash, make_progress
+from .base import Prior, PriorKind, register_prior
 
 
 class StyleGAN2PriorConfig(BaseModel):
@@ -59,28 +61,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     "quick": {"iterations": 300, "batch_size": 16, "lr": 0.01, "z_dim": 64, "w_dim": 64, "mapping_layers": 2,
               "channel_base": 512, "channel_max": 32, "r1_gamma": 0.05, "ema_kimg": 1.0, "ckpt_every": 50},
 }
-
-
-def stylegan2_config(preset: str, config: Any = None) -> StyleGAN2PriorConfig:
-    """Preset + overrides -> validated config (one-line ArgumentError on a bad key or value)."""
-    if preset not in PRESETS:
-        raise ArgumentError(f"unknown prior preset '{preset}'{did_you_mean(preset, PRESETS)}; choose one of: "
-                            f"{', '.join(sorted(PRESETS))}")
-    over = config.model_dump(exclude_unset=True) if isinstance(config, BaseModel) else dict(config or {})
-    allowed = list(StyleGAN2PriorConfig.model_fields)
-    for k in over:
-        if k not in allowed:
-            raise ArgumentError(f"stylegan2 prior config has no key '{k}'{did_you_mean(k, allowed)}; "
-                                f"keys: {', '.join(allowed)}")
-    try:
-        cfg = StyleGAN2PriorConfig(**{**PRESETS[preset], **over})
-    except ValidationError as e:
-        err = e.errors()[0]
-        raise ArgumentError(f"stylegan2 prior config '{'.'.join(str(p) for p in err['loc'])}': {err['msg']}") from None
-    if preset == "paper" and not cfg.path:
-        raise ArgumentError("the paper preset attacks with official StyleGAN2 weights, which are not given: run "
-                            "`midre convert stylegan2 ffhq.pkl --out DIR` and set priors.params.stylegan2.path=DIR")
-    return cfg
 
 
 def generator_kwargs(cfg: StyleGAN2PriorConfig, resolution: int, channels: int) -> dict:
@@ -146,10 +126,11 @@ def _step(G: Generator, D: Discriminator, optG: Any, optD: Any, real: torch.Tens
 
 def train_stylegan2(cfg: StyleGAN2PriorConfig, data: Any, root: Path, gen: torch.Generator, progress: bool,
                     until: Optional[int]) -> tuple[Generator, Discriminator, dict]:
-    """Train on ``data`` (midre.priors._Data of PUBLIC images) -> (EMA generator, discriminator, metadata).
+    """Train on ``data`` (:class:`midre.priors.data.PublicImages`, PUBLIC images) -> (EMA generator,
+    discriminator, metadata).
 
     Resume state (G, D, G_ema, both optimisers, the RNG) is written to ``root`` every ``ckpt_every``
-    iterations by midre.priors' resume helper; a second call continues from it.
+    iterations by the priors' resume helper (midre.gan_state); a second call continues from it.
     """
     dev = data.device
     res, ch = int(data.images.shape[-1]), int(data.images.shape[1])
@@ -182,3 +163,48 @@ def train_stylegan2(cfg: StyleGAN2PriorConfig, data: Any, root: Path, gen: torch
                 resume.save(it + 1, mods, opts, gen)
     extra = {"final_losses": last, "iterations_done": max(stop, start), "trained": True}
     return G_ema.eval(), D.eval(), extra
+
+
+@register_prior
+class StyleGAN2Prior(PriorKind):
+    """A StyleGAN2 generator: converted official weights (path) or trained on public images; shared."""
+
+    name = "stylegan2"
+    needs_target = False
+    quality_gate = False          # its sample quality is recorded in prior.json, not gated (as before the registry)
+    config_model = StyleGAN2PriorConfig
+    presets = PRESETS
+
+    def config(self, preset: str = "paper", overrides: Any = None) -> StyleGAN2PriorConfig:
+        cfg = super().config(preset, overrides)
+        if preset == "paper" and not cfg.path:
+            raise ArgumentError("the paper preset attacks with official StyleGAN2 weights, which are not given: run "
+                                "`midre convert stylegan2 ffhq.pkl --out DIR` and set priors.params.stylegan2.path=DIR")
+        return cfg
+
+    def check_run(self, params: Any, attack: Optional[str], real_data: bool) -> Optional[str]:
+        """On real data, StyleGAN attacks (PPA, IF-GMI, MIRROR) need a converted generator: say so in one line."""
+        path = (params or {}).get("path")
+        if attack is not None and not path and real_data:
+            return (f"attack '{attack}' needs StyleGAN2 weights: convert the official pickle with "
+                    "`midre convert stylegan2 ffhq.pkl --out DIR` and pass `--set priors.params.stylegan2.path=DIR`")
+        if path and not Path(str(path)).expanduser().exists():
+            return (f"'priors.params.stylegan2.path' '{path}' does not exist; give the directory written by "
+                    "`midre convert stylegan2`")
+        return None
+
+    def uses_public_data(self, params: Any) -> bool:
+        return not (params or {}).get("path")
+
+    def pretrained(self, cfg: Any) -> Optional[Prior]:
+        if not cfg.path:
+            return None
+        G, meta = load_converted(cfg)
+        return Prior(self.name, G, meta=meta)
+
+    def train(self, cfg: Any, data: Any, target: Optional[nn.Module], root: Path, gen: torch.Generator,
+              progress: bool, until: Optional[int], meta: dict[str, Any]) -> tuple[Prior, dict[str, Any], bool]:
+        G, D, extra = train_stylegan2(cfg, data, root, gen, progress, until)
+        meta["generator"] = {"class": "StyleGAN2Generator", "config": G.init_kwargs}
+        meta["discriminator"] = {"class": "StyleGAN2Discriminator", "config": D.init_kwargs}
+        return Prior(self.name, G, D), extra, extra["iterations_done"] >= cfg.iterations
