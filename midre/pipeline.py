@@ -489,6 +489,8 @@ class _Pipeline:
         eraser = None
         if a.adaptive:
             eraser = _adaptive_eraser(tmeta)
+            if hasattr(eraser, "bind"):      # Trap-MID: the trapdoor-aware attacker's signatures
+                eraser.bind(target, self.prior_public)
         from .attacks.highres import resolve_preset
 
         preset = resolve_preset(a.name, a.preset, self.cfg.dataset.name)   # plain 'paper': the dataset's preset
