@@ -323,3 +323,41 @@ def test_attacks_without_a_trapdoor_aware_form_run_unchanged():
 
     assert build_attack("plgmi").trapdoor_aware and not Attack.trapdoor_aware
     assert not build_attack("gmi").trapdoor_aware
+
+
+# ----------------------------------------------------------------------------------- end to end
+TINY_TRAPMID_RUN = """
+name: tiny-trapmid
+seed: 0
+device: cpu
+dataset: {name: synthetic, resolution: 16, options: {num_private: 4, num_public: 4, images_per_id: 4}}
+eval_model: {arch: tinycnn, train: {epochs: 1, batch_size: 8}}
+defaults: {arch: tinycnn, train: {epochs: 1, batch_size: 8}}
+targets:
+  - {name: nodef, defense: nodef}
+  - {name: trapmid, defense: {name: trapmid, beta: 0.5}}
+  - {name: midre-trapmid, defense: midre+trapmid}
+attacks:
+  - {name: plgmi, preset: quick, params: {iterations: 2}, identities: "0-1", repeats: 1, adaptive: true}
+priors: {preset: quick, params: {cgan: {iterations: 2, batch_size: 8}}}
+metrics: {fid: none, n_boot: 10}
+report: {enabled: false}
+"""
+
+
+def test_midre_run_with_trapmid_targets_end_to_end(tmp_path, capsys):
+    from midre.cli import main
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(TINY_TRAPMID_RUN)
+    assert main(["run", str(cfg), "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    run = tmp_path / "run"
+    for name in ("trapmid", "midre-trapmid"):
+        meta = json.loads((run / "targets" / name / "model.json").read_text())
+        assert 0.0 <= meta["defense_report"]["trapdoor_acc"] <= 100.0
+        rec = json.loads((run / "attacks" / name / "plgmi-adaptive" / "reconstructions.json").read_text())
+        assert rec["adaptive"] and rec["adaptive_eraser"].startswith("trapdoor_adversary(")
+    stages = json.loads((run / "run.json").read_text())["stages"]
+    assert "trapdoor_acc" in json.dumps(stages["targets/trapmid"])     # the pipeline's record of the target
+    nodef = json.loads((run / "attacks" / "nodef" / "plgmi-adaptive" / "reconstructions.json").read_text())
+    assert not nodef["adaptive"]                                       # NoDef: nothing to adapt to, a plain attack
