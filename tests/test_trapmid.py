@@ -365,3 +365,18 @@ def test_midre_run_with_trapmid_targets_end_to_end(tmp_path, capsys):
     assert "trapdoor_acc" in json.dumps(stages["targets/trapmid"])     # the pipeline's record of the target
     nodef = json.loads((run / "attacks" / "nodef" / "plgmi-adaptive" / "reconstructions.json").read_text())
     assert not nodef["adaptive"]                                       # NoDef: nothing to adapt to, a plain attack
+
+
+def test_midre_attack_adaptive_against_a_trapmid_target(tmp_path, capsys):
+    from midre.cli import main
+
+    data = ["--dataset", "synthetic", "--resolution", "16", "--data-option", "num_private=4",
+            "--data-option", "num_public=4", "--data-option", "images_per_id=4"]
+    assert main(["train", *data, "--arch", "tinycnn", "--epochs", "1", "--batch-size", "8", "--defense", "trapmid",
+                 "--no-progress", "--out", str(tmp_path / "t")]) == 0
+    assert "trapdoor_acc" in capsys.readouterr().out                   # the summary line
+    assert main(["attack", "--target", str(tmp_path / "t"), "--attack", "plgmi", "--preset", "quick",
+                 "--param", "iterations=2", "--prior-param", "cgan.iterations=2", "--prior-param", "cgan.batch_size=8",
+                 "--identities", "0-1", "--adaptive", "--no-progress", "--out", str(tmp_path / "a")]) == 0
+    rec = json.loads((tmp_path / "a" / "reconstructions.json").read_text())
+    assert rec["adaptive"] and rec["adaptive_eraser"].startswith("trapdoor_adversary(")
