@@ -3,8 +3,10 @@ students all go through :func:`train_classifier`; defenses plug in through the h
 :class:`midre.defenses.base.Defense` and never fork it.
 
 Per batch: x, y, idx -> device -> random horizontal flip -> ``defense.transform_batch`` (MIDRE's eraser,
-batched, on the device; Trap-MID's trigger step and triggered copies) -> forward (AMP on GPU) -> ``defense.task_loss`` or cross-entropy
-+ ``defense.regularizer`` -> backward -> gradient clipping (after backward) -> optimizer step.
+batched, on the device; Trap-MID's trigger step and triggered copies) -> forward (AMP on GPU)
+-> ``defense.task_loss`` or cross-entropy + ``defense.regularizer`` -> backward -> gradient clipping
+(after backward) -> optimizer step.  A defense's own state (``defense.state_dict``) is checkpointed with
+the optimizer's.
 
 Every epoch ends with natural accuracy on the test split and an atomic checkpoint
 (``model.safetensors`` + ``model.json`` + ``train_state.pt``).  Calling again with the same ``out_dir``
