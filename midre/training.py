@@ -3,8 +3,10 @@ students all go through :func:`train_classifier`; defenses plug in through the h
 :class:`midre.defenses.base.Defense` and never fork it.
 
 Per batch: x, y, idx -> device -> random horizontal flip -> ``defense.transform_batch`` (MIDRE's eraser,
-batched, on the device) -> forward (AMP on GPU) -> ``defense.task_loss`` or cross-entropy
-+ ``defense.regularizer`` -> backward -> gradient clipping (after backward) -> optimizer step.
+batched, on the device; Trap-MID's trigger step and triggered copies) -> forward (AMP on GPU)
+-> ``defense.task_loss`` or cross-entropy + ``defense.regularizer`` -> backward -> gradient clipping
+(after backward) -> optimizer step.  A defense's own state (``defense.state_dict``) is checkpointed with
+the optimizer's.
 
 Every epoch ends with natural accuracy on the test split and an atomic checkpoint
 (``model.safetensors`` + ``model.json`` + ``train_state.pt``).  Calling again with the same ``out_dir``
@@ -264,6 +266,7 @@ def _resume(s: _Loop) -> tuple[int, list[dict[str, Any]]]:
             f"'{out}' holds a training run with other settings (epochs/defense); use a new --out or delete it")
     unwrap(s.model).load_state_dict(weights, strict=True)
     _load_optimizer_state(s.opt, s.sched, st)
+    s.defense.load_state_dict({k[len("defense/"):]: v for k, v in st.items() if k.startswith("defense/")})
     start_epoch = int(st["epoch"].item())
     history = json.loads((out / "history.json").read_text()) if (out / "history.json").exists() else []
     return start_epoch, history[:start_epoch]
@@ -362,7 +365,7 @@ def _checkpoint_epoch(s: _Loop, m: dict, epoch: int, history: list) -> None:
     if s.ddp.size > 1:
         m["world_size"] = s.ddp.size   # provenance: trained data-parallel (last session's size)
     if s.ddp.is_main:
-        _save_epoch(s.out, s.model, m, s.opt, s.sched, epoch, history)
+        _save_epoch(s.out, s.model, m, s.opt, s.sched, epoch, history, s.defense.state_dict())
     s.ddp.after_checkpoint(epoch)
 
 
@@ -490,7 +493,8 @@ def _forward_features(model: nn.Module, x: torch.Tensor):
     return logits, feats.get("f")
 
 
-def _save_epoch(out: Path, model: nn.Module, meta: dict, opt, sched, epoch: int, history: list) -> None:
+def _save_epoch(out: Path, model: nn.Module, meta: dict, opt, sched, epoch: int, history: list,
+                defense_state: Optional[dict[str, torch.Tensor]] = None) -> None:
     import json
 
     from .utils import atomic_write_text
@@ -498,6 +502,8 @@ def _save_epoch(out: Path, model: nn.Module, meta: dict, opt, sched, epoch: int,
     state: dict[str, torch.Tensor] = {"epoch": torch.tensor(epoch)}
     for k, v in _flatten_optimizer(opt.state_dict()).items():
         state[f"opt/{k}"] = v
+    for k, v in (defense_state or {}).items():    # e.g. Trap-MID's discriminator: exact resume
+        state[f"defense/{k}"] = v.detach().cpu()
     if sched is not None:
         state["sched/last_epoch"] = torch.tensor(sched.last_epoch)
     # order: training state, weights, history, then the JSON (its presence marks a complete epoch)

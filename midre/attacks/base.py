@@ -32,7 +32,10 @@ Life cycle of :meth:`Attack.run` (the hooks let later attacks plug in without fo
 * MIRROR / RLB-MI (black-box): ``access = "black-box"`` and ``invert`` only calls the oracle (genetic
   search / RL policy over the latent space); the query count lands in ``meta["queries"]``.
 * Adaptive attack (MIDRE paper D.5): when ``adaptive_eraser`` is given, every attack applies it to its
-  candidate images before each target evaluation (:meth:`Attack.to_target`).
+  candidate images before each target evaluation (:meth:`Attack.to_target`).  Against a Trap-MID target
+  it is a :class:`~midre.defenses.trapmid.TrapdoorAdversary`: attacks with a trapdoor-aware form
+  (``trapdoor_aware``: PLG-MI, giving the Trap-MID paper's PLG-MI++) add its ``signature_loss``; the
+  others keep only its eraser (``midre+trapmid``), or run unchanged.
 
 ``invert`` appends the batch's objective value per iteration through ``log(value)``; the mean curve
 over batches is kept in ``meta["loss_curve"]`` (the paper's Fig. D.7 compares these curves).
@@ -378,6 +381,7 @@ class Attack:
     # the literature's ranking at equal budget (higher = stronger); `midre audit` runs the strongest that fit
     # its access level; None: unranked (listed after the ranked ones)
     strength: Optional[int] = None
+    trapdoor_aware: bool = False       # adds a TrapdoorAdversary's signature loss when adaptive (PLG-MI++)
     defaults: dict[str, Any] = {}
     presets: dict[str, dict[str, Any]] = {}
     chunk: ChunkContext = ChunkContext()     # the chunk being attacked (set by run)
@@ -468,6 +472,8 @@ class Attack:
         target = target.to(dev)
         for p in priors.values():
             p.to(dev)
+        if hasattr(adaptive_eraser, "signature_loss") and not self.trapdoor_aware:
+            adaptive_eraser = adaptive_eraser.eraser   # Trap-MID: no trapdoor-aware form, keep its eraser only
         if isinstance(adaptive_eraser, nn.Module):
             adaptive_eraser = adaptive_eraser.to(dev)
         bs = int(self.params.get("batch_size", len(ids_all)))
@@ -601,17 +607,25 @@ def build_attack(name: str, preset: str = "paper", **params: Any) -> Attack:
 
 
 # ============================================================================ shared losses
-def adaptive_eraser_from_meta(meta: Mapping[str, Any]) -> nn.Module:
-    """The batched eraser of the target's own defense (paper D.5), built from its checkpoint metadata."""
+def adaptive_eraser_from_meta(meta: Mapping[str, Any], target: Optional[nn.Module] = None,
+                              public: Any = None) -> nn.Module:
+    """The batched eraser of the target's own defense (paper D.5), built from its checkpoint metadata; for a
+    Trap-MID target the trapdoor-aware attacker's knowledge (bound to ``target`` and ``public`` images
+    when given, else later with its ``bind``)."""
+    from ..defenses import build_defense
     from ..defenses.midre import eraser_for
 
     spec = meta.get("defense") if isinstance(meta, Mapping) else meta
+    if any(m.name == "trapmid" for m in build_defense(spec).members()):
+        from ..defenses.trapmid import trapdoor_adversary
+
+        return trapdoor_adversary(spec, target, public)
     try:
         return eraser_for(spec, batched=True)
     except ArgumentError:
         name = spec.get("name") if isinstance(spec, Mapping) else spec
         raise ArgumentError(f"the target's defense '{name or 'nodef'}' does not erase images, so --adaptive has "
-                            "nothing to apply; use --adaptive only against MIDRE / erasing targets") from None
+                            "nothing to apply; use --adaptive only against MIDRE / erasing / Trap-MID targets") from None
 
 
 def register_attack(cls: type) -> type:

@@ -8,6 +8,10 @@ rotation 5 degrees; per-sample parameters, differentiable)::
     min_z  sum_{v=1,2} [ max_{c != y} T(A_v(G(z, y)))_c - T(A_v(G(z, y)))_y ]
 
 Defaults (protocols.md): z dim 128, Adam lr 0.1, 600 iterations, 2 views.
+
+Adaptive against a Trap-MID target (``trapdoor_aware``): the Trap-MID paper's PLG-MI++ latent search adds,
+per view, the signature loss of :class:`~midre.defenses.trapmid.TrapdoorAdversary`,
+``- 10 cos(g(v), S_aux[y]) + 10 cos(g(v), S_trap[yhat])`` on the target's penultimate features ``g``.
 """
 from __future__ import annotations
 
@@ -50,6 +54,7 @@ class PLGMI(Attack):
     name = "plgmi"
     strength = 100
     access = "white-box"
+    trapdoor_aware = True
     prior_kinds = ("cgan",)
     defaults = {"iterations": 600, "lr": 0.1, "views": 2, "batch_size": 60, "crop_scale_min": 0.8,
                 "jitter": 0.2, "rotation": 5.0}
@@ -64,12 +69,18 @@ class PLGMI(Attack):
         p = self.params
         z = state["z"].clone().requires_grad_(True)
         opt = torch.optim.Adam([z], lr=p["lr"])
+        signature_loss = getattr(eraser, "signature_loss", None)    # PLG-MI++ against a Trap-MID target
         for _ in range(p["iterations"]):
             x = G(z, ids)
             loss = 0.0
             for _v in range(max(1, p["views"])):
-                v = random_views(x, gen, (p["crop_scale_min"], 1.0), p["jitter"], p["rotation"])
-                loss = loss + max_margin_loss(access(self.to_target(v, eraser)), ids).mean()
+                v = self.to_target(random_views(x, gen, (p["crop_scale_min"], 1.0), p["jitter"], p["rotation"]),
+                                   eraser)
+                if signature_loss is None:
+                    loss = loss + max_margin_loss(access(v), ids).mean()
+                else:
+                    logits, feats = access.forward_features(v)
+                    loss = loss + max_margin_loss(logits, ids).mean() + signature_loss(feats, logits, ids)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -34,7 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="prior hyper-parameter override, e.g. gan.iterations=500 or stylegan2.path=DIR (a "
                         "generator converted with `midre convert stylegan2`) (repeatable)")
     p.add_argument("--adaptive", action="store_true",
-                   help="adaptive attack: apply the target defense's own eraser to candidates at every step")
+                   help="adaptive attack: apply the target defense's own eraser to candidates at every step; "
+                        "against a Trap-MID target, plgmi becomes PLG-MI++ (trapdoor-signature loss)")
     p.add_argument("--prior-dir", default=None, help="prior cache directory (default: OUT/../priors)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
@@ -166,6 +167,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _attack(args, attack, target, tmeta, ids, eraser, public, source, prior_cfgs, device, progress) -> int:
+    from ..errors import ArgumentError
     from ..priors import prepare_priors
     from ..utils import RunLock
 
@@ -177,6 +179,10 @@ def _attack(args, attack, target, tmeta, ids, eraser, public, source, prior_cfgs
           f"-> {prior_dir}",
           file=sys.stderr)
     from ..tblog import session
+    if hasattr(eraser, "bind"):      # Trap-MID target: the trapdoor-aware attacker's signatures
+        if public is None:
+            raise ArgumentError("the trapdoor-aware attack needs public images for its auxiliary signatures")
+        eraser.bind(target, public)
     with RunLock(out), session(args.tensorboard, base=out.parent):
         priors = prepare_priors(attack, public, target, out_dir=prior_dir, preset=args.preset, seed=args.seed,
                                 progress=progress, device=device, configs=prior_cfgs)

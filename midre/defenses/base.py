@@ -14,11 +14,17 @@ transform_batch(x,y,i) on every training batch, on the device, after flips (MIDR
 task_loss(logits, y)  replaces cross-entropy when not None (NLS).
 regularizer(ctx)      added to the loss when not None (MID's KL, BiDO's HSIC terms).
 wrap_training(m,o,l)  may wrap model / optimizer / loader (DP-SGD through Opacus).
-report()              extra facts for the checkpoint metadata and the results (epsilon of DP).
+report()              extra facts for the checkpoint metadata and the results (epsilon of DP,
+                      Trap-MID's trapdoor accuracy), after every epoch and at the end.
+state_dict()          tensors the defense needs to resume exactly (Trap-MID's discriminator and its
+load_state_dict(s)    optimizer), kept in ``train_state.pt`` beside the optimizer's.
 ====================  ==========================================================================
 
 Defenses compose (``Compose([MIDRE(...), NLS(...)])``): transforms chain, regularizers add, and at
-most one member may replace the task loss.
+most one member may replace the task loss.  A member that appends images to the batch
+(``expands_batch``: Trap-MID's triggered copies) runs after the other transforms, and a member that
+mixes the task loss over parts of the batch (``mixes_task_loss``) is handed the task loss in force
+(cross-entropy, or NLS's) as ``base_loss``.  ``incompatible`` names members it cannot be combined with.
 """
 from __future__ import annotations
 
@@ -68,6 +74,9 @@ class Defense:
 
     name: str = "nodef"
     needs_features: bool = False   # regularizer wants penultimate features in StepContext
+    expands_batch: bool = False    # transform_batch appends images: run after the other members' transforms
+    mixes_task_loss: bool = False  # task_loss weighs parts of the batch with ``base_loss`` (the loss in force)
+    incompatible: tuple[str, ...] = ()   # names of defenses this one cannot be combined with
 
     def params(self) -> dict[str, Any]:
         """Hyper-parameters, JSON-able; ``build_defense({'name': d.name, **d.params()})`` rebuilds it."""
@@ -100,6 +109,13 @@ class Defense:
 
     def report(self) -> dict[str, Any]:
         return {}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Tensors to resume this defense exactly (saved with the optimizer's state every epoch)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        return None
 
     def members(self) -> list["Defense"]:
         return [self]
@@ -139,9 +155,16 @@ class Compose(Defense):
         for d in defenses:
             flat.extend(d.members())
         flat = [d for d in flat if d.name != "nodef"]
-        owners = [d.name for d in flat if type(d).task_loss is not Defense.task_loss]
+        flat = [d for d in flat if not d.expands_batch] + [d for d in flat if d.expands_batch]
+        _check_combination(flat)
+        owners = [d for d in flat if type(d).task_loss is not Defense.task_loss and not d.mixes_task_loss]
         if len(owners) > 1:
-            raise ConfigError(f"defenses {owners} each replace the task loss and cannot be combined; keep one of them")
+            raise ConfigError(f"defenses {[d.name for d in owners]} each replace the task loss and cannot be "
+                              "combined; keep one of them")
+        mixers = [d for d in flat if d.mixes_task_loss]
+        for m in mixers:
+            m.base_loss = owners[0].task_loss if owners else None
+        self._loss_order = mixers + [d for d in flat if not d.mixes_task_loss]
         self.defenses = flat
         self.name = "+".join(d.name for d in flat) or "nodef"
         self.needs_features = any(d.needs_features for d in flat)
@@ -179,7 +202,7 @@ class Compose(Defense):
         return x, y
 
     def task_loss(self, logits, y):
-        for d in self.defenses:
+        for d in self._loss_order:
             out = d.task_loss(logits, y)
             if out is not None:
                 return out
@@ -203,6 +226,25 @@ class Compose(Defense):
         for d in self.defenses:
             out.update(d.report())
         return out
+
+    def state_dict(self):
+        return {f"{i}.{k}": v for i, d in enumerate(self.defenses) for k, v in d.state_dict().items()}
+
+    def load_state_dict(self, state):
+        for i, d in enumerate(self.defenses):
+            d.load_state_dict({k[len(f"{i}."):]: v for k, v in state.items() if k.startswith(f"{i}.")})
+
+
+def _check_combination(flat: Sequence[Defense]) -> None:
+    """One line when two members cannot work together (the same batch-expanding defense twice, or a pair
+    one of them declares ``incompatible``)."""
+    if sum(d.expands_batch for d in flat) > 1:
+        names = [d.name for d in flat if d.expands_batch]
+        raise ConfigError(f"defenses {names} each append images to the batch; keep one of them")
+    for d in flat:
+        clash = [o.name for o in flat if o is not d and o.name in d.incompatible]
+        if clash:
+            raise ConfigError(f"defense '{d.name}' cannot be combined with '{clash[0]}'; train them separately")
 
 
 DEFENSES: Registry[Callable[..., Defense]] = Registry("defense", group="midre.defenses")

@@ -78,6 +78,8 @@ def create_model(name: str, num_classes: int, resolution: int = 64, weights: Opt
         raise ArgumentError(f"num_classes must be an integer >= 2, got {num_classes!r}")
     model = MODELS.get(name)(num_classes=num_classes, resolution=resolution, **kwargs)
     model.arch = name.lower()
+    # the image size it was built for (Trap-MID sizes its triggers by it)
+    model.resolution = int(resolution) if resolution is not None else None
     if weights is not None:
         from .weights import load_pretrained
 

@@ -44,6 +44,8 @@ def run_attack(ctx: RunContext, a: AttackSection, t: TargetSection) -> dict:
     units = ctx.plan.attack_priors[(a.key, t.name)]
     priors = {kind: build_prior(ctx, pname, load_only=True) for kind, pname in units.items()}
     eraser = adaptive_eraser(tmeta) if a.adaptive else None
+    if hasattr(eraser, "bind"):      # Trap-MID: the trapdoor-aware attacker's signatures
+        eraser.bind(target, ctx.data.prior_public)
     preset = resolve_preset(a.name, a.preset, ctx.cfg.dataset.name)   # plain 'paper': the dataset's preset
     attack = build_attack(a.name, **({"preset": preset} if preset else {}), **a.params)
     if attack.params.get("target_resolution") == 0:      # StyleGAN attacks: images at the target's size
