@@ -28,8 +28,9 @@ import re
 import sys
 import tokenize
 import typing
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:          # document this checkout's midre, not another installed copy
@@ -88,7 +89,8 @@ def _options(parser: argparse.ArgumentParser) -> list[str]:
     lines: list[str] = []
     for group in parser._action_groups:
         rows = [a for a in group._group_actions
-                if not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction)) and a.help != argparse.SUPPRESS]
+                if not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction))
+                and a.help != argparse.SUPPRESS]
         if not rows:
             continue
         lines += ["", f"**{_md(group.title or 'arguments')}**", "", "| argument | what it does |", "|---|---|"]
@@ -192,7 +194,8 @@ def _constraints(field: Any) -> str:
         for attr, word in words.items():
             value = getattr(meta, attr, None)
             if value is not None:
-                out.append(f"{word} {value}" if "length" not in attr else f"{word} {value} {'entry' if value == 1 else 'entries'}")
+                unit = "" if "length" not in attr else (" entry" if value == 1 else " entries")
+                out.append(f"{word} {value}{unit}")
     return ", ".join(out)
 
 
