@@ -42,8 +42,9 @@ CONFIG_PAGE = "reference/config.md"
 API_DIR = "reference/api"
 API_INDEX = f"{API_DIR}/index.md"
 # the public modules documented from their docstrings (a package: with each public submodule)
-API_MODULES = ["erasing", "data", "models", "defenses", "attacks", "training", "stopping", "metrics", "gates",
-               "analysis", "config", "rules", "checkpoint", "loading", "plugins", "errors"]
+API_MODULES = ["erasing", "data", "models", "defenses", "attacks", "priors", "training", "stopping", "metrics",
+               "gates", "results", "engine", "stages", "pipeline", "audit", "analysis", "config", "rules",
+               "checkpoint", "loading", "plugins", "errors"]
 # site page -> the repository file it shows
 INCLUDED = {"index.md": "README.md", "results.md": "RESULTS.md", "benchmarks.md": "BENCHMARKS.md"}
 
