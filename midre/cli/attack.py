@@ -129,9 +129,14 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     eraser = adaptive_eraser_from_meta(tmeta) if args.adaptive else None
     target, tmeta = load_model(args.target, device=device)
+    attack.check_target(target)       # e.g. DeepInversion refuses a target without BatchNorm, before any write
 
-    # ---- public data (never the private split); priors that train nothing (a converted StyleGAN2) need none
+    # ---- public data (never the private split); priors that train nothing (a converted StyleGAN2) need none,
+    # nor does an attack without a prior (DeepInversion) unless a trapdoor-aware eraser needs the images
     kinds = attack.prior_kinds
+    if not kinds and not hasattr(eraser, "bind"):
+        return _attack(args, attack, target, tmeta, ids, eraser, None, "none (no prior)", prior_cfgs, device,
+                       progress)
     if kinds and all(not get_prior(k).uses_public_data(prior_cfgs.get(k, {})) for k in kinds):
         return _attack(args, attack, target, tmeta, ids, eraser, None, "none (converted generator)", prior_cfgs,
                        device, progress)
@@ -175,8 +180,8 @@ def _attack(args, attack, target, tmeta, ids, eraser, public, source, prior_cfgs
     prior_dir = Path(args.prior_dir) if args.prior_dir else out.parent / "priors"
     print(f"attack {attack.name} ({attack.access}, preset {args.preset}) on {tmeta['arch']} "
           f"[{tmeta.get('defense', {}).get('name', 'nodef')}] | {len(ids)} identities x {args.repeats} repeats | "
-          f"priors {', '.join(attack.prior_kinds)} from {source} ({len(public) if public is not None else 0} images) "
-          f"-> {prior_dir}",
+          f"priors {', '.join(attack.prior_kinds) or 'none'} from {source} "
+          f"({len(public) if public is not None else 0} images) -> {prior_dir}",
           file=sys.stderr)
     from ..tblog import session
     if hasattr(eraser, "bind"):      # Trap-MID target: the trapdoor-aware attacker's signatures
