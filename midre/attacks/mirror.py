@@ -25,6 +25,10 @@ Defaults: the original's 100,000 pool, population 1,000, 100 generations, mutati
 repeats 5).  Deviations from the released code (see docs/highres-attacks.md): the crossover weight uses
 probabilities (the original divides log-probabilities, which favours the WORSE parent), and the
 mutation noise is drawn per child (the original shares one noise vector per generation).
+
+The generator call (:func:`mirror_view`: truncation at generation, the synthesis clamped to [0, 1] as the
+release's generator wrapper does, then crop and resize) and the p-space box (:func:`p_space_bounds`) are
+shared with MIRROR's white-box form, :mod:`midre.attacks.mirror_wb`.
 """
 from __future__ import annotations
 
