@@ -5,7 +5,7 @@ import argparse
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from .common import parse_kv
 
@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     from ..checkpoint import read_meta
     from ..loading import load_model
     from ..errors import ArgumentError, CheckpointError, DataError, MidreError
-    from ..priors import assert_public_only, get_prior
+    from ..priors import assert_public_only
     from ..utils import parse_id_ranges, resolve_device
 
     progress = not args.no_progress
@@ -131,15 +131,10 @@ def run(args: argparse.Namespace) -> int:
     target, tmeta = load_model(args.target, device=device)
     attack.check_target(target)       # e.g. DeepInversion refuses a target without BatchNorm, before any write
 
-    # ---- public data (never the private split); priors that train nothing (a converted StyleGAN2) need none,
-    # nor does an attack without a prior (DeepInversion) unless a trapdoor-aware eraser needs the images
-    kinds = attack.prior_kinds
-    if not kinds and not hasattr(eraser, "bind"):
-        return _attack(args, attack, target, tmeta, ids, eraser, None, "none (no prior)", prior_cfgs, device,
-                       progress)
-    if kinds and all(not get_prior(k).uses_public_data(prior_cfgs.get(k, {})) for k in kinds):
-        return _attack(args, attack, target, tmeta, ids, eraser, None, "none (converted generator)", prior_cfgs,
-                       device, progress)
+    # ---- public data (never the private split), unless the attack needs none
+    source = _no_public_data(attack, eraser, prior_cfgs)
+    if source is not None:
+        return _attack(args, attack, target, tmeta, ids, eraser, None, source, prior_cfgs, device, progress)
     splits = None
     try:
         splits = _load_target_dataset(tmeta)
@@ -169,6 +164,20 @@ def run(args: argparse.Namespace) -> int:
         assert_public_only(public, splits.private_train, splits.private_test)
 
     return _attack(args, attack, target, tmeta, ids, eraser, public, source, prior_cfgs, device, progress)
+
+
+def _no_public_data(attack: Any, eraser: Any, prior_cfgs: dict[str, dict[str, Any]]) -> Optional[str]:
+    """The source label when the attack needs no public images, else None: an attack without a prior
+    (DeepInversion), unless a trapdoor-aware eraser needs the images; priors that train nothing (a
+    converted StyleGAN2)."""
+    from ..priors import get_prior
+
+    kinds = attack.prior_kinds
+    if not kinds:
+        return None if hasattr(eraser, "bind") else "none (no prior)"
+    if all(not get_prior(k).uses_public_data(prior_cfgs.get(k, {})) for k in kinds):
+        return "none (converted generator)"
+    return None
 
 
 def _attack(args, attack, target, tmeta, ids, eraser, public, source, prior_cfgs, device, progress) -> int:
