@@ -13,7 +13,9 @@ brepmi         label-only   gan           Kahla et al. 2022
 ppa            white-box    stylegan2     Struppek et al. 2022
 ifgmi          white-box    stylegan2     Qiu et al. 2024
 mirror         black-box    stylegan2     An et al. 2022
+mirror_wb      white-box    stylegan2     An et al. 2022 (white-box form)
 rlbmi          black-box    gan           Han et al. 2023
+deepinversion  white-box    (none)        Yin et al. 2020
 =============  ===========  ============  ==========================================
 """
 from .base import (ACCESS_LEVELS, ATTACKS, AccessError, Attack, ChunkContext, QueryOracle,  # noqa: F401
@@ -30,3 +32,6 @@ from .ppa import PPA  # noqa: F401,E402
 from .ifgmi import IFGMI  # noqa: F401,E402
 from .mirror import MIRROR  # noqa: F401,E402
 from .rlbmi import RLBMI  # noqa: F401,E402
+from . import deepinversion, mirror_wb  # noqa: F401,E402  (issue 24)
+from .deepinversion import DeepInversion  # noqa: F401,E402
+from .mirror_wb import MirrorWB  # noqa: F401,E402
