@@ -250,17 +250,17 @@ def test_reconstructions_roundtrip_and_corruption(setup, tmp_path):
 
 # ------------------------------------------------------------------------------ CLI
 def test_cli_attack_end_to_end_uses_public_split_only(setup, tmp_path, monkeypatch, capsys):
-    from midre import priors as priors_mod
     from midre.cli import main
+    from midre.priors.data import PublicImages
 
     seen = []
-    orig = priors_mod._Data.__init__
+    orig = PublicImages.__init__
 
     def spy(self, public_set, device, hflip):
         seen.append(public_set.to_tensors().images.clone())
         orig(self, public_set, device, hflip)
 
-    monkeypatch.setattr(priors_mod._Data, "__init__", spy)
+    monkeypatch.setattr(PublicImages, "__init__", spy)
     out = tmp_path / "atk"
     rc = main(["attack", "--target", str(setup["ckpt"]), "--attack", "gmi", "--identities", "0-2", "--repeats", "2",
                "--out", str(out), "--preset", "quick", "--param", "iterations=3", "--prior-param",
