@@ -41,8 +41,15 @@ import torch.nn as nn
 
 from .errors import ArgumentError, CheckpointError, DataError, RunDirError
 from .models.base import IMAGENET_MEAN, IMAGENET_STD
-from .utils import (atomic_write_json, atomic_write_text, config_hash, derive_seed, parse_id_ranges, resolve_device,
-                    seed_everything)
+from .utils import (
+    atomic_write_json,
+    atomic_write_text,
+    config_hash,
+    derive_seed,
+    parse_id_ranges,
+    resolve_device,
+    seed_everything,
+)
 
 ACCESS_LEVELS = ("white-box", "black-box", "label-only")
 _RANK = {"label-only": 0, "black-box": 1, "white-box": 2}

@@ -33,15 +33,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-
 from . import tblog
+from .analysis.frontier import write_frontier
+from .analysis.paired import write_paired
 from .config import RunConfig, dump_yaml, load_config
 from .distributed import world
 from .engine import run_stages
 from .errors import ConfigError
 from .plan import RunPlan
-from .results import COLUMNS, STUDY_EXTRA_COLUMNS, aggregate_rows, as_float, write_results_table
-from .rundir import RunState, StageConsole, now, peak_rss_mib, prepare_dir, remove_stale_temps
+from .report import write_report
+from .results import (
+    COLUMNS,
+    STUDY_EXTRA_COLUMNS,
+    aggregate_rows,
+    as_float,
+    write_results_table,
+)
+from .rules import record_rule
+from .rundir import (
+    RunState,
+    StageConsole,
+    now,
+    peak_rss_mib,
+    prepare_dir,
+    remove_stale_temps,
+)
 from .stages import RunContext, pipeline_stages
 from .stages.data import load_data
 from .stages.models import train_backbone, train_eval, train_target
@@ -100,8 +116,6 @@ def run_pipeline(config: Any, out_dir: str | os.PathLike, resume: bool = True, p
         return _train_worker(cfg, run_dir, ddp)
     with RunLock(run_dir), logs:
         if rule is not None:
-            from .rules import record_rule
-
             record_rule(run_dir, Path(rule), cfg.name)
         try:
             remove_stale_temps(run_dir)
@@ -221,17 +235,11 @@ def _study_analyses(cfg: RunConfig, run_dir: Path, console: StageConsole, has_ro
     """Paired differences and the frontier (when the study has defenses and a NoDef curve), then the report."""
     plan = RunPlan(cfg)
     if has_rows and len(cfg.targets) > 1 and cfg.attacks and plan.defense_references():
-        from .analysis.paired import write_paired
-
         console.print(f"paired differences -> {write_paired(run_dir)}")
         if plan.curve_targets:   # a NoDef curve: the privacy-utility frontier too
-            from .analysis.frontier import write_frontier
-
             console.print(f"privacy-utility frontier -> {write_frontier(run_dir)}")
     if not cfg.report.enabled:
         return None
-    from .report import write_report
-
     _md, html = write_report(run_dir, max_identities=cfg.report.max_identities,
                              title=cfg.report.title or f"midre study: {cfg.name} ({len(cfg.run_seeds())} seeds)")
     return Path(html)

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import shutil
 
+from ..attacks import build_attack
+from ..attacks.base import Reconstructions, adaptive_eraser_from_meta
+from ..attacks.highres import resolve_preset
 from ..config import AttackSection, TargetSection
 from ..engine import Stage
 from ..errors import MidreError
+from ..metrics import evaluate_reconstructions
 from ..utils import atomic_write_json, derive_seed, seed_everything
 from .context import RunContext
 from .priors import build_prior
@@ -18,7 +22,8 @@ def attack_stages(ctx: RunContext) -> list[Stage]:
         for t in ctx.cfg.attack_targets(a):
             priors = tuple(ctx.plan.attack_priors[(a.key, t.name)].values())
             out.append(Stage(f"attacks/{t.name}/{a.key}", lambda a=a, t=t: run_attack(ctx, a, t),
-                             lambda a=a, t=t: _attack_label(ctx, a, t), key=ctx.keys[f"attacks/{t.name}/{a.key}"], needs=(f"targets/{t.name}", *priors)))
+                             lambda a=a, t=t: _attack_label(ctx, a, t), key=ctx.keys[f"attacks/{t.name}/{a.key}"],
+                             needs=(f"targets/{t.name}", *priors)))
     return out
 
 
@@ -36,9 +41,6 @@ def metric_stages(ctx: RunContext) -> list[Stage]:
 
 
 def run_attack(ctx: RunContext, a: AttackSection, t: TargetSection) -> dict:
-    from ..attacks import build_attack
-    from ..attacks.highres import resolve_preset
-
     tdir = ctx.run_dir / "targets" / t.name
     target, tmeta = ctx.load(tdir)
     units = ctx.plan.attack_priors[(a.key, t.name)]
@@ -66,9 +68,6 @@ def run_attack(ctx: RunContext, a: AttackSection, t: TargetSection) -> dict:
 
 
 def evaluate_attack(ctx: RunContext, a: AttackSection, t: TargetSection) -> dict:
-    from ..attacks.base import Reconstructions
-    from ..metrics import evaluate_reconstructions
-
     adir = ctx.run_dir / "attacks" / t.name / a.key
     rec = Reconstructions.load(adir)
     target = ctx.load(ctx.run_dir / "targets" / t.name)[0]
@@ -86,7 +85,6 @@ def evaluate_attack(ctx: RunContext, a: AttackSection, t: TargetSection) -> dict
 
 def adaptive_eraser(tmeta: dict):
     """The target's own eraser (paper D.5); None when its defense erases nothing (then: a normal attack)."""
-    from ..attacks.base import adaptive_eraser_from_meta
 
     try:
         return adaptive_eraser_from_meta(tmeta)

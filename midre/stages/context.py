@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..config import RunConfig, TargetSection
+from ..loading import load_model
 from ..plan import RunPlan
 from ..rundir import RunState, StageConsole
 from ..utils import resolve_device
@@ -64,7 +65,6 @@ class RunContext:
 
     def load(self, path: Path) -> tuple[Any, dict]:
         """A model of this run (target, evaluation model) on the run's device, with its metadata."""
-        from ..loading import load_model
 
         return load_model(path, device=self.device)
 

@@ -8,8 +8,12 @@ from typing import Any
 import torch
 
 from ..config import AttackSection, RunConfig
+from ..data import base, load_dataset
+from ..data.base import TensorImageSet, in_memory
 from ..engine import Stage
 from ..errors import ConfigError, DataError, MidreError
+from ..priors import assert_public_only as check_public_only
+from ..priors import get_prior
 from ..rundir import peak_rss_mib
 from ..utils import derive_seed, parse_id_ranges, seed_everything
 from .context import RunContext, RunData
@@ -23,8 +27,6 @@ def data_stage(ctx: RunContext) -> Stage:
 
 def load_data(ctx: RunContext) -> None:
     """Load the splits into ``ctx.data`` and record the data stage in run.json."""
-    from ..data import load_dataset
-    from ..data.base import in_memory
 
     cfg, d = ctx.cfg, ctx.cfg.dataset
     t0, c0 = time.perf_counter(), time.process_time()
@@ -77,11 +79,10 @@ def identities(a: AttackSection, num_classes: int, where: str) -> list[int]:
 
 def assert_public_only(ctx: RunContext) -> None:
     """Refuse (DataError, one line) when the public set shares any image with the private splits."""
-    from ..priors import assert_public_only as check
 
     data = ctx.data
     try:
-        check(data.public_set, data.train_set, data.test_set)
+        check_public_only(data.public_set, data.train_set, data.test_set)
     except DataError as e:
         n = str(e).split(" shares ", 1)[-1].split(" with", 1)[0]
         raise DataError(f"dataset '{ctx.cfg.dataset.name}': the public set shares {n} with the private "
@@ -100,14 +101,12 @@ def holdout_split(public: Any, share: float, seed: int) -> tuple[Any, Any]:
 
 def priors_need_no_public(cfg: RunConfig, units: dict) -> bool:
     """True when no prior of the run trains on public data (e.g. a StyleGAN2 given by ``path``)."""
-    from ..priors import get_prior
 
     return all(not get_prior(kind).uses_public_data(cfg.priors.params.get(kind, {})) for kind, _ in units.values())
 
 
 def pretraining_pool(splits: Any, dataset: str, options: dict, bname: str) -> Any:
     """The dataset family's pretraining pool (midre.data.load_pretraining), or a ``pretrain`` split."""
-    from ..data import base
 
     if getattr(splits, "pretrain", None) is not None:
         return splits.pretrain
@@ -121,7 +120,6 @@ def pretraining_pool(splits: Any, dataset: str, options: dict, bname: str) -> An
 
 def pool_sets(splits: Any, dataset: str, pool: str, options: dict, bname: str, seed: int) -> tuple[Any, Any, int]:
     """(train, test, classes) of a backbone's pretraining pool, labels relabelled 0..K-1, 10 % held out."""
-    from ..data.base import TensorImageSet, in_memory
 
     src = pretraining_pool(splits, dataset, options, bname) if pool == "pretrain" else splits.public
     if src is None or len(src) == 0:

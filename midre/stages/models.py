@@ -6,9 +6,15 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from .. import zoo
 from ..config import TargetSection
+from ..defenses import build_defense
 from ..distributed import world
 from ..engine import Stage
+from ..models import create_model
+from ..priors import data_fingerprint, data_summary
+from ..stopping import budget_of, early_stop_of
+from ..training import train_classifier
 from ..utils import derive_seed, seed_everything
 from .context import RunContext
 from .data import pool_sets
@@ -24,7 +30,8 @@ def model_stages(ctx: RunContext, targets: bool = True) -> list[Stage]:
                      needs=("data", *_init_needs(ctx.plan.eval_train))))
     if targets:
         out += [Stage(f"targets/{t.name}", lambda t=t: train_target(ctx, t),
-                      f"target {t.name} ({cfg.target_arch(t)}, defense {defense_label(t)})", key=keys[f"targets/{t.name}"],
+                      f"target {t.name} ({cfg.target_arch(t)}, defense {defense_label(t)})",
+                      key=keys[f"targets/{t.name}"],
                       needs=("data", *_init_needs(ctx.plan.train_cfgs[t.name]), *_reference_needs(t)))
                 for t in ctx.targets]
     return out
@@ -63,9 +70,6 @@ def backbone_pool(ctx: RunContext, bname: str) -> tuple[Any, Any, int]:
 
 
 def train_backbone(ctx: RunContext, bname: str) -> dict:
-    from ..models import create_model
-    from ..training import train_classifier
-
     b = ctx.cfg.backbones[bname]
     out = ctx.run_dir / "backbones" / bname
     train, test, k = backbone_pool(ctx, bname)
@@ -95,17 +99,13 @@ def train_eval(ctx: RunContext) -> dict:
 
 
 def train_target(ctx: RunContext, t: TargetSection) -> dict:
-    from ..defenses import build_defense
-
     defense = build_defense(json.loads(json.dumps(ctx.plan.def_specs[t.name])))
     arch = ctx.cfg.target_arch(t)
     train = ctx.plan.train_cfgs[t.name]
     if t.epochs_from:     # the paper's rule: the converged reference's kept epochs and LR drops
-        from ..stopping import budget_of
 
         train = budget_of(train, ctx.run_dir / "targets" / t.epochs_from / "model.json")
     if t.stop_early:      # a NoDef curve point: the reference's training stopped at a share of its accuracy
-        from ..stopping import early_stop_of
 
         train = early_stop_of(train, ctx.run_dir / "targets" / t.stop_early.of / "model.json",
                               t.stop_early.val_fraction)
@@ -117,9 +117,6 @@ def train_target(ctx: RunContext, t: TargetSection) -> dict:
 
 def _train(ctx: RunContext, out: Path, arch: str, kwargs: dict, defense: Any, train: dict, seed_key: str,
            meta: dict, description: str, public: Any = None) -> dict:
-    from ..models import create_model
-    from ..training import train_classifier
-
     world().send((ctx.cfg.seed, meta.get("role"), meta.get("target")))   # ranks > 0 train it too
     seed = derive_seed(ctx.plan.eval_seed if seed_key == "eval" else ctx.cfg.seed, seed_key)
     seed_everything(seed)
@@ -143,8 +140,6 @@ def from_zoo(ctx: RunContext, stage: str, dest: Path, data: Any,
     The same images rendered on another machine may differ from the build's by float rounding: the entry
     then matches by its data summary, and a prior's cache directory (``prior_dir()``, named after the data
     fingerprint) is installed under this machine's name so that the attacks find it."""
-    from .. import zoo
-    from ..priors import data_fingerprint, data_summary
 
     if not ctx.use_zoo or data is None:   # no data (a converted generator): nothing the zoo could match
         return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .. import priors as P
 from ..engine import Stage
 from ..utils import seed_everything
 from .context import RunContext
@@ -31,7 +32,6 @@ def prior_options(ctx: RunContext, kind: str) -> dict:
 def build_prior(ctx: RunContext, pname: str, load_only: bool = False) -> Any:
     """Train the prior ``pname`` (or, ``load_only``, load the one already trained): the loaded prior, the zoo
     entry's record when installed from the zoo, else None."""
-    from .. import priors as P
 
     kind, tname = ctx.plan.prior_units[pname]
     assert_public_only(ctx)          # every prior the pipeline trains or loads

@@ -7,9 +7,14 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from ..analysis import features as F
+from ..checkpoint import read_meta
 from ..config import RunConfig
 from ..engine import Stage
+from ..gates import check_gates, prior_quality_of_run
+from ..metrics import tradeoff
 from ..plan import RunPlan
+from ..report import write_report
 from ..results import COLUMNS, ResultRow, as_float, defense_name, write_results_table
 from ..rundir import now
 from ..utils import atomic_write_json, config_hash, derive_seed, seed_everything
@@ -32,8 +37,6 @@ def report_stages(ctx: RunContext) -> list[Stage]:
 def result_rows(ctx: RunContext) -> list[ResultRow]:
     """One row per target x attack (per target when the run has no attack), with the trade-off Δ against
     each target's reference NoDef."""
-    from ..checkpoint import read_meta
-    from ..metrics import tradeoff
 
     cfg, plan = ctx.cfg, ctx.plan
     metas = {t.name: read_meta(ctx.run_dir / "targets" / t.name) for t in ctx.targets}
@@ -50,7 +53,8 @@ def result_rows(ctx: RunContext) -> list[ResultRow]:
                 t.name, defense_name(spec), a.key if a is not None else "", metrics.get(t.name, {}),
                 defense_params=json.dumps({k: v for k, v in spec.items() if k != "name"}, sort_keys=True),
                 acc=as_float(meta.get("test_acc")), epsilon=as_float(rep.get("epsilon")), seed=cfg.seed,
-                repeats=a.repeats if a is not None else "", identities=len(ctx.data.ids[a.key]) if a is not None else "",
+                repeats=a.repeats if a is not None else "",
+                identities=len(ctx.data.ids[a.key]) if a is not None else "",
                 dp_delta=rep.get("delta"), reference=nodef if nodef != t.name else "")
             if a is not None and nodef is not None and t.name != nodef and nodef in metrics:
                 row.delta = tradeoff(as_float(metas[nodef].get("test_acc")), row.acc,
@@ -61,7 +65,6 @@ def result_rows(ctx: RunContext) -> list[ResultRow]:
 
 def write_results(ctx: RunContext) -> list[dict[str, Any]]:
     """RUN/results.csv, RUN/results.json and RUN/gates.json; the rows (as dicts) are kept in ``ctx.cache``."""
-    from ..checkpoint import read_meta
 
     cfg = ctx.cfg
     rows = [r.as_dict() for r in result_rows(ctx)]
@@ -82,7 +85,6 @@ def write_gates(run_dir: Path, cfg: RunConfig, rows: Sequence[dict[str, Any]], e
     """Check the instrument on NoDef (midre.gates) and write RUN/gates.json; None when gates are disabled."""
     if not cfg.gates.enabled:
         return None
-    from ..gates import check_gates, prior_quality_of_run
 
     curve = set(RunPlan(cfg).curve_targets)   # the NoDef curve's points are not the reference: not gated
     res = check_gates([r for r in rows if str(r.get("target")) not in curve], eval_acc, cfg.gates,
@@ -92,8 +94,6 @@ def write_gates(run_dir: Path, cfg: RunConfig, rows: Sequence[dict[str, Any]], e
 
 
 def feature_analysis(ctx: RunContext) -> None:
-    from ..analysis import features as F
-
     t0 = time.perf_counter()
     seed_everything(derive_seed(ctx.cfg.seed, "features"))
     F.feature_analysis(ctx.run_dir, splits=ctx.data.splits, seed=derive_seed(ctx.cfg.seed, "features"))
@@ -103,8 +103,6 @@ def feature_analysis(ctx: RunContext) -> None:
 
 
 def write_run_report(ctx: RunContext) -> Path:
-    from ..report import write_report
-
     t0 = time.perf_counter()
     cfg = ctx.cfg
     _md, html = write_report(ctx.run_dir, max_identities=cfg.report.max_identities, splits=ctx.data.splits,
