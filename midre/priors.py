@@ -14,6 +14,9 @@ kind        what it is (used by)
             its soft labels) + p_reg, the mean target penultimate feature of public images (LOMMA)
 ==========  ==========================================================================================
 
+``tacgan``: LOKT's target-conditioned ACGAN trained with the target's hard labels only (counted queries)
+and surrogate models trained on its samples; one per target; see midre/priors_tacgan.py.
+
 ``stylegan2``: a StyleGAN2 generator for PPA, IF-GMI, MIRROR and RLB-MI: converted official weights
 (``path``) or a small one trained on public images; see midre/priors_stylegan2.py.
 
@@ -54,7 +57,7 @@ from .losses import max_margin_loss
 from .utils import (atomic_path, atomic_write_json, config_hash, frozen, make_progress, model_fingerprint,
                     resolve_device)
 
-PRIOR_KINDS = ("gan", "kedmi", "cgan", "lomma", "stylegan2")
+PRIOR_KINDS = ("gan", "kedmi", "cgan", "lomma", "stylegan2", "tacgan")
 TARGET_FREE_KINDS = ("gan", "stylegan2")       # shared by all targets (trained without the target)
 PRIOR_FORMAT = "midre-prior"
 
@@ -110,6 +113,10 @@ def prior_config(kind: str, preset: str = "paper", config: Any = None) -> PriorC
         from .priors_stylegan2 import stylegan2_config
 
         return stylegan2_config(preset, config)
+    if kind == "tacgan":
+        from .priors_tacgan import tacgan_config
+
+        return tacgan_config(preset, config)
     if preset not in PRESETS:
         raise ArgumentError(f"unknown prior preset '{preset}'{did_you_mean(preset, PRESETS)}; choose one of: "
                             f"{', '.join(sorted(PRESETS))}")
@@ -543,6 +550,15 @@ def _train_kind(kind: str, cfg: PriorConfig, data: _Data, target: Optional[nn.Mo
         meta["generator"] = {"class": "StyleGAN2Generator", "config": G.init_kwargs}
         meta["discriminator"] = {"class": "StyleGAN2Discriminator", "config": D.init_kwargs}
         return Prior(kind, G, D), extra, extra["iterations_done"] >= cfg.iterations
+    if kind == "tacgan":
+        from .priors_tacgan import train_tacgan
+
+        G, D, models, extra = train_tacgan(cfg, data.images, target, root, gen, progress, until)
+        meta["generator"] = {"class": type(G).__name__, "config": G.config}
+        meta["discriminator"] = {"class": type(D).__name__, "config": D.config}
+        meta["aug_models"] = [{"arch": m.arch, "num_classes": m.num_classes, "resolution": meta["resolution"],
+                               "kwargs": dict(cfg.surrogate_kwargs)} for m in models]
+        return Prior(kind, G, D, aug_models=models), extra, not extra["incomplete"]
     if kind in ("gan", "kedmi", "cgan"):
         G, D, extra = _gan_loop(kind, cfg, data, target, root, gen, progress, until)
         meta["generator"] = {"class": type(G).__name__, "config": G.config}
