@@ -33,7 +33,7 @@ class LOKT(Attack):
     """LOKT: PLG-MI's inversion on the surrogates of a label-only T-ACGAN prior."""
 
     name = "lokt"
-    strength = 65
+    strength = 35     # above BREP-MI (its paper), below the black-box attacks (kept conservative)
     access = "label-only"
     prior_kinds = ("tacgan",)
     defaults: dict[str, Any] = {"iterations": 600, "lr": 0.1, "views": 2, "batch_size": 60, "crop_scale_min": 0.8,
