@@ -907,3 +907,189 @@ def test_rlbmi_released_sac_update(monkeypatch):
             assert torch.allclose(x, y, atol=1e-6), k
     assert torch.allclose(ag.log_alpha, log_alpha, atol=1e-7)
     assert all(torch.equal(x, y) for x, y in zip(ag.q1.parameters(), ag.q2.parameters()))   # one Q in effect
+
+
+# ------------------------------------------------------------------------------ VMI (Wang et al. 2021)
+class HandSGDMomentum:
+    """SGD with momentum as PyTorch (and the VMI release through it) defines it: the buffer starts as the first
+    gradient, then v <- mu v + g; p <- p - lr v."""
+
+    def __init__(self, params, lr, mu=0.9):
+        self.p, self.lr, self.mu, self.v = params, lr, mu, None
+
+    def step(self, grads):
+        self.v = list(grads) if self.v is None else [self.mu * v + g for v, g in zip(self.v, grads)]
+        self.p = [(q - self.lr * v).detach() for q, v in zip(self.p, self.v)]
+        return self.p
+
+
+def ref_vmi(T, G, ids, steps, gen, samples, kl_samples, lr=1e-4, lam=1e-3):
+    """The release's 'minegan' q: z = m + eps L^T (float64, m = 0, L = I); loss = CE(T(clamp(G(z))), y)
+    + lam * (-1/2 logdet(L L^T) + 1/2 mean ||z_kl||^2), one q per identity, SGD momentum 0.9."""
+    B, d = len(ids), G.z_dim
+    m = torch.zeros(B, d, dtype=torch.float64)
+    L = torch.eye(d, dtype=torch.float64).repeat(B, 1, 1)
+    opt = HandSGDMomentum([m, L], lr)
+    for _ in range(steps):
+        eps = torch.randn(B, samples, d, generator=gen, dtype=torch.float64)
+        eps_kl = torch.randn(B, kl_samples, d, generator=gen, dtype=torch.float64)
+        m_, L_ = m.clone().requires_grad_(True), L.clone().requires_grad_(True)
+        total = 0.0
+        for b in range(B):                                  # one identity at a time, as the release
+            z = m_[b] + eps[b] @ L_[b].T
+            lsm = F.log_softmax(T(G(z.float()).clamp(0, 1)), 1)
+            ce = -lsm[:, int(ids[b])].mean()
+            zk = m_[b] + eps_kl[b] @ L_[b].T
+            kl = -0.5 * torch.logdet(L_[b] @ L_[b].T) + 0.5 * zk.pow(2).sum(1).mean()
+            total = total + ce + lam * kl
+        m, L = opt.step(torch.autograd.grad(total, [m_, L_]))
+    return m, L
+
+
+def test_vmi_parity_gaussian_elbo_with_sgd_momentum(nets):
+    S, KS = 5, 11
+    lr = 0.05                       # larger than the release's 1e-4 so that 5 steps move q measurably
+    out = _run("vmi", nets, refit_per_repeat=True, samples=S, kl_samples=KS, lr=lr)
+    m, L = ref_vmi(nets.T, nets.G, IDS, STEPS, _gen(), S, KS, lr=lr)
+    assert out["m"].dtype == torch.float64
+    assert torch.allclose(out["m"], m, atol=1e-9) and torch.allclose(out["L"], L, atol=1e-9)
+    assert out["m"].abs().max() > 1e-4 and (out["L"] - torch.eye(ZD)).abs().max() > 1e-4     # q moved
+    m0, _ = ref_vmi(nets.T, nets.G, IDS, STEPS, _gen(), S, KS, lr=lr, lam=0.0)                 # KL matters
+    assert not torch.allclose(m0, m, atol=1e-9)
+
+
+def test_vmi_kl_estimate_is_the_gaussian_kl_up_to_its_constant():
+    """-1/2 logdet C + 1/2 E||z||^2 = KL(N(m, C) || N(0, I)) + d/2 (closed form 1/2 (tr C + |m|^2 - d - logdet C))."""
+    from midre.attacks.vmi import gaussian_q_kl
+
+    g = _gen(3)
+    d = 4
+    m = torch.randn(2, d, generator=g, dtype=torch.float64)
+    L = torch.randn(2, d, d, generator=g, dtype=torch.float64) * 0.3 + torch.eye(d, dtype=torch.float64)
+    C = L @ L.transpose(1, 2)
+    exact = 0.5 * (C.diagonal(dim1=1, dim2=2).sum(1) + m.pow(2).sum(1) - d - torch.logdet(C))
+    est = gaussian_q_kl(m, L, torch.randn(2, 200000, d, generator=g, dtype=torch.float64))
+    assert torch.allclose(est, exact + d / 2, atol=0.02)
+
+
+def test_vmi_repeats_are_samples_of_one_fit_as_in_the_release(nets):
+    a = build_attack("vmi", iterations=2, samples=3, kl_samples=4)
+    rec = a.run(nets.T, [0, 3], 3, nets.priors, seed=0)
+    z = rec.latents.view(3, 2, ZD)                       # repeat-major
+    assert not torch.allclose(z[0], z[1]) and not torch.allclose(z[1], z[2])    # distinct samples
+    assert rec.meta["loss_curve"] and len(rec.meta["loss_curve"]) == 2
+
+
+# ------------------------------------------------------------------------------ LOKT (Nguyen et al. 2023)
+def test_lokt_tacgan_losses_follow_the_release():
+    """D: BCE(sigmoid(D(real)), 1) + BCE(sigmoid(D(fake)), 0) + alpha CE(D_cls(fake), y_hat); G: BCE(sigmoid(D(fake)), 1)
+    + alpha CE(D_cls(fake), y); the class terms only once they are switched on."""
+    from midre.models.tacgan import ACGANDiscriminator
+    from midre.priors.tacgan import tacgan_discriminator_loss, tacgan_generator_loss
+
+    torch.manual_seed(0)
+    D = ACGANDiscriminator(K, RES, 3, 4).eval()     # eval: spectral norm's power iteration stands still
+    real, fake = torch.rand(6, 3, RES, RES), torch.rand(6, 3, RES, RES)
+    y, y_hat = torch.tensor([0, 1, 2, 3, 0, 1]), torch.tensor([3, 3, 2, 1, 0, 0])
+    bce = nn.BCELoss()
+    s_r, _ = D(real)
+    s_f, c_f = D(fake)
+    p_r, p_f = torch.sigmoid(s_r)[:, None], torch.sigmoid(s_f)[:, None]
+    ref_d = bce(p_f, torch.zeros(6, 1)) + bce(p_r, torch.ones(6, 1)) + 1.5 * nn.CrossEntropyLoss()(c_f, y_hat)
+    ref_g = bce(p_f, torch.ones(6, 1)) + 1.5 * nn.CrossEntropyLoss()(c_f, y)
+    assert torch.allclose(tacgan_discriminator_loss(D, real, fake, y_hat, 1.5), ref_d, atol=1e-5)
+    assert torch.allclose(tacgan_generator_loss(D, fake, y, 1.5, True), ref_g, atol=1e-5)
+    assert torch.allclose(tacgan_discriminator_loss(D, real, fake, None, 1.5),
+                          bce(p_f, torch.zeros(6, 1)) + bce(p_r, torch.ones(6, 1)), atol=1e-5)
+    assert torch.allclose(tacgan_generator_loss(D, fake, y, 1.5, False), bce(p_f, torch.ones(6, 1)), atol=1e-5)
+    assert D(real)[1].shape == (6, K)
+
+
+def test_lokt_gan_iteration_queries_labels_only_after_the_unconditional_phase(nets):
+    """One G step then n_critic D steps; the target is asked for LABELS of generated images only once the
+    iteration number (1-based) exceeds uncond_iterations: n_critic x batch queries per iteration."""
+    from midre.attacks.base import QueryOracle
+    from midre.priors.tacgan import TACGANConfig, _gan_iteration
+    from midre.models.tacgan import ACGANDiscriminator
+
+    cfg = TACGANConfig(uncond_iterations=2, batch_size=5, n_critic=3, z_dim=ZD, width=4)
+    G, D = CondGenerator(K, ZD, RES, 3, 4), ACGANDiscriminator(K, RES, 3, 4)
+    optG, optD = torch.optim.Adam(G.parameters()), torch.optim.Adam(D.parameters())
+    images = (torch.rand(20, 3, RES, RES) * 255).to(torch.uint8)
+    oracle = QueryOracle(nets.T, "labels")
+    seen = []
+    orig = QueryOracle.__call__
+
+    def spy(self, x):
+        out = orig(self, x)
+        seen.append(out)
+        return out
+
+    try:
+        QueryOracle.__call__ = spy
+        for n in (1, 2):
+            _gan_iteration(n, cfg, G, D, optG, optD, images, oracle, K, _gen())
+        assert oracle.queries == 0
+        _gan_iteration(3, cfg, G, D, optG, optD, images, oracle, K, _gen())
+    finally:
+        QueryOracle.__call__ = orig
+    assert oracle.queries == 3 * 5 and len(seen) == 3
+    assert all(s.dtype == torch.long and s.dim() == 1 for s in seen)        # hard labels, nothing else
+
+
+def test_lokt_surrogate_step_is_half_clean_half_augmented_ce_with_sgd():
+    """One surrogate batch: loss 0.5 CE(S(x), y_hat) + 0.5 CE(S(A(x)), y_hat), SGD lr, momentum 0.9, wd 5e-4."""
+    from midre.priors.tacgan import TACGANConfig, _surrogate_epoch, surrogate_views
+
+    torch.manual_seed(1)
+    G = _frozen(CondGenerator(K, ZD, RES, 3, 4))
+    S = create_model("tinycnn", num_classes=K, resolution=RES)
+    S_ref = create_model("tinycnn", num_classes=K, resolution=RES)
+    S_ref.load_state_dict(S.state_dict())
+    lab = {"z": torch.randn(12, ZD), "y": torch.randint(K, (12,)), "y_hat": torch.randint(K, (12,))}
+    cfg = TACGANConfig(surrogate_batches=1, surrogate_batch_size=6, z_dim=ZD)
+    opt = torch.optim.SGD(S.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    _surrogate_epoch(S, opt, G, lab, cfg, _gen(5))
+    g = _gen(5)
+    idx = torch.randint(12, (6,), generator=g)
+    x = G(lab["z"][idx], lab["y"][idx]).detach()
+    xa = surrogate_views(x, g)
+    S_ref.train()
+    loss = 0.5 * F.cross_entropy(S_ref(x), lab["y_hat"][idx]) + 0.5 * F.cross_entropy(S_ref(xa), lab["y_hat"][idx])
+    params = [p for p in S_ref.parameters()]
+    grads = torch.autograd.grad(loss, params)
+    with torch.no_grad():
+        want = [p - 0.1 * (gr + 5e-4 * p) for p, gr in zip(params, grads)]   # first step: v = g + wd p
+    got = list(S.parameters())
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(got, want))
+    assert any(not torch.allclose(a, p) for a, p in zip(got, params))
+
+
+def test_lokt_parity_plgmi_on_the_surrogates(nets):
+    """plg_tacgan.py: Adam on z of G(z, y); per step, for every surrogate two fresh views, max-margin each,
+    summed, divided by the number of surrogates."""
+    from midre.priors import Prior
+
+    pri = {"tacgan": Prior("tacgan", nets.cG, aug_models=nets.aug)}
+    a = build_attack("lokt", iterations=STEPS)
+    g = _gen()
+    st = a.init_latents(None, IDS, pri, g)
+
+    class _Oracle:
+        queries = 0
+    a.extra_meta = {}
+    out = a.invert(_Oracle(), IDS, pri, st, g, None, lambda v: None, lambda: None)
+    g = _gen()
+    z = torch.randn(len(IDS), ZD, generator=g)
+    opt = HandAdam([z], 0.1)
+    for _ in range(STEPS):
+        zz = z.clone().requires_grad_(True)
+        x = nets.cG(zz, IDS)
+        loss = 0.0
+        for s in nets.aug:
+            loss = loss + ref_max_margin(s(random_views(x, g)), IDS) + ref_max_margin(s(random_views(x, g)), IDS)
+        loss = loss / len(nets.aug)
+        z, = opt.step(torch.autograd.grad(loss, [zz]))
+    assert torch.allclose(out["z"], z, atol=1e-5)
+    assert (out["z"] - st["z"]).abs().max() > 1e-3
+    assert a.extra_meta["queries_attack"] == 0

@@ -14,6 +14,8 @@ ppa            white-box    stylegan2     Struppek et al. 2022
 ifgmi          white-box    stylegan2     Qiu et al. 2024
 mirror         black-box    stylegan2     An et al. 2022
 rlbmi          black-box    gan           Han et al. 2023
+vmi            white-box    gan           Wang et al. 2021
+lokt           label-only   tacgan        Nguyen et al. 2023
 =============  ===========  ============  ==========================================
 """
 from .base import (ACCESS_LEVELS, ATTACKS, AccessError, Attack, ChunkContext, QueryOracle,  # noqa: F401
@@ -30,3 +32,7 @@ from .ppa import PPA  # noqa: F401,E402
 from .ifgmi import IFGMI  # noqa: F401,E402
 from .mirror import MIRROR  # noqa: F401,E402
 from .rlbmi import RLBMI  # noqa: F401,E402
+from . import vmi  # noqa: F401,E402
+from .vmi import VMI  # noqa: F401,E402
+from . import lokt  # noqa: F401,E402
+from .lokt import LOKT  # noqa: F401,E402
