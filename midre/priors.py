@@ -12,6 +12,9 @@ kind        what it is (used by)
             target's max-margin loss on generated images (PLG-MI); one per target
 ``lomma``   augmented models (other architectures distilled from the target on public data with KL to
             its soft labels) + p_reg, the mean target penultimate feature of public images (LOMMA)
+``c2fmi``   C2FMI's embedding model (trained on the public identities) + inverse model from the target's
+            prediction to the embedding logits, the target reached through a counting query oracle;
+            one per target (midre/prior_c2fmi.py)
 ==========  ==========================================================================================
 
 ``stylegan2``: a StyleGAN2 generator for PPA, IF-GMI, MIRROR and RLB-MI: converted official weights
@@ -54,7 +57,7 @@ from .losses import max_margin_loss
 from .utils import (atomic_path, atomic_write_json, config_hash, frozen, make_progress, model_fingerprint,
                     resolve_device)
 
-PRIOR_KINDS = ("gan", "kedmi", "cgan", "lomma", "stylegan2")
+PRIOR_KINDS = ("gan", "kedmi", "cgan", "lomma", "stylegan2", "c2fmi")
 TARGET_FREE_KINDS = ("gan", "stylegan2")       # shared by all targets (trained without the target)
 PRIOR_FORMAT = "midre-prior"
 
@@ -110,6 +113,10 @@ def prior_config(kind: str, preset: str = "paper", config: Any = None) -> PriorC
         from .priors_stylegan2 import stylegan2_config
 
         return stylegan2_config(preset, config)
+    if kind == "c2fmi":
+        from .prior_c2fmi import c2fmi_config
+
+        return c2fmi_config(preset, config)
     if preset not in PRESETS:
         raise ArgumentError(f"unknown prior preset '{preset}'{did_you_mean(preset, PRESETS)}; choose one of: "
                             f"{', '.join(sorted(PRESETS))}")
@@ -264,7 +271,11 @@ class Prior:
         if meta.get("discriminator"):
             prior.discriminator = load_module(
                 build_gan_module(meta["discriminator"]["class"], meta["discriminator"]["config"]), state, "D.", st)
-        if meta.get("aug_models"):
+        if kind == "c2fmi":
+            from .prior_c2fmi import load_c2fmi
+
+            prior.aug_models = load_c2fmi(meta["aug_models"], state, st)
+        elif meta.get("aug_models"):
             from .models import create_model
 
             for i, a in enumerate(meta["aug_models"]):
@@ -283,6 +294,7 @@ class _Data:
     def __init__(self, public_set: Any, device: torch.device, hflip: bool):
         ts = public_set.to_tensors()
         self.images = ts.images.to(device)
+        self.targets = ts.targets
         self.n = len(ts.images)
         self.hflip = hflip
         self.device = device
@@ -543,6 +555,14 @@ def _train_kind(kind: str, cfg: PriorConfig, data: _Data, target: Optional[nn.Mo
         meta["generator"] = {"class": "StyleGAN2Generator", "config": G.init_kwargs}
         meta["discriminator"] = {"class": "StyleGAN2Discriminator", "config": D.init_kwargs}
         return Prior(kind, G, D), extra, extra["iterations_done"] >= cfg.iterations
+    if kind == "c2fmi":
+        from .data.base import TensorImageSet
+        from .prior_c2fmi import c2fmi_meta, train_c2fmi
+
+        models, extra = train_c2fmi(cfg, TensorImageSet(data.images.cpu(), data.targets), target, root, gen,
+                                    meta["seed"], data.device, progress, until)
+        meta["aug_models"] = c2fmi_meta(*models, meta["resolution"])
+        return Prior(kind, aug_models=models), extra, not extra["incomplete"]
     if kind in ("gan", "kedmi", "cgan"):
         G, D, extra = _gan_loop(kind, cfg, data, target, root, gen, progress, until)
         meta["generator"] = {"class": type(G).__name__, "config": G.config}

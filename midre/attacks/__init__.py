@@ -14,6 +14,8 @@ ppa            white-box    stylegan2     Struppek et al. 2022
 ifgmi          white-box    stylegan2     Qiu et al. 2024
 mirror         black-box    stylegan2     An et al. 2022
 rlbmi          black-box    gan           Han et al. 2023
+c2fmi          black-box    stylegan2,    Ye et al. 2023
+                            c2fmi
 =============  ===========  ============  ==========================================
 """
 from .base import (ACCESS_LEVELS, ATTACKS, AccessError, Attack, ChunkContext, QueryOracle,  # noqa: F401
@@ -30,3 +32,5 @@ from .ppa import PPA  # noqa: F401,E402
 from .ifgmi import IFGMI  # noqa: F401,E402
 from .mirror import MIRROR  # noqa: F401,E402
 from .rlbmi import RLBMI  # noqa: F401,E402
+from . import c2fmi  # noqa: F401,E402
+from .c2fmi import C2FMI  # noqa: F401,E402
