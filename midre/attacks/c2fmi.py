@@ -57,7 +57,7 @@ class C2FMI(Attack):
     """C2FMI (black-box): embedding-guided coarse search, then differential evolution on target queries."""
 
     name = "c2fmi"
-    strength = 35       # below RLB-MI: the audit picks the two strongest, and this prior needs labelled public identities
+    strength = 35       # below RLB-MI (the audit runs the two strongest; this prior needs labelled public ids)
     access = "black-box"
     prior_kinds = ("stylegan2", "c2fmi")
     defaults: dict[str, Any] = {
