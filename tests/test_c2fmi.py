@@ -135,6 +135,7 @@ def test_blackbox_sees_only_the_oracle_and_counts_every_query_of_the_release(set
     per_identity = p["candidates"] + 2 * p["population"] * p["generations"] + p["population"]
     assert rec.meta["queries"] == 3 * 2 * per_identity == target.calls - len(rec)
     assert rec.meta["queries_coarse"] == 3 * 2 * p["candidates"]
+    assert rec.meta["queries_prior"] == len(setup["splits"].public)        # the inverse model's training
     assert rec.images.shape == (6, 3, RES, RES) and rec.latents.shape == (6, a.sg.w_dim)
     # the reconstruction is the final population's best by the release's last query
     assert torch.allclose(rec.confidence, torch.tensor(rec.meta["best_confidence"]), atol=1e-5)

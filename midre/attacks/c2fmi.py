@@ -24,7 +24,8 @@ to E's logits, midre/prior_c2fmi.py).  Per identity y, as the authors' release (
    children (P queries) and keeps a child only where it scores strictly higher;
 4. the final population is queried once more (P queries) and the best image is the reconstruction.
 
-Queries per identity: ``candidates`` + 2 P ``generations`` + P (the paper preset: 16 + 32,000 + 32).
+Queries per identity: ``candidates`` + 2 P ``generations`` + P (the paper preset: 16 + 32,000 + 32), in
+``meta["queries"]``; the prior's one query per public image is reported as ``meta["queries_prior"]``.
 ``repeats`` are independent runs.  Images reach the target and E clamped to [0, 1] and resized to each
 one's input size (``center_crop`` of the side first, 1.0 = none, as the release).  Deviations from the
 release (docs/attacks.md): the embedding model is trained on the public identities (the release uses an
@@ -104,6 +105,8 @@ class C2FMI(Attack):
         embed, mapping = prior["c2fmi"].aug_models
         self.embed, self.mapping = embed, mapping
         self.embed_res = int(getattr(embed, "input_resolution", 0) or prior["c2fmi"].meta.get("resolution") or self.res)
+        # the prior's own target queries (inverse-model training), reported beside the attack's
+        self.extra_meta["queries_prior"] = prior["c2fmi"].meta.get("target_queries")
         pool = self.sg.sample_w(p["pool"], gen, 1.0, 0, single=True)[:, 0]                  # raw w (pool, w_dim)
         hi = max(0, p["pool"] // 10 - 100)
         starts = []
