@@ -186,6 +186,10 @@ def train_c2fmi(cfg: C2FMIPriorConfig, public_set: Any, target: nn.Module, root:
     probs = query_public(oracle, images)
     feats = embed_logits(embed, images, device)
     M, extra = train_inverse(probs, feats, cfg, Path(root), gen, device, progress, until)
+    if not extra["incomplete"]:          # the embedding model's training checkpoints are not part of the prior
+        import shutil
+
+        shutil.rmtree(Path(root) / "embed", ignore_errors=True)
     extra.update({"target_queries": oracle.queries, "embed_arch": cfg.embed_arch,
                   "embed_classes": int(feats.shape[1]), "num_classes": int(probs.shape[1])})
     return [embed, M], extra

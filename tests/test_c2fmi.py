@@ -79,6 +79,7 @@ def test_prior_is_cached_and_reloads_the_same_networks(setup):
     c2 = setup["priors"]["c2fmi"]
     dirs = [d for d in (setup["root"] / "priors").iterdir() if d.name.startswith("c2fmi-")]
     assert len(dirs) == 1 and (dirs[0] / "prior.json").exists()
+    assert sorted(p.name for p in dirs[0].iterdir()) == ["prior.json", "prior.safetensors"]   # no training state
     back = load_prior(dirs[0])
     again = train_prior("c2fmi", setup["splits"].public, setup["target"], out_dir=setup["root"] / "priors",
                         preset="quick", seed=1, device="cpu", config=PRIOR_CFG)
