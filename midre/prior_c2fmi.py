@@ -23,6 +23,7 @@ after each finished epoch (weights, Adam moments, RNG), with results identical t
 """
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any, Optional
 
@@ -31,9 +32,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .attacks.base import QueryOracle
+from .data.base import TensorImageSet
 from .errors import ArgumentError, DataError, did_you_mean
 from .gan_state import GanResume, load_module
-from .utils import make_progress
+from .models import create_model
+from .training import train_classifier
+from .utils import derive_seed, make_progress
 
 
 class C2FMIPriorConfig(BaseModel):
@@ -107,21 +112,15 @@ class InverseMapping(nn.Module):
 
 
 # ================================================================================ training
-def train_embedding(public_set: Any, cfg: C2FMIPriorConfig, root: Path, seed: int, device: Any,
+def train_embedding(ts: TensorImageSet, cfg: C2FMIPriorConfig, root: Path, seed: int, device: Any,
                     progress: bool) -> nn.Module:
     """The embedding model: ``cfg.embed_arch`` trained on the public identities (THE training loop)."""
-    from .data.base import TensorImageSet
-    from .models import create_model
-    from .training import train_classifier
-    from .utils import derive_seed
-
-    ts = public_set.to_tensors()
     k = int(ts.targets.max()) + 1 if len(ts.targets) else 0
     if k < 2:
         raise DataError("the c2fmi prior trains its embedding model on the public identities, but the public set "
                         "has fewer than 2 labels; give a labelled public set (e.g. an image folder per identity)")
     model = create_model(cfg.embed_arch, num_classes=k, resolution=int(ts.images.shape[-1]))
-    train_classifier(model, TensorImageSet(ts.images.cpu(), ts.targets.cpu()), None,
+    train_classifier(model, ts, None,
                      config={"epochs": cfg.embed_epochs, "lr": cfg.embed_lr, "batch_size": cfg.embed_batch_size,
                              "schedule": "cosine", "device": str(device), "seed": derive_seed(seed, "c2fmi-embed"),
                              "amp": False},
@@ -175,20 +174,18 @@ def train_inverse(probs: torch.Tensor, feats: torch.Tensor, cfg: C2FMIPriorConfi
     return M, {"inverse_epochs_done": done, "inverse_mse": fit, "incomplete": done < cfg.epochs}
 
 
-def train_c2fmi(cfg: C2FMIPriorConfig, public_set: Any, target: nn.Module, root: Path, gen: torch.Generator,
-                seed: int, device: Any, progress: bool, until: Optional[int]) -> tuple[list[nn.Module], dict]:
-    """Both networks of the prior -> ([embedding model, inverse model], extra metadata)."""
-    from .attacks.base import QueryOracle
-
-    embed = train_embedding(public_set, cfg, Path(root), seed, device, progress).to(device)
-    images = public_set.to_tensors().images
+def train_c2fmi(cfg: C2FMIPriorConfig, images: torch.Tensor, labels: torch.Tensor, target: nn.Module, root: Path,
+                gen: torch.Generator, seed: int, device: Any, progress: bool,
+                until: Optional[int]) -> tuple[list[nn.Module], dict]:
+    """Both networks of the prior from the public uint8 ``images`` and their identity ``labels`` ->
+    ([embedding model, inverse model], extra metadata)."""
+    images = images.cpu()
+    embed = train_embedding(TensorImageSet(images, labels.cpu()), cfg, Path(root), seed, device, progress).to(device)
     oracle = QueryOracle(target, "probs")
     probs = query_public(oracle, images)
     feats = embed_logits(embed, images, device)
     M, extra = train_inverse(probs, feats, cfg, Path(root), gen, device, progress, until)
     if not extra["incomplete"]:          # the embedding model's training checkpoints are not part of the prior
-        import shutil
-
         shutil.rmtree(Path(root) / "embed", ignore_errors=True)
     extra.update({"target_queries": oracle.queries, "embed_arch": cfg.embed_arch,
                   "embed_classes": int(feats.shape[1]), "num_classes": int(probs.shape[1])})
@@ -203,8 +200,6 @@ def c2fmi_meta(embed: nn.Module, M: InverseMapping, resolution: int) -> list[dic
 
 def load_c2fmi(entries: list[dict[str, Any]], state: dict[str, torch.Tensor], where: Path) -> list[nn.Module]:
     """Rebuild [embedding model, inverse model] from a saved prior (tensors ``aug0.*`` and ``aug1.*``)."""
-    from .models import create_model
-
     e, m = entries
     embed = create_model(e["arch"], num_classes=int(e["num_classes"]), resolution=int(e["resolution"]))
     return [load_module(embed, state, "aug0.", where).eval(),

@@ -556,11 +556,10 @@ def _train_kind(kind: str, cfg: PriorConfig, data: _Data, target: Optional[nn.Mo
         meta["discriminator"] = {"class": "StyleGAN2Discriminator", "config": D.init_kwargs}
         return Prior(kind, G, D), extra, extra["iterations_done"] >= cfg.iterations
     if kind == "c2fmi":
-        from .data.base import TensorImageSet
         from .prior_c2fmi import c2fmi_meta, train_c2fmi
 
-        models, extra = train_c2fmi(cfg, TensorImageSet(data.images.cpu(), data.targets), target, root, gen,
-                                    meta["seed"], data.device, progress, until)
+        models, extra = train_c2fmi(cfg, data.images, data.targets, target, root, gen, meta["seed"], data.device,
+                                    progress, until)
         meta["aug_models"] = c2fmi_meta(*models, meta["resolution"])
         return Prior(kind, aug_models=models), extra, not extra["incomplete"]
     if kind in ("gan", "kedmi", "cgan"):
