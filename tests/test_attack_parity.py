@@ -1093,3 +1093,154 @@ def test_lokt_parity_plgmi_on_the_surrogates(nets):
     assert torch.allclose(out["z"], z, atol=1e-5)
     assert (out["z"] - st["z"]).abs().max() > 1e-3
     assert a.extra_meta["queries_attack"] == 0
+
+
+# ------------------------------------------------------------------------------ C2FMI
+# Written from the authors' release (MiLabHITSZ/2022YeC2FMI: main_attack.py, utils/DE.py's DE_c2b_5_bin2,
+# models/predict2feature.py): loops per child and per coordinate as the release has them; the random draws
+# come from one generator in midre's order (pool z, start indices, prediction noise per coarse step, three
+# distinct parents + three fresh z per added member, then per generation (P, nv, 2) pair indices and a
+# (P, d) uniform for the crossover).
+def ref_truncated_log(probs, trunc):
+    """predict2feature's input: top-``trunc`` probabilities -> log, clamp(min=-1000) + 50, shifted to be >= 0,
+    written back at their classes in a zero vector, L2-normalised."""
+    out = torch.zeros_like(probs)
+    for b in range(len(probs)):
+        order = sorted(range(probs.shape[1]), key=lambda c: -float(probs[b, c]))[:trunc]
+        vals = [max(math.log(float(probs[b, c])), -1000.0) + 50.0 for c in order]
+        lift = max(0.0, -min(vals))
+        for c, v in zip(order, vals):
+            out[b, c] = v + lift
+        out[b] /= out[b].norm().clamp_min(1e-12)
+    return out
+
+
+def test_c2fmi_inverse_model_input_is_the_releases_truncated_log():
+    from midre.priors.c2fmi import truncated_log_input
+
+    p = torch.rand(5, 7, generator=_gen(1)).pow(4).softmax(1)
+    for trunc in (1, 3, 7):
+        assert torch.allclose(truncated_log_input(p, trunc), ref_truncated_log(p, trunc), atol=1e-6)
+    one = truncated_log_input(p, 1)                            # trunc 1 (the release): the one-hot of the top class
+    assert torch.equal(one, F.one_hot(p.argmax(1), 7).float())
+    assert not torch.allclose(truncated_log_input(p, 3), F.normalize(p, dim=1), atol=1e-3)
+
+
+def _c2fmi_nets(hr):
+    from midre.priors.c2fmi import InverseMapping
+
+    torch.manual_seed(3)
+    E = _frozen(create_model("tinycnn", num_classes=5, resolution=8))        # the embedding model reads 8 px
+    M = _frozen(InverseMapping(K, 5, hidden=8, dropout=0.25, trunc=1))
+    return E, M, {**hr.priors, "c2fmi": Prior("c2fmi", aug_models=[E, M], meta={"resolution": 8})}
+
+
+def ref_c2fmi_view(G, w, res):
+    """G([w], input_is_latent=True) -> resize to the model's input -> clamp to [-1, 1] -> [0, 1]."""
+    x = G.synthesis(w[:, None].repeat(1, G.num_ws, 1), noise_mode="const")
+    x = F.interpolate(x, size=(res, res), mode="bilinear", align_corners=False, antialias=x.shape[-1] > res)
+    return x.clamp(-1, 1).add(1).div(2)
+
+
+def test_c2fmi_start_and_coarse_stage_follow_the_release(hr):
+    from midre.attacks import QueryOracle
+
+    E, M, priors = _c2fmi_nets(hr)
+    pool, B, S, steps, y = 1200, 5, 3, 4, 2
+    a = build_attack("c2fmi", pool=pool, candidates=B, select=S, coarse_steps=steps, lr_step=2, lr_gamma=0.5)
+    oracle = QueryOracle(hr.T)
+    a.extra_meta = {}
+    g = _gen(4)
+    st = a.init_latents(oracle, torch.tensor([y]), priors, g)
+    got = a.coarse(oracle, st["w"][0], y, g, None, lambda v: None)
+    # the release
+    r = _gen(4)
+    with torch.no_grad():
+        lat = hr.G.mapping(torch.randn(pool, hr.G.z_dim, generator=r), None)[:, 0]        # g_ema.style(noise)
+    j = torch.randint(0, pool // 10 - 100 + 1, (B,), generator=r)
+    w = torch.stack([lat[2 * int(i):2 * (int(i) + 1)].mean(0) for i in j]).requires_grad_(True)
+    assert torch.allclose(st["w"][0], w.detach(), atol=1e-6)
+    opt = torch.optim.Adam([w], lr=0.02)
+    sch = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+    for i in range(steps):
+        if i + 1 == steps:                                    # the target scores this step's images
+            with torch.no_grad():
+                conf = hr.T(ref_c2fmi_view(hr.G, w, HR)).softmax(1)[:, y]
+            idx = conf.argsort(descending=True)[:S]
+        pred = torch.randn(B, K, generator=r).abs()
+        pred[:, y] = 1e18
+        loss = F.mse_loss(E(ref_c2fmi_view(hr.G, w, 8)), M(F.normalize(pred, dim=1)))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sch.step()
+    assert oracle.queries == B                                # one query per candidate, once
+    assert torch.allclose(got, w.detach()[idx], atol=1e-5)
+    assert (got - st["w"][0][idx]).abs().max() > 1e-4          # the latents moved
+
+
+def ref_c2fmi_de(G, T, pop, y, gens, r, nv=4, pull=0.02, beta0=0.1, ramp=30, div=50.0, pr=0.5):
+    """DE_c2b_5_bin2.run with disturb 0: per generation query the parents, mutate towards the best plus nv
+    beta-weighted differences, binomial crossover with the parent, keep strictly better children."""
+    def fitness(ws):
+        with torch.no_grad():
+            return T(ref_c2fmi_view(G, ws, HR)).softmax(1)[:, y]
+
+    pop = pop.clone()
+    n, d = pop.shape
+    for step in range(gens):
+        beta = beta0 if step < gens - ramp else beta0 * (gens - step) / div
+        fit_par = fitness(pop)
+        best = pop[int(fit_par.argmax())]
+        pairs = torch.randint(0, n, (n, nv, 2), generator=r)
+        children = []
+        for i in range(n):
+            tmp = pop[i] + pull * (best - pop[i])
+            for k in range(nv):
+                tmp = tmp + beta * (pop[pairs[i, k, 0]] - pop[pairs[i, k, 1]])
+            children.append(tmp)
+        u = torch.rand(n, d, generator=r)
+        fi = torch.stack([torch.stack([children[i][c] if u[i, c] > pr else pop[i, c] for c in range(d)])
+                          for i in range(n)])
+        fit_chi = fitness(fi)
+        for i in range(n):
+            if fit_par[i] < fit_chi[i]:
+                pop[i] = fi[i]
+    return pop, fitness(pop)
+
+
+def test_c2fmi_differential_evolution_is_the_releases(hr):
+    from midre.attacks import QueryOracle
+
+    E, M, priors = _c2fmi_nets(hr)
+    P, S, gens, y = 6, 3, 34, 1                                # 34 generations: 4 at beta, 30 on the ramp
+    a = build_attack("c2fmi", pool=1200, candidates=4, select=S, population=P, generations=gens)
+    oracle = QueryOracle(hr.T)
+    a.extra_meta = {}
+    a.init_latents(oracle, torch.tensor([y]), priors, _gen(0))
+    sel = hr.G.mapping(torch.randn(S, hr.G.z_dim, generator=_gen(5)), None)[:, 0]
+    g = _gen(6)
+    pop0 = a.extend(sel, g)
+    q0 = oracle.queries
+    got = a.evolve(oracle, pop0, y, g, None, lambda v: None)
+    # the release's extension: 0.7 * 0.5 (0.5 (x1 + x2) + x3) + 0.3 * mean of three fresh mapped w
+    r = _gen(6)
+    ref0 = [sel[i] for i in range(S)]
+    for _ in range(P - S):
+        i1, i2, i3 = torch.randperm(S, generator=r)[:3].tolist()
+        with torch.no_grad():
+            wr = hr.G.mapping(torch.randn(3, hr.G.z_dim, generator=r), None)[:, 0].mean(0)
+        ref0.append(0.7 * (0.5 * (0.5 * (sel[i1] + sel[i2]) + sel[i3])) + 0.3 * wr)
+    ref0 = torch.stack(ref0)
+    assert torch.allclose(pop0, ref0, atol=1e-6)
+    ref_pop, _ = ref_c2fmi_de(hr.G, hr.T, ref0, y, gens, r)
+    assert oracle.queries - q0 == 2 * P * gens                # parents and children queried every generation
+    assert torch.allclose(got, ref_pop, atol=1e-5)
+    assert (got - pop0).abs().max() > 1e-3
+    # without the release's late beta ramp the search ends elsewhere
+    r2 = _gen(6)
+    for _ in range(P - S):
+        torch.randperm(S, generator=r2)
+        torch.randn(3, hr.G.z_dim, generator=r2)
+    flat, _ = ref_c2fmi_de(hr.G, hr.T, ref0, y, gens, r2, ramp=0)
+    assert (flat - ref_pop).abs().max() > 1e-4

@@ -239,6 +239,19 @@ def test_select_attacks_by_access():
     assert select_attacks("black-box", None) == ["mirror", "rlbmi"]
 
 
+def test_equal_strengths_are_ranked_by_name(monkeypatch):
+    """lokt and c2fmi both declare strength 35: the audit's choice must not hang on the registry's listing order."""
+    import midre.attacks
+    import midre.audit as audit
+
+    assert audit.attack_strength("lokt") == audit.attack_strength("c2fmi") == 35
+    names = midre.attacks.ATTACKS.names()
+    monkeypatch.setattr(midre.attacks.ATTACKS, "names", lambda: sorted(names, reverse=True))
+    monkeypatch.setattr(audit, "attack_strength", lambda n: 35 if n in ("lokt", "c2fmi") else 1)
+    assert audit.select_attacks("black-box", None) == ["c2fmi", "lokt"]
+    assert audit.select_attacks("label-only", None) == ["lokt", "brepmi"]
+
+
 def test_every_registered_attack_is_ranked_by_its_own_class():
     """The audit ranks attacks by the ``strength`` each class declares (a hand-written list once spelled IF-GMI
     'if_gmi', so it ranked last); name, access and priors are declared once, on the class."""

@@ -16,6 +16,8 @@ mirror         black-box    stylegan2     An et al. 2022
 rlbmi          black-box    gan           Han et al. 2023
 vmi            white-box    gan           Wang et al. 2021
 lokt           label-only   tacgan        Nguyen et al. 2023
+c2fmi          black-box    stylegan2,    Ye et al. 2023
+                            c2fmi
 =============  ===========  ============  ==========================================
 """
 from .base import (ACCESS_LEVELS, ATTACKS, AccessError, Attack, ChunkContext, QueryOracle,  # noqa: F401
@@ -36,3 +38,5 @@ from . import vmi  # noqa: F401,E402
 from .vmi import VMI  # noqa: F401,E402
 from . import lokt  # noqa: F401,E402
 from .lokt import LOKT  # noqa: F401,E402
+from . import c2fmi  # noqa: F401,E402
+from .c2fmi import C2FMI  # noqa: F401,E402
