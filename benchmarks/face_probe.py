@@ -3,7 +3,7 @@
 Usage: ``python benchmarks/face_probe.py [--version 1 2] [--identities 50 300] [--features pixels random]``.
 Prints one line per (version, identities, features): private-test top-1 of a ridge probe trained on
 the whole image, the inner-face box (eyes to mouth) alone, and everything outside the box.  The design
-target of synthetic2 (docs/benchmark-v2.md): box alone > box masked.
+target of synthetic2 (docs/notebook/benchmark-v2.md): box alone > box masked.
 Both versions use 30 training and 10 test images per identity: v1 = ``synthetic`` at 32 px
 (images_per_id 40, test_fraction 0.25, data seed 0), v2 = ``synthetic2`` at 64 px (its defaults).
 """

@@ -376,7 +376,8 @@ def sample_boxes(n: int, height: int, width: int, *, area: float = 0.4, lower: f
 
     Args:
         n: number of images.
-        height, width: image size in pixels.
+        height: image height in pixels.
+        width: image width in pixels.
         area: a_e, the largest area share; ``s ~ U(lower, area)``.
         lower: the smallest area share (paper: 0.1).
         ratio: (min, max) aspect ratio h/w, sampled log-uniformly; (1, 1) gives squares.

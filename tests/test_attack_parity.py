@@ -1244,3 +1244,257 @@ def test_c2fmi_differential_evolution_is_the_releases(hr):
         torch.randn(3, hr.G.z_dim, generator=r2)
     flat, _ = ref_c2fmi_de(hr.G, hr.T, ref0, y, gens, r2, ramp=0)
     assert (flat - ref_pop).abs().max() > 1e-4
+
+
+# ============================================================================== DeepInversion (issue 24)
+# The release's rules (NVlabs/DeepInversion deepinversion.py + utils/utils.py, cifar10/deepinversion_cifar10.py),
+# written out below: the BN feature hook, the image priors, lr_cosine_policy, the per-stage Adam, the clip.
+# midre's seeding plumbing is shared: one randint(-lim, lim + 1, (2,)) then one rand(1) per step from the
+# chunk's generator (the release: Python's random.randint twice, then random.random()).
+DI_RES = 16
+
+
+@pytest.fixture(scope="module")
+def di_target():
+    """Three conv-BN blocks with smooth activations and average pooling: a max-pool's arg-max flips on
+    float noise and would make two equal rules part ways after a few steps."""
+    from midre.models.base import Classifier
+
+    torch.set_num_threads(1)
+    torch.manual_seed(2)
+    blocks = [nn.Sequential(nn.Conv2d(a, b, 3, padding=1, bias=False), nn.BatchNorm2d(b), nn.SiLU(), nn.AvgPool2d(2))
+              for a, b in ((3, 8), (8, 16), (16, 16))]
+    T = Classifier(nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten()), 16, K)
+    T.train()
+    with torch.no_grad():                      # running statistics far from the BN defaults (0, 1)
+        for _ in range(3):
+            T(torch.rand(32, 3, DI_RES, DI_RES) * 0.6 + 0.3)
+    return _frozen(T)
+
+
+def ref_bn_hooks(T):
+    """DeepInversionFeatureHook on every BatchNorm2d: ||running_var - var||_2 + ||running_mean - mean||_2 of
+    the layer's input, var biased, over (N, H, W)."""
+    layers = [m for m in T.modules() if isinstance(m, nn.BatchNorm2d)]
+    vals = [None] * len(layers)
+
+    def make(i):
+        def hook(module, inputs, output):
+            nch = inputs[0].shape[1]
+            mean = inputs[0].mean([0, 2, 3])
+            var = inputs[0].permute(1, 0, 2, 3).contiguous().view([nch, -1]).var(1, unbiased=False)
+            vals[i] = torch.norm(module.running_var.data - var, 2) + torch.norm(module.running_mean.data - mean, 2)
+        return hook
+    return vals, [m.register_forward_hook(make(i)) for i, m in enumerate(layers)]
+
+
+def ref_image_priors(x):
+    """get_image_prior_losses: (loss_var_l1, loss_var_l2)."""
+    d1 = x[:, :, :, :-1] - x[:, :, :, 1:]
+    d2 = x[:, :, :-1, :] - x[:, :, 1:, :]
+    d3 = x[:, :, 1:, :-1] - x[:, :, :-1, 1:]
+    d4 = x[:, :, :-1, :-1] - x[:, :, 1:, 1:]
+    l2 = torch.norm(d1) + torch.norm(d2) + torch.norm(d3) + torch.norm(d4)
+    l1 = ((d1.abs() / 255.0).mean() + (d2.abs() / 255.0).mean() + (d3.abs() / 255.0).mean()
+          + (d4.abs() / 255.0).mean()) * 255.0
+    return l1, l2
+
+
+def ref_lr_cosine(base, warmup, epochs, epoch):
+    if epoch < warmup:
+        return base * (epoch + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (epoch - warmup) / (epochs - warmup))) * base
+
+
+DI_C = dict(lr=0.1, b1=0.5, b2=0.9, bn=0.05, first=10.0, tv1=0.5, tv2=1e-2, l2=1e-2, main=1.0, jitter=2,
+            flip=True, clip=True, cosine=True, warmup=2)
+
+
+def ref_deepinversion(T, y, gen, stages, c):
+    """get_images: inputs ~ N(0, I) in the target's normalised space; per stage (iterations, lower_res) a
+    fresh Adam and schedule; inputs_jit = pool / roll / flip; the loss; step; per-channel clip; the last
+    iterate is returned (best_cost is never updated)."""
+    mean, std = T.mean, T.std
+    u = torch.randn(len(y), 3, DI_RES, DI_RES, generator=gen)
+    vals, handles = ref_bn_hooks(T)
+    try:
+        for n, lower_res in stages:
+            opt = HandAdam([u], c["lr"], c["b1"], c["b2"])
+            lim = c["jitter"] // lower_res
+            for it in range(n):
+                opt.lr = ref_lr_cosine(c["lr"], c["warmup"], n, it) if c["cosine"] else c["lr"]
+                uu = u.clone().requires_grad_(True)
+                x = nn.AvgPool2d(kernel_size=2)(uu) if lower_res != 1 else uu
+                off1, off2 = torch.randint(-lim, lim + 1, (2,), generator=gen).tolist()
+                flip = torch.rand(1, generator=gen).item() > 0.5
+                x = torch.roll(x, shifts=(off1, off2), dims=(2, 3))
+                if flip and c["flip"]:
+                    x = torch.flip(x, dims=(3,))
+                loss = nn.CrossEntropyLoss()(T(x * std + mean), y)
+                l1, l2 = ref_image_priors(x)
+                rescale = [c["first"]] + [1.0] * (len(vals) - 1)
+                r_feature = sum(v * rescale[i] for i, v in enumerate(vals))
+                loss_l2 = torch.norm(x.view(len(y), -1), dim=1).mean()
+                total = c["main"] * loss + c["tv2"] * l2 + c["tv1"] * l1 + c["bn"] * r_feature + c["l2"] * loss_l2
+                g, = torch.autograd.grad(total, uu)
+                u, = opt.step([g])
+                if c["clip"]:
+                    for ch in range(3):
+                        m, s = T.mean[0, ch, 0, 0], T.std[0, ch, 0, 0]
+                        u[:, ch] = torch.clamp(u[:, ch], -m / s, (1 - m) / s)
+                    opt.p = [u]
+    finally:
+        for h in handles:
+            h.remove()
+    return u
+
+
+def _di(T, seed=7, preset=None, **kw):
+    """midre's init + invert; without a preset, DI_C's coefficients."""
+    p = {} if preset else dict(lr=DI_C["lr"], beta1=DI_C["b1"], beta2=DI_C["b2"], r_feature=DI_C["bn"],
+                               first_bn_multiplier=DI_C["first"], tv_l1=DI_C["tv1"], tv_l2=DI_C["tv2"], l2=DI_C["l2"],
+                               jitter=DI_C["jitter"], warmup=DI_C["warmup"])
+    p.update(kw, target_resolution=DI_RES, **({"preset": preset} if preset else {}))
+    a = build_attack("deepinversion", **p)
+    g = _gen(seed)
+    st = a.init_latents(T, IDS, {}, g)
+    return a.invert(T, IDS, {}, st, g, None, lambda v: None, lambda: None)
+
+
+def test_deepinversion_parity_multi_resolution_release_loop(di_target):
+    """Setting 0 of the ImageNet release: a half-resolution stage then a full one, each with its own Adam
+    (betas 0.5, 0.9) and cosine schedule with warm-up, BN loss with the first-layer multiplier, TV-L1, TV-L2,
+    L2, jitter (halved at half resolution), flip, clip to the valid pixel range."""
+    out = _di(di_target, iterations=4, low_res_iterations=3)
+    ref = ref_deepinversion(di_target, IDS, _gen(), [(3, 2), (4, 1)], DI_C)
+    u0 = torch.randn(len(IDS), 3, DI_RES, DI_RES, generator=_gen())
+    assert not torch.allclose(ref, u0, atol=1e-2)                                # it moved
+    assert torch.allclose(out["u"], ref, atol=1e-5, rtol=1e-4)
+    pix = out["u"] * di_target.std + di_target.mean                             # clipped in pixel terms
+    assert pix.min() >= -1e-6 and pix.max() <= 1 + 1e-6
+    unclipped = ref_deepinversion(di_target, IDS, _gen(), [(3, 2), (4, 1)], {**DI_C, "clip": False})
+    assert not torch.allclose(out["u"], unclipped, atol=1e-4)                   # the clip was active
+    # the rules it must not be: no first-BN multiplier; the ToolBox's TV-L2 divided by 4; the unbiased variance
+    assert not torch.allclose(_di(di_target, iterations=4, low_res_iterations=3, first_bn_multiplier=1.0)["u"],
+                              ref, atol=1e-4)
+    quarter = ref_deepinversion(di_target, IDS, _gen(), [(3, 2), (4, 1)], {**DI_C, "tv2": DI_C["tv2"] / 4})
+    assert not torch.allclose(out["u"], quarter, atol=1e-4)
+
+
+def test_deepinversion_bn_statistics_use_the_biased_variance_of_each_bn_input(di_target):
+    from midre.attacks.deepinversion import BNStatistics
+
+    x = torch.rand(5, 3, DI_RES, DI_RES)
+    vals, handles = ref_bn_hooks(di_target)
+    try:
+        di_target(x)
+    finally:
+        for h in handles:
+            h.remove()
+    with BNStatistics(di_target) as bn:
+        di_target(x)
+        got = bn.loss(10.0)
+    assert len(vals) == 3 and torch.allclose(got, 10 * vals[0] + vals[1] + vals[2], rtol=1e-5)
+    unbiased = []                           # the old / textbook rule: unbiased variance, a different number
+    hs = [m.register_forward_hook(lambda m, i, o: unbiased.append(torch.norm(m.running_var - i[0].transpose(0, 1)
+                                                                             .flatten(1).var(1), 2)))
+          for m in di_target.modules() if isinstance(m, nn.BatchNorm2d)]
+    di_target(x)
+    for h in hs:
+        h.remove()
+    assert not math.isclose(float(unbiased[0]), float(vals[0]), rel_tol=1e-4)
+
+
+def test_deepinversion_cifar10_preset_is_the_32px_script_and_returns_the_last_iterate(di_target):
+    """The CIFAR-10 script: constant lr, Adam's default betas, no flip, no first-BN scaling, no clip, and the
+    returned images are the live tensor after the last step (its best_inputs aliases the optimised tensor)."""
+    c = build_attack("deepinversion", preset="cifar10").params
+    assert (c["iterations"], c["low_res_iterations"], c["lr"], c["r_feature"], c["tv_l2"], c["l2"], c["jitter"],
+            c["flip"], c["clip"], c["schedule"], c["first_bn_multiplier"], c["beta1"], c["beta2"]) == \
+        (2000, 0, 0.05, 10.0, 2.5e-5, 0.0, 2, False, False, "constant", 1.0, 0.9, 0.999)
+    d = build_attack("deepinversion").params
+    assert (d["iterations"], d["low_res_iterations"], d["lr"], d["r_feature"], d["first_bn_multiplier"], d["tv_l2"],
+            d["tv_l1"], d["l2"], d["jitter"], d["flip"], d["clip"], d["beta1"], d["beta2"], d["warmup"]) == \
+        (1000, 2000, 0.25, 0.01, 10.0, 1e-4, 0.0, 1e-5, 30, True, True, 0.5, 0.9, 100)
+    kw = dict(preset="cifar10", iterations=5, lr=0.2, r_feature=0.05, tv_l2=1e-2, l2=0.0)
+    out = _di(di_target, **kw)
+    ref = ref_deepinversion(di_target, IDS, _gen(), [(5, 1)],
+                            {**DI_C, "lr": 0.2, "b1": 0.9, "b2": 0.999, "first": 1.0, "tv1": 0.0, "l2": 0.0,
+                             "flip": False, "clip": False, "cosine": False})
+    assert torch.allclose(out["u"], ref, atol=1e-5, rtol=1e-4)
+    pix = ref * di_target.std + di_target.mean
+    assert pix.min() < 0 or pix.max() > 1                # not clipped (the script does not clip)
+
+
+def test_deepinversion_lr_cosine_policy():
+    from midre.attacks.deepinversion import cosine_lr
+
+    for it in (0, 1, 99, 100, 101, 500, 999):
+        assert math.isclose(cosine_lr(0.25, 100, 1000, it), ref_lr_cosine(0.25, 100, 1000, it), rel_tol=1e-12)
+
+
+# ============================================================================== MIRROR white-box (issue 24)
+# The release's white-box script (njuaplusplus/mirror face_inversion.py -> my_mirror.mirror_attack, latent
+# space w from the pre-generated samples): raw w pool scored by the target, the nrow best per target, Adam
+# (0.9, 0.999) with rosinality's projector lr ramp, loss_class_ce x CE, one flip coin per epoch for the batch,
+# clip_quantile_bound to the p-space box after the step, best_inputs = w after the step of the lowest loss.
+def ref_projector_lr(initial_lr, epoch, epochs, rampdown=0.25, rampup=0.05):
+    t = epoch / epochs
+    lr_ramp = min(1, (1 - t) / rampdown)
+    lr_ramp = 0.5 - 0.5 * math.cos(lr_ramp * math.pi)
+    lr_ramp = lr_ramp * min(1, t / rampup)
+    return initial_lr * lr_ramp
+
+
+def test_mirror_wb_parity_with_the_release_loop(hr):
+    from midre.attacks import ChunkContext
+
+    R, E, pool, ce, lr = 2, 8, 40, 10.0, 0.25
+    a = build_attack("mirror_wb", pool=pool, iterations=E, cutoff=2, gen_batch=16, batch_size=3)
+    a.extra_meta, a.chunk = {}, ChunkContext(5, 0, R, 0)
+    st = a.init_latents(hr.T, IDS, hr.priors, _gen())
+    out = a.invert(hr.T, IDS, hr.priors, st, _gen(), None, lambda v: None, lambda: None)["shared"]
+    g = ChunkContext(5, 0, R, 0).generator("mirror_wb", "shared")
+    with torch.no_grad():
+        all_ws = hr.G.mapping(torch.randn(pool, hr.G.z_dim, generator=g), None)[:, 0]          # raw w
+        conf = hr.T(ref_mirror_images(hr.G, all_ws, cutoff=2)).softmax(1)
+        inputs = torch.cat([all_ws[torch.topk(conf[:, t], R, dim=0, largest=True, sorted=True)[1]] for t in IDS])
+        all_ps = F.leaky_relu(all_ws, 5.0)
+        m, s = all_ps.mean(0, keepdim=True), all_ps.std(0, keepdim=True, unbiased=False)
+        w_min, w_max = F.leaky_relu(m - s, 0.2), F.leaky_relu(m + s, 0.2)
+    targets = IDS.repeat_interleave(R)
+    opt = HandAdam([inputs], lr, 0.9, 0.999)
+    best_cost, best_inputs, w = 1e4, None, inputs
+    for epoch in range(1, E + 1):
+        opt.lr = ref_projector_lr(lr, epoch, E)
+        ww = w.clone().requires_grad_(True)
+        x = ref_mirror_images(hr.G, ww, cutoff=2)
+        if torch.rand(1, generator=g).item() > 0.5:
+            x = torch.flip(x, dims=(3,))
+        loss = ce * nn.CrossEntropyLoss()(hr.T(x), targets)
+        gr, = torch.autograd.grad(loss, ww)
+        w, = opt.step([gr])
+        w = torch.max(torch.min(w, w_max), w_min)
+        opt.p = [w]
+        if best_cost > loss.item():
+            best_inputs, best_cost = w.clone(), loss.item()
+    assert not torch.allclose(best_inputs, inputs, atol=1e-3)
+    assert torch.allclose(out["w"], best_inputs, atol=1e-5, rtol=1e-4)
+    assert len(out["curve"]) == E
+    # the box is per dimension (the ToolBox averages it into one scalar pair)
+    _, _, (lo, hi) = a.search(hr.T, IDS, ChunkContext(5, 0, R, 0).generator("mirror_wb", "shared"), R)
+    assert torch.allclose(lo, w_min) and torch.allclose(hi, w_max) and lo.unique().numel() > 1
+    # repeat r is each identity's r-th start; the image is the view of its w
+    img = a.final_selection(hr.T, IDS, hr.priors, {"shared": out}, _gen())
+    assert torch.allclose(img, ref_mirror_images(hr.G, best_inputs.view(len(IDS), R, -1)[:, 0], cutoff=2), atol=1e-5)
+
+
+def test_mirror_wb_paper_preset_and_lr_ramp():
+    p = build_attack("mirror_wb").params
+    assert (p["pool"], p["iterations"], p["lr"], p["class_weight"], p["flip"], p["p_std_ce"], p["psi"], p["cutoff"]) \
+        == (100000, 20000, 0.25, 10.0, True, 1.0, 0.7, 8)
+    from midre.attacks.mirror_wb import projector_lr
+
+    for e in (1, 10, 50, 51, 500, 750, 751, 999, 1000):
+        assert math.isclose(projector_lr(0.25, e, 1000), ref_projector_lr(0.25, e, 1000), abs_tol=1e-15)
+    assert projector_lr(0.25, 1000, 1000) == 0.0 and math.isclose(projector_lr(0.25, 500, 1000), 0.25)

@@ -57,12 +57,13 @@ def setup(tmp_path_factory):
 # ------------------------------------------------------------------------------ registry / params
 def test_registry_names_and_access():
     assert set(ATTACKS.names()) == {"gmi", "kedmi", "lomma_gmi", "lomma_kedmi", "plgmi", "brepmi",
-                                    "ppa", "ifgmi", "mirror", "rlbmi", "vmi", "lokt", "c2fmi"}
+                                    "ppa", "ifgmi", "mirror", "rlbmi", "deepinversion", "mirror_wb", "vmi", "lokt",
+                                    "c2fmi"}
     for name in ATTACKS.names():
         a = build_attack(name)
         assert a.access in ("white-box", "black-box", "label-only")
-        assert a.prior_kinds and all(k in ("gan", "kedmi", "cgan", "lomma", "stylegan2", "tacgan", "c2fmi")
-                                    for k in a.prior_kinds)
+        assert (a.prior_kinds or name == "deepinversion") and \
+            all(k in ("gan", "kedmi", "cgan", "lomma", "stylegan2", "tacgan", "c2fmi") for k in a.prior_kinds)
     assert build_attack("brepmi").access == "label-only" and build_attack("lokt").access == "label-only"
 
 
@@ -250,17 +251,17 @@ def test_reconstructions_roundtrip_and_corruption(setup, tmp_path):
 
 # ------------------------------------------------------------------------------ CLI
 def test_cli_attack_end_to_end_uses_public_split_only(setup, tmp_path, monkeypatch, capsys):
-    from midre import priors as priors_mod
     from midre.cli import main
+    from midre.priors.data import PublicImages
 
     seen = []
-    orig = priors_mod._Data.__init__
+    orig = PublicImages.__init__
 
     def spy(self, public_set, device, hflip):
         seen.append(public_set.to_tensors().images.clone())
         orig(self, public_set, device, hflip)
 
-    monkeypatch.setattr(priors_mod._Data, "__init__", spy)
+    monkeypatch.setattr(PublicImages, "__init__", spy)
     out = tmp_path / "atk"
     rc = main(["attack", "--target", str(setup["ckpt"]), "--attack", "gmi", "--identities", "0-2", "--repeats", "2",
                "--out", str(out), "--preset", "quick", "--param", "iterations=3", "--prior-param",

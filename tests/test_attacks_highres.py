@@ -47,6 +47,7 @@ SMALL = {
     "ifgmi": {"pool": 64, "stages": [10, 5, 5], "radii_w": [100.0, 100.0, 100.0],
               "radii_features": [100.0, 100.0, 100.0], "final_views": 4},
     "mirror": {"pool": 64, "population": 8, "generations": 6},
+    "mirror_wb": {"pool": 64, "iterations": 6},
     "rlbmi": {"episodes": 40, "hidden": 32, "sac_batch": 16},
 }
 
@@ -309,9 +310,10 @@ def test_sac_agent_learns_a_bandit():
 
 
 # ------------------------------------------------------------------------------ determinism, artefact
-@pytest.mark.parametrize("name", ["ppa", "mirror", "rlbmi"])
+@pytest.mark.parametrize("name", ["ppa", "mirror", "rlbmi", "mirror_wb"])
 def test_same_seed_same_reconstructions(setup, name):
-    kw = {"iterations": 3} if name == "ppa" else {"generations": 3} if name == "mirror" else {"episodes": 20}
+    kw = {"iterations": 3} if name in ("ppa", "mirror_wb") else {"generations": 3} if name == "mirror" else \
+        {"episodes": 20}
     _, r1 = _run(setup, name, seed=5, **kw)
     _, r2 = _run(setup, name, seed=5, **kw)
     _, r3 = _run(setup, name, seed=6, **kw)
@@ -395,3 +397,32 @@ def test_ppa_resumed_after_its_first_repeat_equals_an_uninterrupted_run(setup, t
     assert torch.equal(rec.images, ref.images) and torch.equal(rec.latents, ref.latents)
     assert rec.meta["search_confidence"] == ref.meta["search_confidence"]
     assert len({tuple(v.flatten().tolist()) for v in rec.latents}) == 6     # 3 distinct samples per identity
+
+
+def test_mirror_wb_resumed_after_its_first_repeat_equals_an_uninterrupted_run(setup, tmp_path, monkeypatch):
+    """MIRROR's white-box form optimises every start of a batch at once on the first repeat (the release's
+    nrow starts per target); a run killed after that repeat was saved recomputes it, same samples."""
+    from midre.attacks import mirror_wb
+
+    kw = {**SMALL["mirror_wb"], "iterations": 3}
+    ref = build_attack("mirror_wb", preset="quick", **kw).run(setup["target"], [0, 1], 3, setup["priors"], seed=4)
+    calls = []
+    orig = mirror_wb.MirrorWB.final_selection
+
+    def crashing(self, *a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise _Killed("killed")
+        return orig(self, *a, **k)
+
+    monkeypatch.setattr(mirror_wb.MirrorWB, "final_selection", crashing)
+    with pytest.raises(_Killed):
+        build_attack("mirror_wb", preset="quick", **kw).run(setup["target"], [0, 1], 3, setup["priors"], seed=4,
+                                                           resume_dir=tmp_path / "p")
+    monkeypatch.undo()
+    rec = build_attack("mirror_wb", preset="quick", **kw).run(setup["target"], [0, 1], 3, setup["priors"], seed=4,
+                                                             resume_dir=tmp_path / "p")
+    assert rec.meta["resumed_chunks"] == 1 and rec.meta["queries"] is None and rec.meta["access"] == "white-box"
+    assert torch.equal(rec.images, ref.images) and torch.equal(rec.latents, ref.latents)
+    assert rec.meta["start_confidence"] == ref.meta["start_confidence"]
+    assert len({tuple(v.tolist()) for v in rec.latents}) == 6            # 3 distinct starts per identity

@@ -29,6 +29,7 @@ ATTACK_PARAMS = {
     "ppa": ["pool=32", "iterations=3", "final_views=2"],
     "ifgmi": ["pool=32", "stages=[2, 2]", "radii_w=[10, 10]", "radii_features=[10, 10]", "final_views=2"],
     "mirror": ["pool=32", "population=6", "generations=3"],
+    "mirror_wb": ["pool=32", "iterations=3"],
     "rlbmi": ["episodes=6", "hidden=16", "sac_batch=4"],
 }
 
@@ -57,7 +58,7 @@ def _attack(root: Path, name: str, out: str, *extra: str) -> int:
                  "--no-progress", *PRIOR_PARAMS, *[a for p in ATTACK_PARAMS[name] for a in ("--param", p)], *extra])
 
 
-@pytest.mark.parametrize("name", ["ppa", "ifgmi", "mirror", "rlbmi"])
+@pytest.mark.parametrize("name", ["ppa", "ifgmi", "mirror", "rlbmi", "mirror_wb"])
 def test_cli_quick_preset_end_to_end(target, name):
     assert _attack(target, name, f"atk-{name}") == 0
     rec = Reconstructions.load(target / f"atk-{name}")

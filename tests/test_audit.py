@@ -262,7 +262,7 @@ def test_every_registered_attack_is_ranked_by_its_own_class():
     for n in builtin:
         info, cls = ATTACKS.info(n), ATTACKS.get(n)
         assert attack_strength(n) is not None, f"attack '{n}' declares no strength"
-        assert (info["access"], info["prior"]) == (cls.access, "+".join(cls.prior_kinds)) and cls.name == n
+        assert (info["access"], info["prior"]) == (cls.access, "+".join(cls.prior_kinds) or "none") and cls.name == n
     order = sorted(builtin, key=lambda n: -attack_strength(n))
     assert order.index("ifgmi") < order.index("lomma_gmi") < order.index("gmi") < order.index("brepmi")
     assert order[0] == "plgmi"

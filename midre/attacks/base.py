@@ -420,6 +420,10 @@ class Attack:
             if k in self.params and self.params[k] < 1:
                 raise ArgumentError(f"attack '{self.name}': '{k}' must be >= 1, got {self.params[k]}")
 
+    def check_target(self, target: nn.Module) -> None:
+        """Refuse a target this attack cannot work on (raise a MidreError saying why and what to do);
+        :meth:`run` calls it before any work, ``midre attack`` before anything is written.  Default: any."""
+
     def init_latents(self, access: Any, ids: torch.Tensor, prior: Mapping[str, Any], gen: torch.Generator) -> dict:
         raise NotImplementedError
 
@@ -465,6 +469,7 @@ class Attack:
         """
         from ..utils import resolve_device
 
+        self.check_target(target)
         priors = self._priors(prior)
         num_classes = int(getattr(target, "num_classes", 0))
         ids_all = _check_run_args(identities, repeats, num_classes)
@@ -631,5 +636,5 @@ def adaptive_eraser_from_meta(meta: Mapping[str, Any], target: Optional[nn.Modul
 def register_attack(cls: type) -> type:
     """Register an Attack subclass under its own ``name`` with the ``access``, priors and ``strength`` it
     declares (stated once, on the class; `midre attacks` and the audit read them from the registry)."""
-    return ATTACKS.register(cls.name, access=cls.access, prior="+".join(cls.prior_kinds),
+    return ATTACKS.register(cls.name, access=cls.access, prior="+".join(cls.prior_kinds) or "none",
                             strength=cls.strength)(cls)

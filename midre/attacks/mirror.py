@@ -25,6 +25,10 @@ Defaults: the original's 100,000 pool, population 1,000, 100 generations, mutati
 repeats 5).  Deviations from the released code (see docs/highres-attacks.md): the crossover weight uses
 probabilities (the original divides log-probabilities, which favours the WORSE parent), and the
 mutation noise is drawn per child (the original shares one noise vector per generation).
+
+The generator call (:func:`mirror_view`: truncation at generation, the synthesis clamped to [0, 1] as the
+release's generator wrapper does, then crop and resize) and the p-space box (:func:`p_space_bounds`) are
+shared with MIRROR's white-box form, :mod:`midre.attacks.mirror_wb`.
 """
 from __future__ import annotations
 
@@ -35,8 +39,27 @@ import torch
 import torch.nn.functional as F
 
 from .base import Attack, register_attack
-from .highres import batched, check_fraction, stylegan_view, target_resolution, to_target_view
+from .highres import StyleGANView, batched, check_fraction, stylegan_view, target_resolution, to_target_view
 from ..errors import ArgumentError
+
+
+# ============================================================================ shared with mirror_wb.py
+def mirror_view(sg: StyleGANView, w: torch.Tensor, psi: float, cutoff: int, resolution: int,
+                crop: float = 1.0) -> torch.Tensor:
+    """MIRROR's generator call: raw single w (n, w_dim) -> the target's view in [0, 1].  Truncation (the
+    layers below ``cutoff`` moved towards w_avg by ``psi``) happens here, when the image is generated;
+    the synthesis output is clamped to [0, 1] as the release's generator wrapper does, then centre-cropped
+    and resized.  Differentiable in ``w`` (the white-box form optimises through it)."""
+    return to_target_view(sg.images(sg.truncate(w, psi, cutoff)).clamp(0, 1), resolution, crop).clamp(0, 1)
+
+
+def p_space_bounds(pool: torch.Tensor, p_std_ce: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """MIRROR's box for raw w: p = leaky_relu(w, 5) (the inverse of the mapping's leaky ReLU 0.2), the
+    per-dimension mean +- ``p_std_ce`` std of the pool in p-space (biased std), mapped back with
+    leaky_relu(., 0.2).  Returns (lo, hi, std_p), each (1, w_dim)."""
+    ps = F.leaky_relu(pool, 5.0)
+    mean, std = ps.mean(0, keepdim=True), ps.std(0, unbiased=False, keepdim=True)
+    return F.leaky_relu(mean - p_std_ce * std, 0.2), F.leaky_relu(mean + p_std_ce * std, 0.2), std
 
 
 class MIRROR(Attack):
@@ -71,8 +94,8 @@ class MIRROR(Attack):
     def _images(self, w: torch.Tensor) -> torch.Tensor:
         """Raw (n, w_dim) -> target-view images in [0, 1], truncated when generated (no query)."""
         p = self.params
-        return batched(lambda v: to_target_view(self.sg.images(self.sg.truncate(v, p["psi"], p["cutoff"])), self.res,
-                                                p["center_crop"]).clamp(0, 1), w, p["gen_batch"])
+        return batched(lambda v: mirror_view(self.sg, v, p["psi"], p["cutoff"], self.res, p["center_crop"]), w,
+                       p["gen_batch"])
 
     def _fitness(self, oracle, w: torch.Tensor, y: torch.Tensor, eraser=None) -> torch.Tensor:
         """log p_y of each w (one query per latent)."""
@@ -91,9 +114,7 @@ class MIRROR(Attack):
             logp = batched(lambda w: oracle(self._images(w)).to(w.device)[:, ids].clamp_min(1e-38).log(), pool,
                            max(p["gen_batch"], 1))                                             # (pool, b)
         self.extra_meta["queries_search"] = self.extra_meta.get("queries_search", 0) + oracle.queries - q0
-        ps = F.leaky_relu(pool, 5.0)
-        mean, std = ps.mean(0, keepdim=True), ps.std(0, unbiased=False, keepdim=True)
-        lo, hi = F.leaky_relu(mean - p["p_std_ce"] * std, 0.2), F.leaky_relu(mean + p["p_std_ce"] * std, 0.2)
+        lo, hi, std = p_space_bounds(pool, p["p_std_ce"])
         fit, idx = logp.T.topk(p["population"], dim=1)                                         # (b, N)
         return {"pop": pool[idx], "fit": fit, "p_std": std, "lo": lo, "hi": hi}
 

@@ -5,7 +5,7 @@ import argparse
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from .common import parse_kv
 
@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     from ..checkpoint import read_meta
     from ..loading import load_model
     from ..errors import ArgumentError, CheckpointError, DataError, MidreError
-    from ..priors import assert_public_only, get_prior
+    from ..priors import assert_public_only
     from ..utils import parse_id_ranges, resolve_device
 
     progress = not args.no_progress
@@ -130,12 +130,12 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     eraser = adaptive_eraser_from_meta(tmeta) if args.adaptive else None
     target, tmeta = load_model(args.target, device=device)
+    attack.check_target(target)       # e.g. DeepInversion refuses a target without BatchNorm, before any write
 
-    # ---- public data (never the private split); priors that train nothing (a converted StyleGAN2) need none
-    kinds = attack.prior_kinds
-    if kinds and all(not get_prior(k).uses_public_data(prior_cfgs.get(k, {})) for k in kinds):
-        return _attack(args, attack, target, tmeta, ids, eraser, None, "none (converted generator)", prior_cfgs,
-                       device, progress)
+    # ---- public data (never the private split), unless the attack needs none
+    source = _no_public_data(attack, eraser, prior_cfgs)
+    if source is not None:
+        return _attack(args, attack, target, tmeta, ids, eraser, None, source, prior_cfgs, device, progress)
     splits = None
     try:
         splits = _load_target_dataset(tmeta)
@@ -167,6 +167,20 @@ def run(args: argparse.Namespace) -> int:
     return _attack(args, attack, target, tmeta, ids, eraser, public, source, prior_cfgs, device, progress)
 
 
+def _no_public_data(attack: Any, eraser: Any, prior_cfgs: dict[str, dict[str, Any]]) -> Optional[str]:
+    """The source label when the attack needs no public images, else None: an attack without a prior
+    (DeepInversion), unless a trapdoor-aware eraser needs the images; priors that train nothing (a
+    converted StyleGAN2)."""
+    from ..priors import get_prior
+
+    kinds = attack.prior_kinds
+    if not kinds:
+        return None if hasattr(eraser, "bind") else "none (no prior)"
+    if all(not get_prior(k).uses_public_data(prior_cfgs.get(k, {})) for k in kinds):
+        return "none (converted generator)"
+    return None
+
+
 def _attack(args, attack, target, tmeta, ids, eraser, public, source, prior_cfgs, device, progress) -> int:
     from ..errors import ArgumentError
     from ..priors import prepare_priors
@@ -176,8 +190,8 @@ def _attack(args, attack, target, tmeta, ids, eraser, public, source, prior_cfgs
     prior_dir = Path(args.prior_dir) if args.prior_dir else out.parent / "priors"
     print(f"attack {attack.name} ({attack.access}, preset {args.preset}) on {tmeta['arch']} "
           f"[{tmeta.get('defense', {}).get('name', 'nodef')}] | {len(ids)} identities x {args.repeats} repeats | "
-          f"priors {', '.join(attack.prior_kinds)} from {source} ({len(public) if public is not None else 0} images) "
-          f"-> {prior_dir}",
+          f"priors {', '.join(attack.prior_kinds) or 'none'} from {source} "
+          f"({len(public) if public is not None else 0} images) -> {prior_dir}",
           file=sys.stderr)
     from ..tblog import session
     if hasattr(eraser, "bind"):      # Trap-MID target: the trapdoor-aware attacker's signatures
