@@ -113,8 +113,9 @@ def select_attacks(access: str, names: Optional[Sequence[str]]) -> list[str]:
     if access not in ACCESS_LEVELS:
         raise ArgumentError(f"unknown access level '{access}'; choose one of: {', '.join(ACCESS_LEVELS)}")
     fits = [n for n in ATTACKS.names() if _RANK[_attack_access(n)] <= _RANK[access]]
-    if not names:   # the two strongest that fit: each attack class declares its ``strength`` (unranked last)
-        return sorted(fits, key=lambda n: -(attack_strength(n) or float("-inf")))[:2]
+    if not names:   # the two strongest that fit: each attack class declares its ``strength`` (unranked last;
+        # equal strengths, e.g. lokt and c2fmi at 35, by name, whatever order the registry lists them in)
+        return sorted(fits, key=lambda n: (-(attack_strength(n) or float("-inf")), n))[:2]
     out = []
     for n in names:
         n = str(n).strip().lower()

@@ -909,6 +909,343 @@ def test_rlbmi_released_sac_update(monkeypatch):
     assert all(torch.equal(x, y) for x, y in zip(ag.q1.parameters(), ag.q2.parameters()))   # one Q in effect
 
 
+# ------------------------------------------------------------------------------ VMI (Wang et al. 2021)
+class HandSGDMomentum:
+    """SGD with momentum as PyTorch (and the VMI release through it) defines it: the buffer starts as the first
+    gradient, then v <- mu v + g; p <- p - lr v."""
+
+    def __init__(self, params, lr, mu=0.9):
+        self.p, self.lr, self.mu, self.v = params, lr, mu, None
+
+    def step(self, grads):
+        self.v = list(grads) if self.v is None else [self.mu * v + g for v, g in zip(self.v, grads)]
+        self.p = [(q - self.lr * v).detach() for q, v in zip(self.p, self.v)]
+        return self.p
+
+
+def ref_vmi(T, G, ids, steps, gen, samples, kl_samples, lr=1e-4, lam=1e-3):
+    """The release's 'minegan' q: z = m + eps L^T (float64, m = 0, L = I); loss = CE(T(clamp(G(z))), y)
+    + lam * (-1/2 logdet(L L^T) + 1/2 mean ||z_kl||^2), one q per identity, SGD momentum 0.9."""
+    B, d = len(ids), G.z_dim
+    m = torch.zeros(B, d, dtype=torch.float64)
+    L = torch.eye(d, dtype=torch.float64).repeat(B, 1, 1)
+    opt = HandSGDMomentum([m, L], lr)
+    for _ in range(steps):
+        eps = torch.randn(B, samples, d, generator=gen, dtype=torch.float64)
+        eps_kl = torch.randn(B, kl_samples, d, generator=gen, dtype=torch.float64)
+        m_, L_ = m.clone().requires_grad_(True), L.clone().requires_grad_(True)
+        total = 0.0
+        for b in range(B):                                  # one identity at a time, as the release
+            z = m_[b] + eps[b] @ L_[b].T
+            lsm = F.log_softmax(T(G(z.float()).clamp(0, 1)), 1)
+            ce = -lsm[:, int(ids[b])].mean()
+            zk = m_[b] + eps_kl[b] @ L_[b].T
+            kl = -0.5 * torch.logdet(L_[b] @ L_[b].T) + 0.5 * zk.pow(2).sum(1).mean()
+            total = total + ce + lam * kl
+        m, L = opt.step(torch.autograd.grad(total, [m_, L_]))
+    return m, L
+
+
+def test_vmi_parity_gaussian_elbo_with_sgd_momentum(nets):
+    S, KS = 5, 11
+    lr = 0.05                       # larger than the release's 1e-4 so that 5 steps move q measurably
+    out = _run("vmi", nets, refit_per_repeat=True, samples=S, kl_samples=KS, lr=lr)
+    m, L = ref_vmi(nets.T, nets.G, IDS, STEPS, _gen(), S, KS, lr=lr)
+    assert out["m"].dtype == torch.float64
+    assert torch.allclose(out["m"], m, atol=1e-9) and torch.allclose(out["L"], L, atol=1e-9)
+    assert out["m"].abs().max() > 1e-4 and (out["L"] - torch.eye(ZD)).abs().max() > 1e-4     # q moved
+    m0, _ = ref_vmi(nets.T, nets.G, IDS, STEPS, _gen(), S, KS, lr=lr, lam=0.0)                 # KL matters
+    assert not torch.allclose(m0, m, atol=1e-9)
+
+
+def test_vmi_kl_estimate_is_the_gaussian_kl_up_to_its_constant():
+    """-1/2 logdet C + 1/2 E||z||^2 = KL(N(m, C) || N(0, I)) + d/2 (closed form 1/2 (tr C + |m|^2 - d - logdet C))."""
+    from midre.attacks.vmi import gaussian_q_kl
+
+    g = _gen(3)
+    d = 4
+    m = torch.randn(2, d, generator=g, dtype=torch.float64)
+    L = torch.randn(2, d, d, generator=g, dtype=torch.float64) * 0.3 + torch.eye(d, dtype=torch.float64)
+    C = L @ L.transpose(1, 2)
+    exact = 0.5 * (C.diagonal(dim1=1, dim2=2).sum(1) + m.pow(2).sum(1) - d - torch.logdet(C))
+    est = gaussian_q_kl(m, L, torch.randn(2, 200000, d, generator=g, dtype=torch.float64))
+    assert torch.allclose(est, exact + d / 2, atol=0.02)
+
+
+def test_vmi_repeats_are_samples_of_one_fit_as_in_the_release(nets):
+    a = build_attack("vmi", iterations=2, samples=3, kl_samples=4)
+    rec = a.run(nets.T, [0, 3], 3, nets.priors, seed=0)
+    z = rec.latents.view(3, 2, ZD)                       # repeat-major
+    assert not torch.allclose(z[0], z[1]) and not torch.allclose(z[1], z[2])    # distinct samples
+    assert rec.meta["loss_curve"] and len(rec.meta["loss_curve"]) == 2
+
+
+# ------------------------------------------------------------------------------ LOKT (Nguyen et al. 2023)
+def test_lokt_tacgan_losses_follow_the_release():
+    """D: BCE(sigmoid(D(real)), 1) + BCE(sigmoid(D(fake)), 0) + alpha CE(D_cls(fake), y_hat); G: BCE(sigmoid(D(fake)), 1)
+    + alpha CE(D_cls(fake), y); the class terms only once they are switched on."""
+    from midre.models.tacgan import ACGANDiscriminator
+    from midre.priors.tacgan import tacgan_discriminator_loss, tacgan_generator_loss
+
+    torch.manual_seed(0)
+    D = ACGANDiscriminator(K, RES, 3, 4).eval()     # eval: spectral norm's power iteration stands still
+    real, fake = torch.rand(6, 3, RES, RES), torch.rand(6, 3, RES, RES)
+    y, y_hat = torch.tensor([0, 1, 2, 3, 0, 1]), torch.tensor([3, 3, 2, 1, 0, 0])
+    bce = nn.BCELoss()
+    s_r, _ = D(real)
+    s_f, c_f = D(fake)
+    p_r, p_f = torch.sigmoid(s_r)[:, None], torch.sigmoid(s_f)[:, None]
+    ref_d = bce(p_f, torch.zeros(6, 1)) + bce(p_r, torch.ones(6, 1)) + 1.5 * nn.CrossEntropyLoss()(c_f, y_hat)
+    ref_g = bce(p_f, torch.ones(6, 1)) + 1.5 * nn.CrossEntropyLoss()(c_f, y)
+    assert torch.allclose(tacgan_discriminator_loss(D, real, fake, y_hat, 1.5), ref_d, atol=1e-5)
+    assert torch.allclose(tacgan_generator_loss(D, fake, y, 1.5, True), ref_g, atol=1e-5)
+    assert torch.allclose(tacgan_discriminator_loss(D, real, fake, None, 1.5),
+                          bce(p_f, torch.zeros(6, 1)) + bce(p_r, torch.ones(6, 1)), atol=1e-5)
+    assert torch.allclose(tacgan_generator_loss(D, fake, y, 1.5, False), bce(p_f, torch.ones(6, 1)), atol=1e-5)
+    assert D(real)[1].shape == (6, K)
+
+
+def test_lokt_gan_iteration_queries_labels_only_after_the_unconditional_phase(nets):
+    """One G step then n_critic D steps; the target is asked for LABELS of generated images only once the
+    iteration number (1-based) exceeds uncond_iterations: n_critic x batch queries per iteration."""
+    from midre.attacks.base import QueryOracle
+    from midre.priors.tacgan import TACGANConfig, _gan_iteration
+    from midre.models.tacgan import ACGANDiscriminator
+
+    cfg = TACGANConfig(uncond_iterations=2, batch_size=5, n_critic=3, z_dim=ZD, width=4)
+    G, D = CondGenerator(K, ZD, RES, 3, 4), ACGANDiscriminator(K, RES, 3, 4)
+    optG, optD = torch.optim.Adam(G.parameters()), torch.optim.Adam(D.parameters())
+    images = (torch.rand(20, 3, RES, RES) * 255).to(torch.uint8)
+    oracle = QueryOracle(nets.T, "labels")
+    seen = []
+    orig = QueryOracle.__call__
+
+    def spy(self, x):
+        out = orig(self, x)
+        seen.append(out)
+        return out
+
+    try:
+        QueryOracle.__call__ = spy
+        for n in (1, 2):
+            _gan_iteration(n, cfg, G, D, optG, optD, images, oracle, K, _gen())
+        assert oracle.queries == 0
+        _gan_iteration(3, cfg, G, D, optG, optD, images, oracle, K, _gen())
+    finally:
+        QueryOracle.__call__ = orig
+    assert oracle.queries == 3 * 5 and len(seen) == 3
+    assert all(s.dtype == torch.long and s.dim() == 1 for s in seen)        # hard labels, nothing else
+
+
+def test_lokt_surrogate_step_is_half_clean_half_augmented_ce_with_sgd():
+    """One surrogate batch: loss 0.5 CE(S(x), y_hat) + 0.5 CE(S(A(x)), y_hat), SGD lr, momentum 0.9, wd 5e-4."""
+    from midre.priors.tacgan import TACGANConfig, _surrogate_epoch, surrogate_views
+
+    torch.manual_seed(1)
+    G = _frozen(CondGenerator(K, ZD, RES, 3, 4))
+    S = create_model("tinycnn", num_classes=K, resolution=RES)
+    S_ref = create_model("tinycnn", num_classes=K, resolution=RES)
+    S_ref.load_state_dict(S.state_dict())
+    lab = {"z": torch.randn(12, ZD), "y": torch.randint(K, (12,)), "y_hat": torch.randint(K, (12,))}
+    cfg = TACGANConfig(surrogate_batches=1, surrogate_batch_size=6, z_dim=ZD)
+    opt = torch.optim.SGD(S.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    _surrogate_epoch(S, opt, G, lab, cfg, _gen(5))
+    g = _gen(5)
+    idx = torch.randint(12, (6,), generator=g)
+    x = G(lab["z"][idx], lab["y"][idx]).detach()
+    xa = surrogate_views(x, g)
+    S_ref.train()
+    loss = 0.5 * F.cross_entropy(S_ref(x), lab["y_hat"][idx]) + 0.5 * F.cross_entropy(S_ref(xa), lab["y_hat"][idx])
+    params = [p for p in S_ref.parameters()]
+    grads = torch.autograd.grad(loss, params)
+    with torch.no_grad():
+        want = [p - 0.1 * (gr + 5e-4 * p) for p, gr in zip(params, grads)]   # first step: v = g + wd p
+    got = list(S.parameters())
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(got, want))
+    assert any(not torch.allclose(a, p) for a, p in zip(got, params))
+
+
+def test_lokt_parity_plgmi_on_the_surrogates(nets):
+    """plg_tacgan.py: Adam on z of G(z, y); per step, for every surrogate two fresh views, max-margin each,
+    summed, divided by the number of surrogates."""
+    from midre.priors import Prior
+
+    pri = {"tacgan": Prior("tacgan", nets.cG, aug_models=nets.aug)}
+    a = build_attack("lokt", iterations=STEPS)
+    g = _gen()
+    st = a.init_latents(None, IDS, pri, g)
+
+    class _Oracle:
+        queries = 0
+    a.extra_meta = {}
+    out = a.invert(_Oracle(), IDS, pri, st, g, None, lambda v: None, lambda: None)
+    g = _gen()
+    z = torch.randn(len(IDS), ZD, generator=g)
+    opt = HandAdam([z], 0.1)
+    for _ in range(STEPS):
+        zz = z.clone().requires_grad_(True)
+        x = nets.cG(zz, IDS)
+        loss = 0.0
+        for s in nets.aug:
+            loss = loss + ref_max_margin(s(random_views(x, g)), IDS) + ref_max_margin(s(random_views(x, g)), IDS)
+        loss = loss / len(nets.aug)
+        z, = opt.step(torch.autograd.grad(loss, [zz]))
+    assert torch.allclose(out["z"], z, atol=1e-5)
+    assert (out["z"] - st["z"]).abs().max() > 1e-3
+    assert a.extra_meta["queries_attack"] == 0
+
+
+# ------------------------------------------------------------------------------ C2FMI
+# Written from the authors' release (MiLabHITSZ/2022YeC2FMI: main_attack.py, utils/DE.py's DE_c2b_5_bin2,
+# models/predict2feature.py): loops per child and per coordinate as the release has them; the random draws
+# come from one generator in midre's order (pool z, start indices, prediction noise per coarse step, three
+# distinct parents + three fresh z per added member, then per generation (P, nv, 2) pair indices and a
+# (P, d) uniform for the crossover).
+def ref_truncated_log(probs, trunc):
+    """predict2feature's input: top-``trunc`` probabilities -> log, clamp(min=-1000) + 50, shifted to be >= 0,
+    written back at their classes in a zero vector, L2-normalised."""
+    out = torch.zeros_like(probs)
+    for b in range(len(probs)):
+        order = sorted(range(probs.shape[1]), key=lambda c: -float(probs[b, c]))[:trunc]
+        vals = [max(math.log(float(probs[b, c])), -1000.0) + 50.0 for c in order]
+        lift = max(0.0, -min(vals))
+        for c, v in zip(order, vals):
+            out[b, c] = v + lift
+        out[b] /= out[b].norm().clamp_min(1e-12)
+    return out
+
+
+def test_c2fmi_inverse_model_input_is_the_releases_truncated_log():
+    from midre.priors.c2fmi import truncated_log_input
+
+    p = torch.rand(5, 7, generator=_gen(1)).pow(4).softmax(1)
+    for trunc in (1, 3, 7):
+        assert torch.allclose(truncated_log_input(p, trunc), ref_truncated_log(p, trunc), atol=1e-6)
+    one = truncated_log_input(p, 1)                            # trunc 1 (the release): the one-hot of the top class
+    assert torch.equal(one, F.one_hot(p.argmax(1), 7).float())
+    assert not torch.allclose(truncated_log_input(p, 3), F.normalize(p, dim=1), atol=1e-3)
+
+
+def _c2fmi_nets(hr):
+    from midre.priors.c2fmi import InverseMapping
+
+    torch.manual_seed(3)
+    E = _frozen(create_model("tinycnn", num_classes=5, resolution=8))        # the embedding model reads 8 px
+    M = _frozen(InverseMapping(K, 5, hidden=8, dropout=0.25, trunc=1))
+    return E, M, {**hr.priors, "c2fmi": Prior("c2fmi", aug_models=[E, M], meta={"resolution": 8})}
+
+
+def ref_c2fmi_view(G, w, res):
+    """G([w], input_is_latent=True) -> resize to the model's input -> clamp to [-1, 1] -> [0, 1]."""
+    x = G.synthesis(w[:, None].repeat(1, G.num_ws, 1), noise_mode="const")
+    x = F.interpolate(x, size=(res, res), mode="bilinear", align_corners=False, antialias=x.shape[-1] > res)
+    return x.clamp(-1, 1).add(1).div(2)
+
+
+def test_c2fmi_start_and_coarse_stage_follow_the_release(hr):
+    from midre.attacks import QueryOracle
+
+    E, M, priors = _c2fmi_nets(hr)
+    pool, B, S, steps, y = 1200, 5, 3, 4, 2
+    a = build_attack("c2fmi", pool=pool, candidates=B, select=S, coarse_steps=steps, lr_step=2, lr_gamma=0.5)
+    oracle = QueryOracle(hr.T)
+    a.extra_meta = {}
+    g = _gen(4)
+    st = a.init_latents(oracle, torch.tensor([y]), priors, g)
+    got = a.coarse(oracle, st["w"][0], y, g, None, lambda v: None)
+    # the release
+    r = _gen(4)
+    with torch.no_grad():
+        lat = hr.G.mapping(torch.randn(pool, hr.G.z_dim, generator=r), None)[:, 0]        # g_ema.style(noise)
+    j = torch.randint(0, pool // 10 - 100 + 1, (B,), generator=r)
+    w = torch.stack([lat[2 * int(i):2 * (int(i) + 1)].mean(0) for i in j]).requires_grad_(True)
+    assert torch.allclose(st["w"][0], w.detach(), atol=1e-6)
+    opt = torch.optim.Adam([w], lr=0.02)
+    sch = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+    for i in range(steps):
+        if i + 1 == steps:                                    # the target scores this step's images
+            with torch.no_grad():
+                conf = hr.T(ref_c2fmi_view(hr.G, w, HR)).softmax(1)[:, y]
+            idx = conf.argsort(descending=True)[:S]
+        pred = torch.randn(B, K, generator=r).abs()
+        pred[:, y] = 1e18
+        loss = F.mse_loss(E(ref_c2fmi_view(hr.G, w, 8)), M(F.normalize(pred, dim=1)))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sch.step()
+    assert oracle.queries == B                                # one query per candidate, once
+    assert torch.allclose(got, w.detach()[idx], atol=1e-5)
+    assert (got - st["w"][0][idx]).abs().max() > 1e-4          # the latents moved
+
+
+def ref_c2fmi_de(G, T, pop, y, gens, r, nv=4, pull=0.02, beta0=0.1, ramp=30, div=50.0, pr=0.5):
+    """DE_c2b_5_bin2.run with disturb 0: per generation query the parents, mutate towards the best plus nv
+    beta-weighted differences, binomial crossover with the parent, keep strictly better children."""
+    def fitness(ws):
+        with torch.no_grad():
+            return T(ref_c2fmi_view(G, ws, HR)).softmax(1)[:, y]
+
+    pop = pop.clone()
+    n, d = pop.shape
+    for step in range(gens):
+        beta = beta0 if step < gens - ramp else beta0 * (gens - step) / div
+        fit_par = fitness(pop)
+        best = pop[int(fit_par.argmax())]
+        pairs = torch.randint(0, n, (n, nv, 2), generator=r)
+        children = []
+        for i in range(n):
+            tmp = pop[i] + pull * (best - pop[i])
+            for k in range(nv):
+                tmp = tmp + beta * (pop[pairs[i, k, 0]] - pop[pairs[i, k, 1]])
+            children.append(tmp)
+        u = torch.rand(n, d, generator=r)
+        fi = torch.stack([torch.stack([children[i][c] if u[i, c] > pr else pop[i, c] for c in range(d)])
+                          for i in range(n)])
+        fit_chi = fitness(fi)
+        for i in range(n):
+            if fit_par[i] < fit_chi[i]:
+                pop[i] = fi[i]
+    return pop, fitness(pop)
+
+
+def test_c2fmi_differential_evolution_is_the_releases(hr):
+    from midre.attacks import QueryOracle
+
+    E, M, priors = _c2fmi_nets(hr)
+    P, S, gens, y = 6, 3, 34, 1                                # 34 generations: 4 at beta, 30 on the ramp
+    a = build_attack("c2fmi", pool=1200, candidates=4, select=S, population=P, generations=gens)
+    oracle = QueryOracle(hr.T)
+    a.extra_meta = {}
+    a.init_latents(oracle, torch.tensor([y]), priors, _gen(0))
+    sel = hr.G.mapping(torch.randn(S, hr.G.z_dim, generator=_gen(5)), None)[:, 0]
+    g = _gen(6)
+    pop0 = a.extend(sel, g)
+    q0 = oracle.queries
+    got = a.evolve(oracle, pop0, y, g, None, lambda v: None)
+    # the release's extension: 0.7 * 0.5 (0.5 (x1 + x2) + x3) + 0.3 * mean of three fresh mapped w
+    r = _gen(6)
+    ref0 = [sel[i] for i in range(S)]
+    for _ in range(P - S):
+        i1, i2, i3 = torch.randperm(S, generator=r)[:3].tolist()
+        with torch.no_grad():
+            wr = hr.G.mapping(torch.randn(3, hr.G.z_dim, generator=r), None)[:, 0].mean(0)
+        ref0.append(0.7 * (0.5 * (0.5 * (sel[i1] + sel[i2]) + sel[i3])) + 0.3 * wr)
+    ref0 = torch.stack(ref0)
+    assert torch.allclose(pop0, ref0, atol=1e-6)
+    ref_pop, _ = ref_c2fmi_de(hr.G, hr.T, ref0, y, gens, r)
+    assert oracle.queries - q0 == 2 * P * gens                # parents and children queried every generation
+    assert torch.allclose(got, ref_pop, atol=1e-5)
+    assert (got - pop0).abs().max() > 1e-3
+    # without the release's late beta ramp the search ends elsewhere
+    r2 = _gen(6)
+    for _ in range(P - S):
+        torch.randperm(S, generator=r2)
+        torch.randn(3, hr.G.z_dim, generator=r2)
+    flat, _ = ref_c2fmi_de(hr.G, hr.T, ref0, y, gens, r2, ramp=0)
+    assert (flat - ref_pop).abs().max() > 1e-4
+
+
 # ============================================================================== DeepInversion (issue 24)
 # The release's rules (NVlabs/DeepInversion deepinversion.py + utils/utils.py, cifar10/deepinversion_cifar10.py),
 # written out below: the BN feature hook, the image priors, lr_cosine_policy, the per-stage Adam, the clip.

@@ -157,14 +157,14 @@ def test_audit_end_to_end_white_box(world, tmp_path, capsys):
 
 
 def test_audit_torchscript_label_only_is_seeded(world, tmp_path):
-    args = ["--access", "label-only", "--attack-param", "brepmi.iterations=3", "--attack-param",
+    args = ["--access", "label-only", "--attacks", "brepmi", "--attack-param", "brepmi.iterations=3", "--attack-param",
             "brepmi.init_rounds=3", "--attack-param", "brepmi.sphere_points=4", "--prior-param", "gan.iterations=3",
             "--prior-param", "gan.batch_size=16", "--identities", "0-1", "--repeats", "1"]
     a, b = tmp_path / "a", tmp_path / "b"
     assert _audit(world, a, *args, model="script") == 0
     assert _audit(world, b, *args, model="script") == 0
     audit = json.loads((a / "audit.json").read_text())
-    assert audit["attacks"] == ["brepmi"]          # the only registered attack a label-only auditor can run
+    assert audit["attacks"] == ["brepmi"]
     assert audit["retrain"]["command"] is None and "BatchRandomErasing" in audit["retrain"]["notes"][0]
     ra, rb = (json.loads((d / "results.json").read_text())["rows"] for d in (a, b))
     assert ra == rb                                 # same seed -> same numbers
@@ -232,11 +232,24 @@ def test_torchscript_and_state_dict_confusions(world, tmp_path, capsys):
 def test_select_attacks_by_access():
     from midre.audit import select_attacks
 
-    assert select_attacks("label-only", None) == ["brepmi"]
+    assert select_attacks("label-only", None) == ["lokt", "brepmi"]      # the two label-only attacks, strongest first
     wb = select_attacks("white-box", None)
     assert len(wb) == 2 and "plgmi" in wb          # the strongest first
     assert select_attacks("white-box", ["brepmi", "gmi"]) == ["brepmi", "gmi"]   # more access never hurts
     assert select_attacks("black-box", None) == ["mirror", "rlbmi"]
+
+
+def test_equal_strengths_are_ranked_by_name(monkeypatch):
+    """lokt and c2fmi both declare strength 35: the audit's choice must not hang on the registry's listing order."""
+    import midre.attacks
+    import midre.audit as audit
+
+    assert audit.attack_strength("lokt") == audit.attack_strength("c2fmi") == 35
+    names = midre.attacks.ATTACKS.names()
+    monkeypatch.setattr(midre.attacks.ATTACKS, "names", lambda: sorted(names, reverse=True))
+    monkeypatch.setattr(audit, "attack_strength", lambda n: 35 if n in ("lokt", "c2fmi") else 1)
+    assert audit.select_attacks("black-box", None) == ["c2fmi", "lokt"]
+    assert audit.select_attacks("label-only", None) == ["lokt", "brepmi"]
 
 
 def test_every_registered_attack_is_ranked_by_its_own_class():

@@ -15,6 +15,10 @@ ifgmi          white-box    stylegan2     Qiu et al. 2024
 mirror         black-box    stylegan2     An et al. 2022
 mirror_wb      white-box    stylegan2     An et al. 2022 (white-box form)
 rlbmi          black-box    gan           Han et al. 2023
+vmi            white-box    gan           Wang et al. 2021
+lokt           label-only   tacgan        Nguyen et al. 2023
+c2fmi          black-box    stylegan2,    Ye et al. 2023
+                            c2fmi
 deepinversion  white-box    (none)        Yin et al. 2020
 =============  ===========  ============  ==========================================
 """
@@ -32,6 +36,12 @@ from .ppa import PPA  # noqa: F401,E402
 from .ifgmi import IFGMI  # noqa: F401,E402
 from .mirror import MIRROR  # noqa: F401,E402
 from .rlbmi import RLBMI  # noqa: F401,E402
+from . import vmi  # noqa: F401,E402
+from .vmi import VMI  # noqa: F401,E402
+from . import lokt  # noqa: F401,E402
+from .lokt import LOKT  # noqa: F401,E402
+from . import c2fmi  # noqa: F401,E402
+from .c2fmi import C2FMI  # noqa: F401,E402
 from . import deepinversion, mirror_wb  # noqa: F401,E402  (issue 24)
 from .deepinversion import DeepInversion  # noqa: F401,E402
 from .mirror_wb import MirrorWB  # noqa: F401,E402

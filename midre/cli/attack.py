@@ -18,7 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "DIR/reconstructions.safetensors + .json for `midre evaluate DIR`.")
     p.add_argument("--target", required=True, help="target checkpoint (directory, .safetensors or .json)")
     p.add_argument("--attack", required=True,
-                   help="gmi, kedmi, lomma_gmi, lomma_kedmi, plgmi, brepmi, ppa, ifgmi, mirror or rlbmi")
+                   help="gmi, kedmi, lomma_gmi, lomma_kedmi, plgmi, vmi, brepmi, lokt, ppa, ifgmi, mirror, rlbmi "
+                        "or c2fmi")
     p.add_argument("--eval", default=None, help="evaluation-model checkpoint, recorded for `midre evaluate`")
     p.add_argument("--public", default=None,
                    help="public data for the priors as NAME[:ROOT], e.g. ffhq:/data/ffhq (default: the public "

@@ -22,6 +22,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from ..errors import ArgumentError
 from . import stylegan2 as _sg2
+from .tacgan import ACGANDiscriminator
 
 
 def _levels(resolution: int) -> int:
@@ -171,6 +172,7 @@ GENERATORS: dict[str, type] = {
     "DCGANDiscriminator": DCGANDiscriminator,
     "CondGenerator": CondGenerator,
     "ProjectionDiscriminator": ProjectionDiscriminator,
+    "ACGANDiscriminator": ACGANDiscriminator,        # LOKT's T-ACGAN (models/tacgan.py)
     "StyleGAN2Generator": _sg2.Generator,            # config = the official-style init kwargs
     "StyleGAN2Discriminator": _sg2.Discriminator,
 }

@@ -12,6 +12,11 @@ kind            per target   what it is (used by)
 ``lomma``       yes          augmented models distilled from the target + p_reg (LOMMA): :mod:`midre.priors.lomma`
 ``stylegan2``   no           StyleGAN2 generator: converted official weights (``path``) or trained on public
                              images (PPA, IF-GMI, MIRROR): :mod:`midre.priors.stylegan2`
+``tacgan``      yes          LOKT's T-ACGAN trained with the target's top-1 labels only (counted queries) +
+                             surrogate models trained on its labelled samples (LOKT): :mod:`midre.priors.tacgan`
+``c2fmi``       yes          C2FMI's embedding model (public identities) + inverse model from the target's
+                             prediction to its logits, the target queried through a counting oracle (C2FMI, with
+                             ``stylegan2``): :mod:`midre.priors.c2fmi`
 ==============  ===========  ====================================================================================
 
 Every kind is a :class:`PriorKind` registered in :data:`PRIORS` (``@register_prior``); plugins add kinds
@@ -35,4 +40,4 @@ from .base import (PRESETS, PRIOR_FORMAT, PRIORS, Prior, PriorConfig, PriorKind,
 from .data import PublicImages, assert_public_only, data_fingerprint, data_summary  # noqa: F401
 from .train import load_prior, prepare_priors, prior_config, train_prior  # noqa: F401
 from .adversarial import AdversarialPrior  # noqa: F401
-from . import gan, kedmi, cgan, lomma, stylegan2  # noqa: F401,E402  (register the built-in kinds)
+from . import gan, kedmi, cgan, lomma, stylegan2, tacgan, c2fmi  # noqa: F401,E402  (register the built-in kinds)

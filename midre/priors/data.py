@@ -73,11 +73,13 @@ def assert_public_only(public_set: Any, *private_sets: Any) -> None:
 
 
 class PublicImages:
-    """Public images on the device, sampled with an explicit generator (random index + hflip)."""
+    """Public images on the device, sampled with an explicit generator (random index + hflip); ``targets``
+    keeps their labels on the CPU (the public identities, for kinds that train on them: c2fmi)."""
 
     def __init__(self, public_set: Any, device: torch.device, hflip: bool):
         ts = public_set.to_tensors()
         self.images = ts.images.to(device)
+        self.targets = ts.targets
         self.n = len(ts.images)
         self.hflip = hflip
         self.device = device

@@ -55,7 +55,8 @@ def train_prior(kind: str, public_set: Any, target: Optional[nn.Module] = None, 
 
     Parameters
     ----------
-    kind : a registered prior kind (:data:`midre.priors.PRIORS`: gan, kedmi, cgan, lomma, stylegan2, plugins).
+    kind : a registered prior kind (:data:`midre.priors.PRIORS`: gan, kedmi, cgan, lomma, stylegan2, tacgan,
+        c2fmi, plugins).
     public_set : ImageSet of PUBLIC images (labels are ignored).
     target : the target Classifier (needed by per-target kinds; queried on public images only).
     out_dir : cache root; the prior lives in ``out_dir/<kind>-<key>``.  None = no cache, no resume.
