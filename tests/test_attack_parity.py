@@ -1009,7 +1009,7 @@ def test_lokt_gan_iteration_queries_labels_only_after_the_unconditional_phase(ne
     """One G step then n_critic D steps; the target is asked for LABELS of generated images only once the
     iteration number (1-based) exceeds uncond_iterations: n_critic x batch queries per iteration."""
     from midre.attacks.base import QueryOracle
-    from midre.priors.tacgan import TACGANConfig, _gan_iteration
+    from midre.priors.tacgan import TACGANConfig, tacgan_iteration
     from midre.models.tacgan import ACGANDiscriminator
 
     cfg = TACGANConfig(uncond_iterations=2, batch_size=5, n_critic=3, z_dim=ZD, width=4)
@@ -1028,9 +1028,9 @@ def test_lokt_gan_iteration_queries_labels_only_after_the_unconditional_phase(ne
     try:
         QueryOracle.__call__ = spy
         for n in (1, 2):
-            _gan_iteration(n, cfg, G, D, optG, optD, images, oracle, K, _gen())
+            tacgan_iteration(n, cfg, G, D, optG, optD, images, oracle, K, _gen())
         assert oracle.queries == 0
-        _gan_iteration(3, cfg, G, D, optG, optD, images, oracle, K, _gen())
+        tacgan_iteration(3, cfg, G, D, optG, optD, images, oracle, K, _gen())
     finally:
         QueryOracle.__call__ = orig
     assert oracle.queries == 3 * 5 and len(seen) == 3
@@ -1039,7 +1039,7 @@ def test_lokt_gan_iteration_queries_labels_only_after_the_unconditional_phase(ne
 
 def test_lokt_surrogate_step_is_half_clean_half_augmented_ce_with_sgd():
     """One surrogate batch: loss 0.5 CE(S(x), y_hat) + 0.5 CE(S(A(x)), y_hat), SGD lr, momentum 0.9, wd 5e-4."""
-    from midre.priors.tacgan import TACGANConfig, _surrogate_epoch, surrogate_views
+    from midre.priors.tacgan import TACGANConfig, surrogate_epoch, surrogate_views
 
     torch.manual_seed(1)
     G = _frozen(CondGenerator(K, ZD, RES, 3, 4))
@@ -1049,7 +1049,7 @@ def test_lokt_surrogate_step_is_half_clean_half_augmented_ce_with_sgd():
     lab = {"z": torch.randn(12, ZD), "y": torch.randint(K, (12,)), "y_hat": torch.randint(K, (12,))}
     cfg = TACGANConfig(surrogate_batches=1, surrogate_batch_size=6, z_dim=ZD)
     opt = torch.optim.SGD(S.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
-    _surrogate_epoch(S, opt, G, lab, cfg, _gen(5))
+    surrogate_epoch(S, opt, G, lab, cfg, _gen(5))
     g = _gen(5)
     idx = torch.randint(12, (6,), generator=g)
     x = G(lab["z"][idx], lab["y"][idx]).detach()

@@ -128,7 +128,7 @@ def _fake(G: nn.Module, cfg: TACGANConfig, K: int, gen: torch.Generator, dev) ->
     return G(z, y), y
 
 
-def _gan_iteration(n: int, cfg: TACGANConfig, G, D, optG, optD, images, oracle: QueryOracle, K: int,
+def tacgan_iteration(n: int, cfg: TACGANConfig, G, D, optG, optD, images, oracle: QueryOracle, K: int,
                    gen: torch.Generator) -> tuple[float, float]:
     """Iteration n (1-based): one G step, then n_critic D steps."""
     dev = images.device
@@ -169,7 +169,7 @@ def _train_gan(cfg: TACGANConfig, images: torch.Tensor, oracle: QueryOracle, K: 
     with make_progress(progress) as prog:
         task = prog.add_task("prior tacgan", total=stop, completed=start, status="")
         for it in range(start, stop):
-            d, g = _gan_iteration(it + 1, cfg, G, D, optG, optD, images, oracle, K, gen)
+            d, g = tacgan_iteration(it + 1, cfg, G, D, optG, optD, images, oracle, K, gen)
             if not (math.isfinite(d) and math.isfinite(g)):
                 raise TrainingDivergedError(f"prior 'tacgan' diverged at iteration {it + 1} (NaN/inf loss); lower "
                                             f"its lr or delete '{root}' to restart")
@@ -204,7 +204,7 @@ def _label(G: nn.Module, cfg: TACGANConfig, oracle: QueryOracle, K: int, root: P
     return {k: v.to(dev) for k, v in out.items()}
 
 
-def _surrogate_epoch(S: nn.Module, opt, G: nn.Module, lab: dict, cfg: TACGANConfig, gen: torch.Generator) -> float:
+def surrogate_epoch(S: nn.Module, opt, G: nn.Module, lab: dict, cfg: TACGANConfig, gen: torch.Generator) -> float:
     S.train()
     loss = torch.zeros(())
     for _ in range(cfg.surrogate_batches):
@@ -238,7 +238,7 @@ def _train_surrogates(cfg: TACGANConfig, G: nn.Module, lab: dict, K: int, res: i
             i, ep = divmod(e_all, E)
             for g_ in opts[i].param_groups:      # cosine annealing per epoch (CosineAnnealingLR, T_max = E)
                 g_["lr"] = cfg.surrogate_lr * 0.5 * (1 + math.cos(math.pi * ep / E))
-            loss = _surrogate_epoch(models[i], opts[i], G, lab, cfg, gen)
+            loss = surrogate_epoch(models[i], opts[i], G, lab, cfg, gen)
             prog.update(task, advance=1, status=f"{cfg.surrogate_archs[i]} loss {loss:.3g}")
             resume.save(e_all + 1, {f"s{j}": m for j, m in enumerate(models)}, {f"s{j}": o for j, o in enumerate(opts)},
                         gen)
