@@ -32,7 +32,7 @@ class ResultRow:
 
     The one list of result columns: :data:`COLUMNS` are the fields up to ``identities`` in this order; the
     optional fields after them are written only when set (``reference`` by ``midre run``, ``dp_delta`` for DP
-    targets, ``target_top1`` by ``midre audit``).  Accuracies and attack accuracies are percentages; ``delta``
+    targets, ``trapdoor_acc`` for Trap-MID targets, ``target_top1`` by ``midre audit``).  Accuracies and attack accuracies are percentages; ``delta``
     is the trade-off against the reference ("" when there is none)."""
 
     target: str
@@ -54,6 +54,7 @@ class ResultRow:
     repeats: Any = ""
     identities: Any = ""
     dp_delta: Optional[float] = None
+    trapdoor_acc: Optional[float] = None      # Trap-MID targets: triggered test images classified as their trapdoor
     reference: Optional[str] = None
     target_top1: Optional[float] = None
 
@@ -75,7 +76,7 @@ class ResultRow:
         return out
 
 
-OPTIONAL_COLUMNS = ("dp_delta", "reference", "target_top1")
+OPTIONAL_COLUMNS = ("dp_delta", "trapdoor_acc", "reference", "target_top1")
 COLUMNS = [f.name for f in fields(ResultRow) if f.name not in OPTIONAL_COLUMNS]
 # a multi-seed study's rows add the spread across seeds (midre.results.aggregate_rows)
 STUDY_EXTRA_COLUMNS = ["n_seeds", "acc_std", "knn_std", "fid_eval_std"]
@@ -411,6 +412,8 @@ def aggregate_rows(per_seed: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         row["knn"], row["knn_std"] = mean_std([as_float(r["knn"]) for r in rs])
         row["fid_eval"], row["fid_eval_std"] = mean_std([as_float(r["fid_eval"]) for r in rs])
         row["epsilon"] = mean_std([as_float(r.get("epsilon")) for r in rs])[0]
+        if any("trapdoor_acc" in r for r in rs):
+            row["trapdoor_acc"] = mean_std([as_float(r.get("trapdoor_acc")) for r in rs])[0]
         row["delta"] = ""
         out.append(row)
     # trade-off of the seed means against the NoDef target of the same attack

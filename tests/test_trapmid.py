@@ -365,6 +365,12 @@ def test_midre_run_with_trapmid_targets_end_to_end(tmp_path, capsys):
     assert "trapdoor_acc" in json.dumps(stages["targets/trapmid"])     # the pipeline's record of the target
     nodef = json.loads((run / "attacks" / "nodef" / "plgmi-adaptive" / "reconstructions.json").read_text())
     assert not nodef["adaptive"]                                       # NoDef: nothing to adapt to, a plain attack
+    rows = {r["target"]: r for r in json.loads((run / "results.json").read_text())["rows"]}
+    for name in ("trapmid", "midre-trapmid"):                          # the results table carries it beside acc
+        meta = json.loads((run / "targets" / name / "model.json").read_text())
+        assert rows[name]["trapdoor_acc"] == meta["defense_report"]["trapdoor_acc"]
+    assert "trapdoor_acc" not in rows["nodef"]
+    assert "trapdoor_acc" in (run / "results.csv").read_text().splitlines()[0].split(",")
 
 
 def test_midre_attack_adaptive_against_a_trapmid_target(tmp_path, capsys):

@@ -55,7 +55,8 @@ def result_rows(ctx: RunContext) -> list[ResultRow]:
                 acc=as_float(meta.get("test_acc")), epsilon=as_float(rep.get("epsilon")), seed=cfg.seed,
                 repeats=a.repeats if a is not None else "",
                 identities=len(ctx.data.ids[a.key]) if a is not None else "",
-                dp_delta=rep.get("delta"), reference=nodef if nodef != t.name else "")
+                dp_delta=rep.get("delta"), trapdoor_acc=rep.get("trapdoor_acc"),
+                reference=nodef if nodef != t.name else "")
             if a is not None and nodef is not None and t.name != nodef and nodef in metrics:
                 row.delta = tradeoff(as_float(metas[nodef].get("test_acc")), row.acc,
                                      as_float(metrics[nodef].get("attacc_top1")), row.attack_top1)
