@@ -16,6 +16,8 @@ mirror         black-box    stylegan2     An et al. 2022
 mirror_wb      white-box    stylegan2     An et al. 2022 (white-box form)
 rlbmi          black-box    gan           Han et al. 2023
 deepinversion  white-box    (none)        Yin et al. 2020
+secretgen      white-box    secretgen     Yuan et al. 2022 (+ masked private images)
+secretgen_bb   black-box    secretgen_bb  Yuan et al. 2022 (+ masked private images)
 =============  ===========  ============  ==========================================
 """
 from .base import (ACCESS_LEVELS, ATTACKS, AccessError, Attack, ChunkContext, QueryOracle,  # noqa: F401
@@ -35,3 +37,5 @@ from .rlbmi import RLBMI  # noqa: F401,E402
 from . import deepinversion, mirror_wb  # noqa: F401,E402  (issue 24)
 from .deepinversion import DeepInversion  # noqa: F401,E402
 from .mirror_wb import MirrorWB  # noqa: F401,E402
+from . import secretgen  # noqa: F401,E402  (issue 24)
+from .secretgen import SecretGen, SecretGenBlackBox  # noqa: F401,E402

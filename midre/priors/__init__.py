@@ -12,6 +12,9 @@ kind            per target   what it is (used by)
 ``lomma``       yes          augmented models distilled from the target + p_reg (LOMMA): :mod:`midre.priors.lomma`
 ``stylegan2``   no           StyleGAN2 generator: converted official weights (``path``) or trained on public
                              images (PPA, IF-GMI, MIRROR): :mod:`midre.priors.stylegan2`
+``secretgen``   yes          SecretGen's inpainting GAN (context net + identity generator, global and local
+                             WGAN-GP critics), diversity on the target's features; its black-box twin
+                             ``secretgen_bb`` (shared, a public model's features): :mod:`midre.priors.secretgen`
 ==============  ===========  ====================================================================================
 
 Every kind is a :class:`PriorKind` registered in :data:`PRIORS` (``@register_prior``); plugins add kinds
@@ -35,4 +38,4 @@ from .base import (PRESETS, PRIOR_FORMAT, PRIORS, Prior, PriorConfig, PriorKind,
 from .data import PublicImages, assert_public_only, data_fingerprint, data_summary  # noqa: F401
 from .train import load_prior, prepare_priors, prior_config, train_prior  # noqa: F401
 from .adversarial import AdversarialPrior  # noqa: F401
-from . import gan, kedmi, cgan, lomma, stylegan2  # noqa: F401,E402  (register the built-in kinds)
+from . import gan, kedmi, cgan, lomma, stylegan2, secretgen  # noqa: F401,E402  (register the built-in kinds)

@@ -38,6 +38,7 @@ def metric_stages(ctx: RunContext) -> list[Stage]:
 def run_attack(ctx: RunContext, a: AttackSection, t: TargetSection) -> dict:
     from ..attacks import build_attack
     from ..attacks.highres import resolve_preset
+    from ..attacks.masked import give_masked_private
 
     tdir = ctx.run_dir / "targets" / t.name
     target, tmeta = ctx.load(tdir)
@@ -50,6 +51,7 @@ def run_attack(ctx: RunContext, a: AttackSection, t: TargetSection) -> dict:
     attack = build_attack(a.name, **({"preset": preset} if preset else {}), **a.params)
     if attack.params.get("target_resolution") == 0:      # StyleGAN attacks: images at the target's size
         attack.params["target_resolution"] = int(ctx.data.splits.resolution)
+    give_masked_private(attack, priors, ctx.data.train_set, ctx.data.ids[a.key])   # SecretGen: hole zeroed
     seed = derive_seed(ctx.cfg.seed, "attack", a.key)
     seed_everything(seed)
     adir = ctx.run_dir / "attacks" / t.name / a.key
