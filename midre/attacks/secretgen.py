@@ -145,7 +145,7 @@ class SecretGen(Attack):
                     z.clamp_(-p["z_clip"], p["z_clip"])
             log(float(loss.detach()))
             tick()
-        return {**state, "z": z.detach(), "latents": z.detach()}
+        return {**state, "start": state["z"], "z": z.detach(), "latents": z.detach()}
 
     def decode(self, prior, state, ids, gen):
         return fill(state["x"], state["mask"], self.prior(prior).generator(state["x"], state["mask"], state["z"]))
