@@ -60,7 +60,7 @@ def mask_private(private_train: Any, identities: Sequence[int], mask: torch.Tens
     ts = private_train.to_tensors()
     if ts.images.shape[-1] != mask.shape[-1]:
         raise DataError(f"the private images are {ts.images.shape[-1]} px but the hole mask is {mask.shape[-1]} px")
-    keep = torch.isin(ts.targets.long(), torch.tensor(sorted(set(int(i) for i in identities)), dtype=torch.long))
+    keep = torch.isin(ts.targets.long(), torch.tensor(sorted({int(i) for i in identities}), dtype=torch.long))
     keep_mask = (1 - mask).to(torch.float32)
     images = torch.cat([ts.images[keep][i:i + 512].float().div(255.0) * keep_mask
                         for i in range(0, int(keep.sum()), 512)]) if keep.any() else torch.zeros(0, *ts.images.shape[1:])

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ArgumentError
-from ..priors.secretgen import crop, fill, hole_mask, random_square
+from ..priors.secretgen import fill, hole_mask, random_square
 from .base import Attack, register_attack
 
 
