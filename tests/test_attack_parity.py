@@ -1498,3 +1498,179 @@ def test_mirror_wb_paper_preset_and_lr_ramp():
     for e in (1, 10, 50, 51, 500, 750, 751, 999, 1000):
         assert math.isclose(projector_lr(0.25, e, 1000), ref_projector_lr(0.25, e, 1000), abs_tol=1e-15)
     assert projector_lr(0.25, 1000, 1000) == 0.0 and math.isclose(projector_lr(0.25, 500, 1000), 0.25)
+
+
+# ============================================================================== SecretGen (issue 24)
+# The reference's rules (AI-secure/SecretGen stage1.py, stage2.py, utils.py, losses.py; the MI ToolBox copy is
+# identical), written out here without midre's helpers.  Random draws follow midre's order (one generator).
+from midre.attacks.secretgen import cutouts, pseudo_labels  # noqa: E402
+from midre.priors.data import PublicImages  # noqa: E402
+from midre.priors.secretgen import Critics, InpaintingGenerator, SecretGenPrior, hole_mask  # noqa: E402
+
+SG_RES, SG_K = 16, 5
+
+
+@pytest.fixture(scope="module")
+def sg():
+    torch.manual_seed(0)
+    G = InpaintingGenerator(z_dim=6, resolution=SG_RES, channels=3, width=8).eval()
+    G.fill_value.copy_(torch.tensor([0.52, 0.43, 0.39]).view(1, 3, 1, 1))
+    D = Critics(SG_RES, 3, 8).eval()
+    T = create_model("tinycnn", num_classes=SG_K, resolution=SG_RES).eval()
+    x = torch.rand(3, 3, SG_RES, SG_RES)
+    return SimpleNamespace(G=G, D=D, T=T, x=x, m=hole_mask("center", SG_RES))
+
+
+def ref_fill(G, x, m, z):
+    """stage2.py: x_mask = x - x*m + mpv*m; inp = cat(x_mask, m); out = Net(inp, z); x - x*m + out*m."""
+    x_mask = x - x * m + G.fill_value * m
+    inp = torch.cat((x_mask, m.expand(x.shape[0], 1, -1, -1)), 1)
+    out = G.decode(torch.cat([G.context(inp), G.identity(G.identity_fc(z).view(len(z), -1, G.s0, G.s0))], 1))
+    return x - x * m + out * m
+
+
+def ref_gp(D, a, b, alpha):
+    """gradient_penalty_dl/dg: interpolate z = a + alpha (b - a), (||grad D(z)||_2 - 1)^2 averaged."""
+    z = (a + alpha * (b - a)).detach().requires_grad_(True)
+    g = torch.autograd.grad(D(z), z, grad_outputs=torch.ones(len(z)), create_graph=True)[0].view(len(z), -1)
+    return ((g.norm(p=2, dim=1) - 1) ** 2).mean()
+
+
+def test_secretgen_masks_are_the_references():
+    c = hole_mask("center", 64)[0, 0]
+    assert c.sum() == 32 * 32 and c[16:48, 16:48].all()                   # int(64*.25):int(64*.75)
+    f = hole_mask("face", 64)[0, 0]
+    ref = torch.zeros(64, 64)
+    ref[25:40, 10:52] = 1
+    ref[40:63, 26:38] = 1
+    assert torch.equal(f, ref)
+    assert hole_mask("center", 32)[0, 0].sum() == 16 * 16
+
+
+def _sg_data(x, hflip=False):
+    return PublicImages(SimpleNamespace(to_tensors=lambda: SimpleNamespace(images=(x * 255).round().to(torch.uint8))),
+                        torch.device("cpu"), hflip)
+
+
+def test_secretgen_stage1_critic_steps_are_wgan_gp_with_weight_10(sg):
+    kind, cfg = SecretGenPrior(), SecretGenPrior().config("paper", {"batch_size": 3, "z_dim": 6})
+    data = _sg_data(sg.x)
+    ctx = {"mask": sg.m, "V": sg.T.features}
+    got = kind.critic_loss(cfg, sg.G, sg.D, data, torch.Generator().manual_seed(5), ctx)
+    g = torch.Generator().manual_seed(5)
+    total = 0.0
+    for which in ("local", "global"):
+        x = data.images[torch.randint(data.n, (3,), generator=g)].float() / 255
+        z = torch.randn(3, 6, generator=g)
+        with torch.no_grad():
+            out = ref_fill(sg.G, x, sg.m, z)
+        Dc = sg.D.local if which == "local" else sg.D.global_
+        if which == "local":                  # gen_hole_area: a random (R/2)^2 square, the same for real and fake
+            top, left = torch.randint(SG_RES - SG_RES // 2 + 1, (2,), generator=g).tolist()
+            sl = (..., slice(top, top + SG_RES // 2), slice(left, left + SG_RES // 2))
+            x, out = x[sl], out[sl]
+        alpha = torch.rand(3, 1, 1, 1, generator=g)
+        wd = Dc(x).mean() - Dc(out).mean()
+        total = total + (-wd + 10.0 * ref_gp(Dc, out, x, alpha))
+    assert torch.allclose(got, total, rtol=1e-5, atol=1e-6)
+
+
+def test_secretgen_stage1_generator_loss_subtracts_half_the_diversity_ratio(sg):
+    kind, cfg = SecretGenPrior(), SecretGenPrior().config("paper", {"batch_size": 3, "z_dim": 6})
+    data = _sg_data(sg.x)
+    V = sg.T.features
+    z1 = torch.randn(3, 6, generator=torch.Generator().manual_seed(1))
+    got = kind.generator_loss(cfg, sg.G, sg.D, data, torch.Generator().manual_seed(9), {"mask": sg.m, "V": V}, sg.T, z1)
+    g = torch.Generator().manual_seed(9)
+    x = data.images[torch.randint(data.n, (3,), generator=g)].float() / 255
+    z2 = torch.randn(3, 6, generator=g)
+    o1, o2 = ref_fill(sg.G, x, sg.m, z1), ref_fill(sg.G, x, sg.m, z2)
+    top, left = torch.randint(SG_RES - SG_RES // 2 + 1, (2,), generator=g).tolist()
+    crop1 = o1[..., top:top + SG_RES // 2, left:left + SG_RES // 2]
+    gan_loss = (-sg.D.local(crop1).mean() - sg.D.global_(o1).mean()) / 2
+    diff_loss = torch.mean(torch.abs(V(o1) - V(o2))) / torch.mean(torch.abs(z2 - z1))   # noise_loss / |z2 - z1|
+    assert torch.allclose(got, gan_loss - diff_loss * 0.5, rtol=1e-5, atol=1e-6)
+
+
+def test_secretgen_cutouts_are_the_fixed_4x4_grid_filled_with_the_mean_pixel(sg):
+    fill_value = sg.G.fill_value
+    outs = cutouts(sg.x, fill_value)
+    assert len(outs) == 16
+    q = SG_RES // 4
+    for n, c in enumerate(outs):
+        i, j = divmod(n, 4)                   # FixedCutOut(((16i, 16j), (16, 16))): mask[16i:16i+16, 16j:16j+16]
+        m = torch.zeros(1, 1, SG_RES, SG_RES)
+        m[..., q * i:q * (i + 1), q * j:q * (j + 1)] = 1
+        assert torch.equal(c, sg.x - sg.x * m + fill_value * m)
+
+
+def test_secretgen_pseudo_label_is_the_best_averaged_class_some_code_predicts():
+    avg = torch.tensor([[0.1, 0.5, 0.3, 0.1], [0.4, 0.1, 0.2, 0.3]])
+    labels = torch.tensor([[2, 3, 2], [0, 0, 1]])     # image 0: class 1 ranks first but no code predicts it
+    assert pseudo_labels(avg, labels).tolist() == [2, 0]
+
+
+def ref_secretgen_stage2(sg, ids, x, gen, n_init, iters, white_box=True, lr=0.01):
+    """stage2.py ini-wb / ini-bb: init_full / init_latent_blackbox (pseudo-label, most confident z), then
+    v = m v - 0.01 grad; z = z - m v_prev + (1 + m) v; clamp(z, -1, 1), loss -D_L - D_G (+ 100 NLL)."""
+    G, D, T, m = sg.G, sg.D, sg.T, sg.m
+    B = len(ids)
+    zs = torch.randn(n_init, B, 6, generator=gen).clamp(-1, 1)
+    probs_avg, conf, lab = torch.zeros(B, SG_K), [], []
+    with torch.no_grad():
+        for z in zs:
+            filled = ref_fill(G, x, m, z)
+            probs = T(filled).softmax(1)
+            probs_avg += probs
+            for c in cutouts(filled, G.fill_value):
+                probs_avg += T(c).softmax(1)
+            lab.append(probs.argmax(1))
+            conf.append(probs.max(1).values)
+    lab, conf = torch.stack(lab, 1), torch.stack(conf, 1)
+    fresh = torch.randn(B, 6, generator=gen)
+    ident, z = torch.zeros(B, dtype=torch.long), torch.zeros(B, 6)
+    for b in range(B):
+        ident[b] = next(c for c in probs_avg[b].argsort(descending=True) if (lab[b] == c).any())
+        sel = lab[b] == ident[b]
+        z[b] = zs[:, b][sel][conf[b][sel].argmax()] if sel.any() else fresh[b]
+    v = torch.zeros_like(z)
+    for _ in range(iters):
+        z.requires_grad_(True)
+        filled = ref_fill(G, x, m, z)
+        top, left = torch.randint(SG_RES - SG_RES // 2 + 1, (2,), generator=gen).tolist()
+        patch = filled[..., top:top + SG_RES // 2, left:left + SG_RES // 2]
+        loss = -D.local(patch).mean() - D.global_(filled).mean()
+        if white_box:
+            loss = loss + 100 * F.nll_loss(torch.log(T(filled).softmax(1)), ident)
+        grad, = torch.autograd.grad(loss, z)
+        v_prev = v.clone()
+        v = 0.9 * v - lr * grad
+        z = torch.clamp((z + (-0.9 * v_prev + (1 + 0.9) * v)).detach(), -1, 1)
+    return ident, z
+
+
+LR = {"secretgen": 20.0, "secretgen_bb": 200.0}      # large steps: the move is far above the tolerance
+
+
+@pytest.mark.parametrize("name", ["secretgen", "secretgen_bb"])
+def test_secretgen_stage2_parity_with_the_release_loop(sg, name):
+    from midre.attacks import QueryOracle
+    from midre.attacks.masked import MaskedPrivate
+
+    kind = "secretgen" if name == "secretgen" else "secretgen_bb"
+    prior = {kind: Prior(kind, sg.G, sg.D, meta={"config": {"mask": "center"}})}
+    a = build_attack(name, iterations=4, n_init=3, lr=LR[name])
+    ids = torch.tensor([0, 2, 3])
+    x = sg.x * (1 - sg.m)
+    a.masked_private = MaskedPrivate(x, ids.clone(), sg.m)
+    access = sg.T if name == "secretgen" else QueryOracle(sg.T)
+    for p in [*sg.T.parameters(), *sg.G.parameters(), *sg.D.parameters()]:
+        p.requires_grad_(False)
+    state = a.init_latents(access, ids, prior, torch.Generator())
+    out = a.invert(access, ids, prior, state, torch.Generator().manual_seed(3), None, lambda v: None, lambda: None)
+    ident, z = ref_secretgen_stage2(sg, ids, x, torch.Generator().manual_seed(3), 3, 4, name == "secretgen", LR[name])
+    assert torch.equal(out["label"], ident)
+    moved = (out["z"] - out["start"]).abs().max()
+    assert moved > 1e-2 and torch.allclose(out["z"], z, atol=1e-6)
+    if name == "secretgen_bb":
+        assert access.queries == 3 * 3 * 17               # n_init x (image + 16 cut-outs) per image, no more

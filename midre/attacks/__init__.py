@@ -20,6 +20,8 @@ lokt           label-only   tacgan        Nguyen et al. 2023
 c2fmi          black-box    stylegan2,    Ye et al. 2023
                             c2fmi
 deepinversion  white-box    (none)        Yin et al. 2020
+secretgen      white-box    secretgen     Yuan et al. 2022 (+ masked private images)
+secretgen_bb   black-box    secretgen_bb  Yuan et al. 2022 (+ masked private images)
 =============  ===========  ============  ==========================================
 """
 from .base import (ACCESS_LEVELS, ATTACKS, AccessError, Attack, ChunkContext, QueryOracle,  # noqa: F401
@@ -45,3 +47,5 @@ from .c2fmi import C2FMI  # noqa: F401,E402
 from . import deepinversion, mirror_wb  # noqa: F401,E402  (issue 24)
 from .deepinversion import DeepInversion  # noqa: F401,E402
 from .mirror_wb import MirrorWB  # noqa: F401,E402
+from . import secretgen  # noqa: F401,E402  (issue 24)
+from .secretgen import SecretGen, SecretGenBlackBox  # noqa: F401,E402

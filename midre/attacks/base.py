@@ -382,6 +382,10 @@ class Attack:
     # its access level; None: unranked (listed after the ranked ones)
     strength: Optional[int] = None
     trapdoor_aware: bool = False       # adds a TrapdoorAdversary's signature loss when adaptive (PLG-MI++)
+    # SecretGen's threat model: the attacker also holds the attacked identities' private training images with a
+    # hole; callers give them (midre.attacks.masked.give_masked_private, hole zeroed) as ``masked_private``
+    needs_masked_private: bool = False
+    masked_private: Any = None
     defaults: dict[str, Any] = {}
     presets: dict[str, dict[str, Any]] = {}
     chunk: ChunkContext = ChunkContext()     # the chunk being attacked (set by run)

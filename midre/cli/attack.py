@@ -18,8 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "DIR/reconstructions.safetensors + .json for `midre evaluate DIR`.")
     p.add_argument("--target", required=True, help="target checkpoint (directory, .safetensors or .json)")
     p.add_argument("--attack", required=True,
-                   help="gmi, kedmi, lomma_gmi, lomma_kedmi, plgmi, vmi, brepmi, lokt, ppa, ifgmi, mirror, rlbmi "
-                        "or c2fmi")
+                   help="an attack of `midre attacks`, e.g. gmi, kedmi, plgmi, ppa, mirror, secretgen")
     p.add_argument("--eval", default=None, help="evaluation-model checkpoint, recorded for `midre evaluate`")
     p.add_argument("--public", default=None,
                    help="public data for the priors as NAME[:ROOT], e.g. ffhq:/data/ffhq (default: the public "
@@ -142,6 +141,8 @@ def run(args: argparse.Namespace) -> int:
     except MidreError:
         if args.public is None:
             raise
+    if splits is None and attack.needs_masked_private:
+        raise DataError(f"attack '{attack.name}' needs the target's private images (masked): its dataset must load")
     if splits is not None and splits.num_classes != num_classes:
         raise CheckpointError(f"the target has {num_classes} classes but its dataset '{tmeta['dataset']['name']}' has "
                               f"{splits.num_classes} identities; use a checkpoint trained on this dataset")
@@ -164,7 +165,8 @@ def run(args: argparse.Namespace) -> int:
     if splits is not None:
         assert_public_only(public, splits.private_train, splits.private_test)
 
-    return _attack(args, attack, target, tmeta, ids, eraser, public, source, prior_cfgs, device, progress)
+    return _attack(args, attack, target, tmeta, ids, eraser, public, source, prior_cfgs, device, progress,
+                   splits.private_train if splits is not None else None)
 
 
 def _no_public_data(attack: Any, eraser: Any, prior_cfgs: dict[str, dict[str, Any]]) -> Optional[str]:
@@ -181,7 +183,9 @@ def _no_public_data(attack: Any, eraser: Any, prior_cfgs: dict[str, dict[str, An
     return None
 
 
-def _attack(args, attack, target, tmeta, ids, eraser, public, source, prior_cfgs, device, progress) -> int:
+def _attack(args, attack, target, tmeta, ids, eraser, public, source, prior_cfgs, device, progress,
+            private=None) -> int:
+    from ..attacks.masked import give_masked_private
     from ..errors import ArgumentError
     from ..priors import prepare_priors
     from ..utils import RunLock
@@ -201,6 +205,7 @@ def _attack(args, attack, target, tmeta, ids, eraser, public, source, prior_cfgs
     with RunLock(out), session(args.tensorboard, base=out.parent):
         priors = prepare_priors(attack, public, target, out_dir=prior_dir, preset=args.preset, seed=args.seed,
                                 progress=progress, device=device, configs=prior_cfgs)
+        give_masked_private(attack, priors, private, ids)     # SecretGen: the hole's pixels zeroed, never given
         rec = attack.run(target, ids, args.repeats, priors, seed=args.seed, progress=progress,
                          adaptive_eraser=eraser, target_path=str(Path(args.target)), device=device,
                          resume_dir=out / ".partial")      # a killed attack continues from its finished chunks

@@ -17,6 +17,9 @@ kind            per target   what it is (used by)
 ``c2fmi``       yes          C2FMI's embedding model (public identities) + inverse model from the target's
                              prediction to its logits, the target queried through a counting oracle (C2FMI, with
                              ``stylegan2``): :mod:`midre.priors.c2fmi`
+``secretgen``   yes          SecretGen's inpainting GAN (context net + identity generator, global and local
+                             WGAN-GP critics), diversity on the target's features; its black-box twin
+                             ``secretgen_bb`` (shared, a public model's features): :mod:`midre.priors.secretgen`
 ==============  ===========  ====================================================================================
 
 Every kind is a :class:`PriorKind` registered in :data:`PRIORS` (``@register_prior``); plugins add kinds
@@ -40,4 +43,4 @@ from .base import (PRESETS, PRIOR_FORMAT, PRIORS, Prior, PriorConfig, PriorKind,
 from .data import PublicImages, assert_public_only, data_fingerprint, data_summary  # noqa: F401
 from .train import load_prior, prepare_priors, prior_config, train_prior  # noqa: F401
 from .adversarial import AdversarialPrior  # noqa: F401
-from . import gan, kedmi, cgan, lomma, stylegan2, tacgan, c2fmi  # noqa: F401,E402  (register the built-in kinds)
+from . import gan, kedmi, cgan, lomma, stylegan2, tacgan, c2fmi, secretgen  # noqa: F401,E402  (register the built-in kinds)

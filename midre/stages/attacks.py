@@ -7,6 +7,7 @@ import shutil
 from ..attacks import build_attack
 from ..attacks.base import Reconstructions, adaptive_eraser_from_meta
 from ..attacks.highres import resolve_preset
+from ..attacks.masked import give_masked_private
 from ..config import AttackSection, TargetSection
 from ..engine import Stage
 from ..errors import MidreError
@@ -52,6 +53,7 @@ def run_attack(ctx: RunContext, a: AttackSection, t: TargetSection) -> dict:
     attack = build_attack(a.name, **({"preset": preset} if preset else {}), **a.params)
     if attack.params.get("target_resolution") == 0:      # StyleGAN attacks: images at the target's size
         attack.params["target_resolution"] = int(ctx.data.splits.resolution)
+    give_masked_private(attack, priors, ctx.data.train_set, ctx.data.ids[a.key])   # SecretGen: hole zeroed
     seed = derive_seed(ctx.cfg.seed, "attack", a.key)
     seed_everything(seed)
     adir = ctx.run_dir / "attacks" / t.name / a.key
