@@ -111,8 +111,8 @@ def _bare_losses(n):
 
 def _rows(args, n) -> list[tuple[str, str, float, float]]:
     from midre.attacks import build_attack
-    from midre.losses import max_margin_loss
     from midre.attacks.plgmi import random_views
+    from midre.losses import max_margin_loss
 
     dev, b, ids, G = n["dev"], args.batch, n["ids"], n["G"]
     gen = torch.Generator().manual_seed(0)

@@ -8,5 +8,5 @@ Data flow::
 """
 __version__ = "0.1.0"
 
-from .errors import MidreError  # noqa: F401
 from . import plugins  # noqa: F401,E402  (installs the registries' entry-point plugin loader)
+from .errors import MidreError  # noqa: F401

@@ -32,9 +32,10 @@ import math
 import time
 import warnings
 import zipfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -63,25 +64,25 @@ class AuditSpec:
 
     model: str
     data: str
-    arch: Optional[str] = None                  # None: ``model`` is a TorchScript archive
+    arch: str | None = None                  # None: ``model`` is a TorchScript archive
     model_options: dict = field(default_factory=dict)
-    input_size: Optional[int] = None            # default: resolution
+    input_size: int | None = None            # default: resolution
     mean: tuple = IMAGENET_MEAN
     std: tuple = IMAGENET_STD
-    root: Optional[str] = None                  # for a registered dataset
+    root: str | None = None                  # for a registered dataset
     data_options: dict = field(default_factory=dict)
-    classes: Optional[list] = None              # class order the model was trained with (folder names)
-    resolution: Optional[int] = None            # working resolution (power of two); default: the data's
-    public: Optional[str] = None
+    classes: list | None = None              # class order the model was trained with (folder names)
+    resolution: int | None = None            # working resolution (power of two); default: the data's
+    public: str | None = None
     access: str = "white-box"
-    attacks: Optional[list] = None              # default: the two strongest that fit the access
-    identities: Optional[str] = None            # default: the first 50 classes
+    attacks: list | None = None              # default: the two strongest that fit the access
+    identities: str | None = None            # default: the first 50 classes
     repeats: int = 3
     preset: str = "quick"
     attack_params: dict = field(default_factory=dict)   # {attack: {key: value}}
     prior_params: dict = field(default_factory=dict)    # {kind: {key: value}}
-    eval: Optional[str] = None                  # a midre checkpoint of an evaluation model
-    eval_arch: Optional[str] = None
+    eval: str | None = None                  # a midre checkpoint of an evaluation model
+    eval_arch: str | None = None
     eval_train: dict = field(default_factory=dict)
     area: float = 0.4                           # the a_e the retraining command starts from
     train_epochs: int = 50                      # epochs of the retraining cost estimate
@@ -106,7 +107,7 @@ def file_fingerprint(path: str | Path) -> str:
 
 
 # ============================================================================ attacks for an access level
-def select_attacks(access: str, names: Optional[Sequence[str]]) -> list[str]:
+def select_attacks(access: str, names: Sequence[str] | None) -> list[str]:
     """The attacks to run: ``names`` validated against ``access``, or the two strongest that fit it."""
     from .attacks import ATTACKS
 
@@ -128,7 +129,7 @@ def select_attacks(access: str, names: Optional[Sequence[str]]) -> list[str]:
     return out
 
 
-def attack_strength(name: str) -> Optional[float]:
+def attack_strength(name: str) -> float | None:
     """An attack's declared ``strength`` (its class attribute, via the registry); None when unranked."""
     from .attacks import ATTACKS
 
@@ -465,7 +466,7 @@ def _train_command(spec: AuditSpec, data: AuditData, info: dict, target_name: st
 @dataclass
 class AuditResult:
     out_dir: Path
-    report: Optional[Path]
+    report: Path | None
     verdict: dict
     gates: dict          # the gates record (midre.gates.check_audit), also in OUT/gates.json
     rows: list
@@ -514,10 +515,10 @@ class AuditContext:
     model: nn.Module
     info: dict
     ids: list[int]
-    eval_model: Optional[nn.Module]
+    eval_model: nn.Module | None
     keys: dict[str, str] = field(default_factory=dict)
     state: Any = None
-    result: Optional[AuditResult] = None
+    result: AuditResult | None = None
 
 
 def prepare_audit(spec: AuditSpec, out: Path, progress: bool) -> AuditContext:

@@ -4,8 +4,9 @@ retrains the model with MIDRE with its measured cost."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 
 def write_audit_report(out: Path, target: str, spec: Any, info: dict, data: Any, metrics: dict, v: dict,
@@ -30,7 +31,7 @@ def write_audit_report(out: Path, target: str, spec: Any, info: dict, data: Any,
 
 
 def plot_nearest_pairs(attack: str, adir: Path, nearest: dict, private: Any, class_names: Sequence[str],
-                       path: Path, max_pairs: int = 12, per_row: int = 4) -> Optional[Path]:
+                       path: Path, max_pairs: int = 12, per_row: int = 4) -> Path | None:
     """A grid of (reconstruction | nearest private image) pairs, one pair per attacked class."""
     from .attacks.base import Reconstructions
     from .plotting import pyplot, save_fig

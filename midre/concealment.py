@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 from .errors import ArgumentError, ConfigError
 from .utils import atomic_write_json, atomic_write_text
@@ -61,7 +62,7 @@ def _check_levels(levels: Sequence[float]) -> list[float]:
 
 
 def concealment_config(config: Any = "quickstart", levels: Sequence[float] = LEVELS,
-                       attack: Optional[str] = None) -> dict[str, Any]:
+                       attack: str | None = None) -> dict[str, Any]:
     """A raw pipeline config for the study: the base config's data / models / training and one attack,
     targets = NoDef + EE / RE / FE at every level."""
     from .config import raw_config
@@ -145,8 +146,8 @@ def write_table_files(out_dir: Path, table: Sequence[dict[str, Any]], attack: st
 
 
 def concealment_study(config: Any = "quickstart", out_dir: str | Path = "runs/concealment",
-                      levels: Sequence[float] = LEVELS, attack: Optional[str] = None, resume: bool = True,
-                      progress: bool = True, device: Optional[str] = None) -> dict[str, Any]:
+                      levels: Sequence[float] = LEVELS, attack: str | None = None, resume: bool = True,
+                      progress: bool = True, device: str | None = None) -> dict[str, Any]:
     """Train + attack NoDef and EE / RE / FE at every level through the pipeline, then write the table.
 
     Returns ``{"table": rows, "paths": {md, csv, json}, "run_dir": Path}``.

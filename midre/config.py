@@ -36,7 +36,7 @@ import os
 import re
 import typing
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -66,9 +66,9 @@ class DatasetSection(_Section):
     """Which data: a registered dataset family (``midre datasets``)."""
 
     name: str = "synthetic"
-    root: Optional[str] = None
-    resolution: Optional[int] = Field(None, ge=8)
-    seed: Optional[int] = Field(None, ge=0)   # data generation / split seed; default: the run seed
+    root: str | None = None
+    resolution: int | None = Field(None, ge=8)
+    seed: int | None = Field(None, ge=0)   # data generation / split seed; default: the run seed
     options: dict[str, Any] = {}
 
 
@@ -78,7 +78,7 @@ class EvalModelSection(_Section):
     arch: str = "smallresnet"
     model_kwargs: dict[str, Any] = {}
     train: dict[str, Any] = {}
-    seed: Optional[int] = Field(None, ge=0)   # fixed seed (part of the instrument, zoo-shareable); default: run seed
+    seed: int | None = Field(None, ge=0)   # fixed seed (part of the instrument, zoo-shareable); default: run seed
 
 
 class BackboneSection(_Section):
@@ -101,7 +101,7 @@ class GatesSection(_Section):
     eval_acc: float = Field(95.0, ge=0, le=100)
     target_acc: float = Field(85.0, ge=0, le=100)
     attack_top1: dict[str, float] = {"plgmi": 80.0, "kedmi": 60.0, "lomma_gmi": 50.0}
-    weakest: Optional[str] = "gmi"        # this attack's NoDef top-1 must stay below every other attack's
+    weakest: str | None = "gmi"        # this attack's NoDef top-1 must stay below every other attack's
     prior_coverage: float = Field(0.5, ge=0)   # GAN prior's coverage of held-out public images / real images
 
 
@@ -125,20 +125,20 @@ class TargetSection(_Section):
     """One target model: architecture + defense + training settings."""
 
     name: str
-    arch: Optional[str] = None
-    model_kwargs: Optional[dict[str, Any]] = None
+    arch: str | None = None
+    model_kwargs: dict[str, Any] | None = None
     defense: Any = "nodef"
     train: dict[str, Any] = {}
-    reference: Optional[str] = None   # the NoDef target for the trade-off (default: the first nodef target)
+    reference: str | None = None   # the NoDef target for the trade-off (default: the first nodef target)
     # a point of the NoDef accuracy curve (NoDef stopped earlier; `midre analyze frontier`): not a reference,
     # not a defense, and not checked by the validity gates (they apply to the reference NoDef alone)
     curve: bool = False
     # the paper's rule: train as many epochs as this (converged, train.stop) target kept, with its learning-rate
     # drops, on the same validation split, keeping the last epoch
-    epochs_from: Optional[str] = None
+    epochs_from: str | None = None
     # a NoDef curve point "stopped earlier": {of: TARGET, val_fraction: F} stops at the first epoch whose
     # validation accuracy reaches F x that converged target's best (same settings = its run cut short)
-    stop_early: Optional["StopEarly"] = None
+    stop_early: StopEarly | None = None
 
     @field_validator("name")
     @classmethod
@@ -150,17 +150,17 @@ class AttackSection(_Section):
     """One attack run against every target (or the listed ``targets``)."""
 
     name: str
-    label: Optional[str] = None
-    preset: Optional[str] = None
+    label: str | None = None
+    preset: str | None = None
     params: dict[str, Any] = {}
     identities: Any = "0-9"
     repeats: int = Field(1, ge=1)
     adaptive: bool = False
-    targets: Optional[list[str]] = None
+    targets: list[str] | None = None
 
     @field_validator("label")
     @classmethod
-    def _label(cls, v: Optional[str]) -> Optional[str]:
+    def _label(cls, v: str | None) -> str | None:
         return None if v is None else _check_name(v, "attack label")
 
     @field_validator("identities")
@@ -190,15 +190,15 @@ class AttackSection(_Section):
 class PriorsSection(_Section):
     """GAN priors / augmented models (trained on PUBLIC data only)."""
 
-    preset: Optional[str] = None
+    preset: str | None = None
     params: dict[str, dict[str, Any]] = {}   # per prior kind, e.g. {gan: {iterations: 2000}}
-    seed: Optional[int] = Field(None, ge=0)  # fixed seed of the target-independent GAN (zoo-shareable)
+    seed: int | None = Field(None, ge=0)  # fixed seed of the target-independent GAN (zoo-shareable)
     holdout: float = Field(0.1, ge=0, lt=1)  # share of public images held out of prior training (quality figure)
 
 
 class MetricsSection(_Section):
     fid: Literal["eval", "inception", "none"] = "eval"
-    inception_weights: Optional[str] = None
+    inception_weights: str | None = None
     knn: bool = True
     n_boot: int = Field(1000, ge=0)
     batch_size: int = Field(256, ge=1)
@@ -206,14 +206,14 @@ class MetricsSection(_Section):
 
 class ReportSection(_Section):
     enabled: bool = True
-    title: Optional[str] = None
+    title: str | None = None
     max_identities: int = Field(8, ge=1)
 
 
 class LoggingSection(_Section):
     """Optional logs (midre/tblog.py): tensorboard = true (RUN_DIR/tensorboard) or a directory."""
 
-    tensorboard: Union[bool, str] = False
+    tensorboard: bool | str = False
 
 
 class AnalysesSection(_Section):
@@ -236,7 +236,7 @@ class RunConfig(_Section):
     description: str = ""
     expected_time: str = ""     # shown by `midre run --list`; measured figures only
     seed: int = Field(0, ge=0)
-    seeds: Optional[list[int]] = None
+    seeds: list[int] | None = None
     device: str = "auto"
     dataset: DatasetSection = DatasetSection()
     eval_model: EvalModelSection = EvalModelSection()
@@ -250,7 +250,7 @@ class RunConfig(_Section):
     analyses: AnalysesSection = AnalysesSection()
     logging: LoggingSection = LoggingSection()
     gates: GatesSection = GatesSection()
-    sweep: Optional[dict[str, Any]] = None
+    sweep: dict[str, Any] | None = None
 
     @field_validator("name")
     @classmethod
@@ -259,7 +259,7 @@ class RunConfig(_Section):
 
     @field_validator("seeds")
     @classmethod
-    def _seeds(cls, v: Optional[list[int]]) -> Optional[list[int]]:
+    def _seeds(cls, v: list[int] | None) -> list[int] | None:
         if v is None:
             return v
         if not v:
@@ -274,7 +274,7 @@ class RunConfig(_Section):
     def run_seeds(self) -> list[int]:
         return list(self.seeds) if self.seeds else [self.seed]
 
-    def for_seed(self, seed: int) -> "RunConfig":
+    def for_seed(self, seed: int) -> RunConfig:
         """The single-seed config of one pipeline of a multi-seed study."""
         return self.model_copy(update={"seed": int(seed), "seeds": None}, deep=True)
 
@@ -335,7 +335,7 @@ def builtin_config_summary(name: str) -> tuple[str, str]:
     return desc, when
 
 
-def resolve_config_path(source: str | os.PathLike, base_dir: Optional[Path] = None) -> Path:
+def resolve_config_path(source: str | os.PathLike, base_dir: Path | None = None) -> Path:
     """A config path: relative to ``base_dir`` / the cwd, else a built-in name (``quickstart``)."""
     s = str(source)
     cands = []
@@ -388,8 +388,8 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
-def load_raw(source: str | os.PathLike, _seen: Optional[list[Path]] = None,
-             _base_dir: Optional[Path] = None) -> dict:
+def load_raw(source: str | os.PathLike, _seen: list[Path] | None = None,
+             _base_dir: Path | None = None) -> dict:
     """Read a YAML config and everything it ``extends``, merged (not validated)."""
     path = resolve_config_path(source, _base_dir)
     seen = list(_seen or [])
@@ -458,7 +458,7 @@ def set_override(data: dict, key: str, value: Any) -> dict:
     return data
 
 
-def load_config(source: Any = "quickstart", overrides: Optional[dict[str, Any]] = None,
+def load_config(source: Any = "quickstart", overrides: dict[str, Any] | None = None,
                 check: bool = True) -> RunConfig:
     """Load + validate a config: a YAML path, a built-in name, a mapping, or a RunConfig.
 
@@ -498,7 +498,7 @@ def _path(loc: tuple) -> str:
     return out or "(top level)"
 
 
-def _model_at(loc: tuple) -> Optional[type[BaseModel]]:
+def _model_at(loc: tuple) -> type[BaseModel] | None:
     """The section class reached by following ``loc`` from RunConfig (for allowed-key hints)."""
     cls: Any = RunConfig
     for p in loc:
@@ -562,7 +562,7 @@ def _wrap(where: str, path: str, fn, *args, **kwargs):
         raise ConfigError(f"{where}: '{path}': {e}") from None
 
 
-def _check_model(where: str, path: str, arch: str, kwargs: dict[str, Any], resolution: Optional[int]) -> None:
+def _check_model(where: str, path: str, arch: str, kwargs: dict[str, Any], resolution: int | None) -> None:
     """``arch`` with ``kwargs`` builds at the run's resolution (on the meta device: no memory, no weights)."""
     import torch
 

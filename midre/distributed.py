@@ -29,8 +29,9 @@ import atexit
 import datetime as _dt
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -171,7 +172,7 @@ class ShardSampler(Sampler[int]):
         return iter(perm[self.rank:total:self.size])
 
 
-_WORLD: Optional[World] = None
+_WORLD: World | None = None
 
 
 def world() -> World:

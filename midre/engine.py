@@ -9,9 +9,10 @@ returns), and stops after a stage group when asked.  ``midre run`` (each seed of
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any
 
 from .errors import MidreError
 from .rundir import crash_point
@@ -27,11 +28,11 @@ class Stage:
     """
 
     name: str
-    run: Callable[[], Optional[dict]]
-    label: Union[str, Callable[[], str]]    # a callable when it needs what earlier stages load
-    key: Optional[str] = None
+    run: Callable[[], dict | None]
+    label: str | Callable[[], str]    # a callable when it needs what earlier stages load
+    key: str | None = None
     needs: tuple[str, ...] = ()
-    artefact: Optional[Path] = None
+    artefact: Path | None = None
 
     @property
     def group(self) -> str:
@@ -61,8 +62,8 @@ GROUPS = ("data", "backbones", "eval", "targets", "cost", "priors", "attacks", "
           "report")
 
 
-def run_stages(stages: Sequence[Stage], state: Any, console: Any, *, stop_after: Optional[str] = None,
-               on_stage: Optional[Callable[[str], None]] = None, measure: bool = True) -> bool:
+def run_stages(stages: Sequence[Stage], state: Any, console: Any, *, stop_after: str | None = None,
+               on_stage: Callable[[str], None] | None = None, measure: bool = True) -> bool:
     """Run ``stages`` in order over ``state`` (a RunState); True when the run is complete, False when it was
     asked to stop after a group before the last.
 
@@ -89,8 +90,8 @@ def run_stages(stages: Sequence[Stage], state: Any, console: Any, *, stop_after:
     return last >= len(GROUPS) - 1          # asked to stop before the last group: not complete
 
 
-def _guarded(s: Stage) -> Callable[[], Optional[dict]]:
-    def run() -> Optional[dict]:
+def _guarded(s: Stage) -> Callable[[], dict | None]:
+    def run() -> dict | None:
         crash_point(s.name)          # the crash tests' hook (MIDRE_CRASH_AT)
         return s.run()
 

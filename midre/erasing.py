@@ -39,8 +39,9 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 from numbers import Real
-from typing import Any, NamedTuple, Optional, Sequence, Union
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn as nn
@@ -63,7 +64,7 @@ _FILL_ALIASES = {"0": "zero", "1": "one", "imagenet": "mean", "uniform": "random
 _MAX_ROUNDS = 10000  # re-draw rounds before "this region practically never fits" (max_attempts=None)
 POSITIONS = ("valid", "any")
 
-Fill = Union[str, float, int, Sequence[float]]
+Fill = str | float | int | Sequence[float]
 
 
 class Boxes(NamedTuple):
@@ -112,7 +113,7 @@ def _check_ratio(ratio: Any) -> tuple[float, float]:
     return r0, r1
 
 
-def _check_size(size: Any) -> Optional[tuple[int, int]]:
+def _check_size(size: Any) -> tuple[int, int] | None:
     if size is None:
         return None
     if isinstance(size, int) and not isinstance(size, bool):
@@ -133,7 +134,7 @@ def _check_share(value: Any, name: str, hint: str) -> float:
     return float(value)
 
 
-def _check_fill(fill: Any, released: bool) -> Union[str, tuple[float, ...]]:
+def _check_fill(fill: Any, released: bool) -> str | tuple[float, ...]:
     """Normalise a fill spec: a name from FILL_NAMES or a tuple of floats (one or one per channel)."""
     if not isinstance(released, bool):
         raise ArgumentError(f"released must be True or False, got {released!r}")
@@ -165,13 +166,13 @@ def _check_fill(fill: Any, released: bool) -> Union[str, tuple[float, ...]]:
     return vals
 
 
-def _fill_repr(fill: Union[str, tuple[float, ...]]) -> str:
+def _fill_repr(fill: str | tuple[float, ...]) -> str:
     if isinstance(fill, str):
         return repr(fill)
     return repr(fill[0]) if len(fill) == 1 else repr(list(fill))
 
 
-def fill_param(fill: Union[str, tuple[float, ...]]) -> Any:
+def fill_param(fill: str | tuple[float, ...]) -> Any:
     """JSON-able form of a normalised fill (round-trips through _check_fill)."""
     if isinstance(fill, str):
         return fill
@@ -182,7 +183,7 @@ def fill_param(fill: Union[str, tuple[float, ...]]) -> Any:
     return fill[0] if len(fill) == 1 else list(fill)
 
 
-def constant_fill(fill: Union[str, tuple[float, ...]], channels: int, released: bool = False) -> Optional[tuple[float, ...]]:
+def constant_fill(fill: str | tuple[float, ...], channels: int, released: bool = False) -> tuple[float, ...] | None:
     """Pixel-space values (one per channel) of a constant fill, or None for 'random' / 'inpaint'.
 
     'mean' is the ImageNet mean for 3 channels and its average (0.449) for any other channel count.
@@ -217,7 +218,7 @@ def _check_images(x: Any, ndim: int, who: str) -> None:
         raise ArgumentError(f"{who} got an empty image of shape {tuple(x.shape)}")
 
 
-def _check_generator(generator: Any) -> Optional[torch.Generator]:
+def _check_generator(generator: Any) -> torch.Generator | None:
     if generator is not None and not isinstance(generator, torch.Generator):
         raise ArgumentError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     return generator
@@ -231,7 +232,7 @@ def _check_position(position: Any) -> str:
     return str(position)
 
 
-def _check_max_attempts(max_attempts: Any) -> Optional[int]:
+def _check_max_attempts(max_attempts: Any) -> int | None:
     if max_attempts is None:
         return None
     if not isinstance(max_attempts, int) or isinstance(max_attempts, bool) or max_attempts < 1:
@@ -246,7 +247,7 @@ def _check_p(p: Any) -> float:
 
 
 def _check_fits(height: int, width: int, lower: float, ratio: tuple[float, float],
-                size: Optional[tuple[int, int]], strict: bool) -> None:
+                size: tuple[int, int] | None, strict: bool) -> None:
     """Raise when no region of the requested sizes can ever fit an H x W image."""
     if size is not None:
         h, w = size
@@ -265,21 +266,21 @@ def _check_fits(height: int, width: int, lower: float, ratio: tuple[float, float
 
 
 # ----------------------------------------------------------------------------------------- sampling
-def _rand(n: int, lo: float, hi: float, gen: Optional[torch.Generator], device: torch.device) -> torch.Tensor:
+def _rand(n: int, lo: float, hi: float, gen: torch.Generator | None, device: torch.device) -> torch.Tensor:
     if lo == hi:
         return torch.full((n,), lo, device=device)
     return torch.empty(n, device=device).uniform_(lo, hi, generator=gen)
 
 
-def _uniform_int(high: torch.Tensor, gen: Optional[torch.Generator], device: torch.device) -> torch.Tensor:
+def _uniform_int(high: torch.Tensor, gen: torch.Generator | None, device: torch.device) -> torch.Tensor:
     """One uniform integer in [0, high) per entry (high >= 1), vectorised."""
     u = torch.rand(high.shape, generator=gen, device=device)
     return torch.minimum((u * high).long(), high - 1)
 
 
 def _draw_sizes(shape: tuple[int, ...], height: int, width: int, lower: float, upper: float,
-                ratio: tuple[float, float], strict: bool, max_attempts: Optional[int],
-                gen: Optional[torch.Generator], device: torch.device, parts: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+                ratio: tuple[float, float], strict: bool, max_attempts: int | None,
+                gen: torch.Generator | None, device: torch.device, parts: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Region sizes (h, w) of shape ``shape + (parts,)``, re-drawing only the rows that do not fit.
 
     Each row shares one area share ``s`` split evenly over ``parts`` regions (each of area s*H*W/parts)
@@ -326,8 +327,8 @@ def _draw_sizes(shape: tuple[int, ...], height: int, width: int, lower: float, u
 
 
 def _draw_anywhere(n: int, height: int, width: int, lower: float, upper: float, ratio: tuple[float, float],
-                   size: Optional[tuple[int, int]], strict: bool, max_attempts: Optional[int],
-                   gen: Optional[torch.Generator], device: torch.device) -> tuple[torch.Tensor, ...]:
+                   size: tuple[int, int] | None, strict: bool, max_attempts: int | None,
+                   gen: torch.Generator | None, device: torch.device) -> tuple[torch.Tensor, ...]:
     """position='any': corner uniform over the whole image, then the size; re-draw both while it sticks out."""
     hw = height * width
     lr0, lr1 = math.log(ratio[0]), math.log(ratio[1])
@@ -369,9 +370,9 @@ def _draw_anywhere(n: int, height: int, width: int, lower: float, upper: float, 
 
 
 def sample_boxes(n: int, height: int, width: int, *, area: float = 0.4, lower: float = 0.1,
-                 ratio: Sequence[float] = (1.0, 1.0), size: Optional[Union[int, tuple[int, int]]] = None,
-                 p: float = 1.0, max_attempts: Optional[int] = None, position: str = "valid",
-                 generator: Optional[torch.Generator] = None, device: Union[str, torch.device, None] = None) -> Boxes:
+                 ratio: Sequence[float] = (1.0, 1.0), size: int | tuple[int, int] | None = None,
+                 p: float = 1.0, max_attempts: int | None = None, position: str = "valid",
+                 generator: torch.Generator | None = None, device: str | torch.device | None = None) -> Boxes:
     """Sample ``n`` independent erasing regions for ``height x width`` images (Algorithm 1, vectorised).
 
     Args:
@@ -472,7 +473,7 @@ def _inpaint(x: torch.Tensor, mask: torch.Tensor, radius: float) -> torch.Tensor
 
 
 def apply_fill(x: torch.Tensor, mask: torch.Tensor, fill: Fill = "mean", *, released: bool = False,
-               generator: Optional[torch.Generator] = None, inpaint_radius: float = 3.0) -> torch.Tensor:
+               generator: torch.Generator | None = None, inpaint_radius: float = 3.0) -> torch.Tensor:
     """Return ``x`` (B, C, H, W) with the pixels where ``mask`` (B, H, W) is True replaced by ``fill``.
 
     ``fill``: 'mean' (ImageNet mean in pixel space), 'zero' / 0, 'one' / 1, a number, a tuple with one
@@ -521,8 +522,8 @@ class RandomErasing(nn.Module):
 
     def __init__(self, area: float = 0.4, lower: float = 0.1, fill: Fill = "mean",
                  ratio: Sequence[float] = (1.0, 1.0), released: bool = False, p: float = 1.0,
-                 max_attempts: Optional[int] = None, size: Optional[Union[int, tuple[int, int]]] = None,
-                 inpaint_radius: float = 3.0, generator: Optional[torch.Generator] = None,
+                 max_attempts: int | None = None, size: int | tuple[int, int] | None = None,
+                 inpaint_radius: float = 3.0, generator: torch.Generator | None = None,
                  position: str = "valid"):
         super().__init__()
         self.area, self.lower = _check_bounds(area, lower)
@@ -546,7 +547,7 @@ class RandomErasing(nn.Module):
             return lo
         return float(torch.empty(1).uniform_(lo, hi, generator=self.generator).item())
 
-    def sample_box(self, height: int, width: int) -> Optional[tuple[int, int, int, int]]:
+    def sample_box(self, height: int, width: int) -> tuple[int, int, int, int] | None:
         """Draw one region ``(top, left, h, w)`` for a ``height x width`` image, or None (not erased)."""
         strict = self.max_attempts is not None
         if self.size is None and not strict:
@@ -624,7 +625,7 @@ class BatchEraser(nn.Module):
     needs_targets = False   # needs the labels of the whole training set (set_targets)
 
     def __init__(self, fill: Fill = "mean", released: bool = False, inpaint_radius: float = 3.0,
-                 generator: Optional[torch.Generator] = None):
+                 generator: torch.Generator | None = None):
         super().__init__()
         self.fill = _check_fill(fill, released)
         self.released = released
@@ -634,19 +635,19 @@ class BatchEraser(nn.Module):
         self.generator = _check_generator(generator)
         self.epoch = 0
 
-    def set_epoch(self, epoch: int) -> "BatchEraser":
+    def set_epoch(self, epoch: int) -> BatchEraser:
         self.epoch = int(epoch)
         return self
 
-    def sample_mask(self, x: torch.Tensor, y: Optional[torch.Tensor] = None, idx: Optional[torch.Tensor] = None,
-                    generator: Optional[torch.Generator] = None) -> torch.Tensor:  # pragma: no cover
+    def sample_mask(self, x: torch.Tensor, y: torch.Tensor | None = None, idx: torch.Tensor | None = None,
+                    generator: torch.Generator | None = None) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
-    def _gen(self, generator: Optional[torch.Generator]) -> Optional[torch.Generator]:
+    def _gen(self, generator: torch.Generator | None) -> torch.Generator | None:
         return _check_generator(generator) if generator is not None else self.generator
 
-    def forward(self, x: torch.Tensor, y: Optional[torch.Tensor] = None, idx: Optional[torch.Tensor] = None,
-                *, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, idx: torch.Tensor | None = None,
+                *, generator: torch.Generator | None = None) -> torch.Tensor:
         _check_images(x, 4, type(self).__name__)
         gen = self._gen(generator)
         mask = self.sample_mask(x, y, idx, generator=gen)
@@ -666,8 +667,8 @@ class BatchRandomErasing(BatchEraser):
 
     def __init__(self, area: float = 0.4, lower: float = 0.1, fill: Fill = "mean",
                  ratio: Sequence[float] = (1.0, 1.0), released: bool = False, p: float = 1.0,
-                 max_attempts: Optional[int] = None, size: Optional[Union[int, tuple[int, int]]] = None,
-                 inpaint_radius: float = 3.0, generator: Optional[torch.Generator] = None,
+                 max_attempts: int | None = None, size: int | tuple[int, int] | None = None,
+                 inpaint_radius: float = 3.0, generator: torch.Generator | None = None,
                  position: str = "valid"):
         super().__init__(fill, released, inpaint_radius, generator)
         self.area, self.lower = _check_bounds(area, lower)
@@ -677,8 +678,8 @@ class BatchRandomErasing(BatchEraser):
         self.size = _check_size(size)
         self.position = _check_position(position)
 
-    def sample_boxes(self, n: int, height: int, width: int, device: Union[str, torch.device, None] = None,
-                     generator: Optional[torch.Generator] = None) -> Boxes:
+    def sample_boxes(self, n: int, height: int, width: int, device: str | torch.device | None = None,
+                     generator: torch.Generator | None = None) -> Boxes:
         return sample_boxes(n, height, width, area=self.area, lower=self.lower, ratio=self.ratio, size=self.size,
                             p=self.p, max_attempts=self.max_attempts, position=self.position,
                             generator=self._gen(generator), device=device)
@@ -800,10 +801,10 @@ class EntireErasing(BatchEraser):
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise ArgumentError(f"seed must be an int, got {seed!r}")
         self.seed = seed
-        self.targets: Optional[torch.Tensor] = None
-        self._plan: Optional[tuple[int, torch.Tensor]] = None
+        self.targets: torch.Tensor | None = None
+        self._plan: tuple[int, torch.Tensor] | None = None
 
-    def set_targets(self, targets: Any) -> "EntireErasing":
+    def set_targets(self, targets: Any) -> EntireErasing:
         t = torch.as_tensor(targets).detach().to("cpu").reshape(-1)
         if t.is_floating_point() or t.numel() == 0:
             raise ArgumentError("EntireErasing.set_targets needs the integer labels of the whole training set")
@@ -811,7 +812,7 @@ class EntireErasing(BatchEraser):
         self._plan = None
         return self
 
-    def selection(self, epoch: Optional[int] = None) -> torch.Tensor:
+    def selection(self, epoch: int | None = None) -> torch.Tensor:
         """Boolean (N,) plan: which training images are erased in ``epoch`` (default: the current one)."""
         if self.targets is None:
             raise ArgumentError("EntireErasing needs the training labels first: call set_targets(train_set.targets) "
@@ -859,8 +860,8 @@ class RandomPixelMasking(BatchEraser):
     without replacement and anew on every call; ``fraction`` may be a (min, max) range sampled per image.
     """
 
-    def __init__(self, fraction: Union[float, Sequence[float]] = 0.4, fill: Fill = "random", released: bool = False,
-                 inpaint_radius: float = 3.0, generator: Optional[torch.Generator] = None):
+    def __init__(self, fraction: float | Sequence[float] = 0.4, fill: Fill = "random", released: bool = False,
+                 inpaint_radius: float = 3.0, generator: torch.Generator | None = None):
         super().__init__(fill, released, inpaint_radius, generator)
         hint = "the paper uses 0.1 to 0.6"
         if _is_number(fraction):
@@ -899,7 +900,7 @@ class MultiPatchErasing(BatchEraser):
 
     def __init__(self, patches: int = 4, area: float = 0.4, lower: float = 0.1, fill: Fill = "mean",
                  ratio: Sequence[float] = (1.0, 1.0), released: bool = False, inpaint_radius: float = 3.0,
-                 generator: Optional[torch.Generator] = None):
+                 generator: torch.Generator | None = None):
         super().__init__(fill, released, inpaint_radius, generator)
         if not isinstance(patches, int) or isinstance(patches, bool) or patches < 1:
             raise ArgumentError(f"patches must be a positive int (the paper uses 4 or 8), got {patches!r}")
@@ -907,8 +908,8 @@ class MultiPatchErasing(BatchEraser):
         self.area, self.lower = _check_bounds(area, lower)
         self.ratio = _check_ratio(ratio)
 
-    def sample_boxes(self, n: int, height: int, width: int, device: Union[str, torch.device, None] = None,
-                     generator: Optional[torch.Generator] = None) -> Boxes:
+    def sample_boxes(self, n: int, height: int, width: int, device: str | torch.device | None = None,
+                     generator: torch.Generator | None = None) -> Boxes:
         """Boxes with tensors of shape (n, patches)."""
         gen = self._gen(generator)
         out_dev = torch.device(device) if device is not None else (gen.device if gen is not None else torch.device("cpu"))

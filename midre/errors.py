@@ -8,7 +8,7 @@ library users can catch either.
 from __future__ import annotations
 
 import difflib
-from typing import Iterable
+from collections.abc import Iterable
 
 
 class MidreError(Exception):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ MODEL_FILE = "dlib_face_recognition_resnet_model_v1.dat"
 INSTALL_HINT = "install the 'face' extra: pip install 'midre[face]' (face_recognition_models + dlib-bin)"
 
 
-def dlib_model_path() -> Optional[Path]:
+def dlib_model_path() -> Path | None:
     """The descriptor model file inside the installed face_recognition_models package (not imported:
     its __init__ needs pkg_resources), or None."""
     spec = importlib.util.find_spec("face_recognition_models")
@@ -53,7 +53,7 @@ class DlibFaceEmbedder:
 
     name = "dlib-resnet-v1"
 
-    def __init__(self, model_path: Optional[str | Path] = None):
+    def __init__(self, model_path: str | Path | None = None):
         ok, why = face_embedder_status()
         if model_path is None and not ok:
             raise ArgumentError(f"δ_face is unavailable: {why}")
@@ -83,7 +83,7 @@ class DlibFaceEmbedder:
         return torch.tensor(np.array([np.array(d) for d in desc], dtype=np.float32))
 
 
-def resolve_face_embedder(spec: Any) -> tuple[Any, Optional[str]]:
+def resolve_face_embedder(spec: Any) -> tuple[Any, str | None]:
     """``"dlib"`` / ``"auto"`` -> (DlibFaceEmbedder, None) or (None, reason); a callable -> (it, None)."""
     if spec is None or callable(spec):
         return spec, None

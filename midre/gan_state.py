@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -59,7 +59,7 @@ class GanResume:
         self.st, self.js = root / "state.safetensors", root / "state.json"
 
     def save(self, it: int, modules: dict[str, nn.Module], opts: dict[str, torch.optim.Optimizer],
-             gen: torch.Generator, extra: Optional[dict[str, torch.Tensor]] = None) -> None:
+             gen: torch.Generator, extra: dict[str, torch.Tensor] | None = None) -> None:
         from safetensors.torch import save_file
 
         tensors: dict[str, torch.Tensor] = {"rng": gen.get_state().clone()}

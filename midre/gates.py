@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any
 
 from .priors import PRIORS, get_prior
 from .results import as_float
@@ -40,7 +41,7 @@ def _floor_check(gate: str, subject: str, value: float, floor: float) -> dict[st
     return {"gate": gate, "subject": subject, "value": value, "floor": f">= {floor:g}", "status": status}
 
 
-def _attack_floor(key: str, name: str, floors: Mapping[str, float]) -> Optional[float]:
+def _attack_floor(key: str, name: str, floors: Mapping[str, float]) -> float | None:
     for k in (key, name):
         if k in floors:
             return float(floors[k])
@@ -48,8 +49,8 @@ def _attack_floor(key: str, name: str, floors: Mapping[str, float]) -> Optional[
 
 
 def check_gates(rows: Sequence[Mapping[str, Any]], eval_acc: Any, gates: Any,
-                attack_names: Optional[Mapping[str, str]] = None,
-                prior_quality: Optional[Sequence[Mapping[str, Any]]] = None) -> dict[str, Any]:
+                attack_names: Mapping[str, str] | None = None,
+                prior_quality: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """Check the instrument on the NoDef rows of a results table.
 
     Args:

@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -104,7 +105,7 @@ def _eval_mode(model: Any):
 
 
 def _batched(fn: Extractor, images: torch.Tensor, batch_size: int, device: torch.device,
-             advance: Optional[Callable[[int], None]] = None) -> torch.Tensor:
+             advance: Callable[[int], None] | None = None) -> torch.Tensor:
     """Apply ``fn`` to ``images`` in batches on ``device``; float32 result on CPU."""
     if batch_size < 1:
         raise ArgumentError(f"batch_size must be at least 1, got {batch_size}")
@@ -155,7 +156,7 @@ class PrivateFeatureCache:
     """
 
     def __init__(self, extractor: Extractor, imageset: Any, batch_size: int = 128,
-                 device: Optional[torch.device] = None, normalize: bool = False):
+                 device: torch.device | None = None, normalize: bool = False):
         self.extractor = extractor
         self.imageset = imageset
         self.batch_size = batch_size
@@ -182,7 +183,7 @@ class PrivateFeatureCache:
 
 # ----------------------------------------------------------------------------------------- accuracy
 def natural_accuracy(model: nn.Module, imageset: Any, batch_size: int = 256,
-                     device: Optional[Union[str, torch.device]] = None) -> float:
+                     device: str | torch.device | None = None) -> float:
     """Top-1 accuracy (percent) of ``model`` on ``imageset`` (the private test split)."""
     from .training import evaluate_accuracy
 
@@ -272,7 +273,7 @@ def attack_accuracy_from_logits(logits: torch.Tensor, identity: Any, repeat: Any
 
 
 def eval_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 128,
-                device: Optional[Union[str, torch.device]] = None) -> torch.Tensor:
+                device: str | torch.device | None = None) -> torch.Tensor:
     """Logits of ``model`` (eval mode) on ``images`` (float [0, 1] or uint8), float32 on the CPU: the same
     batching and scaling as every metric here, for analyses that need per-image predictions."""
     images = _check_images(torch.as_tensor(images))
@@ -283,8 +284,8 @@ def eval_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 128,
 
 def attack_accuracy(eval_model: nn.Module, images: torch.Tensor, identity: Any, repeat: Any = None,
                     topk: Sequence[int] = (1, 5), n_boot: int = 1000, seed: int = 0, batch_size: int = 128,
-                    device: Optional[Union[str, torch.device]] = None,
-                    advance: Optional[Callable[[int], None]] = None) -> dict[str, Any]:
+                    device: str | torch.device | None = None,
+                    advance: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Attack accuracy of reconstructions under the evaluation model (see
     :func:`attack_accuracy_from_logits` for the returned keys).  ``advance(n)`` reports progress."""
     images = _check_images(images)
@@ -296,7 +297,7 @@ def attack_accuracy(eval_model: nn.Module, images: torch.Tensor, identity: Any, 
 
 # ----------------------------------------------------------------------------------------- distances
 def nn_sq_distance(query: torch.Tensor, identity: Any, reference: Mapping[int, torch.Tensor],
-                   reduce: bool = True) -> Union[float, torch.Tensor]:
+                   reduce: bool = True) -> float | torch.Tensor:
     """Min squared L2 distance of every query feature to the reference features of its own identity.
 
     ``query`` (N, d); ``reference`` {identity: (n_c, d)}.  Returns the mean over queries (``reduce``) or
@@ -323,8 +324,8 @@ def nn_sq_distance(query: torch.Tensor, identity: Any, reference: Mapping[int, t
 
 
 def _nn_metric(extractor: Extractor, model_for_device: Any, images: torch.Tensor, identity: Any,
-               private_train: Any, batch_size: int, device: Any, cache: Optional[PrivateFeatureCache],
-               normalize: bool, advance: Optional[Callable[[int], None]] = None) -> float:
+               private_train: Any, batch_size: int, device: Any, cache: PrivateFeatureCache | None,
+               normalize: bool, advance: Callable[[int], None] | None = None) -> float:
     images = _check_images(images)
     identity = _as_long(identity, "identity")
     if len(identity) != images.shape[0]:
@@ -341,9 +342,9 @@ def _nn_metric(extractor: Extractor, model_for_device: Any, images: torch.Tensor
 
 
 def knn_distance(eval_model: nn.Module, images: torch.Tensor, identity: Any, private_train: Any,
-                 batch_size: int = 128, device: Optional[Union[str, torch.device]] = None,
-                 cache: Optional[PrivateFeatureCache] = None,
-                 advance: Optional[Callable[[int], None]] = None) -> float:
+                 batch_size: int = 128, device: str | torch.device | None = None,
+                 cache: PrivateFeatureCache | None = None,
+                 advance: Callable[[int], None] | None = None) -> float:
     """KNN Dist: mean over reconstructions of the min squared L2 distance, in the evaluation model's
     penultimate features (``eval_model.features``), to the private TRAIN images of the attacked identity.
 
@@ -360,9 +361,9 @@ def delta_eval(eval_model: nn.Module, images: torch.Tensor, identity: Any, priva
     return knn_distance(eval_model, images, identity, private_train, **kwargs)
 
 
-def delta_face(embedder: Optional[Extractor], images: torch.Tensor, identity: Any, private_train: Any,
-               batch_size: int = 128, device: Optional[Union[str, torch.device]] = None,
-               cache: Optional[PrivateFeatureCache] = None) -> float:
+def delta_face(embedder: Extractor | None, images: torch.Tensor, identity: Any, private_train: Any,
+               batch_size: int = 128, device: str | torch.device | None = None,
+               cache: PrivateFeatureCache | None = None) -> float:
     """PPA's delta_face: the nearest-neighbour squared distance in a face embedding, L2-normalised here.
 
     ``embedder`` maps [0, 1] images (N, C, H, W) to (N, d) embeddings and handles its own resizing (PPA
@@ -445,7 +446,7 @@ class InceptionPoolFeatures(nn.Module):
 
     num_features = 2048
 
-    def __init__(self, weights_path: Union[str, Path]):
+    def __init__(self, weights_path: str | Path):
         super().__init__()
         from torchvision.models import inception_v3
 
@@ -478,13 +479,13 @@ class InceptionPoolFeatures(nn.Module):
         return out.logits if hasattr(out, "logits") else out
 
 
-def load_inception_extractor(weights_path: Union[str, Path]) -> InceptionPoolFeatures:
+def load_inception_extractor(weights_path: str | Path) -> InceptionPoolFeatures:
     """Inception-v3 pool-feature extractor from a local weights file (for real Inception FID)."""
     return InceptionPoolFeatures(weights_path)
 
 
 def fid_score(extractor: Extractor, real_images: torch.Tensor, fake_images: torch.Tensor, batch_size: int = 128,
-              device: Optional[Union[str, torch.device]] = None) -> dict[str, Any]:
+              device: str | torch.device | None = None) -> dict[str, Any]:
     """FID between two image sets with any feature extractor (see :func:`fid_from_features`)."""
     real_images = _check_images(real_images)
     fake_images = _check_images(fake_images)
@@ -516,7 +517,7 @@ def nearest_private(rec: Any, eval_model: nn.Module, private: Any, device: Any) 
 
 
 # ----------------------------------------------------------------------------------------- trade-off
-def tradeoff(acc_nodef: float, acc_def: float, att_nodef: float, att_def: float) -> Union[float, str]:
+def tradeoff(acc_nodef: float, acc_def: float, att_nodef: float, att_def: float) -> float | str:
     """Delta = (AttAcc_nodef - AttAcc_def) / (Acc_nodef - Acc_def) (TL-DMI; higher is better).
 
     Returns "OP" (over-performs) when the defended model is at least as accurate as NoDef: the ratio is
@@ -532,7 +533,7 @@ def tradeoff(acc_nodef: float, acc_def: float, att_nodef: float, att_def: float)
 
 
 # ----------------------------------------------------------------------------------------- all at once
-def _recon_fields(recon: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor], dict]:
+def _recon_fields(recon: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, dict]:
     if isinstance(recon, Mapping):
         get = recon.get
     else:
@@ -562,7 +563,7 @@ def _attack_accuracy_keys(att: Mapping[str, Any], topk: Sequence[int]) -> dict[s
     return out
 
 
-def _fid_keys(fid_extractor: Union[None, str, Path, Extractor], q: torch.Tensor, ref: Mapping[int, torch.Tensor],
+def _fid_keys(fid_extractor: None | str | Path | Extractor, q: torch.Tensor, ref: Mapping[int, torch.Tensor],
               classes: list[int], images: torch.Tensor, private_train: Any, batch_size: int, dev: torch.device,
               advance: Callable[[int], None]) -> dict[str, Any]:
     """FID_eval on the evaluation features already computed (``q``, ``ref``), or an Inception / custom FID."""
@@ -587,11 +588,11 @@ def _fid_keys(fid_extractor: Union[None, str, Path, Extractor], q: torch.Tensor,
 
 
 def evaluate_reconstructions(recon: Any, eval_model: nn.Module, private_train: Any, private_test: Any = None,
-                             target_model: Optional[nn.Module] = None, fid: bool = True,
-                             fid_extractor: Union[None, str, Path, Extractor] = None,
-                             face_embedder: Union[None, str, Extractor] = None, baseline: Optional[Mapping] = None,
+                             target_model: nn.Module | None = None, fid: bool = True,
+                             fid_extractor: None | str | Path | Extractor = None,
+                             face_embedder: None | str | Extractor = None, baseline: Mapping | None = None,
                              topk: Sequence[int] = (1, 5), n_boot: int = 1000, seed: int = 0,
-                             batch_size: int = 128, device: Optional[Union[str, torch.device]] = None,
+                             batch_size: int = 128, device: str | torch.device | None = None,
                              progress: bool = False) -> dict[str, Any]:
     """Every metric of one reconstructions artefact, as a flat JSON-able dict.
 
@@ -665,7 +666,7 @@ def _check_classes(eval_model: nn.Module, identity: torch.Tensor) -> None:
 
 
 def _distance_keys(eval_model: nn.Module, images: torch.Tensor, identity: torch.Tensor, private_train: Any,
-                   fid: bool, fid_extractor: Union[None, str, Path, Extractor], batch_size: int, dev: torch.device,
+                   fid: bool, fid_extractor: None | str | Path | Extractor, batch_size: int, dev: torch.device,
                    advance: Any, stage: Any) -> dict[str, Any]:
     """KNN distance (δ_eval) and, when asked, the FID: the reconstructions' evaluation features and the private
     features serve both."""
@@ -710,7 +711,7 @@ def _fmt(v: Any, std: Any = None, digits: int = 2) -> str:
     return s
 
 
-def format_metrics_table(rows: Sequence[Mapping[str, Any]], title: Optional[str] = "Model-inversion evaluation"):
+def format_metrics_table(rows: Sequence[Mapping[str, Any]], title: str | None = "Model-inversion evaluation"):
     """A rich Table of metrics dicts (one row each): Attack, Defense, Acc, AttAcc top-1/top-5 +- std over
     repeats, 95 % CI of top-1, KNN Dist, FID_eval (or Inception FID), Delta."""
     from rich.table import Table
@@ -746,9 +747,9 @@ def format_metrics_table(rows: Sequence[Mapping[str, Any]], title: Optional[str]
 
 def metrics_table_text(rows: Sequence[Mapping[str, Any]], width: int = 160) -> str:
     """The metrics table rendered to plain text (logs, tests)."""
-    from rich.console import Console
-
     import io
+
+    from rich.console import Console
 
     console = Console(width=width, record=True, file=io.StringIO(), color_system=None)
     console.print(format_metrics_table(rows))

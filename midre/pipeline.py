@@ -29,9 +29,10 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 from . import tblog
 from .analysis.frontier import write_frontier
@@ -73,9 +74,9 @@ class PipelineResult:
 
     run_dir: Path
     rows: list[dict[str, Any]] = field(default_factory=list)
-    results_csv: Optional[Path] = None
-    results_json: Optional[Path] = None
-    report: Optional[Path] = None          # report.html when written
+    results_csv: Path | None = None
+    results_json: Path | None = None
+    report: Path | None = None          # report.html when written
     complete: bool = False                 # False when stopped early (stop_after)
     seconds: float = 0.0
     peak_rss_mib: float = 0.0
@@ -84,8 +85,8 @@ class PipelineResult:
 
 # ============================================================================ the pipeline
 def run_pipeline(config: Any, out_dir: str | os.PathLike, resume: bool = True, progress: bool = True,
-                 device: Optional[str] = None, stop_after: Optional[str] = None,
-                 on_stage: Optional[Callable[[str], None]] = None, rule: Optional[str | os.PathLike] = None
+                 device: str | None = None, stop_after: str | None = None,
+                 on_stage: Callable[[str], None] | None = None, rule: str | os.PathLike | None = None
                  ) -> PipelineResult:
     """Run (or continue) a whole pipeline into ``out_dir``.
 
@@ -130,8 +131,8 @@ def run_pipeline(config: Any, out_dir: str | os.PathLike, resume: bool = True, p
     return res
 
 
-def run_seed(cfg: RunConfig, run_dir: Path, progress: bool = True, stop_after: Optional[str] = None,
-             on_stage: Optional[Callable[[str], None]] = None) -> PipelineResult:
+def run_seed(cfg: RunConfig, run_dir: Path, progress: bool = True, stop_after: str | None = None,
+             on_stage: Callable[[str], None] | None = None) -> PipelineResult:
     """One seed's run: the stages of :func:`midre.stages.pipeline_stages` over ``run_dir``."""
     ctx = RunContext(cfg, run_dir, progress)
     state = ctx.open()
@@ -176,8 +177,8 @@ def _train_worker(cfg: RunConfig, run_dir: Path, ddp: Any) -> PipelineResult:
 
 
 # ============================================================================ multi-seed study
-def _run_study(cfg: RunConfig, run_dir: Path, progress: bool, stop_after: Optional[str],
-               on_stage: Optional[Callable[[str], None]]) -> PipelineResult:
+def _run_study(cfg: RunConfig, run_dir: Path, progress: bool, stop_after: str | None,
+               on_stage: Callable[[str], None] | None) -> PipelineResult:
     seeds = cfg.run_seeds()
     run_dir.mkdir(parents=True, exist_ok=True)
     state = RunState(run_dir, cfg, kind="study")
@@ -231,7 +232,7 @@ def _study_results(cfg: RunConfig, run_dir: Path, seeds: list[int], per_seed: li
     return rows
 
 
-def _study_analyses(cfg: RunConfig, run_dir: Path, console: StageConsole, has_rows: bool) -> Optional[Path]:
+def _study_analyses(cfg: RunConfig, run_dir: Path, console: StageConsole, has_rows: bool) -> Path | None:
     """Paired differences and the frontier (when the study has defenses and a NoDef curve), then the report."""
     plan = RunPlan(cfg)
     if has_rows and len(cfg.targets) > 1 and cfg.attacks and plan.defense_references():

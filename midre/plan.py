@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from .config import AttackSection, RunConfig, TargetSection, validate_train
 from .errors import ConfigError, MidreError
@@ -43,7 +43,7 @@ class RunPlan:
     attack_priors : (attack key, target) -> {kind: prior stage}.
     """
 
-    def __init__(self, cfg: RunConfig, targets: Optional[list[TargetSection]] = None, where: str = "config"):
+    def __init__(self, cfg: RunConfig, targets: list[TargetSection] | None = None, where: str = "config"):
         self.cfg = cfg
         self.targets = cfg.expanded_targets() if targets is None else targets
         self.where = where
@@ -55,7 +55,7 @@ class RunPlan:
         self._attack_keys()
 
     # ------------------------------------------------------------------ seeds and prior kinds
-    def prior_seed(self, kind: str, tname: Optional[str]) -> int:
+    def prior_seed(self, kind: str, tname: str | None) -> int:
         """A target-independent prior may have a fixed seed (priors.seed: the instrument, zoo-shareable)."""
         if tname is None and self.cfg.priors.seed is not None:
             return derive_seed(self.cfg.priors.seed, "prior", kind, "")
@@ -112,7 +112,7 @@ class RunPlan:
                    if t.stop_early else {})})
 
     @property
-    def nodef_default(self) -> Optional[str]:
+    def nodef_default(self) -> str | None:
         """The first NoDef target: the reference of every target whose config names none."""
         return next((t.name for t in self.targets if self.def_specs[t.name].get("name") == "nodef" and not t.curve),
                     None)
@@ -129,7 +129,7 @@ class RunPlan:
                 if self.def_specs[t.name].get("name") != "nodef"}
         return {t: r for t, r in refs.items() if r is not None}
 
-    def _prior_key(self, kind: str, tname: Optional[str]) -> str:
+    def _prior_key(self, kind: str, tname: str | None) -> str:
         cfg = self.cfg
         return config_hash({
             "base": self.keys["data"], "kind": kind, "preset": cfg.priors.preset,
@@ -138,7 +138,7 @@ class RunPlan:
 
     def _attack_keys(self) -> None:
         cfg, keys = self.cfg, self.keys
-        self.prior_units: dict[str, tuple[str, Optional[str]]] = {}
+        self.prior_units: dict[str, tuple[str, str | None]] = {}
         self.attack_priors: dict[tuple[str, str], dict[str, str]] = {}
         for a in cfg.attacks:
             kinds = self.prior_kinds(a)

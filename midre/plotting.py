@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 from .utils import atomic_path
 
@@ -27,7 +27,7 @@ def save_fig(fig, path: str | Path) -> Path:
     return path
 
 
-def percent_yerr(means: Sequence[float], stds: Sequence[Optional[float]]) -> list[list[float]]:
+def percent_yerr(means: Sequence[float], stds: Sequence[float | None]) -> list[list[float]]:
     """Asymmetric error bars of mean ± std for percentages, clipped to [0, 100].
 
     A percentage cannot leave [0, 100], so a bar of 3.33 ± 5.77 is drawn from 0 to 9.10.  Missing or

@@ -28,7 +28,8 @@ import importlib
 import inspect
 import re
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .registry import set_plugin_hooks
 

@@ -21,7 +21,7 @@ colour blobs do not.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -118,8 +118,8 @@ def _images(imageset: Any, n: int, seed: int) -> torch.Tensor:
     return x.float().div(255.0) if x.dtype == torch.uint8 else x.float()
 
 
-def prior_quality(prior: Any, holdout: Any, train_public: Optional[Any] = None, n: int = 500, seed: int = 0,
-                  device: Any = "cpu") -> Optional[dict[str, Any]]:
+def prior_quality(prior: Any, holdout: Any, train_public: Any | None = None, n: int = 500, seed: int = 0,
+                  device: Any = "cpu") -> dict[str, Any] | None:
     """The quality record of a GAN prior (see the module docstring); None for priors without a generator
     or fewer than K + 2 held-out images."""
     if getattr(prior, "generator", None) is None or holdout is None or len(holdout) < K + 2:

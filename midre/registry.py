@@ -1,7 +1,8 @@
 """A tiny name -> factory registry (timm-style), shared by datasets, models, defenses and attacks."""
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Generic, Iterator, Optional, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any, Generic, TypeVar
 
 from .errors import unknown_name
 
@@ -9,7 +10,7 @@ T = TypeVar("T")
 
 # The plugin loader, (load_into(registry), evicted(registry, key, package)): installed by
 # :mod:`midre.plugins` (imported by the ``midre`` package), so this module imports no plugin code.
-_plugin_hooks: Optional[tuple[Callable[[Any], None], Callable[[Any, str, str], None]]] = None
+_plugin_hooks: tuple[Callable[[Any], None], Callable[[Any, str, str], None]] | None = None
 
 
 def set_plugin_hooks(load_into: Callable[[Any], None], evicted: Callable[[Any, str, str], None]) -> None:
@@ -19,12 +20,12 @@ def set_plugin_hooks(load_into: Callable[[Any], None], evicted: Callable[[Any, s
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str, group: Optional[str] = None):
+    def __init__(self, kind: str, group: str | None = None):
         self.kind = kind
         self.group = group              # entry-point group of plugins (midre.plugins), loaded lazily
         self._plugins_done = group is None
-        self._items: Dict[str, Callable[..., T]] = {}
-        self._info: Dict[str, Dict[str, Any]] = {}
+        self._items: dict[str, Callable[..., T]] = {}
+        self._info: dict[str, dict[str, Any]] = {}
 
     def _plugins(self) -> None:
         if not self._plugins_done and _plugin_hooks is not None:
@@ -55,7 +56,7 @@ class Registry(Generic[T]):
             raise unknown_name(self.kind, str(name), self._items)
         return self._items[key]
 
-    def info(self, name: str) -> Dict[str, Any]:
+    def info(self, name: str) -> dict[str, Any]:
         self.get(name)
         return dict(self._info[str(name).lower()])
 

@@ -17,16 +17,34 @@ from __future__ import annotations
 import base64
 import html
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 from .errors import RunDirError
 from .plotting import percent_yerr, pyplot, save_fig
-from .results import (DASH, artefact_dir, attack_dirs, defense_label, fmt, fmt_pm, html_table, is_missing,
-                      load_results, mark_sweep_rows, md_table, private_images, read_json_safe, read_yaml_safe,
-                      target_dirs, to_hwc, to_number)
+from .results import (
+    DASH,
+    artefact_dir,
+    attack_dirs,
+    defense_label,
+    fmt,
+    fmt_pm,
+    html_table,
+    is_missing,
+    load_results,
+    mark_sweep_rows,
+    md_table,
+    private_images,
+    read_json_safe,
+    read_yaml_safe,
+    target_dirs,
+    to_hwc,
+    to_number,
+)
 from .utils import atomic_write_text
+
 
 @dataclass
 class ModelInfo:
@@ -175,7 +193,7 @@ def attack_tables(rows: Sequence[dict[str, Any]]) -> dict[str, tuple[list[str], 
 
 
 # ----------------------------------------------------------------------------------------- figures
-def plot_privacy_utility(rows: Sequence[dict[str, Any]], path: Path) -> Optional[Path]:
+def plot_privacy_utility(rows: Sequence[dict[str, Any]], path: Path) -> Path | None:
     """Natural accuracy (x) vs attack top-1 accuracy (y): one point per target and attack, std as error bars."""
     pts = []
     for r in rows:
@@ -253,7 +271,7 @@ def _best_per_identity(rec) -> dict[int, Any]:
 
 
 def plot_reconstruction_grid(attack: str, recs: dict[str, Any], private: Any, path: Path,
-                             max_identities: int = 8, subtitles: Optional[dict[str, str]] = None) -> Optional[Path]:
+                             max_identities: int = 8, subtitles: dict[str, str] | None = None) -> Path | None:
     """Rows: attacked identities; columns: a private training image, then each target's best reconstruction
     (in the order of ``recs``; ``subtitles`` adds a second title line per target, e.g. its AttAcc)."""
     import torch
@@ -318,7 +336,7 @@ def _slug(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", s).strip("_") or "x"
 
 
-def _gates_section(run_dir: Path) -> Optional[tuple[str, str, str]]:
+def _gates_section(run_dir: Path) -> tuple[str, str, str] | None:
     """The validity gates (RUN/gates.json): verdict line + table, or None when the run has none."""
     from .gates import gates_table, verdict_line
 
@@ -341,7 +359,7 @@ Section = tuple[str, str, str]  # (heading, markdown, html)
 Image = tuple[str, Path, str]   # (heading, png path, caption)
 
 
-def _settings_section(run_dir: Path, art_dir: Path, study_note: Optional[str]) -> Optional[Section]:
+def _settings_section(run_dir: Path, art_dir: Path, study_note: str | None) -> Section | None:
     """The "Settings" section: study note, settings table and the table of trained models."""
     settings = settings_summary(run_dir)
     models = collect_models(art_dir)
@@ -382,7 +400,7 @@ def _results_section(rows: Sequence[dict[str, Any]]) -> Section:
     return ("Results", "\n\n".join(t_md), "".join(t_html))
 
 
-def _paired_section(run_dir: Path) -> Optional[Section]:
+def _paired_section(run_dir: Path) -> Section | None:
     """Paired NoDef - defense differences with CIs (RUN/analysis/paired.json, `midre analyze paired`)."""
     from .analysis.paired import paired_table
 
@@ -394,7 +412,7 @@ def _paired_section(run_dir: Path) -> Optional[Section]:
             html_table(head, body) + f"<p class='note'>{html.escape(note)}</p>")
 
 
-def _frontier_section(run_dir: Path) -> tuple[Optional[Section], list[Image]]:
+def _frontier_section(run_dir: Path) -> tuple[Section | None, list[Image]]:
     """The privacy-utility frontier (RUN/analysis/frontier.json, `midre analyze frontier`) and its figures."""
     from .analysis.frontier import frontier_table
 
@@ -478,13 +496,13 @@ def _reconstruction_figures(rows: Sequence[dict[str, Any]], recs_available, art_
     return images
 
 
-def _feature_analysis(run_dir: Path, art_dir: Path, figs: Path) -> tuple[Path, Optional[Image], str, str]:
+def _feature_analysis(run_dir: Path, art_dir: Path, figs: Path) -> tuple[Path, Image | None, str, str]:
     """The feature-space figure and overlap table: ``(png path, image or None, md, html)``."""
     feat_png = figs / "features.png"
     feat_json = run_dir / "analysis" / "features.json"
     if not feat_png.exists() and art_dir != run_dir:
         feat_png, feat_json = art_dir / "figures" / "features.png", art_dir / "analysis" / "features.json"
-    image: Optional[Image] = None
+    image: Image | None = None
     if feat_png.exists():
         image = ("Feature-space analysis", feat_png,
                  "Penultimate features (PCA to 2-D, fitted per model) of private, RE-private and "
@@ -506,7 +524,7 @@ def _feature_analysis(run_dir: Path, art_dir: Path, figs: Path) -> tuple[Path, O
 
 
 def _render(title: str, run_dir: Path, sections: Sequence[Section], notes: Sequence[str],
-            images: Sequence[Image], feat: tuple[Path, Optional[Image], str, str],
+            images: Sequence[Image], feat: tuple[Path, Image | None, str, str],
             tail: Sequence[Section]) -> tuple[str, str]:
     """Assemble the markdown and the self-contained HTML text of the report."""
     feat_png, _, feat_md, feat_html = feat
@@ -538,7 +556,7 @@ def _render(title: str, run_dir: Path, sections: Sequence[Section], notes: Seque
 
 
 def write_report(run_dir: str | Path, *, max_identities: int = 8, splits: Any = None,
-                 title: Optional[str] = None, lead: Sequence[tuple[str, str, str]] = (),
+                 title: str | None = None, lead: Sequence[tuple[str, str, str]] = (),
                  figures: Sequence[tuple[str, Path, str]] = (), tail: Sequence[tuple[str, str, str]] = (),
                  standard_figures: bool = True) -> tuple[Path, Path]:
     """Render ``report.md`` + self-contained ``report.html`` (+ ``figures/*.png``) for a run directory.

@@ -13,9 +13,10 @@ import io
 import json
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 from .errors import RunDirError
 from .utils import atomic_write_text, read_json
@@ -53,13 +54,13 @@ class ResultRow:
     seed: Any = ""
     repeats: Any = ""
     identities: Any = ""
-    dp_delta: Optional[float] = None
-    trapdoor_acc: Optional[float] = None      # Trap-MID targets: triggered test images classified as their trapdoor
-    reference: Optional[str] = None
-    target_top1: Optional[float] = None
+    dp_delta: float | None = None
+    trapdoor_acc: float | None = None      # Trap-MID targets: triggered test images classified as their trapdoor
+    reference: str | None = None
+    target_top1: float | None = None
 
     @classmethod
-    def from_metrics(cls, target: str, defense: str, attack: str, m: dict[str, Any], **fields_: Any) -> "ResultRow":
+    def from_metrics(cls, target: str, defense: str, attack: str, m: dict[str, Any], **fields_: Any) -> ResultRow:
         """A row from an attack's ``metrics.json`` (missing figures stay NaN)."""
         ci = m.get("attacc_top1_ci95")
         lo, hi = (as_float(ci[0]), as_float(ci[1])) if isinstance(ci, (list, tuple)) and len(ci) == 2 else (NAN, NAN)
@@ -108,7 +109,7 @@ def to_number(v: Any) -> Any:
         return s
 
 
-def t_interval(values: Sequence[float], level: float = 0.95) -> Optional[tuple[float, float]]:
+def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float] | None:
     """Student-t interval of the mean of ``values`` (NaN dropped); None with fewer than 2 values."""
     import statistics
 
@@ -165,7 +166,7 @@ def parse_params(v: Any) -> dict[str, Any]:
 def load_results(run_dir: str | Path) -> list[dict[str, Any]]:
     """Rows of ``results.json`` (a list, or a dict with 'rows') or else ``results.csv``; numbers parsed."""
     run_dir = Path(run_dir)
-    rows: Optional[list] = None
+    rows: list | None = None
     js = run_dir / "results.json"
     if js.exists():
         try:
@@ -194,7 +195,7 @@ def load_results(run_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def write_results_table(path: str | Path, rows: Sequence[ResultRow | dict[str, Any]],
-                        columns: Optional[Sequence[str]] = None) -> None:
+                        columns: Sequence[str] | None = None) -> None:
     """The one writer of results tables (atomic CSV): ``columns`` (default :data:`COLUMNS`) first, then any
     other key in the order it first appears; NaN as an empty cell, floats to 6 significant digits."""
     dicts = [r.as_dict() if isinstance(r, ResultRow) else r for r in rows]

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -86,7 +86,7 @@ def load_rule(path: str | Path) -> Rule:
         raise ConfigError(f"rule file '{path}': '{loc}': {err['msg']}; see `midre analyze verdict --help`") from None
 
 
-def default_rule_path(config_name: str, base: Optional[Path] = None) -> Optional[Path]:
+def default_rule_path(config_name: str, base: Path | None = None) -> Path | None:
     """``rules/<config name>.yaml`` under ``base`` (default: the working directory), if it exists."""
     p = (base or Path.cwd()) / "rules" / f"{config_name.replace('/', '-')}.yaml"
     return p if p.is_file() else None
@@ -118,7 +118,7 @@ def record_rule(run_dir: Path, path: Path, config_name: str) -> dict[str, Any]:
     return rec
 
 
-def recorded_rule(run_dir: Path, path: Optional[str | Path] = None) -> tuple[Rule, dict[str, Any]]:
+def recorded_rule(run_dir: Path, path: str | Path | None = None) -> tuple[Rule, dict[str, Any]]:
     """The rule a run recorded when it started, checked against its sha256 (one line when it changed)."""
     import json
 

@@ -14,8 +14,9 @@ import platform
 import resource
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import torch
 
@@ -114,7 +115,7 @@ class RunState:
     def stages(self) -> dict[str, dict[str, Any]]:
         return self.data.setdefault("stages", {})
 
-    def check_keys(self, keys: dict[str, str], resume_dir: Optional[Path] = None) -> None:
+    def check_keys(self, keys: dict[str, str], resume_dir: Path | None = None) -> None:
         """Refuse a run dir whose recorded stages were made with other settings (metrics/ stages are re-derived)."""
         for name, key in keys.items():
             rec = self.stages.get(name)
@@ -140,7 +141,7 @@ class RunState:
         self.save()
 
     def run_stage(self, name: str, key: str, fn: Callable[[], Any], label: str, head: str, console: Any, *,
-                  cpu_seconds: bool = True, note_memory: bool = True) -> Optional[dict]:
+                  cpu_seconds: bool = True, note_memory: bool = True) -> dict | None:
         """Run ``fn`` unless stage ``name`` is done with ``key``: announce it, record its start, time it,
         mark it interrupted (and re-raise) on any exception, else record it done with the peak memory
         (and CPU seconds) plus the fields ``fn`` returns.  Returns those fields, None when skipped."""
@@ -168,7 +169,7 @@ class RunState:
         if rec is not None and rec.get("status") == "running":
             rec["seconds_before"] = round(float(rec.get("seconds_before", 0.0)) + seconds, 3)
 
-    def save(self, status: Optional[str] = None) -> None:
+    def save(self, status: str | None = None) -> None:
         d = self.data
         d["config_hash"] = self.cfg.hash()
         d["name"] = self.cfg.name
@@ -194,7 +195,7 @@ class RunState:
         atomic_write_json(self.path, d)
 
 
-def prepare_dir(run_dir: Path, resume: bool, seeds: Optional[list[int]] = None) -> None:
+def prepare_dir(run_dir: Path, resume: bool, seeds: list[int] | None = None) -> None:
     """Refuse an --out that is a file, holds something else than a midre run, or (without resume) a run.
     A multi-seed run (``seeds``) may start in a directory holding only earlier single-seed runs as
     ``seed-<s>/`` (each with its run.json, ``s`` one of ``seeds``): it continues them by stage key."""
@@ -241,7 +242,7 @@ def check_out(out: Path, what: str, is_ours: Callable[[Path], bool], flag: str =
                       f"empty {flag}{hint}")
 
 
-def record_format(path: Path, key: str = "format") -> Optional[str]:
+def record_format(path: Path, key: str = "format") -> str | None:
     """Field ``key`` of a JSON record, or None when the file is missing, unreadable, not JSON or not a mapping
     (tells a midre artefact from a user's file of the same name)."""
     try:
@@ -252,7 +253,7 @@ def record_format(path: Path, key: str = "format") -> Optional[str]:
     return value if isinstance(value, str) else None
 
 
-def run_command(run_json: Path) -> Optional[str]:
+def run_command(run_json: Path) -> str | None:
     """The command that made a run.json ("run" or "audit"); None when it is not a midre run record.
     Records written before the field existed: an audit is the one with a "cost" stage."""
     if record_format(run_json) != RUN_FORMAT:

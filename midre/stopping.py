@@ -21,8 +21,9 @@ resumed takes exactly the decisions of an uninterrupted one.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional, Sequence
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -37,14 +38,14 @@ class StopRule(BaseModel):
 
     metric: Literal["val_acc", "val_loss"] = "val_acc"
     val_per_class: int = Field(3, ge=1)
-    patience: Optional[int] = Field(3, ge=1)
+    patience: int | None = Field(3, ge=1)
     min_delta: float = Field(0.0, ge=0)
     lr_drops: int = Field(2, ge=0)
     factor: float = Field(0.1, gt=0, lt=1)
     keep: Literal["best", "last"] = "best"
     # stop as soon as the validation accuracy reaches this (percent): NoDef "stopped earlier" for the NoDef
     # accuracy curve (``stop_early`` of a target sets it from its reference's converged accuracy)
-    at_val_acc: Optional[float] = Field(None, gt=0, le=100)
+    at_val_acc: float | None = Field(None, gt=0, le=100)
 
 
 @dataclass

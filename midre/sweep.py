@@ -31,9 +31,10 @@ import itertools
 import json
 import time
 import traceback
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 from .config import raw_config
 from .errors import ArgumentError, ConfigError, MidreError, RunDirError
@@ -51,8 +52,8 @@ class Trial:
     index: int
     params: dict[str, Any]
     status: str = "pending"          # pending | done | failed
-    error: Optional[str] = None
-    seconds: Optional[float] = None
+    error: str | None = None
+    seconds: float | None = None
 
     @property
     def name(self) -> str:
@@ -152,7 +153,7 @@ def trial_config(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]
 
 # ----------------------------------------------------------------------------------------- one trial
 def run_trial(raw_config: dict[str, Any], trial_dir: str, resume: bool = True, progress: bool = False,
-              num_threads: Optional[int] = None) -> dict[str, Any]:
+              num_threads: int | None = None) -> dict[str, Any]:
     """Run (or resume) one trial's pipeline into ``trial_dir``; returns {'rows', 'seconds'}.
 
     Module-level so that Ray workers import it by reference from the installed midre package.
@@ -186,7 +187,7 @@ def collect_trial_rows(trial_dir: Path) -> list[dict[str, Any]]:
 
 
 def _ray_trial(raw_config: dict[str, Any], trial_dir: str, resume: bool, num_threads: int,
-               runner: Optional[Callable] = None) -> dict[str, Any]:
+               runner: Callable | None = None) -> dict[str, Any]:
     fn = runner or run_trial
     return fn(raw_config, trial_dir, resume, False, num_threads)
 
@@ -288,8 +289,8 @@ def _write_sweep_report(out_dir: Path, spec: SweepSpec) -> None:
                                                f"({len(spec.trials)} trials)")
 
 
-def run_sweep(config: Any, out_dir: str | Path, backend: Optional[str] = None, address: Optional[str] = None,
-              resume: bool = True, progress: bool = True, runner: Optional[Callable] = None,
+def run_sweep(config: Any, out_dir: str | Path, backend: str | None = None, address: str | None = None,
+              resume: bool = True, progress: bool = True, runner: Callable | None = None,
               validate: bool = True) -> SweepResult:
     """Run every trial of a config's ``sweep`` grid and collect one results table.
 
@@ -332,7 +333,7 @@ def run_sweep(config: Any, out_dir: str | Path, backend: Optional[str] = None, a
     rows_by_trial, todo = _finished_trials(spec, old, out_dir) if resume else ({}, list(spec.trials))
     _write_state(out_dir, spec, backend)
 
-    def finish(t: Trial, out: Optional[dict], err: Optional[str]) -> None:
+    def finish(t: Trial, out: dict | None, err: str | None) -> None:
         if err is None and out is not None:
             t.status, t.error, t.seconds = "done", None, float(out.get("seconds", 0.0))
             rows_by_trial[t.index] = list(out.get("rows", []))
@@ -367,8 +368,8 @@ def import_ray():
     return ray
 
 
-def _run_ray(spec: SweepSpec, todo: list[Trial], configs: dict[int, dict], out_dir: Path, address: Optional[str],
-             resume: bool, runner: Optional[Callable], finish: Callable, advance: Callable) -> None:
+def _run_ray(spec: SweepSpec, todo: list[Trial], configs: dict[int, dict], out_dir: Path, address: str | None,
+             resume: bool, runner: Callable | None, finish: Callable, advance: Callable) -> None:
     ray = import_ray()
     started = False
     if not ray.is_initialized():

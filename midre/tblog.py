@@ -26,9 +26,10 @@ Logging reads tensors and never draws random numbers, so results are the same wi
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
 import torch
 
@@ -36,7 +37,7 @@ from .errors import ArgumentError, MidreError
 
 EVERY = 10            # scalars every EVERY training steps / prior iterations
 SAMPLES = 16          # images per logged batch / prior sample grid
-_active: Optional["Session"] = None
+_active: Session | None = None
 
 
 class MissingExtraError(MidreError, ImportError):
@@ -56,7 +57,7 @@ def require() -> Any:
 class Session:
     """An open log directory: one SummaryWriter per run name, closed together."""
 
-    def __init__(self, log_dir: Path, base: Optional[Path] = None, every: int = EVERY):
+    def __init__(self, log_dir: Path, base: Path | None = None, every: int = EVERY):
         self.dir, self.base, self.every = Path(log_dir), (Path(base) if base is not None else None), int(every)
         self._writer_cls = require()
         self._writers: dict[str, Any] = {}
@@ -66,7 +67,7 @@ class Session:
             self._writers[name] = self._writer_cls(log_dir=str(self.dir / name))
         return self._writers[name]
 
-    def run_name(self, path: Optional[Path], fallback: str) -> str:
+    def run_name(self, path: Path | None, fallback: str) -> str:
         """``path`` relative to the run directory when it lies inside it, else ``fallback``."""
         if path is not None and self.base is not None:
             try:
@@ -81,12 +82,12 @@ class Session:
         self._writers.clear()
 
 
-def active() -> Optional[Session]:
+def active() -> Session | None:
     return _active
 
 
 @contextmanager
-def session(log_dir: Optional[str | Path], base: Optional[str | Path] = None, every: int = EVERY) -> Iterator[Optional[Session]]:
+def session(log_dir: str | Path | None, base: str | Path | None = None, every: int = EVERY) -> Iterator[Session | None]:
     """Log to ``log_dir`` inside the block (no-op when None, or when a session is already open)."""
     global _active
     if log_dir is None or _active is not None:
@@ -157,7 +158,7 @@ class TrainLog:
         self.w.flush()
 
 
-def training(out_dir: Optional[str | Path], description: str, steps_per_epoch: int) -> TrainLog | _Null:
+def training(out_dir: str | Path | None, description: str, steps_per_epoch: int) -> TrainLog | _Null:
     s = _active
     if s is None:
         return _Null()
@@ -171,7 +172,7 @@ class PriorLog:
         self.w, self.total, self.every = writer, max(1, int(iterations)), every
         self.sample_every = max(1, self.total // 10)
 
-    def step(self, it: int, losses: dict[str, float], G: Optional[torch.nn.Module] = None) -> None:
+    def step(self, it: int, losses: dict[str, float], G: torch.nn.Module | None = None) -> None:
         """``it`` counts from 1; ``G`` (optional) is sampled at 16 fixed latents now and then."""
         if it % self.every == 0 or it == 1 or it == self.total:
             for k, v in losses.items():
@@ -199,7 +200,7 @@ def _samples(G: torch.nn.Module) -> torch.Tensor:
     return _images(x)
 
 
-def prior(root: Optional[str | Path], kind: str, iterations: int) -> PriorLog | _Null:
+def prior(root: str | Path | None, kind: str, iterations: int) -> PriorLog | _Null:
     s = _active
     if s is None:
         return _Null()

@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import torch
 import torch.nn as nn
@@ -56,17 +56,17 @@ class TrainConfig(BaseModel):
     device: str = "auto"
     seed: int = 0
     num_workers: int = Field(0, ge=0)
-    grad_clip: Optional[float] = Field(None, gt=0)
+    grad_clip: float | None = Field(None, gt=0)
     eval_every: int = Field(1, ge=1)
     # start from pretrained weights (a LOCAL file; `midre run` also resolves "zoo:NAME"): the backbone is
     # loaded, the head is always re-initialised (fine-tuning on new classes)
-    init: Optional[str] = None
+    init: str | None = None
     # train to convergence (midre.stopping): hold out validation images of the TRAINING split, stop when the
     # validation figure stops improving; ``epochs`` is then the most it may run
-    stop: Optional[StopRule] = None
+    stop: StopRule | None = None
 
     @model_validator(mode="after")
-    def _stop_needs_constant_lr(self) -> "TrainConfig":
+    def _stop_needs_constant_lr(self) -> TrainConfig:
         if self.stop is not None and self.stop.lr_drops > 0 and self.schedule != "none":
             raise ValueError("stop.lr_drops lowers the learning rate itself; use schedule: none with it "
                              "(or stop.lr_drops: 0 to keep the schedule)")
@@ -97,9 +97,9 @@ def make_config(config: TrainConfig | dict | None = None, **overrides: Any) -> T
 @dataclass
 class TrainResult:
     model: nn.Module
-    test_acc: Optional[float]
+    test_acc: float | None
     history: list[dict[str, Any]] = field(default_factory=list)
-    checkpoint: Optional[Path] = None
+    checkpoint: Path | None = None
     defense_report: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -120,7 +120,7 @@ class _Indexed(Dataset):
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, dataset: Dataset, batch_size: int = 256,
-                   device: Optional[torch.device | str] = None) -> tuple[torch.Tensor, torch.Tensor]:
+                   device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits, labels) of a whole dataset, model in eval mode, on CPU at the end."""
     device = resolve_device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
@@ -144,7 +144,7 @@ def predict_logits(model: nn.Module, dataset: Dataset, batch_size: int = 256,
 
 
 def evaluate_accuracy(model: nn.Module, dataset: Dataset, batch_size: int = 256,
-                      device: Optional[torch.device | str] = None) -> float:
+                      device: torch.device | str | None = None) -> float:
     """Top-1 accuracy in percent."""
     logits, labels = predict_logits(model, dataset, batch_size=batch_size, device=device)
     return float((logits.argmax(1) == labels).float().mean().item() * 100.0)
@@ -172,7 +172,7 @@ def _random_hflip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
 
 
-def _meta(model: nn.Module, defense: Defense, cfg: TrainConfig, train_set: Any, meta: Optional[dict]) -> dict:
+def _meta(model: nn.Module, defense: Defense, cfg: TrainConfig, train_set: Any, meta: dict | None) -> dict:
     m = unwrap(model)
     return {
         "arch": getattr(m, "arch", type(m).__name__),
@@ -201,20 +201,20 @@ class _Loop:
     loader: Any
     gen: torch.Generator        # the loader's shuffling generator
     train_set: Dataset
-    test_set: Optional[Dataset]
-    out: Optional[Path]
+    test_set: Dataset | None
+    out: Path | None
     tb: Any = None
     use_amp: bool = False
     amp_dtype: torch.dtype = torch.float16
     scaler: Any = None
-    val_set: Optional[Dataset] = None  # held out of the training split by ``cfg.stop``
-    stop: Optional[StopState] = None
-    best_weights: Optional[dict[str, torch.Tensor]] = None
+    val_set: Dataset | None = None  # held out of the training split by ``cfg.stop``
+    stop: StopState | None = None
+    best_weights: dict[str, torch.Tensor] | None = None
 
 
 def _prepare_model(model: nn.Module, defense: Defense, cfg: TrainConfig, ddp: Any, device: torch.device,
-                   out: Optional[Path], progress: bool, train_set: Dataset, test_set: Optional[Dataset],
-                   public_set: Optional[Dataset]) -> tuple[nn.Module, bool]:
+                   out: Path | None, progress: bool, train_set: Dataset, test_set: Dataset | None,
+                   public_set: Dataset | None) -> tuple[nn.Module, bool]:
     """Wrap the model for ``defense`` and run its ``prepare`` hook; returns ``(model, resuming)``."""
     seed_everything(derive_seed(cfg.seed, "init"))
     model = defense.wrap_model(model)
@@ -235,7 +235,7 @@ def _prepare_model(model: nn.Module, defense: Defense, cfg: TrainConfig, ddp: An
 
 
 def _build_loop(model: nn.Module, defense: Defense, cfg: TrainConfig, ddp: Any, device: torch.device,
-                train_set: Dataset, test_set: Optional[Dataset], out: Optional[Path]) -> _Loop:
+                train_set: Dataset, test_set: Dataset | None, out: Path | None) -> _Loop:
     """Optimizer, schedule and loader, each wrapped by the defense and for data-parallel training."""
     opt = _optimizer(model, cfg)
     sched = _scheduler(opt, cfg)
@@ -347,8 +347,8 @@ def _run_epoch(s: _Loop, epoch: int, prog: Any, task: Any) -> dict[str, Any]:
     return rec
 
 
-def _run_meta(s: _Loop, meta: Optional[dict], init_report: Optional[dict], epoch: int, test_acc: Optional[float],
-              history: list, report: Optional[dict] = None) -> dict:
+def _run_meta(s: _Loop, meta: dict | None, init_report: dict | None, epoch: int, test_acc: float | None,
+              history: list, report: dict | None = None) -> dict:
     """Checkpoint metadata after ``epoch`` epochs (``report``: the defense's report, else asked for now)."""
     m = _meta(s.model, s.defense, s.cfg, s.train_set, meta)
     m["init_report"] = init_report
@@ -369,10 +369,10 @@ def _checkpoint_epoch(s: _Loop, m: dict, epoch: int, history: list) -> None:
     s.ddp.after_checkpoint(epoch)
 
 
-def train_classifier(model: nn.Module, train_set: Dataset, test_set: Optional[Dataset] = None,
+def train_classifier(model: nn.Module, train_set: Dataset, test_set: Dataset | None = None,
                      defense: Defense | str | dict | None = None, config: TrainConfig | dict | None = None,
-                     out_dir: Optional[str | Path] = None, public_set: Optional[Dataset] = None,
-                     meta: Optional[dict] = None, progress: bool = True, description: str = "train") -> TrainResult:
+                     out_dir: str | Path | None = None, public_set: Dataset | None = None,
+                     meta: dict | None = None, progress: bool = True, description: str = "train") -> TrainResult:
     """Train ``model`` on ``train_set`` under ``defense``; see the module docstring."""
     cfg = make_config(config)
     defense = build_defense(defense)
@@ -412,8 +412,8 @@ def train_classifier(model: nn.Module, train_set: Dataset, test_set: Optional[Da
                        defense_report=report, meta=m)
 
 
-def _fit(s: _Loop, start_epoch: int, history: list, meta: Optional[dict], init_report: Optional[dict],
-         progress: bool, description: str) -> tuple[int, Optional[float]]:
+def _fit(s: _Loop, start_epoch: int, history: list, meta: dict | None, init_report: dict | None,
+         progress: bool, description: str) -> tuple[int, float | None]:
     """The epochs from ``start_epoch`` on, each checkpointed; the stop rule (if any) may end them early.
     Returns ``(epochs run, last test accuracy)``."""
     cfg, out = s.cfg, s.out
@@ -452,7 +452,7 @@ def _stop_epoch(s: _Loop, rec: dict[str, Any], epoch: int) -> str:
     return f" val {rec['val_acc']:.1f}%" + (" (lr drop)" if action == "drop" else " (stopped)" if action == "stop" else "")
 
 
-def _restore_best(s: _Loop, history: list) -> Optional[float]:
+def _restore_best(s: _Loop, history: list) -> float | None:
     """Load the best-validation weights (kept in memory, or ``best.safetensors`` after a resume); returns
     their test accuracy as measured in that epoch."""
     weights = s.best_weights
@@ -467,7 +467,7 @@ def _restore_best(s: _Loop, history: list) -> Optional[float]:
     return evaluate_accuracy(unwrap(s.model), s.test_set, device=s.device) if s.test_set is not None else None
 
 
-def _load_init(model: nn.Module, init: Optional[str]) -> Optional[dict[str, Any]]:
+def _load_init(model: nn.Module, init: str | None) -> dict[str, Any] | None:
     """Load ``TrainConfig.init`` (a local file) into the backbone; the head stays freshly initialised."""
     if not init:
         return None
@@ -494,7 +494,7 @@ def _forward_features(model: nn.Module, x: torch.Tensor):
 
 
 def _save_epoch(out: Path, model: nn.Module, meta: dict, opt, sched, epoch: int, history: list,
-                defense_state: Optional[dict[str, torch.Tensor]] = None) -> None:
+                defense_state: dict[str, torch.Tensor] | None = None) -> None:
     import json
 
     from .utils import atomic_write_text

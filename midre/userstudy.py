@@ -27,9 +27,10 @@ import html
 import io
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import torch
 
@@ -53,7 +54,7 @@ def _attacks(art_dir: Path) -> dict[str, dict[str, Path]]:
     return out
 
 
-def _choose(run_dir: Path, attack: Optional[str], defenses: Optional[Sequence[str]]) -> tuple[Path, str, list[str], dict]:
+def _choose(run_dir: Path, attack: str | None, defenses: Sequence[str] | None) -> tuple[Path, str, list[str], dict]:
     from .results import artefact_dir
 
     if not run_dir.is_dir():
@@ -98,7 +99,7 @@ class Pair:
     recon_index: dict         # target name -> row of its Reconstructions
 
 
-def _pairs(recs: dict[str, Any], private: Any, defenses: list[str], max_identities: Optional[int],
+def _pairs(recs: dict[str, Any], private: Any, defenses: list[str], max_identities: int | None,
            seed: int) -> list[Pair]:
     a, b = defenses
     ids = sorted(set(recs[a].identity.tolist()) & set(recs[b].identity.tolist()))
@@ -129,9 +130,9 @@ def _png(img: torch.Tensor) -> bytes:
     return buf.getvalue()
 
 
-def make_study(run_dir: str | Path, out: Optional[str | Path] = None, *, attack: Optional[str] = None,
-               defenses: Optional[Sequence[str]] = None, max_identities: Optional[int] = None, seed: int = 0,
-               base_url: str = "", title: Optional[str] = None) -> Path:
+def make_study(run_dir: str | Path, out: str | Path | None = None, *, attack: str | None = None,
+               defenses: Sequence[str] | None = None, max_identities: int | None = None, seed: int = 0,
+               base_url: str = "", title: str | None = None) -> Path:
     """Build the study page, key, CSV and images from ``run_dir``; returns the output directory."""
     from .attacks.base import Reconstructions
     from .results import private_images
@@ -202,7 +203,7 @@ def _read_json(path: Path) -> Any:
         raise DataError(f"'{path}' is not JSON; give the file exported by the study page (or a results CSV)") from None
 
 
-def _csv_votes(path: Path) -> tuple[Optional[dict], list[tuple[str, str, str]]]:
+def _csv_votes(path: Path) -> tuple[dict | None, list[tuple[str, str, str]]]:
     """(rater, pair, answer) rows of a crowd-sourcing results CSV (MTurk: WorkerId, Input.pair_id, Answer.answer;
     an Input.study_id / study_id column, as pairs.csv gives it, is checked against the key)."""
     try:
@@ -224,7 +225,7 @@ def _csv_votes(path: Path) -> tuple[Optional[dict], list[tuple[str, str, str]]]:
     return head, [(r[rc], r[pc], r[ac]) for r in rows]
 
 
-def _load_votes(path: Path) -> tuple[Optional[dict], list[tuple[str, str, str]]]:
+def _load_votes(path: Path) -> tuple[dict | None, list[tuple[str, str, str]]]:
     if path.suffix.lower() == ".csv":
         return _csv_votes(path)
     v = _read_json(path)
@@ -237,7 +238,7 @@ def _load_votes(path: Path) -> tuple[Optional[dict], list[tuple[str, str, str]]]
         raise DataError(f"'{path}' has a vote without 'pair' and 'answer'; re-export it from the page") from None
 
 
-def _load_key(key: Optional[str | Path]) -> dict:
+def _load_key(key: str | Path | None) -> dict:
     if key is None:
         raise ArgumentError("no study key: pass --key STUDY_DIR/key.json (written by `midre userstudy make`)")
     p = Path(key)
@@ -267,7 +268,7 @@ def fleiss_kappa(table: Sequence[Sequence[int]]) -> float:
     return float("nan") if math.isclose(pe, 1.0) else (pbar - pe) / (1 - pe)
 
 
-def tally(vote_files: Sequence[str | Path], key: Optional[str | Path]) -> dict[str, Any]:
+def tally(vote_files: Sequence[str | Path], key: str | Path | None) -> dict[str, Any]:
     """Counts per defense / neither / both, the sign test and Fleiss' kappa of exported votes."""
     from scipy.stats import binomtest
 

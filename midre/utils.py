@@ -9,8 +9,9 @@ import random
 import re
 import tempfile
 import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -163,7 +164,7 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def model_fingerprint(model: Optional[nn.Module]) -> Optional[str]:
+def model_fingerprint(model: nn.Module | None) -> str | None:
     """sha256 of a model's state dict (the cache key of per-target priors)."""
     if model is None:
         return None
@@ -197,7 +198,7 @@ class RunLock:
         self.path = Path(run_dir) / ".lock"
         self._fh = None
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         import fcntl
 
         try:
@@ -240,8 +241,14 @@ class RunLock:
 # ----------------------------------------------------------------------------------------- progress
 def make_progress(enabled: bool = True, transient: bool = False):
     """A rich Progress with bar, counts, elapsed and ETA; disabled -> a no-op Progress."""
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     return Progress(
         TextColumn("[bold]{task.description}"),

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import yaml
 
@@ -29,7 +30,7 @@ def zoo_configs() -> list[str]:
     return [str(c) for c in data.get("configs") or []]
 
 
-def entry_name(config_name: str, stage: str, prior_units: Optional[dict[str, tuple]] = None) -> str:
+def entry_name(config_name: str, stage: str, prior_units: dict[str, tuple] | None = None) -> str:
     """The zoo entry a stage of a config makes; a prior stage's is named by its kind (``prior_units``: the
     plan's prior stage -> (kind, target or None))."""
     if stage.startswith("backbones/"):
@@ -42,7 +43,7 @@ def entry_name(config_name: str, stage: str, prior_units: Optional[dict[str, tup
     return f"{config_name}-prior-{stage.split('/', 1)[1]}"
 
 
-def _pipeline(source: str, work: Path, progress: bool, device: Optional[str]):
+def _pipeline(source: str, work: Path, progress: bool, device: str | None):
     from .config import load_config
     from .stages import RunContext
 
@@ -97,8 +98,8 @@ def check_folders(root_dir: Path, work_root: Path) -> None:
         flag="--work", hint=" (an earlier `midre zoo build --work` resumes)")
 
 
-def build(names: Sequence[str] = (), configs: Optional[Sequence[str]] = None, root: Optional[str | os.PathLike] = None,
-          work_dir: Optional[str | os.PathLike] = None, progress: bool = True, device: Optional[str] = None
+def build(names: Sequence[str] = (), configs: Sequence[str] | None = None, root: str | os.PathLike | None = None,
+          work_dir: str | os.PathLike | None = None, progress: bool = True, device: str | None = None
           ) -> list[str]:
     """Build the named entries (all of the configs' entries when none are named); returns the names built."""
     from .config import dump_yaml

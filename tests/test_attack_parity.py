@@ -1009,8 +1009,8 @@ def test_lokt_gan_iteration_queries_labels_only_after_the_unconditional_phase(ne
     """One G step then n_critic D steps; the target is asked for LABELS of generated images only once the
     iteration number (1-based) exceeds uncond_iterations: n_critic x batch queries per iteration."""
     from midre.attacks.base import QueryOracle
-    from midre.priors.tacgan import TACGANConfig, tacgan_iteration
     from midre.models.tacgan import ACGANDiscriminator
+    from midre.priors.tacgan import TACGANConfig, tacgan_iteration
 
     cfg = TACGANConfig(uncond_iterations=2, batch_size=5, n_critic=3, z_dim=ZD, width=4)
     G, D = CondGenerator(K, ZD, RES, 3, 4), ACGANDiscriminator(K, RES, 3, 4)

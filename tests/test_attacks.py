@@ -8,8 +8,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from midre.attacks import (ATTACKS, AccessError, QueryOracle, Reconstructions, adaptive_eraser_from_meta,
-                           build_attack, logit_loss, max_margin_loss)
+from midre.attacks import (
+    ATTACKS,
+    AccessError,
+    QueryOracle,
+    Reconstructions,
+    adaptive_eraser_from_meta,
+    build_attack,
+    logit_loss,
+    max_margin_loss,
+)
 from midre.errors import ArgumentError, CheckpointError, UnknownNameError
 
 K = 8

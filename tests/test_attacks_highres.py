@@ -14,8 +14,14 @@ import pytest
 import torch
 
 from midre.attacks import QueryOracle, Reconstructions, build_attack
-from midre.attacks.highres import (Ticker, poincare_loss, project_l1_ball, random_resized_crop, to_target_view,
-                                   top_per_class)
+from midre.attacks.highres import (
+    Ticker,
+    poincare_loss,
+    project_l1_ball,
+    random_resized_crop,
+    to_target_view,
+    top_per_class,
+)
 from midre.errors import ArgumentError
 
 K = 4

@@ -167,9 +167,9 @@ def test_pipeline_runs_the_four_and_resumes_after_a_kill_in_the_attacks(tmp_path
 
 def test_pipeline_with_a_converted_generator_needs_no_public_split(tmp_path):
     """A run whose only prior is a converted StyleGAN2 (the 224-px configs' situation: no public split)."""
+    from midre.config import load_config
     from midre.models.stylegan2 import save_generator, tiny_generator
     from midre.pipeline import run_pipeline
-    from midre.config import load_config
 
     save_generator(tmp_path / "g" / "generator", tiny_generator(32, seed=1, channels=8))
     opts = {**DATA_OPTS, "num_public": 0}

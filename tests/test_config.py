@@ -6,8 +6,16 @@ import copy
 import pytest
 import yaml
 
-from midre.config import (RunConfig, builtin_configs, deep_merge, dump_yaml, load_config, load_raw,
-                          parse_config, set_override)
+from midre.config import (
+    RunConfig,
+    builtin_configs,
+    deep_merge,
+    dump_yaml,
+    load_config,
+    load_raw,
+    parse_config,
+    set_override,
+)
 from midre.errors import ConfigError, MidreError
 
 TINY = {

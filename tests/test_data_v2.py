@@ -9,10 +9,16 @@ import pytest
 import torch
 
 from midre.analysis.probe import box_mask, region_probe
-from midre.data import DATASETS, TensorImageSet, load_dataset, load_pretraining
-from midre.data import facecache
-from midre.data.synthetic2 import (INNER_BOX, MAX_IMAGES, POOLS, PRIVATE_TRAIN, generate, identity_vectors,
-                                   sample_identities)
+from midre.data import DATASETS, TensorImageSet, facecache, load_dataset, load_pretraining
+from midre.data.synthetic2 import (
+    INNER_BOX,
+    MAX_IMAGES,
+    POOLS,
+    PRIVATE_TRAIN,
+    generate,
+    identity_vectors,
+    sample_identities,
+)
 from midre.errors import ArgumentError, DataError
 
 

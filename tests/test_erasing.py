@@ -6,9 +6,22 @@ import pytest
 import torch
 from scipy import stats
 
-from midre.erasing import (ERASERS, IMAGENET_MEAN, RELEASED_MEAN_PIXEL, BatchRandomErasing, Boxes, EntireErasing,
-                           FixedErasing, MultiPatchErasing, RandomErasing, RandomPixelMasking, apply_fill,
-                           boxes_to_mask, build_eraser, sample_boxes)
+from midre.erasing import (
+    ERASERS,
+    IMAGENET_MEAN,
+    RELEASED_MEAN_PIXEL,
+    BatchRandomErasing,
+    Boxes,
+    EntireErasing,
+    FixedErasing,
+    MultiPatchErasing,
+    RandomErasing,
+    RandomPixelMasking,
+    apply_fill,
+    boxes_to_mask,
+    build_eraser,
+    sample_boxes,
+)
 from midre.errors import ArgumentError, UnknownNameError
 
 H = W = 64
@@ -70,7 +83,8 @@ def test_exact_fill_inside_and_untouched_outside():
 
 def test_default_fill_is_imagenet_mean_in_pixel_space_not_normalised():
     """Pitfall: fill values written after normalisation while described as pixel values."""
-    from midre.models.base import IMAGENET_MEAN as MODEL_MEAN, IMAGENET_STD
+    from midre.models.base import IMAGENET_MEAN as MODEL_MEAN
+    from midre.models.base import IMAGENET_STD
 
     img = torch.rand(3, 32, 32, generator=gen(4))
     out = RandomErasing(area=0.5, lower=0.4, generator=gen(5))(img)

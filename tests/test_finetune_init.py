@@ -6,10 +6,10 @@ from __future__ import annotations
 import copy
 import json
 
+import _toy_quadrants  # noqa: F401  (registers the toy dataset)
 import pytest
 import torch
 
-import _toy_quadrants  # noqa: F401  (registers the toy dataset)
 from midre.cli import main
 
 TOY = {"name": "toy", "seed": 0, "device": "cpu", "dataset": {"name": "toy-quadrants"},

@@ -10,8 +10,18 @@ import json
 import numpy as np
 import pytest
 
-from midre.analysis.frontier import (HELPS, NO_BETTER, NOT_MATCHED, WORSE, Frame, isotonic, monotone_curve,
-                                     summarize, verdict, wider)
+from midre.analysis.frontier import (
+    HELPS,
+    NO_BETTER,
+    NOT_MATCHED,
+    WORSE,
+    Frame,
+    isotonic,
+    monotone_curve,
+    summarize,
+    verdict,
+    wider,
+)
 from midre.cli import main
 from midre.config import load_config
 from midre.errors import ConfigError, RunDirError

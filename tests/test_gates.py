@@ -5,10 +5,10 @@ from __future__ import annotations
 import copy
 import json
 
+import _toy_quadrants  # noqa: F401
 import pytest
 import torch
 
-import _toy_quadrants  # noqa: F401
 from midre.config import GatesSection
 from midre.gates import NOT_VALID, VALID, check_gates
 

@@ -10,9 +10,19 @@ import torch.nn as nn
 
 from midre.data.base import TensorImageSet
 from midre.errors import ArgumentError, CheckpointError, DataError, MidreError
-from midre.metrics import (PrivateFeatureCache, attack_accuracy, attack_accuracy_from_logits, delta_eval, delta_face,
-                           evaluate_reconstructions, fid_from_features, fid_score, knn_distance, metrics_table_text,
-                           tradeoff)
+from midre.metrics import (
+    PrivateFeatureCache,
+    attack_accuracy,
+    attack_accuracy_from_logits,
+    delta_eval,
+    delta_face,
+    evaluate_reconstructions,
+    fid_from_features,
+    fid_score,
+    knn_distance,
+    metrics_table_text,
+    tradeoff,
+)
 
 
 def one_hot_logits(pred_rank: list[list[int]], k: int) -> torch.Tensor:
@@ -306,8 +316,8 @@ def attack_dir(tmp_path):
 
 
 def test_cli_evaluate_end_to_end(attack_dir, capsys, monkeypatch):
-    from midre.loading import load_model
     from midre.cli import main
+    from midre.loading import load_model
     from midre.metrics import natural_accuracy
 
     d = attack_dir

@@ -39,7 +39,7 @@ REQUIRED = {"smallcnn", "tinycnn", "smallresnet", "vgg16", "ir50", "ir152", "fac
 RESIDUAL = ["smallresnet", "ir50", "resnet18", "resnet50"]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cached(name: str) -> Classifier:
     res, kw, _ = SMALL_CONFIG[name]
     torch.manual_seed(0)

@@ -22,9 +22,6 @@ RESULTS_CSV_HEADER = ["target", "defense", "defense_params", "attack", "acc", "a
                       "epsilon", "seed", "repeats", "identities"]
 from midre.utils import RunLock
 
-
-
-
 TINY = {
     "name": "tiny",
     "seed": 0,

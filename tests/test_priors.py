@@ -6,8 +6,7 @@ import torch
 
 from midre.errors import ArgumentError, DataError
 from midre.models.generators import CondGenerator, DCGANDiscriminator, DCGANGenerator, ProjectionDiscriminator
-from midre.priors import (PRESETS, Prior, assert_public_only, data_fingerprint, prepare_priors, prior_config,
-                          train_prior)
+from midre.priors import PRESETS, Prior, assert_public_only, data_fingerprint, prepare_priors, prior_config, train_prior
 from midre.utils import model_fingerprint
 
 TINY = {"iterations": 4, "width": 8, "batch_size": 8, "ckpt_every": 2}

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from midre.errors import ArgumentError, DataError
 from midre.data.base import TensorImageSet
+from midre.errors import ArgumentError, DataError
 from midre.models.stylegan2 import Generator, save_generator, tiny_generator
 from midre.priors import Prior, prepare_priors, prior_config, train_prior
 

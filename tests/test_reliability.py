@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
+from _tiny_run import TINY_RUN_YAML  # the tests folder's shared tiny config
 
 from midre.cli import main
-
-from _tiny_run import TINY_RUN_YAML  # the tests folder's shared tiny config
 
 TINY_DATA = ["--dataset", "synthetic", "--resolution", "16", "--data-option", "num_private=4",
              "--data-option", "num_public=2", "--data-option", "images_per_id=4"]

@@ -19,16 +19,14 @@ import os
 import pickle
 import struct
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
-
-from midre.cli import main
-
 from _tiny_run import TINY_RUN_YAML  # the tests folder's shared tiny config
 
+from midre.cli import main
 
 
 # ------------------------------------------------------------------------------------------- files

@@ -31,8 +31,8 @@ def make_run(root: Path, identical_recon: bool = False, attack: str = "gmi", row
     """A run directory in the fixed layout: real checkpoints from the pipeline (no attack stage),
     real Reconstructions artefacts, and a results table with known numbers."""
     from midre.attacks.base import Reconstructions
-    from midre.loading import load_model
     from midre.data import load_dataset
+    from midre.loading import load_model
     from midre.pipeline import run_pipeline
     from midre.results import write_results_table
 

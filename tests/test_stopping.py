@@ -8,7 +8,7 @@ import torch
 from midre.defenses.base import Defense
 from midre.errors import ArgumentError
 from midre.models import create_model
-from midre.stopping import StopRule, holdout_indices, replay, step, StopState
+from midre.stopping import StopRule, StopState, holdout_indices, replay, step
 from midre.training import make_config, train_classifier
 
 STOP = {"val_per_class": 4, "patience": 2, "lr_drops": 1, "factor": 0.1}

@@ -6,8 +6,15 @@ import torch
 import torch.nn.functional as F
 
 from midre.errors import ArgumentError
-from midre.models.stylegan2 import (Discriminator, Generator, conv2d_resample, setup_filter, tiny_generator,
-                                    upfirdn2d, upsample2d)
+from midre.models.stylegan2 import (
+    Discriminator,
+    Generator,
+    conv2d_resample,
+    setup_filter,
+    tiny_generator,
+    upfirdn2d,
+    upsample2d,
+)
 
 
 def test_shapes_and_attributes():

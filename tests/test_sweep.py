@@ -6,7 +6,6 @@ import csv
 import json
 
 import pytest
-
 from test_report import TINY
 
 BASE = {**copy.deepcopy(TINY), "targets": [{"name": "nodef", "defense": "nodef"},

@@ -31,8 +31,8 @@ def runs(log_dir: Path) -> set[str]:
 
 
 def decode(img) -> torch.Tensor:
-    from PIL import Image
     import numpy as np
+    from PIL import Image
 
     return torch.from_numpy(np.array(Image.open(io.BytesIO(img.encoded_image_string)).convert("RGB")))
 
@@ -115,7 +115,6 @@ def test_logged_batch_is_what_the_model_sees_and_logging_changes_nothing(tmp_pat
 @pytest.mark.slow
 def test_run_cli_flag_logs_every_stage(tmp_path):
     import yaml
-
     from test_pipeline import tiny
 
     cfg = tmp_path / "tiny.yaml"
@@ -129,9 +128,10 @@ def test_run_cli_flag_logs_every_stage(tmp_path):
 
 
 def test_config_key_logs_into_the_run_dir(tmp_path):
+    from test_pipeline import tiny
+
     from midre.config import load_config
     from midre.pipeline import run_pipeline
-    from test_pipeline import tiny
 
     cfg = load_config(tiny(logging={"tensorboard": True}))
     assert cfg.hash() == load_config(tiny()).hash()          # logging does not change the results' identity
@@ -161,9 +161,10 @@ def test_without_the_extra_the_flag_is_one_line_and_exit_2(argv, tmp_path, capsy
 
 
 def test_without_the_extra_the_config_key_fails_before_writing(tmp_path, no_tensorboard):
+    from test_pipeline import tiny
+
     from midre.config import load_config
     from midre.pipeline import run_pipeline
-    from test_pipeline import tiny
 
     with pytest.raises(tblog.MissingExtraError, match="midre\\[tensorboard\\]"):
         run_pipeline(load_config(tiny(logging={"tensorboard": True})), tmp_path / "run", progress=False)

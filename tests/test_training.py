@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from midre.checkpoint import save_checkpoint
-from midre.loading import load_model
 from midre.defenses.base import Defense, build_defense
 from midre.errors import ArgumentError, CheckpointError, TrainingDivergedError
+from midre.loading import load_model
 from midre.models import create_model
 from midre.training import evaluate_accuracy, make_config, train_classifier
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+
 import pytest
 import torch
 import torch.nn as nn
@@ -14,9 +15,13 @@ import torch.nn.functional as F
 
 from midre.data.base import TensorImageSet
 from midre.defenses import DEFENSES, TrainContext, build_defense
-from midre.defenses.nls import NLS
-from midre.defenses.trapmid import (TrapdoorAdversary, TrapMID, balanced_labels, blend, trapdoor_accuracy,
-                                    trapdoor_augment)
+from midre.defenses.trapmid import (
+    TrapdoorAdversary,
+    TrapMID,
+    balanced_labels,
+    trapdoor_accuracy,
+    trapdoor_augment,
+)
 from midre.errors import ArgumentError, ConfigError
 from midre.loading import load_model
 from midre.models import create_model

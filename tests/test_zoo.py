@@ -6,10 +6,10 @@ import copy
 import json
 from pathlib import Path
 
+import _toy_quadrants  # noqa: F401
 import pytest
 import yaml
 
-import _toy_quadrants  # noqa: F401
 from midre.cli import main
 
 TOY = {"name": "toyzoo", "seed": 3, "device": "cpu", "dataset": {"name": "toy-quadrants", "seed": 0},

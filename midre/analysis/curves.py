@@ -6,11 +6,12 @@ the NoDef target is the point a_e = 0, as in the paper ("0.0 indicating no rando
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 
-def row_area(row: dict[str, Any]) -> Optional[float]:
+def row_area(row: dict[str, Any]) -> float | None:
     """MIDRE's a_e of a results row: 0.0 for NoDef, ``area`` for a plain MIDRE target, else None."""
     from ..results import parse_params
 
@@ -67,7 +68,7 @@ def ae_curve_points(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, 
     return out
 
 
-def plot_ae_curve(rows: Sequence[dict[str, Any]], path: str | Path) -> Optional[Path]:
+def plot_ae_curve(rows: Sequence[dict[str, Any]], path: str | Path) -> Path | None:
     """Acc (solid) and AttAcc (dashed) against a_e, one colour per attack; None when < 2 points.
 
     Error bars: ± std across rows (seeds), clipped to [0, 100] %."""

@@ -26,8 +26,9 @@ pooled hull measures and the per-identity mean centroid distances.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,7 +44,7 @@ PAIRS = (("recon", "private"), ("recon", "re_private"), ("re_private", "private"
 
 
 # ----------------------------------------------------------------------------------------- geometry
-def convex_hull(points: np.ndarray) -> Optional[np.ndarray]:
+def convex_hull(points: np.ndarray) -> np.ndarray | None:
     """Hull vertices (counter-clockwise) of 2-D points, or None when degenerate (< 3 / collinear)."""
     from scipy.spatial import ConvexHull, QhullError
 
@@ -57,7 +58,7 @@ def convex_hull(points: np.ndarray) -> Optional[np.ndarray]:
     return pts[h.vertices]
 
 
-def polygon_area(poly: Optional[np.ndarray]) -> float:
+def polygon_area(poly: np.ndarray | None) -> float:
     if poly is None or len(poly) < 3:
         return 0.0
     x, y = poly[:, 0], poly[:, 1]
@@ -70,7 +71,7 @@ def _ccw(poly: np.ndarray) -> np.ndarray:
     return poly if signed >= 0 else poly[::-1]
 
 
-def clip_convex(subject: np.ndarray, clip: np.ndarray) -> Optional[np.ndarray]:
+def clip_convex(subject: np.ndarray, clip: np.ndarray) -> np.ndarray | None:
     """Intersection of two convex polygons (Sutherland-Hodgman); None when empty."""
     out = [tuple(p) for p in _ccw(subject)]
     clip = _ccw(clip)
@@ -100,7 +101,7 @@ def clip_convex(subject: np.ndarray, clip: np.ndarray) -> Optional[np.ndarray]:
     return np.asarray(out, dtype=np.float64)
 
 
-def overlap_fraction(a: Optional[np.ndarray], b: Optional[np.ndarray]) -> float:
+def overlap_fraction(a: np.ndarray | None, b: np.ndarray | None) -> float:
     """area(A ∩ B) / area(A) for two convex hulls; NaN when A is degenerate."""
     area_a = polygon_area(a)
     if a is None or area_a <= 0:
@@ -111,7 +112,7 @@ def overlap_fraction(a: Optional[np.ndarray], b: Optional[np.ndarray]) -> float:
     return polygon_area(inter) / area_a
 
 
-def inside_fraction(points: np.ndarray, hull: Optional[np.ndarray]) -> float:
+def inside_fraction(points: np.ndarray, hull: np.ndarray | None) -> float:
     """Share of ``points`` inside the convex polygon ``hull`` (boundary counts as inside)."""
     if hull is None or len(points) == 0:
         return math.nan if len(points) == 0 else 0.0
@@ -250,7 +251,7 @@ def _private_by_identity(private: Any, ids: Sequence[int], max_images: int) -> t
 
 
 def _analyse_target(model: Any, meta: dict, rec: Any, ids: Sequence[int], imgs: dict, erased: dict,
-                    plot_identity: Optional[int]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+                    plot_identity: int | None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """One target's measures in its own 2-D PCA of features, and the points to plot."""
     feats = {}
     for i in ids:
@@ -271,9 +272,9 @@ def _analyse_target(model: Any, meta: dict, rec: Any, ids: Sequence[int], imgs: 
     return entry, {g: (shown[g] - mean) @ comps.T for g in GROUPS}
 
 
-def feature_analysis(run_dir: str | Path, targets: Optional[Sequence[str]] = None, attack: Optional[str] = None,
-                     area: Optional[float] = None, identities: Optional[Sequence[int]] = None,
-                     max_images: int = 60, plot_identity: Optional[int] = None, seed: int = 0,
+def feature_analysis(run_dir: str | Path, targets: Sequence[str] | None = None, attack: str | None = None,
+                     area: float | None = None, identities: Sequence[int] | None = None,
+                     max_images: int = 60, plot_identity: int | None = None, seed: int = 0,
                      splits: Any = None, write: bool = True) -> dict[str, Any]:
     """Run the Sec. 3.2 analysis on a run directory.
 

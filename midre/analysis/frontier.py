@@ -32,8 +32,9 @@ when every identity has the same number of test images, as in the embedded bench
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -148,7 +149,7 @@ def cluster_bootstrap(frame: Frame, mats: Sequence[np.ndarray], n_boot: int, rng
     return out
 
 
-def _interval(samples: np.ndarray) -> Optional[list[float]]:
+def _interval(samples: np.ndarray) -> list[float] | None:
     s = samples[np.isfinite(samples)]
     if len(s) < 2:
         return None
@@ -156,14 +157,14 @@ def _interval(samples: np.ndarray) -> Optional[list[float]]:
     return [float(lo), float(hi)]
 
 
-def _t(values: Sequence[float]) -> Optional[list[float]]:
+def _t(values: Sequence[float]) -> list[float] | None:
     from ..results import t_interval
 
     ci = t_interval([v for v in values if math.isfinite(v)], CI_LEVEL)
     return None if ci is None else [float(ci[0]), float(ci[1])]
 
 
-def wider(boot: Optional[list[float]], t: Optional[list[float]]) -> tuple[Optional[list[float]], str]:
+def wider(boot: list[float] | None, t: list[float] | None) -> tuple[list[float] | None, str]:
     """The wider of the two intervals and its name ("bootstrap" / "t across seeds")."""
     if t is None:
         return boot, "bootstrap"
@@ -172,7 +173,7 @@ def wider(boot: Optional[list[float]], t: Optional[list[float]]) -> tuple[Option
     return boot, "bootstrap"
 
 
-def verdict(estimate: float, ci: Optional[list[float]], margin: float = 0.0) -> str:
+def verdict(estimate: float, ci: list[float] | None, margin: float = 0.0) -> str:
     """helps / worse / no better than losing accuracy / not matched (see the module docstring)."""
     if not math.isfinite(estimate) or ci is None:
         return NOT_MATCHED
@@ -262,7 +263,7 @@ def frontier(run_dir: str | Path, n_boot: int = 2000, seed: int = 0, margin: flo
 
 
 # ============================================================================ tables, figures, files
-def _ci(v: Optional[Sequence[float]]) -> str:
+def _ci(v: Sequence[float] | None) -> str:
     return "--" if v is None else f"[{v[0]:+.1f}, {v[1]:+.1f}]"
 
 

@@ -17,7 +17,8 @@ ends about 11 px below the mouth).
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 

@@ -5,13 +5,14 @@ the epochs it has finished).  Shows whether every target reached a plateau under
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 from ..errors import RunDirError
 
 
-def learning_curves(seed_dir: str | Path, targets: Optional[Sequence[str]] = None) -> dict[str, dict[str, Any]]:
+def learning_curves(seed_dir: str | Path, targets: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
     """target -> {"history": [...], "stop": {...} or None} of one run (or one seed of a study)."""
     seed_dir = Path(seed_dir)
     out: dict[str, dict[str, Any]] = {}

@@ -32,8 +32,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -83,7 +84,7 @@ def _target_correct(model: torch.nn.Module, images: torch.Tensor, labels: torch.
     return np.mean([first, second, *rest], axis=0), True
 
 
-def _references(seed_dir: Path, reference: Optional[str]) -> dict[str, str]:
+def _references(seed_dir: Path, reference: str | None) -> dict[str, str]:
     """target -> its reference target (see the module docstring); NoDef targets are references, not defenses."""
     from ..config import load_config
     from ..plan import RunPlan
@@ -101,7 +102,7 @@ def _references(seed_dir: Path, reference: Optional[str]) -> dict[str, str]:
     return refs
 
 
-def seed_record(seed_dir: Path, reference: Optional[str], seed: int = 0) -> dict[str, Any]:
+def seed_record(seed_dir: Path, reference: str | None, seed: int = 0) -> dict[str, Any]:
     """Per-test-image correctness of every target, per-identity attack success of every (target, attack)."""
     from ..attacks.base import Reconstructions
     from ..data.base import in_memory
@@ -150,7 +151,7 @@ def _check(mine: float, theirs: Any, what: str) -> None:
                           "models or reconstructions changed after it was evaluated -- rerun `midre run` into it")
 
 
-def _t_ci(values: Sequence[float]) -> Optional[list[float]]:
+def _t_ci(values: Sequence[float]) -> list[float] | None:
     from ..results import t_interval
 
     ci = t_interval(values, CI_LEVEL)
@@ -186,7 +187,7 @@ def _pair(seeds: list[dict], reference: str, target: str, attack: str, n_boot: i
             "d_att_per_seed": per_att, "d_acc_per_seed": per_acc}
 
 
-def paired_differences(run_dir: str | Path, reference: Optional[str] = None, n_boot: int = 2000, seed: int = 0
+def paired_differences(run_dir: str | Path, reference: str | None = None, n_boot: int = 2000, seed: int = 0
                        ) -> list[dict[str, Any]]:
     """Paired NoDef - defense differences of a run or study directory (see the module docstring)."""
     run_dir = Path(run_dir)
@@ -209,7 +210,7 @@ def paired_differences(run_dir: str | Path, reference: Optional[str] = None, n_b
     return out
 
 
-def _ci(v: Optional[Sequence[float]]) -> str:
+def _ci(v: Sequence[float] | None) -> str:
     return "--" if v is None else f"[{v[0]:+.1f}, {v[1]:+.1f}]"
 
 
@@ -259,7 +260,7 @@ def paired_markdown(rows: Sequence[dict[str, Any]]) -> str:
     return md_table(head, body) + "\n\n" + note + "\n"
 
 
-def write_paired(run_dir: str | Path, reference: Optional[str] = None, n_boot: int = 2000, seed: int = 0) -> Path:
+def write_paired(run_dir: str | Path, reference: str | None = None, n_boot: int = 2000, seed: int = 0) -> Path:
     """Compute and write RUN/analysis/paired.json + paired.md; returns the markdown path."""
     from ..utils import atomic_write_json, atomic_write_text
 

@@ -16,7 +16,7 @@ probe is refit on all training images.  Optional ``features="random"``: a fixed 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

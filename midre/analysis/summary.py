@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -71,7 +71,7 @@ def load_records(dest: str | Path) -> tuple[list[dict[str, Any]], list[str], str
     return recs, names, s["config_yaml"]
 
 
-def seed_gates(dest: str | Path) -> list[Optional[dict[str, Any]]]:
+def seed_gates(dest: str | Path) -> list[dict[str, Any] | None]:
     """The validity gates of every collected seed (None where a seed recorded none)."""
     dest = Path(dest)
     return [_read(dest / f"{n}.json").get("gates") for n in _read(dest / "summary.json")["seeds"]]
@@ -112,7 +112,7 @@ def _seed_summary(seed_dir: Path) -> dict[str, Any]:
             "records": records_to_json(seed_record(seed_dir, None)) if has_attacks else None}
 
 
-def _rule_record(run_dir: Path) -> Optional[dict[str, Any]]:
+def _rule_record(run_dir: Path) -> dict[str, Any] | None:
     p = run_dir / "rule.json"
     if not p.exists():
         return None

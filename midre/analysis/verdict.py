@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from .frontier import HELPS, frontier
 
 NOT_RUN, NOT_VALID = "not run", "comparison not valid"
 
 
-def _gates_valid(run_dir: Path) -> Optional[bool]:
+def _gates_valid(run_dir: Path) -> bool | None:
     from .summary import is_summary, seed_gates
 
     if is_summary(run_dir):                 # every collected seed's own gates
@@ -29,11 +29,11 @@ def _gates_valid(run_dir: Path) -> Optional[bool]:
     return bool(json.loads(p.read_text(encoding="utf-8")).get("valid"))
 
 
-def compute_verdict(run_dir: str | Path, rule_path: Optional[str | Path] = None) -> dict[str, Any]:
+def compute_verdict(run_dir: str | Path, rule_path: str | Path | None = None) -> dict[str, Any]:
     return verdict_and_frontier(run_dir, rule_path)[0]
 
 
-def verdict_and_frontier(run_dir: str | Path, rule_path: Optional[str | Path] = None
+def verdict_and_frontier(run_dir: str | Path, rule_path: str | Path | None = None
                          ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The verdict and the frontier it was computed from (with the rule's bootstrap settings)."""
     from ..rules import recorded_rule
@@ -61,7 +61,7 @@ def verdict_and_frontier(run_dir: str | Path, rule_path: Optional[str | Path] = 
             "rows": rows, "answer": _answer(rule, rows, valid)}, fr
 
 
-def _answer(rule: Any, rows: list[dict[str, Any]], valid: Optional[bool]) -> str:
+def _answer(rule: Any, rows: list[dict[str, Any]], valid: bool | None) -> str:
     prim = [r for r in rows if r["primary"]] or rows
     if valid is False:
         return "no answer: the validity gates failed on NoDef (comparison not valid)"
@@ -88,7 +88,7 @@ def verdict_markdown(v: dict[str, Any]) -> str:
               f"margin {v['margin']:g}; seeds: {', '.join(v['seed_dirs'])}.\n")
 
 
-def write_verdict(run_dir: str | Path, rule_path: Optional[str | Path] = None) -> Path:
+def write_verdict(run_dir: str | Path, rule_path: str | Path | None = None) -> Path:
     from ..utils import atomic_write_json, atomic_write_text
 
     run_dir = Path(run_dir)

@@ -24,28 +24,47 @@ secretgen      white-box    secretgen     Yuan et al. 2022 (+ masked private ima
 secretgen_bb   black-box    secretgen_bb  Yuan et al. 2022 (+ masked private images)
 =============  ===========  ============  ==========================================
 """
-from .base import (ACCESS_LEVELS, ATTACKS, AccessError, Attack, ChunkContext, QueryOracle,  # noqa: F401
-                   Reconstructions, adaptive_eraser_from_meta, build_attack)
 from ..losses import logit_loss, max_margin_loss  # noqa: F401
-from . import gmi, kedmi, lomma, plgmi, brepmi  # noqa: F401,E402  (register the attacks)
-from .gmi import GMI  # noqa: F401,E402
-from .kedmi import KedMI  # noqa: F401,E402
-from .lomma import LommaGMI, LommaKedMI  # noqa: F401,E402
-from .plgmi import PLGMI  # noqa: F401,E402
+from . import (  # noqa: F401,E402  (register the attacks)  # noqa: F401,E402  (high-resolution / black-box attacks)  # noqa: F401,E402  (issue 24)
+                   brepmi,
+                   c2fmi,  # noqa: F401,E402
+                   deepinversion,
+                   gmi,
+                   ifgmi,
+                   kedmi,
+                   lokt,  # noqa: F401,E402
+                   lomma,
+                   mirror,
+                   mirror_wb,
+                   plgmi,
+                   ppa,
+                   rlbmi,
+                   secretgen,  # noqa: F401,E402  (issue 24)
+                   vmi,  # noqa: F401,E402
+)
+from .base import (  # noqa: F401
+                   ACCESS_LEVELS,
+                   ATTACKS,
+                   AccessError,
+                   Attack,
+                   ChunkContext,
+                   QueryOracle,
+                   Reconstructions,
+                   adaptive_eraser_from_meta,
+                   build_attack,
+)
 from .brepmi import BREPMI  # noqa: F401,E402
-from . import ppa, ifgmi, mirror, rlbmi  # noqa: F401,E402  (high-resolution / black-box attacks)
-from .ppa import PPA  # noqa: F401,E402
-from .ifgmi import IFGMI  # noqa: F401,E402
-from .mirror import MIRROR  # noqa: F401,E402
-from .rlbmi import RLBMI  # noqa: F401,E402
-from . import vmi  # noqa: F401,E402
-from .vmi import VMI  # noqa: F401,E402
-from . import lokt  # noqa: F401,E402
-from .lokt import LOKT  # noqa: F401,E402
-from . import c2fmi  # noqa: F401,E402
 from .c2fmi import C2FMI  # noqa: F401,E402
-from . import deepinversion, mirror_wb  # noqa: F401,E402  (issue 24)
 from .deepinversion import DeepInversion  # noqa: F401,E402
+from .gmi import GMI  # noqa: F401,E402
+from .ifgmi import IFGMI  # noqa: F401,E402
+from .kedmi import KedMI  # noqa: F401,E402
+from .lokt import LOKT  # noqa: F401,E402
+from .lomma import LommaGMI, LommaKedMI  # noqa: F401,E402
+from .mirror import MIRROR  # noqa: F401,E402
 from .mirror_wb import MirrorWB  # noqa: F401,E402
-from . import secretgen  # noqa: F401,E402  (issue 24)
+from .plgmi import PLGMI  # noqa: F401,E402
+from .ppa import PPA  # noqa: F401,E402
+from .rlbmi import RLBMI  # noqa: F401,E402
 from .secretgen import SecretGen, SecretGenBlackBox  # noqa: F401,E402
+from .vmi import VMI  # noqa: F401,E402

@@ -45,16 +45,17 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
 
+from .. import tblog
 from ..checkpoint import read_json_record
 from ..errors import ArgumentError, CheckpointError, MidreError, did_you_mean
-from .. import tblog
 from ..registry import Registry
 from ..utils import atomic_path, atomic_write_json, derive_seed, frozen, make_progress, model_fingerprint
 
@@ -86,7 +87,7 @@ class Reconstructions:
     repeat: torch.Tensor
     confidence: torch.Tensor
     meta: dict = field(default_factory=dict)
-    latents: Optional[torch.Tensor] = None
+    latents: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         n = self.images.shape[0]
@@ -125,7 +126,7 @@ class Reconstructions:
         tblog.reconstructions(self, out)   # no-op unless a TensorBoard session is open
 
     @classmethod
-    def load(cls, out_dir: str | Path) -> "Reconstructions":
+    def load(cls, out_dir: str | Path) -> Reconstructions:
         """Read an artefact written by :meth:`save` (directory, or either of its two files)."""
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -166,7 +167,7 @@ class QueryOracle:
 
     __slots__ = ("_query", "mode", "num_classes", "queries", "max_queries", "resolution", "channels")
 
-    def __init__(self, model: nn.Module, mode: str = "probs", max_queries: Optional[int] = None,
+    def __init__(self, model: nn.Module, mode: str = "probs", max_queries: int | None = None,
                  batch_size: int = 512):
         if mode not in ("probs", "labels"):
             raise ArgumentError(f"oracle mode must be 'probs' or 'labels', got '{mode}'")
@@ -254,7 +255,7 @@ class _Partial:
             save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
         atomic_write_json(js, {"key": self.key, **info})
 
-    def load(self, r: int, b: int) -> Optional[tuple[dict[str, torch.Tensor], dict[str, Any]]]:
+    def load(self, r: int, b: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
         from safetensors.torch import load_file
 
         st, js = self._paths(r, b)
@@ -289,11 +290,11 @@ class _Chunks:
         self.images: list[torch.Tensor] = []
         self.identity: list[torch.Tensor] = []
         self.repeat: list[torch.Tensor] = []
-        self.latents: list[Optional[torch.Tensor]] = []
+        self.latents: list[torch.Tensor | None] = []
         self.curves: list[list[float]] = []
         self.resumed = 0
 
-    def add(self, images: torch.Tensor, identity: torch.Tensor, r: int, latents: Optional[torch.Tensor],
+    def add(self, images: torch.Tensor, identity: torch.Tensor, r: int, latents: torch.Tensor | None,
             curve: list[float]) -> None:
         self.images.append(images)
         self.identity.append(identity)
@@ -301,7 +302,7 @@ class _Chunks:
         self.latents.append(latents)
         self.curves.append(curve)
 
-    def add_resumed(self, t: dict[str, torch.Tensor], info: dict[str, Any], oracle: Optional[QueryOracle]) -> dict:
+    def add_resumed(self, t: dict[str, torch.Tensor], info: dict[str, Any], oracle: QueryOracle | None) -> dict:
         """Append a chunk saved before an interruption; returns its attack's ``extra_meta``."""
         self.images.append(t["images"])
         self.identity.append(t["identity"])
@@ -323,7 +324,7 @@ class _Chunks:
         n_it = min((len(c) for c in self.curves), default=0)
         return [float(sum(c[i] for c in self.curves) / len(self.curves)) for i in range(n_it)]
 
-    def all_latents(self) -> Optional[torch.Tensor]:
+    def all_latents(self) -> torch.Tensor | None:
         lat = self.latents
         return torch.cat(lat) if lat and all(v is not None for v in lat) else None
 
@@ -361,7 +362,7 @@ class ChunkContext:
         return g
 
 
-ATTACKS: Registry[Callable[..., "Attack"]] = Registry("attack", group="midre.attacks")
+ATTACKS: Registry[Callable[..., Attack]] = Registry("attack", group="midre.attacks")
 
 
 class Attack:
@@ -380,7 +381,7 @@ class Attack:
     prior_kinds: tuple[str, ...] = ()
     # the literature's ranking at equal budget (higher = stronger); `midre audit` runs the strongest that fit
     # its access level; None: unranked (listed after the ranked ones)
-    strength: Optional[int] = None
+    strength: int | None = None
     trapdoor_aware: bool = False       # adds a TrapdoorAdversary's signature loss when adaptive (PLG-MI++)
     # SecretGen's threat model: the attacker also holds the attacked identities' private training images with a
     # hole; callers give them (midre.attacks.masked.give_masked_private, hole zeroed) as ``masked_private``
@@ -437,7 +438,7 @@ class Attack:
         return state
 
     def invert(self, access: Any, ids: torch.Tensor, prior: Mapping[str, Any], state: dict,
-               gen: torch.Generator, eraser: Optional[nn.Module], log: Callable[[float], None],
+               gen: torch.Generator, eraser: nn.Module | None, log: Callable[[float], None],
                tick: Callable[[], None]) -> dict:
         raise NotImplementedError
 
@@ -455,15 +456,15 @@ class Attack:
 
     # --------------------------------------------------------------------- helpers for subclasses
     @staticmethod
-    def to_target(x: torch.Tensor, eraser: Optional[nn.Module]) -> torch.Tensor:
+    def to_target(x: torch.Tensor, eraser: nn.Module | None) -> torch.Tensor:
         """Candidate images as the target sees them: erased by the defense's own eraser when adaptive."""
         return eraser(x) if eraser is not None else x
 
     # --------------------------------------------------------------------- run
     def run(self, target: nn.Module, identities: Sequence[int], repeats: int, prior: Any = None, seed: int = 0,
-            progress: bool = False, adaptive_eraser: Optional[nn.Module] = None,
-            target_path: Optional[str] = None, device: Any = None,
-            resume_dir: Optional[str | Path] = None) -> Reconstructions:
+            progress: bool = False, adaptive_eraser: nn.Module | None = None,
+            target_path: str | None = None, device: Any = None,
+            resume_dir: str | Path | None = None) -> Reconstructions:
         """Attack ``identities`` (each ``repeats`` times) and return the reconstructions.
 
         ``prior`` is a mapping {kind: Prior} for the kinds in ``prior_kinds`` (a single Prior is accepted
@@ -519,7 +520,7 @@ class Attack:
                               time.perf_counter() - t0, adaptive_eraser, out, hits, len(imgs))
         return Reconstructions(imgs, ident, torch.cat(out.repeat), conf, meta, out.all_latents())
 
-    def _access_to(self, model: nn.Module) -> tuple[Any, Optional[QueryOracle]]:
+    def _access_to(self, model: nn.Module) -> tuple[Any, QueryOracle | None]:
         """What the attack may touch: the model itself (white-box) or a counting query oracle."""
         if self.access == "white-box":
             return model, None
@@ -529,7 +530,7 @@ class Attack:
             return oracle, oracle
         raise ArgumentError(f"attack '{self.name}' declares unknown access '{self.access}'")  # pragma: no cover
 
-    def _attack_chunk(self, out: "_Chunks", access: Any, priors: dict[str, Any], chunk: list[int], r: int, b: int,
+    def _attack_chunk(self, out: _Chunks, access: Any, priors: dict[str, Any], chunk: list[int], r: int, b: int,
                       seed: int, dev: torch.device, eraser: Any, advance: Callable[[str], None]) -> None:
         """Invert one (repeat, batch) chunk, seeded on its own, and append it to ``out``."""
         gen = torch.Generator(device="cpu")
@@ -553,8 +554,8 @@ class Attack:
                 curve)
 
     def _run_meta(self, priors: dict[str, Any], target_path: Any, num_classes: int, ids_all: list[int],
-                  repeats: int, seed: int, n_chunks: int, oracle: Optional[QueryOracle], seconds: float,
-                  eraser: Any, out: "_Chunks", hits: int, n_images: int) -> dict[str, Any]:
+                  repeats: int, seed: int, n_chunks: int, oracle: QueryOracle | None, seconds: float,
+                  eraser: Any, out: _Chunks, hits: int, n_images: int) -> dict[str, Any]:
         return {
             "attack": self.name,
             "access": self.access,
@@ -616,7 +617,7 @@ def build_attack(name: str, preset: str = "paper", **params: Any) -> Attack:
 
 
 # ============================================================================ shared losses
-def adaptive_eraser_from_meta(meta: Mapping[str, Any], target: Optional[nn.Module] = None,
+def adaptive_eraser_from_meta(meta: Mapping[str, Any], target: nn.Module | None = None,
                               public: Any = None) -> nn.Module:
     """The batched eraser of the target's own defense (paper D.5), built from its checkpoint metadata; for a
     Trap-MID target the trapdoor-aware attacker's knowledge (bound to ``target`` and ``public`` images

@@ -38,9 +38,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..errors import ArgumentError
 from .base import Attack, register_attack
 from .highres import Ticker, batched, check_fraction, stylegan_view, target_resolution, to_target_view
-from ..errors import ArgumentError
 
 
 def de_children(pop: torch.Tensor, best: torch.Tensor, beta: float, pull: float, pairs: torch.Tensor) -> torch.Tensor:
@@ -173,7 +173,6 @@ class C2FMI(Attack):
         return pop
 
     def invert(self, oracle, ids, prior, state, gen, eraser, log, tick):
-        p = self.params
         steps = self.steps_per_batch()
         ticker = Ticker(tick, steps, steps * len(ids))
         curve = torch.zeros(steps)

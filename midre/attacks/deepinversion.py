@@ -40,14 +40,14 @@ deviations.
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import Attack, register_attack
 from ..errors import ArgumentError
+from .base import Attack, register_attack
 
 SCHEDULES = ("cosine", "constant")
 
@@ -66,7 +66,7 @@ class BNStatistics:
 
     def __init__(self, model: nn.Module):
         self.layers = bn_layers(model)
-        self.terms: list[Optional[torch.Tensor]] = [None] * len(self.layers)
+        self.terms: list[torch.Tensor | None] = [None] * len(self.layers)
         self.handles = [m.register_forward_hook(self._hook(i)) for i, m in enumerate(self.layers)]
 
     def _hook(self, i: int):
@@ -88,7 +88,7 @@ class BNStatistics:
             h.remove()
         self.handles = []
 
-    def __enter__(self) -> "BNStatistics":
+    def __enter__(self) -> BNStatistics:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -187,7 +187,7 @@ class DeepInversion(Attack):
 
     # ------------------------------------------------------------------ the optimisation
     def step_loss(self, access, u: torch.Tensor, ids: torch.Tensor, low_res: bool, gen: torch.Generator,
-                  eraser: Optional[nn.Module], bn: BNStatistics, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+                  eraser: nn.Module | None, bn: BNStatistics, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
         """The release's loss of one step on the current ``u`` (jitter / flip drawn from ``gen``)."""
         p = self.params
         v = F.avg_pool2d(u, 2) if low_res else u

@@ -17,7 +17,8 @@ lambda 100, z dim 100, identities in batches of 60.  Losses are batch means, as 
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -48,7 +49,7 @@ class GMI(Attack):
         return -prior[self.prior_kinds[0]].discriminator(x).mean()
 
     def identity_loss(self, target: nn.Module, prior: Mapping[str, Any], x: torch.Tensor, ids: torch.Tensor,
-                      eraser: Optional[nn.Module]) -> torch.Tensor:
+                      eraser: nn.Module | None) -> torch.Tensor:
         return F.cross_entropy(target(self.to_target(x, eraser)), ids)
 
     def objective(self, access, prior, x, ids, eraser) -> torch.Tensor:

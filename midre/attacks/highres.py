@@ -15,7 +15,8 @@ Not an attack itself (nothing is registered here):
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping, Optional
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -216,7 +217,7 @@ def paper_preset(dataset: str) -> str:
     return PAPER_PRESETS.get(str(dataset), "paper-facescrub")
 
 
-def resolve_preset(attack: str, preset: Optional[str], dataset: str) -> Optional[str]:
+def resolve_preset(attack: str, preset: str | None, dataset: str) -> str | None:
     """A run config's preset for ``attack``: plain ``paper`` on PPA / IF-GMI means the reference config of the
     attacked ``dataset``; anything else is kept as given."""
     if preset == "paper" and attack in ("ppa", "ifgmi"):

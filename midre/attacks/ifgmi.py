@@ -36,14 +36,14 @@ reproducible from the stored w alone.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
+from ..errors import ArgumentError
 from .base import register_attack
 from .highres import Ticker, chunks, project_l1_ball, to_target_view
 from .ppa import PPA
-from ..errors import ArgumentError
 
 _RADII = [1000.0, 2000.0, 3000.0, 4000.0, 5000.0, 6000.0, 8000.0, 8000.0]
 
@@ -92,8 +92,8 @@ class IFGMI(PPA):
             p = (self.target_probs(access, x) + self.target_probs(access, x.flip(-1))) / 2
         return p.gather(1, y[:, None]).squeeze(1)
 
-    def stage_view(self, w: torch.Tensor, f: Optional[torch.Tensor], i: int,
-                   skip: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def stage_view(self, w: torch.Tensor, f: torch.Tensor | None, i: int,
+                   skip: torch.Tensor | None = None) -> torch.Tensor:
         """Target view of the image synthesised from block ``i`` on: hidden map ``f`` entering block i
         (None at block 0) and no RGB skip image from the blocks before i (the reference's state), unless
         ``carry_skip`` hands the (frozen) ``skip`` image on."""

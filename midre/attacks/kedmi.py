@@ -20,8 +20,6 @@ reuses a fit logs that fit's loss curve again.
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 
@@ -55,7 +53,7 @@ class KedMI(GMI):
         return z.clamp(-c, c) if c > 0 else z
 
     def run(self, *args, **kwargs):
-        self._fits: Optional[dict] = {}   # identities of a batch -> (fitted state, loss curve), this run only
+        self._fits: dict | None = {}   # identities of a batch -> (fitted state, loss curve), this run only
         try:
             return super().run(*args, **kwargs)
         finally:

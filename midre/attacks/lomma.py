@@ -19,7 +19,6 @@ adaptive setting the erased candidate feeds every identity model.
 """
 from __future__ import annotations
 
-
 from ..losses import logit_loss
 from .base import register_attack
 from .gmi import GMI

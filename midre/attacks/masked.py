@@ -9,8 +9,9 @@ image with a non-zero pixel in the hole, so the hole's true pixels never reach t
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 

@@ -38,9 +38,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..errors import ArgumentError
 from .base import Attack, register_attack
 from .highres import StyleGANView, batched, check_fraction, stylegan_view, target_resolution, to_target_view
-from ..errors import ArgumentError
 
 
 # ============================================================================ shared with mirror_wb.py

@@ -28,14 +28,24 @@ selected w of each in ``Reconstructions.latents``.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
-from .base import Attack, register_attack
-from .highres import (Ticker, batched, check_fraction, chunks, poincare_loss, random_resized_crop, stylegan_view,
-                      target_resolution, to_target_view, top_per_class)
 from ..errors import ArgumentError
+from .base import Attack, register_attack
+from .highres import (
+    Ticker,
+    batched,
+    check_fraction,
+    chunks,
+    poincare_loss,
+    random_resized_crop,
+    stylegan_view,
+    target_resolution,
+    to_target_view,
+    top_per_class,
+)
 
 _CELEBA = {"pool": 5000, "iterations": 70, "milestone_1": 0, "milestone_2": 0}
 _DOGS = {"pool": 2000, "iterations": 100, "lr": 0.01, "milestone_1": 0, "milestone_2": 0,
@@ -198,7 +208,7 @@ class PPA(Attack):
             return batched(self.view, st["w"], self.params["gen_batch"])
 
     def rank(self, access, imgs: torch.Tensor, y: torch.Tensor, n_ids: int, keep: int,
-             gen: Optional[torch.Generator]) -> torch.Tensor:
+             gen: torch.Generator | None) -> torch.Tensor:
         """(n_ids, keep) indices of each identity's best candidates by mean target confidence over
         ``final_views`` random views, best first (all of them, in search order, when keep = candidates)."""
         p, k = self.params, len(imgs) // n_ids

@@ -37,9 +37,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..errors import ArgumentError
 from .base import Attack, register_attack
 from .highres import Ticker
-from ..errors import ArgumentError
 
 
 def rlbmi_reward(p_state: torch.Tensor, p_action: torch.Tensor, y: torch.Tensor,

@@ -23,7 +23,8 @@ Stage 1 is the prior (``secretgen`` / ``secretgen_bb``, midre.priors.secretgen).
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F

@@ -25,7 +25,8 @@ repeat instead.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -67,7 +68,7 @@ class VMI(Attack):
                 raise ArgumentError(f"attack 'vmi': '{k}' must be >= 1, got {self.params[k]}")
 
     def run(self, *args, **kwargs):
-        self._fits: Optional[dict] = {}     # identities of a batch -> (fitted q, loss curve), this run only
+        self._fits: dict | None = {}     # identities of a batch -> (fitted q, loss curve), this run only
         try:
             return super().run(*args, **kwargs)
         finally:
@@ -80,7 +81,7 @@ class VMI(Attack):
         return {"m": m, "L": L}
 
     def elbo_loss(self, target: nn.Module, G: nn.Module, m: torch.Tensor, L: torch.Tensor, ids: torch.Tensor,
-                  eps: torch.Tensor, eps_kl: torch.Tensor, eraser: Optional[nn.Module]) -> torch.Tensor:
+                  eps: torch.Tensor, eps_kl: torch.Tensor, eraser: nn.Module | None) -> torch.Tensor:
         """Per-identity loss (B,): mean CE of the target over the samples + lambda_kl * KL."""
         B, S, d = eps.shape
         z = gaussian_q_sample(m, L, eps).reshape(B * S, d)

@@ -10,7 +10,7 @@ import importlib
 import importlib.util
 import os
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 # Order = order in `midre --help`.  A module is listed only if it exists in this installation.
 COMMAND_MODULES = ["run", "train", "attack", "evaluate", "report", "sweep", "analyze", "info", "convert", "userstudy",
@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     from ..errors import MidreError
 
     os.environ.setdefault("PYTHONWARNINGS", "ignore")

@@ -141,14 +141,13 @@ def _add_figures(asub: argparse._SubParsersAction) -> None:
 
 
 def run_features(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from ..analysis.features import feature_analysis, overlap_table
     from ..report import write_report
     from ..results import md_table
-    from ..utils import parse_id_ranges
-
-    from pathlib import Path
-
     from ..rundir import require_run_dir
+    from ..utils import parse_id_ranges
 
     require_run_dir(Path(args.run_dir), "midre analyze features")
     ids = parse_id_ranges(args.identities) if args.identities else None
@@ -255,9 +254,8 @@ def run_geometry(args: argparse.Namespace) -> int:
 
     from ..analysis.geometry import geometry, plot_geometry
     from ..errors import ArgumentError
-    from ..utils import atomic_write_json
-
     from ..rundir import check_out, record_format
+    from ..utils import atomic_write_json
 
     if args.n < 100:
         raise ArgumentError(f"--n must be at least 100 draws, got {args.n}")

@@ -5,7 +5,7 @@ import argparse
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from .common import parse_kv
 
@@ -100,8 +100,8 @@ def _load_target_dataset(meta: dict[str, Any]):
 def run(args: argparse.Namespace) -> int:
     from ..attacks import ATTACKS, adaptive_eraser_from_meta, build_attack
     from ..checkpoint import read_meta
-    from ..loading import load_model
     from ..errors import ArgumentError, CheckpointError, DataError, MidreError
+    from ..loading import load_model
     from ..priors import assert_public_only
     from ..utils import parse_id_ranges, resolve_device
 
@@ -169,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
                    splits.private_train if splits is not None else None)
 
 
-def _no_public_data(attack: Any, eraser: Any, prior_cfgs: dict[str, dict[str, Any]]) -> Optional[str]:
+def _no_public_data(attack: Any, eraser: Any, prior_cfgs: dict[str, dict[str, Any]]) -> str | None:
     """The source label when the attack needs no public images, else None: an attack without a prior
     (DeepInversion), unless a trapdoor-aware eraser needs the images; priors that train nothing (a
     converted StyleGAN2)."""

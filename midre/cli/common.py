@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from ..errors import ArgumentError
 
 
-def parse_kv(items: Optional[Sequence[str]], what: str) -> dict[str, Any]:
+def parse_kv(items: Sequence[str] | None, what: str) -> dict[str, Any]:
     """['a=1', 'fill=mean', 'ratio=[1, 2]'] -> {'a': 1, 'fill': 'mean', 'ratio': [1, 2]} (YAML scalars)."""
     import yaml
 

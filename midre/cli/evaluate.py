@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _resolve(path: Optional[str], run_dir: Path) -> Optional[Path]:
+def _resolve(path: str | None, run_dir: Path) -> Path | None:
     """A path as given, else relative to the run directory (artefacts may record relative paths)."""
     if not path:
         return None
@@ -50,7 +50,7 @@ def _resolve(path: Optional[str], run_dir: Path) -> Optional[Path]:
     return p
 
 
-def _load_splits(meta: dict[str, Any], root: Optional[str]):
+def _load_splits(meta: dict[str, Any], root: str | None):
     from ..data import load_dataset
     from ..errors import CheckpointError
 
@@ -133,9 +133,9 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from ..attacks.base import Reconstructions
-    from ..loading import load_model
     from ..data.base import in_memory
     from ..errors import ArgumentError, DataError
+    from ..loading import load_model
     from ..metrics import evaluate_reconstructions, format_metrics_table
     from ..utils import atomic_write_json, resolve_device
 

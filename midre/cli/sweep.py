@@ -29,9 +29,8 @@ def run(args: argparse.Namespace) -> int:
     import yaml
     from rich.console import Console
 
-    from ..config import set_override
+    from ..config import raw_config, set_override
     from ..errors import ArgumentError
-    from ..config import raw_config
     from ..sweep import run_sweep
 
     raw = raw_config(args.config)

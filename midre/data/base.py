@@ -6,8 +6,9 @@ identities never overlap the private ones (labels are public identity indices, o
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset
@@ -29,7 +30,7 @@ class ImageSet(Dataset):
     def __getitem__(self, i: int):  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def to_tensors(self, progress: bool = False) -> "TensorImageSet":
+    def to_tensors(self, progress: bool = False) -> TensorImageSet:
         """Decode every image once and keep them in memory as uint8 (fast epochs on CPU)."""
         from ..utils import make_progress
 
@@ -72,10 +73,10 @@ class TensorImageSet(ImageSet):
         idx = torch.as_tensor(idx, dtype=torch.long)
         return self.images[idx].float().div_(255.0), self.targets[idx]
 
-    def to_tensors(self, progress: bool = False) -> "TensorImageSet":
+    def to_tensors(self, progress: bool = False) -> TensorImageSet:
         return self
 
-    def subset(self, idx: torch.Tensor | Sequence[int]) -> "TensorImageSet":
+    def subset(self, idx: torch.Tensor | Sequence[int]) -> TensorImageSet:
         idx = torch.as_tensor(idx, dtype=torch.long)
         return TensorImageSet(self.images[idx], self.targets[idx])
 
@@ -101,7 +102,7 @@ class MISplits:
 DATASETS: Registry[Callable[..., MISplits]] = Registry("dataset", group="midre.datasets")
 
 
-def load_dataset(name: str, root: Optional[str] = None, resolution: Optional[int] = None, seed: int = 0,
+def load_dataset(name: str, root: str | None = None, resolution: int | None = None, seed: int = 0,
                  **options: Any) -> MISplits:
     """Build the splits of a registered dataset family (``midre datasets`` lists them)."""
     factory = DATASETS.get(name)
@@ -112,7 +113,7 @@ def load_dataset(name: str, root: Optional[str] = None, resolution: Optional[int
 PRETRAINING_POOLS: dict[str, Callable[..., TensorImageSet]] = {}
 
 
-def load_pretraining(name: str, resolution: Optional[int] = None, **options: Any) -> TensorImageSet:
+def load_pretraining(name: str, resolution: int | None = None, **options: Any) -> TensorImageSet:
     """The pretraining pool of a dataset family that has one (``synthetic2``): identities disjoint from
     its private and public sets, labels ``0..n-1`` (the ImageNet / MS-Celeb analogue)."""
     DATASETS.get(name)                     # unknown names: the registry's did-you-mean error

@@ -7,7 +7,7 @@ deterministically from the seed.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +43,7 @@ def _to_images(data, resolution: int) -> torch.Tensor:
 
 
 @DATASETS.register("digits", kind="embedded", default_resolution=32, options=dict(_OPTIONS))
-def digits(root: Optional[str] = None, resolution: Optional[int] = None, seed: int = 0,
+def digits(root: str | None = None, resolution: int | None = None, seed: int = 0,
            **options: Any) -> MISplits:
     """scikit-learn handwritten digits (offline): private 0-4, public 5-9, resized to 32 px, 3 channels.
 

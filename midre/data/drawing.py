@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import torch
 
-
 SKIN_DARK = (0.30, 0.18, 0.12)
 SKIN_LIGHT = (0.97, 0.82, 0.72)
 HAIR_PALETTE = ((0.05, 0.04, 0.04), (0.22, 0.13, 0.08), (0.45, 0.29, 0.16), (0.82, 0.67, 0.42))

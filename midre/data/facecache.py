@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 import torch
 
@@ -21,7 +21,7 @@ MIN_IMAGES = 2000               # smaller requests are rendered directly (faster
 _SOURCES = ("synthetic2.py", "facerender.py", "synthetic.py")
 
 
-def cache_dir() -> Optional[Path]:
+def cache_dir() -> Path | None:
     """The cache folder, or None when caching is off (``MIDRE_CACHE_DIR=off``)."""
     env = os.environ.get("MIDRE_CACHE_DIR")
     if env is not None:
@@ -51,7 +51,7 @@ def _source_hash() -> str:
     return h.hexdigest()[:16]
 
 
-def _load(path: Path, shape: tuple[int, ...]) -> Optional[torch.Tensor]:
+def _load(path: Path, shape: tuple[int, ...]) -> torch.Tensor | None:
     from safetensors.torch import load_file
 
     try:

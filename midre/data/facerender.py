@@ -22,7 +22,7 @@ _SCLERA = (0.93, 0.91, 0.88)
 class _Canvas(PosedGrid):
     """The posed grid of a chunk (:class:`midre.data.drawing.PosedGrid`), restrictable to some images."""
 
-    def subset(self, idx: torch.Tensor) -> "_Canvas":
+    def subset(self, idx: torch.Tensor) -> _Canvas:
         """The same canvas for the images ``idx`` only."""
         cv = object.__new__(_Canvas)
         cv.X, cv.Y, cv.u, cv.v = self.X, self.Y, self.u[idx], self.v[idx]
@@ -48,7 +48,7 @@ def _noise_bank(res: int) -> torch.Tensor:
     return _NOISE_BANK[res]
 
 
-def _random_fields(p: dict[str, torch.Tensor], cv: "_Canvas") -> tuple[torch.Tensor, torch.Tensor]:
+def _random_fields(p: dict[str, torch.Tensor], cv: _Canvas) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-image background texture (three random low-frequency waves) and sensor noise (one of 256
     fixed fields, with a random sign)."""
     t = p["bg_waves"]                                  # (B, 9) in [0, 1): angle, frequency, phase x 3

@@ -33,8 +33,9 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -67,7 +68,7 @@ class ResizeCrop:
     CenterCrop).  Resampling is bilinear with antialiasing (PIL).
     """
 
-    def __init__(self, resolution: int, crop: Optional[int] = None, ref_width: Optional[int] = None):
+    def __init__(self, resolution: int, crop: int | None = None, ref_width: int | None = None):
         self.resolution = int(resolution)
         self.crop = crop
         self.ref_width = ref_width
@@ -110,7 +111,7 @@ class FileImageSet(ImageSet):
     """
 
     def __init__(self, files: Sequence[os.PathLike | str], targets: Sequence[int] | torch.Tensor, resolution: int,
-                 transform: Optional[Callable[[Any], torch.Tensor]] = None):
+                 transform: Callable[[Any], torch.Tensor] | None = None):
         self.files = [str(f) for f in files]
         self.targets = torch.as_tensor(targets, dtype=torch.long).reshape(-1)
         if len(self.targets) != len(self.files):
@@ -146,7 +147,7 @@ class FileImageSet(ImageSet):
                             f"image: re-extract it or delete it") from None
         return x, int(self.targets[i])
 
-    def subset(self, idx: Sequence[int] | torch.Tensor) -> "FileImageSet":
+    def subset(self, idx: Sequence[int] | torch.Tensor) -> FileImageSet:
         idx = torch.as_tensor(idx, dtype=torch.long).reshape(-1)
         return FileImageSet([self.files[j] for j in idx.tolist()], self.targets[idx], self.resolution, self.transform)
 
@@ -159,7 +160,7 @@ def _is_image(p: Path) -> bool:
     return p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
 
 
-def _require_root(name: str, root: Optional[str], layout: str) -> Path:
+def _require_root(name: str, root: str | None, layout: str) -> Path:
     if root is None or str(root) == "":
         raise DataError(f"dataset '{name}' needs --root: a local folder laid out as {layout}")
     path = Path(root).expanduser()
@@ -238,7 +239,7 @@ def _fraction(name: str, value: Any) -> float:
     return f
 
 
-def _opt_int(name: str, key: str, value: Any, low: int) -> Optional[int]:
+def _opt_int(name: str, key: str, value: Any, low: int) -> int | None:
     if value is None:
         return None
     try:
@@ -266,7 +267,7 @@ def _empty(resolution: int) -> FileImageSet:
     return FileImageSet([], [], resolution)
 
 
-def _finish_public(name: str, own: Optional[FileImageSet], spec: Any, limit: Any, resolution: int, seed: int,
+def _finish_public(name: str, own: FileImageSet | None, spec: Any, limit: Any, resolution: int, seed: int,
                    info: dict[str, Any]) -> FileImageSet:
     """The public set: ``spec`` (another source) if given, else ``own``; optionally a seeded subset."""
     if spec not in (None, ""):
@@ -388,7 +389,7 @@ def _celeba_most_images(identity: dict[str, int], num_private: Any, id_file: Pat
 
 @DATASETS.register("celeba", kind="folder", default_resolution=64, layout=CELEBA_LAYOUT,
                    options={**_COMMON, "num_private": 1000, "split_file": None})
-def celeba(root: Optional[str] = None, resolution: Optional[int] = None, seed: int = 0,
+def celeba(root: str | None = None, resolution: int | None = None, seed: int = 0,
            **options: Any) -> MISplits:
     """CelebA, the standard MI split: the 1,000 identities with the most images are private, the rest public.
 
@@ -441,7 +442,7 @@ def celeba(root: Optional[str] = None, resolution: Optional[int] = None, seed: i
 # ----------------------------------------------------------------------------------- FaceScrub
 @DATASETS.register("facescrub", kind="folder", default_resolution=224, layout=FACESCRUB_LAYOUT,
                    options={**_COMMON, "split_seed": 42})
-def facescrub(root: Optional[str] = None, resolution: Optional[int] = None, seed: int = 0,
+def facescrub(root: str | None = None, resolution: int | None = None, seed: int = 0,
               **options: Any) -> MISplits:
     """FaceScrub cropped faces (PPA setting): every identity private, 90/10 train/test split seeded 42.
 
@@ -530,7 +531,7 @@ _FOLDER_OPTS = {**_COMMON, "num_private": None, "private_classes": None, "shuffl
 
 @DATASETS.register("vggface2", kind="folder", default_resolution=224, layout=VGGFACE2_LAYOUT,
                    options={**_FOLDER_OPTS, "split": "train"})
-def vggface2(root: Optional[str] = None, resolution: Optional[int] = None, seed: int = 0,
+def vggface2(root: str | None = None, resolution: int | None = None, seed: int = 0,
              **options: Any) -> MISplits:
     """VGGFace2: ROOT/<split>/<identity>/*.jpg; identities of ``split`` (train) are private.
 
@@ -552,7 +553,7 @@ def vggface2(root: Optional[str] = None, resolution: Optional[int] = None, seed:
 
 @DATASETS.register("stanford_dogs", kind="folder", default_resolution=224, layout=DOGS_LAYOUT,
                    options=dict(_FOLDER_OPTS))
-def stanford_dogs(root: Optional[str] = None, resolution: Optional[int] = None, seed: int = 0,
+def stanford_dogs(root: str | None = None, resolution: int | None = None, seed: int = 0,
                   **options: Any) -> MISplits:
     """Stanford Dogs: ROOT/Images/<wnid>-<breed>/*.jpg; every breed private (public: ``public="afhq:/path"``).
 
@@ -575,7 +576,7 @@ def stanford_dogs(root: Optional[str] = None, resolution: Optional[int] = None, 
 
 @DATASETS.register("imagefolder", kind="folder", default_resolution=64, layout=IMAGEFOLDER_LAYOUT,
                    options=dict(_FOLDER_OPTS))
-def imagefolder(root: Optional[str] = None, resolution: Optional[int] = None, seed: int = 0,
+def imagefolder(root: str | None = None, resolution: int | None = None, seed: int = 0,
                 **options: Any) -> MISplits:
     """A generic class-per-folder tree ROOT/<class>/<images>.
 
@@ -596,7 +597,7 @@ PUBLIC_SETS: Registry[Callable[..., FileImageSet]] = Registry("public dataset")
 
 
 @PUBLIC_SETS.register("ffhq", layout=FFHQ_LAYOUT)
-def ffhq(root: Optional[str], resolution: int, seed: int = 0) -> FileImageSet:
+def ffhq(root: str | None, resolution: int, seed: int = 0) -> FileImageSet:
     """FFHQ (public faces): every image under ROOT, recursively; labels -1 (no identities)."""
     base = _require_root("ffhq", root, FFHQ_LAYOUT)
     files = _public_images(base, _images_in(base, recursive=True), FFHQ_LAYOUT)
@@ -604,7 +605,7 @@ def ffhq(root: Optional[str], resolution: int, seed: int = 0) -> FileImageSet:
 
 
 @PUBLIC_SETS.register("images", layout="ROOT/**/<images>")
-def images(root: Optional[str], resolution: int, seed: int = 0) -> FileImageSet:
+def images(root: str | None, resolution: int, seed: int = 0) -> FileImageSet:
     """Any folder of images (recursive), labels -1."""
     base = _require_root("images", root, "ROOT/**/<images>")
     files = _public_images(base, _images_in(base, recursive=True), "ROOT/**/<images> (image files under it)")
@@ -612,7 +613,7 @@ def images(root: Optional[str], resolution: int, seed: int = 0) -> FileImageSet:
 
 
 @PUBLIC_SETS.register("afhq", layout=AFHQ_LAYOUT)
-def afhq(root: Optional[str], resolution: int, seed: int = 0, animal: str = "dog", split: str = "train") -> FileImageSet:
+def afhq(root: str | None, resolution: int, seed: int = 0, animal: str = "dog", split: str = "train") -> FileImageSet:
     """AFHQ: ROOT/<train|val>/<cat|dog|wild>/; ``animal`` (dog) and ``split`` (train, val or all); labels -1."""
     base = _require_root("afhq", root, AFHQ_LAYOUT)
     if animal not in ("cat", "dog", "wild"):
@@ -635,7 +636,7 @@ def public_spec_str(spec: Any) -> str:
     return str(spec)
 
 
-def load_public(spec: Any, root: Optional[str] = None, resolution: int = 64, seed: int = 0,
+def load_public(spec: Any, root: str | None = None, resolution: int = 64, seed: int = 0,
                 **options: Any) -> FileImageSet:
     """A public image set from ``PUBLIC_SETS``.
 

@@ -16,8 +16,8 @@ import os
 import re
 import sys
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 from ..errors import ArgumentError
 
@@ -26,7 +26,7 @@ PILLOW_DEFAULT = 89_478_485
 _warned: set[str] = set()   # files already named in a warning line (a data set is often loaded twice)
 
 
-def pixel_limit() -> Optional[int]:
+def pixel_limit() -> int | None:
     """The largest number of pixels an image may have (None: no limit, as Pillow's ``MAX_IMAGE_PIXELS = None``)."""
     from PIL import Image
 
@@ -49,7 +49,7 @@ def limit_text(limit: int) -> str:
     return f"the pixel limit of {limit:,} pixels ({ENV})"
 
 
-def oversize(path: str | os.PathLike, limit: Optional[int]) -> Optional[str]:
+def oversize(path: str | os.PathLike, limit: int | None) -> str | None:
     """``'W x H px'`` when the file's header declares more than ``limit`` pixels, else None (also for a file
     Pillow cannot read: the decoder names that one later).  Reads the header only."""
     from PIL import Image
@@ -69,7 +69,7 @@ def oversize(path: str | os.PathLike, limit: Optional[int]) -> Optional[str]:
     return f"{w:,} x {h:,} px" if w * h > limit else None
 
 
-def split_oversized(files: Sequence[Path], limit: Optional[int]) -> tuple[list[Path], list[tuple[Path, str]]]:
+def split_oversized(files: Sequence[Path], limit: int | None) -> tuple[list[Path], list[tuple[Path, str]]]:
     """``(files within the limit, [(file over it, its size)])``, in the given order."""
     kept: list[Path] = []
     dropped: list[tuple[Path, str]] = []
@@ -82,7 +82,7 @@ def split_oversized(files: Sequence[Path], limit: Optional[int]) -> tuple[list[P
     return kept, dropped
 
 
-def warn_skipped(dropped: Sequence[tuple[Path, str]], limit: Optional[int]) -> None:
+def warn_skipped(dropped: Sequence[tuple[Path, str]], limit: int | None) -> None:
     """One warning line on stderr naming the (first) skipped file; files named before are not repeated."""
     new = [(f, s) for f, s in dropped if str(f) not in _warned]
     if not new or limit is None:

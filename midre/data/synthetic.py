@@ -25,7 +25,7 @@ come from different draws, so they never coincide.
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -496,7 +496,7 @@ def _int_opt(name: str, value: Any, low: int) -> int:
 
 @DATASETS.register("synthetic", kind="embedded", default_resolution=32,
                    options=dict(_OPTIONS))
-def synthetic(root: Optional[str] = None, resolution: Optional[int] = None, seed: int = 0,
+def synthetic(root: str | None = None, resolution: int | None = None, seed: int = 0,
               **options: Any) -> MISplits:
     """Procedural face identities (embedded, no download); identity lives in local facial geometry.
 

@@ -23,7 +23,7 @@ same faces.  Rendered blocks are cached on disk (see :mod:`midre.data.facecache`
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -264,7 +264,7 @@ def _check_options(options: dict[str, Any], allowed: dict[str, Any]) -> dict[str
     return {**allowed, **options}
 
 
-def pretraining_pool(resolution: Optional[int] = None, **options: Any) -> TensorImageSet:
+def pretraining_pool(resolution: int | None = None, **options: Any) -> TensorImageSet:
     """The pretraining pool (identities disjoint from private and public; labels 0..num_identities-1).
 
     Options: num_identities (500, at most 1000), images_per_id (30, at most 64), variation (1.0).
@@ -279,7 +279,7 @@ def pretraining_pool(resolution: Optional[int] = None, **options: Any) -> Tensor
 @DATASETS.register("synthetic2", kind="embedded", default_resolution=DEFAULT_RESOLUTION,
                    options=dict(_OPTIONS), pretraining="500 ids x 30 (load_pretraining)",
                    generator_version=GENERATOR_VERSION)
-def synthetic2(root: Optional[str] = None, resolution: Optional[int] = None, seed: int = 0,
+def synthetic2(root: str | None = None, resolution: int | None = None, seed: int = 0,
                **options: Any) -> MISplits:
     """Synthetic faces v2 (embedded, 64 px, fixed identity pools; the default for new configs).
 

@@ -5,12 +5,12 @@ Numbers may arrive as strings: YAML 1.1 reads ``1e-5`` (no dot) as a string, and
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from ..errors import ArgumentError
 
 
-def number(where: str, key: str, value: Any, allow_none: bool = False) -> Optional[float]:
+def number(where: str, key: str, value: Any, allow_none: bool = False) -> float | None:
     """``value`` as a float (int / float / numeric string); ``None`` passes when ``allow_none``."""
     if value is None and allow_none:
         return None

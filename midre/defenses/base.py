@@ -28,8 +28,9 @@ mixes the task loss over parts of the batch (``mixes_task_loss``) is handed the 
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -53,7 +54,7 @@ class TrainContext:
     extra: dict = field(default_factory=dict)
     # the training loop itself (midre.training.train_classifier), for defenses that pre-train a model
     # (TL-DMI): a defense never imports the trainer that imports it
-    train: Optional[Callable[..., Any]] = None
+    train: Callable[..., Any] | None = None
 
 
 @dataclass
@@ -64,7 +65,7 @@ class StepContext:
     x: torch.Tensor
     y: torch.Tensor
     logits: torch.Tensor
-    features: Optional[torch.Tensor]
+    features: torch.Tensor | None
     epoch: int
     epochs: int
 
@@ -95,13 +96,13 @@ class Defense:
         return None
 
     def transform_batch(self, x: torch.Tensor, y: torch.Tensor,
-                        idx: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+                        idx: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         return x, y
 
-    def task_loss(self, logits: torch.Tensor, y: torch.Tensor) -> Optional[torch.Tensor]:
+    def task_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
         return None
 
-    def regularizer(self, ctx: StepContext) -> Optional[torch.Tensor]:
+    def regularizer(self, ctx: StepContext) -> torch.Tensor | None:
         return None
 
     def wrap_training(self, model: nn.Module, optimizer: torch.optim.Optimizer, loader: Any):
@@ -117,7 +118,7 @@ class Defense:
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         return None
 
-    def members(self) -> list["Defense"]:
+    def members(self) -> list[Defense]:
         return [self]
 
     def __repr__(self) -> str:

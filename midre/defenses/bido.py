@@ -30,7 +30,8 @@ record while the model is training with gradients enabled.
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -108,7 +109,7 @@ class BiDO(Defense):
     name = "bido"
 
     def __init__(self, lambda_x: float = 0.05, lambda_y: float = 0.5, measure: str = "hsic", sigma: float = 5.0,
-                 layers: Optional[Sequence[int]] = None, y_kernel: str = "linear"):
+                 layers: Sequence[int] | None = None, y_kernel: str = "linear"):
         lambda_x, lambda_y, sigma = (number("bido", k, v) for k, v in
                                      (("lambda_x", lambda_x), ("lambda_y", lambda_y), ("sigma", sigma)))
         if lambda_x < 0 or lambda_y < 0:
@@ -132,7 +133,7 @@ class BiDO(Defense):
         self.y_kernel = y_kernel
         self._acts: dict[int, torch.Tensor] = {}
         self._handles: list = []
-        self._hooked: Optional[nn.Module] = None
+        self._hooked: nn.Module | None = None
         self.last_terms: dict[str, float] = {}
 
     def params(self) -> dict[str, Any]:
@@ -190,7 +191,7 @@ class BiDO(Defense):
             L = gaussian_kernel(b, self.sigma)
         return _MEASURE_FN[self.measure](K, L)
 
-    def regularizer(self, ctx: StepContext) -> Optional[torch.Tensor]:
+    def regularizer(self, ctx: StepContext) -> torch.Tensor | None:
         from ..utils import unwrap
 
         if self._hooked is not unwrap(ctx.model):
@@ -217,6 +218,6 @@ class BiDO(Defense):
 
 @DEFENSES.register("bido", family="baseline")
 def _bido(lambda_x: float = 0.05, lambda_y: float = 0.5, measure: str = "hsic", sigma: float = 5.0,
-          layers: Optional[Sequence[int]] = None, y_kernel: str = "linear") -> Defense:
+          layers: Sequence[int] | None = None, y_kernel: str = "linear") -> Defense:
     """BiDO: CE + lambda_x * d(X, Z) - lambda_y * d(Z, Y) over hooked blocks (HSIC / COCO)."""
     return BiDO(lambda_x=lambda_x, lambda_y=lambda_y, measure=measure, sigma=sigma, layers=layers, y_kernel=y_kernel)

@@ -29,7 +29,7 @@ Defaults: ``noise_multiplier = 1.0``, ``max_grad_norm = 1.0``, ``delta = 1e-5``,
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any
 
 import torch.nn as nn
 
@@ -63,8 +63,8 @@ class DPSGD(Defense):
 
     name = "dp"
 
-    def __init__(self, noise_multiplier: Optional[float] = 1.0, max_grad_norm: float = 1.0, delta: float = 1e-5,
-                 target_epsilon: Optional[float] = None, poisson_sampling: bool = True):
+    def __init__(self, noise_multiplier: float | None = 1.0, max_grad_norm: float = 1.0, delta: float = 1e-5,
+                 target_epsilon: float | None = None, poisson_sampling: bool = True):
         noise_multiplier = number("dp", "noise_multiplier", noise_multiplier, allow_none=True)
         target_epsilon = number("dp", "target_epsilon", target_epsilon, allow_none=True)
         max_grad_norm, delta = number("dp", "max_grad_norm", max_grad_norm), number("dp", "delta", delta)
@@ -85,12 +85,12 @@ class DPSGD(Defense):
         self.delta = delta
         self.target_epsilon = target_epsilon
         self.poisson_sampling = poisson_sampling
-        self._epochs: Optional[int] = None
-        self._current_epoch: Optional[int] = None
+        self._epochs: int | None = None
+        self._current_epoch: int | None = None
         self._resumed_epochs = 0
-        self._sample_rate: Optional[float] = None
+        self._sample_rate: float | None = None
         self._steps_per_epoch = 0
-        self._used_noise: Optional[float] = noise_multiplier
+        self._used_noise: float | None = noise_multiplier
         self.engine = None
         self.optimizer = None
 
@@ -160,7 +160,7 @@ class DPSGD(Defense):
         self._current_epoch = None
         return model, optimizer, loader
 
-    def epsilon(self, steps: Optional[int] = None) -> float:
+    def epsilon(self, steps: int | None = None) -> float:
         """Epsilon spent at ``delta`` after ``steps`` noisy steps (default: the finished training)."""
         if self._sample_rate is None:
             return 0.0
@@ -190,8 +190,8 @@ class DPSGD(Defense):
 
 
 @DEFENSES.register("dp", family="baseline")
-def _dp(noise_multiplier: Optional[float] = 1.0, max_grad_norm: float = 1.0, delta: float = 1e-5,
-        target_epsilon: Optional[float] = None, poisson_sampling: bool = True) -> Defense:
+def _dp(noise_multiplier: float | None = 1.0, max_grad_norm: float = 1.0, delta: float = 1e-5,
+        target_epsilon: float | None = None, poisson_sampling: bool = True) -> Defense:
     """DP-SGD (Opacus): per-sample clipping + Gaussian noise; reports epsilon at delta."""
     return DPSGD(noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm, delta=delta,
                  target_epsilon=target_epsilon, poisson_sampling=poisson_sampling)

@@ -23,7 +23,7 @@ Choices made here (documented, parameters):
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -43,8 +43,8 @@ class VIBHead(nn.Module):
         self.sample_at_test = bool(sample_at_test)
         self.encoder = nn.Linear(int(feature_dim), 2 * self.k)
         self.classifier = nn.Linear(self.k, int(num_classes))
-        self.last_mu: Optional[torch.Tensor] = None
-        self.last_sigma: Optional[torch.Tensor] = None
+        self.last_mu: torch.Tensor | None = None
+        self.last_sigma: torch.Tensor | None = None
 
     def stats(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(mu, sigma) of the code for features ``f``; sigma = softplus(raw - 5)."""
@@ -108,7 +108,7 @@ class MID(Defense):
         model.head = VIBHead(int(feature_dim), int(num_classes), self.k, self.sample_at_test)
         return model
 
-    def regularizer(self, ctx: StepContext) -> Optional[torch.Tensor]:
+    def regularizer(self, ctx: StepContext) -> torch.Tensor | None:
         from ..utils import unwrap
 
         head = getattr(unwrap(ctx.model), "head", None)

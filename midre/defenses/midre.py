@@ -10,12 +10,21 @@ epoch from ``(training seed, defense name, epoch)``, so runs are reproducible an
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
-from ..erasing import (BatchEraser, BatchRandomErasing, EntireErasing, FixedErasing, MultiPatchErasing,
-                       RandomErasing, RandomPixelMasking, fill_param)
+from ..erasing import (
+    BatchEraser,
+    BatchRandomErasing,
+    EntireErasing,
+    FixedErasing,
+    MultiPatchErasing,
+    RandomErasing,
+    RandomPixelMasking,
+    fill_param,
+)
 from ..errors import ArgumentError
 from ..utils import derive_seed
 from .base import DEFENSES, Defense, TrainContext, build_defense
@@ -33,12 +42,12 @@ class ErasingDefense(Defense):
 
     eraser: BatchEraser
 
-    def __init__(self, eraser: BatchEraser, seed: Optional[int] = None):
+    def __init__(self, eraser: BatchEraser, seed: int | None = None):
         if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
             raise ArgumentError(f"seed must be an int or None (derived from the training seed), got {seed!r}")
         self.eraser = eraser
         self.seed = seed
-        self._base_seed: Optional[int] = seed
+        self._base_seed: int | None = seed
         self._epoch = 0
         self._generators: dict[str, torch.Generator] = {}
 
@@ -53,7 +62,7 @@ class ErasingDefense(Defense):
         self.eraser.set_epoch(epoch)
         self._generators.clear()   # re-seeded lazily from (base seed, epoch): resumable
 
-    def _generator(self, device: torch.device) -> Optional[torch.Generator]:
+    def _generator(self, device: torch.device) -> torch.Generator | None:
         if self._base_seed is None:
             return None            # not under the trainer and no seed: torch's global RNG
         key = str(device)
@@ -65,7 +74,7 @@ class ErasingDefense(Defense):
         return g
 
     def transform_batch(self, x: torch.Tensor, y: torch.Tensor,
-                        idx: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+                        idx: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         return self.eraser(x, y, idx, generator=self._generator(x.device)), y
 
 
@@ -86,9 +95,9 @@ class MIDRE(ErasingDefense):
 
     name = "midre"
 
-    def __init__(self, area: float = 0.4, lower: float = 0.1, fill: Union[str, float, Sequence[float]] = "mean",
+    def __init__(self, area: float = 0.4, lower: float = 0.1, fill: str | float | Sequence[float] = "mean",
                  ratio: Sequence[float] = (1.0, 1.0), released: bool = False, position: str = "valid",
-                 seed: Optional[int] = None):
+                 seed: int | None = None):
         super().__init__(BatchRandomErasing(area=area, lower=lower, fill=fill, ratio=ratio, released=released,
                                             position=position), seed)
 
@@ -104,8 +113,8 @@ class FixedErasingDefense(ErasingDefense):
 
     name = "fixed_erasing"
 
-    def __init__(self, area: float = 0.4, lower: float = 0.1, fill: Union[str, float, Sequence[float]] = "mean",
-                 ratio: Sequence[float] = (1.0, 1.0), seed: Optional[int] = None):
+    def __init__(self, area: float = 0.4, lower: float = 0.1, fill: str | float | Sequence[float] = "mean",
+                 ratio: Sequence[float] = (1.0, 1.0), seed: int | None = None):
         super().__init__(FixedErasing(area=area, lower=lower, fill=fill, ratio=ratio, seed=seed or 0), seed)
 
     def prepare(self, ctx: TrainContext) -> None:
@@ -126,8 +135,8 @@ class EntireErasingDefense(ErasingDefense):
 
     name = "entire_erasing"
 
-    def __init__(self, share: float = 0.4, fill: Union[str, float, Sequence[float]] = "mean",
-                 seed: Optional[int] = None):
+    def __init__(self, share: float = 0.4, fill: str | float | Sequence[float] = "mean",
+                 seed: int | None = None):
         super().__init__(EntireErasing(share=share, fill=fill, seed=seed or 0), seed)
 
     def prepare(self, ctx: TrainContext) -> None:
@@ -149,8 +158,8 @@ class PixelMaskingDefense(ErasingDefense):
 
     name = "pixel_masking"
 
-    def __init__(self, fraction: float = 0.4, fill: Union[str, float, Sequence[float]] = "random",
-                 seed: Optional[int] = None):
+    def __init__(self, fraction: float = 0.4, fill: str | float | Sequence[float] = "random",
+                 seed: int | None = None):
         super().__init__(RandomPixelMasking(fraction=fraction, fill=fill), seed)
 
     def params(self) -> dict[str, Any]:
@@ -165,8 +174,8 @@ class MultiPatchDefense(ErasingDefense):
     name = "multi_patch"
 
     def __init__(self, patches: int = 4, area: float = 0.4, lower: float = 0.1,
-                 fill: Union[str, float, Sequence[float]] = "mean", ratio: Sequence[float] = (1.0, 1.0),
-                 seed: Optional[int] = None):
+                 fill: str | float | Sequence[float] = "mean", ratio: Sequence[float] = (1.0, 1.0),
+                 seed: int | None = None):
         super().__init__(MultiPatchErasing(patches=patches, area=area, lower=lower, fill=fill, ratio=ratio), seed)
 
     def params(self) -> dict[str, Any]:
@@ -175,7 +184,7 @@ class MultiPatchDefense(ErasingDefense):
                 "ratio": _pair(e.ratio), "seed": self.seed}
 
 
-def eraser_for(defense: Any, batched: bool = True) -> Union[BatchEraser, RandomErasing]:
+def eraser_for(defense: Any, batched: bool = True) -> BatchEraser | RandomErasing:
     """The eraser of an erasing defense (the adaptive attack and the feature-space analysis reuse it).
 
     Args:

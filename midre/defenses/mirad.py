@@ -30,7 +30,7 @@ re-applies it); for TTS, ``on_epoch_start`` switches the scales between the two 
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch.nn as nn
 
@@ -61,8 +61,8 @@ def _adopt_torchvision_blocks(model: nn.Module) -> int:
 
 def target_blocks(model: nn.Module, stages: int = 1) -> list[nn.Module]:
     """Residual blocks of the last ``stages`` stages of ``model`` (raises on a non-residual model)."""
-    from ..utils import unwrap
     from ..models.small import last_stage_blocks, residual_stages
+    from ..utils import unwrap
 
     model = unwrap(model)
     _adopt_torchvision_blocks(model)
@@ -78,7 +78,7 @@ def target_blocks(model: nn.Module, stages: int = 1) -> list[nn.Module]:
 class MIRAD(Defense):
     """RoLSS / SSF / TTS on the last residual stage(s)."""
 
-    def __init__(self, mode: str = "rolss", scale: Optional[float] = None, stages: int = 1, switch: float = 0.5,
+    def __init__(self, mode: str = "rolss", scale: float | None = None, stages: int = 1, switch: float = 0.5,
                  order: str = "modified_first"):
         if mode not in MODES:
             raise ArgumentError(f"mirad: mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -166,7 +166,7 @@ def _tts(scale: float = 0.0, stages: int = 1, switch: float = 0.5, order: str = 
 
 
 @DEFENSES.register("mirad", family="baseline")
-def _mirad(mode: str = "rolss", scale: Optional[float] = None, stages: int = 1, switch: float = 0.5,
+def _mirad(mode: str = "rolss", scale: float | None = None, stages: int = 1, switch: float = 0.5,
            order: str = "modified_first") -> Defense:
     """MI-RAD (skip-connection designs): mode rolss | ssf | tts on the last residual stage(s)."""
     return MIRAD(mode, scale=scale, stages=stages, switch=switch, order=order)

@@ -17,7 +17,7 @@ the same schedule scales to short runs).  For a 0-based epoch ``e`` of ``E`` epo
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -68,7 +68,7 @@ class NLS(Defense):
     def on_epoch_start(self, epoch: int, epochs: int) -> None:
         self.current_alpha = self.alpha_at(epoch, epochs)
 
-    def task_loss(self, logits: torch.Tensor, y: torch.Tensor) -> Optional[torch.Tensor]:
+    def task_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
         return smoothed_ce(logits, y, self.current_alpha)
 
 

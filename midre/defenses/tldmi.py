@@ -39,7 +39,7 @@ statistics; midre freezes what it says and keeps frozen BN layers in eval mode.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -90,7 +90,7 @@ class TLDMI(Defense):
 
     name = "tldmi"
 
-    def __init__(self, freeze: float | int = 0.5, pretrained: Optional[str] = None, pretrain_epochs: int = 10,
+    def __init__(self, freeze: float | int = 0.5, pretrained: str | None = None, pretrain_epochs: int = 10,
                  pretrain_lr: float = 0.01, pretrain_batch_size: int = 64, pretrain_optimizer: str = "sgd"):
         if isinstance(freeze, str):
             try:
@@ -227,7 +227,7 @@ class TLDMI(Defense):
 
 
 @DEFENSES.register("tldmi", family="baseline")
-def _tldmi(freeze: float | int = 0.5, pretrained: Optional[str] = None, pretrain_epochs: int = 10,
+def _tldmi(freeze: float | int = 0.5, pretrained: str | None = None, pretrain_epochs: int = 10,
            pretrain_lr: float = 0.01, pretrain_batch_size: int = 64, pretrain_optimizer: str = "sgd") -> Defense:
     """TL-DMI: pre-train on public identities, freeze early layers, fine-tune the rest on private data."""
     return TLDMI(freeze=freeze, pretrained=pretrained, pretrain_epochs=pretrain_epochs, pretrain_lr=pretrain_lr,

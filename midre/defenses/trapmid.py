@@ -36,7 +36,8 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -204,16 +205,16 @@ class TrapMID(Defense):
                 raise ArgumentError(f"trapmid: {k} must be true or false, got {v!r}")
         self.alpha, self.beta, self.step = float(alpha), float(beta), float(step)
         self.optimize, self.discriminator, self.augment = optimize, discriminator, augment
-        self.base_loss: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None
-        self._model: Optional[nn.Module] = None
-        self._D: Optional[nn.Module] = None
-        self._optD: Optional[torch.optim.Optimizer] = None
-        self._main_opt: Optional[torch.optim.Optimizer] = None
+        self.base_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+        self._model: nn.Module | None = None
+        self._D: nn.Module | None = None
+        self._optD: torch.optim.Optimizer | None = None
+        self._main_opt: torch.optim.Optimizer | None = None
         self._seed = 0
-        self._base_seed: Optional[int] = None     # per-step streams (re-derived per rank under torchrun)
-        self._labels: Optional[torch.Tensor] = None
-        self._gen: Optional[torch.Generator] = None
-        self._n_clean: Optional[int] = None
+        self._base_seed: int | None = None     # per-step streams (re-derived per rank under torchrun)
+        self._labels: torch.Tensor | None = None
+        self._gen: torch.Generator | None = None
+        self._n_clean: int | None = None
         self._train_set: Any = None
         self._test_set: Any = None
 
@@ -272,7 +273,7 @@ class TrapMID(Defense):
         return trapdoor_augment(x, self._gen) if self.augment else x
 
     def transform_batch(self, x: torch.Tensor, y: torch.Tensor,
-                        idx: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+                        idx: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         if self._model is None or self._labels is None:
             raise ArgumentError("trapmid: transform_batch runs inside train_classifier (prepare and "
                                 "on_epoch_start set its triggers and trapdoor labels)")
@@ -316,7 +317,7 @@ class TrapMID(Defense):
         loss.backward()
         opt.step()
 
-    def task_loss(self, logits: torch.Tensor, y: torch.Tensor) -> Optional[torch.Tensor]:
+    def task_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
         n = self._n_clean
         if n is None or logits.shape[0] != 2 * n:
             raise ArgumentError("trapmid: task_loss expects the clean and triggered halves of transform_batch")
@@ -385,19 +386,19 @@ class TrapdoorAdversary(nn.Module):
     ``midre+trapmid`` (the erasing adaptive attack as well).
     """
 
-    def __init__(self, eraser: Optional[nn.Module] = None, lambda_aux: float = 10.0, lambda_trap: float = 10.0,
+    def __init__(self, eraser: nn.Module | None = None, lambda_aux: float = 10.0, lambda_trap: float = 10.0,
                  topk: int = 30):
         super().__init__()
         self.eraser = eraser
         self.lambda_aux, self.lambda_trap, self.topk = float(lambda_aux), float(lambda_trap), int(topk)
-        self.aux: Optional[torch.Tensor] = None
-        self.trap: Optional[torch.Tensor] = None
+        self.aux: torch.Tensor | None = None
+        self.trap: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.eraser(x) if self.eraser is not None else x
 
     @torch.no_grad()
-    def bind(self, target: nn.Module, public: Any) -> "TrapdoorAdversary":
+    def bind(self, target: nn.Module, public: Any) -> TrapdoorAdversary:
         """Read the trapdoor signatures from ``target`` and compute the auxiliary ones on ``public``."""
         if not hasattr(target, SIGNATURES):
             raise ArgumentError("the target has no trapdoor signatures; the trapdoor-aware attack needs a trapmid target")
@@ -427,7 +428,7 @@ class TrapdoorAdversary(nn.Module):
         return f"trapdoor_adversary(lambda_aux={self.lambda_aux:g}, lambda_trap={self.lambda_trap:g}, topk={self.topk}{inner})"
 
 
-def trapdoor_adversary(spec: Any, target: Optional[nn.Module] = None, public: Any = None) -> TrapdoorAdversary:
+def trapdoor_adversary(spec: Any, target: nn.Module | None = None, public: Any = None) -> TrapdoorAdversary:
     """The adaptive attacker's knowledge of a trapmid target (``spec``: its defense), bound when ``target``
     and ``public`` are given; with an erasing member (``midre+trapmid``) it also erases as MIDRE's D.5."""
     from .base import build_defense

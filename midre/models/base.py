@@ -13,7 +13,8 @@ If ``input_resolution`` is set and differs from the input's size, inputs are bil
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -28,8 +29,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class Classifier(nn.Module):
     def __init__(self, backbone: nn.Module, feature_dim: int, num_classes: int, *,
                  blocks: Sequence[nn.Module] = (), mean: Sequence[float] = IMAGENET_MEAN,
-                 std: Sequence[float] = IMAGENET_STD, input_resolution: Optional[int] = None,
-                 arch: str = "", head: Optional[nn.Module] = None):
+                 std: Sequence[float] = IMAGENET_STD, input_resolution: int | None = None,
+                 arch: str = "", head: nn.Module | None = None):
         super().__init__()
         self.backbone = backbone            # normalised image -> (B, feature_dim)
         self.head = head if head is not None else nn.Linear(feature_dim, num_classes)
@@ -69,7 +70,7 @@ class Classifier(nn.Module):
 MODELS: Registry[Callable[..., Classifier]] = Registry("architecture", group="midre.models")
 
 
-def create_model(name: str, num_classes: int, resolution: int = 64, weights: Optional[str] = None,
+def create_model(name: str, num_classes: int, resolution: int = 64, weights: str | None = None,
                  **kwargs: Any) -> Classifier:
     """Build a registered classifier; ``weights`` is a LOCAL file (safetensors or torch state dict)."""
     from ..errors import ArgumentError

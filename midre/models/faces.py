@@ -24,8 +24,6 @@ layout those use); ``model.pretrained_key_map`` maps them onto midre's nested st
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn as nn
 
@@ -185,7 +183,7 @@ def _ir_key_map(depth: int) -> dict[str, str]:
     return out
 
 
-def _ir_model(arch: str, depth: int, num_classes: int, net_resolution: int, input_resolution: Optional[int],
+def _ir_model(arch: str, depth: int, num_classes: int, net_resolution: int, input_resolution: int | None,
               se: bool, dropout: float, mid_bn: bool) -> Classifier:
     check_choice(arch, "se", se, isinstance(se, bool), "true or false")
     check_choice(arch, "mid_bn", mid_bn, isinstance(mid_bn, bool), "true or false")

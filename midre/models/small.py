@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Any, Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -72,7 +73,7 @@ def validated(arch: str, min_resolution: int) -> Callable[[Callable[..., Classif
         default_res = sig.parameters["resolution"].default
 
         @functools.wraps(fn)
-        def factory(num_classes: int, resolution: Optional[int] = None, **kwargs: Any) -> Classifier:
+        def factory(num_classes: int, resolution: int | None = None, **kwargs: Any) -> Classifier:
             unknown = [k for k in kwargs if k not in accepted]
             if unknown:
                 opts = ", ".join(accepted) if accepted else "none"
@@ -104,7 +105,7 @@ def check_downsampling(arch: str, unit: str, halvings: int, stem_stride: Any, re
                             f"got resolution={resolution}; use fewer {unit} or larger images")
 
 
-def check_int_list(arch: str, name: str, value: Any, length: Optional[int] = None) -> list[int]:
+def check_int_list(arch: str, name: str, value: Any, length: int | None = None) -> list[int]:
     """Validate a list of positive ints (JSON gives lists, Python callers may give tuples)."""
     if isinstance(value, (list, tuple)) and value and all(isinstance(v, int) and not isinstance(v, bool) and v > 0
                                                           for v in value):

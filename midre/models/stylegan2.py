@@ -25,7 +25,8 @@ end_block=j, return_features=True)`` runs blocks i..j-1 only.
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -66,8 +67,8 @@ def upsample2d(x: torch.Tensor, f: torch.Tensor, up: int = 2) -> torch.Tensor:
     return upfirdn2d(x, f, up=up, pad=(p0, p1, p0, p1), gain=up * up)
 
 
-def bias_act(x: torch.Tensor, b: Optional[torch.Tensor], act: str = "linear", gain: Optional[float] = None,
-             clamp: Optional[float] = None, alpha: float = 0.2) -> torch.Tensor:
+def bias_act(x: torch.Tensor, b: torch.Tensor | None, act: str = "linear", gain: float | None = None,
+             clamp: float | None = None, alpha: float = 0.2) -> torch.Tensor:
     """x + b, activation, times gain (default: the activation's), clamped to [-clamp, clamp]."""
     if b is not None:
         x = x + b.reshape(1, -1, *([1] * (x.ndim - 2))).to(x.dtype)
@@ -85,7 +86,7 @@ def bias_act(x: torch.Tensor, b: Optional[torch.Tensor], act: str = "linear", ga
     return x
 
 
-def conv2d_resample(x: torch.Tensor, w: torch.Tensor, f: Optional[torch.Tensor], up: int = 1, down: int = 1,
+def conv2d_resample(x: torch.Tensor, w: torch.Tensor, f: torch.Tensor | None, up: int = 1, down: int = 1,
                     padding: int = 0, groups: int = 1) -> torch.Tensor:
     """Conv (cross-correlation with ``w``) fused with x2 up- or down-sampling through the FIR filter ``f``.
 
@@ -112,7 +113,7 @@ def conv2d_resample(x: torch.Tensor, w: torch.Tensor, f: Optional[torch.Tensor],
 
 
 def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, up: int = 1, padding: int = 0,
-                     f: Optional[torch.Tensor] = None, demodulate: bool = True, fused: bool = False) -> torch.Tensor:
+                     f: torch.Tensor | None = None, demodulate: bool = True, fused: bool = False) -> torch.Tensor:
     """Per-sample modulated (and demodulated) conv.
 
     Modulating the weights by s and demodulating each output filter equals scaling the INPUT channels
@@ -163,7 +164,7 @@ class Conv2dLayer(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, bias: bool = True,
                  activation: str = "linear", up: int = 1, down: int = 1,
-                 resample_filter: Sequence[float] = (1, 3, 3, 1), conv_clamp: Optional[float] = None):
+                 resample_filter: Sequence[float] = (1, 3, 3, 1), conv_clamp: float | None = None):
         super().__init__()
         self.activation, self.up, self.down, self.conv_clamp = activation, up, down, conv_clamp
         self.register_buffer("resample_filter", setup_filter(resample_filter))
@@ -184,7 +185,7 @@ class SynthesisLayer(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int, kernel_size: int = 3,
                  up: int = 1, use_noise: bool = True, activation: str = "lrelu",
-                 resample_filter: Sequence[float] = (1, 3, 3, 1), conv_clamp: Optional[float] = None):
+                 resample_filter: Sequence[float] = (1, 3, 3, 1), conv_clamp: float | None = None):
         super().__init__()
         self.resolution, self.up, self.use_noise = resolution, up, use_noise
         self.activation, self.conv_clamp, self.padding = activation, conv_clamp, kernel_size // 2
@@ -197,7 +198,7 @@ class SynthesisLayer(nn.Module):
         self.register_buffer("resample_filter", setup_filter(resample_filter))
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str = "const", gain: float = 1.0,
-                generator: Optional[torch.Generator] = None) -> torch.Tensor:
+                generator: torch.Generator | None = None) -> torch.Tensor:
         styles = self.affine(w)
         x = modulated_conv2d(x, self.weight, styles, up=self.up, padding=self.padding, f=self.resample_filter)
         if self.use_noise and noise_mode != "none":
@@ -215,7 +216,7 @@ class ToRGBLayer(nn.Module):
     """Modulated 1x1 conv to RGB, no demodulation, linear."""
 
     def __init__(self, in_channels: int, out_channels: int, w_dim: int, kernel_size: int = 1,
-                 conv_clamp: Optional[float] = None):
+                 conv_clamp: float | None = None):
         super().__init__()
         self.conv_clamp = conv_clamp
         self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1)
@@ -235,7 +236,7 @@ class SynthesisBlock(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int, img_channels: int,
                  is_last: bool, architecture: str = "skip", resample_filter: Sequence[float] = (1, 3, 3, 1),
-                 conv_clamp: Optional[float] = None, **layer_kwargs: Any):
+                 conv_clamp: float | None = None, **layer_kwargs: Any):
         super().__init__()
         self.in_channels, self.resolution, self.is_last = in_channels, resolution, is_last
         self.architecture = architecture
@@ -255,8 +256,8 @@ class SynthesisBlock(nn.Module):
         if in_channels != 0 and architecture == "resnet":
             self.skip = Conv2dLayer(in_channels, out_channels, 1, bias=False, up=2, resample_filter=resample_filter)
 
-    def forward(self, x: Optional[torch.Tensor], img: Optional[torch.Tensor], ws: torch.Tensor,
-                noise_mode: str = "const", generator: Optional[torch.Generator] = None):
+    def forward(self, x: torch.Tensor | None, img: torch.Tensor | None, ws: torch.Tensor,
+                noise_mode: str = "const", generator: torch.Generator | None = None):
         w = iter(ws.unbind(dim=1))
         kw = dict(noise_mode=noise_mode, generator=generator)
         if self.in_channels == 0:
@@ -315,9 +316,9 @@ class SynthesisNetwork(nn.Module):
             idx += b.num_conv
         return out
 
-    def forward(self, ws: torch.Tensor, noise_mode: str = "const", features: Optional[tuple] = None,
-                start_block: int = 0, end_block: Optional[int] = None, return_features: bool = False,
-                generator: Optional[torch.Generator] = None, force_fp32: bool = True):
+    def forward(self, ws: torch.Tensor, noise_mode: str = "const", features: tuple | None = None,
+                start_block: int = 0, end_block: int | None = None, return_features: bool = False,
+                generator: torch.Generator | None = None, force_fp32: bool = True):
         """Run blocks ``start_block .. end_block-1``.
 
         features: ``(x, img)`` leaving block ``start_block-1`` (required when start_block > 0).
@@ -345,9 +346,9 @@ class SynthesisNetwork(nn.Module):
 class MappingNetwork(nn.Module):
     """z (and optional class c) -> w, broadcast to num_ws, with truncation towards the tracked mean w_avg."""
 
-    def __init__(self, z_dim: int, c_dim: int, w_dim: int, num_ws: Optional[int], num_layers: int = 8,
-                 embed_features: Optional[int] = None, layer_features: Optional[int] = None,
-                 activation: str = "lrelu", lr_multiplier: float = 0.01, w_avg_beta: Optional[float] = 0.995):
+    def __init__(self, z_dim: int, c_dim: int, w_dim: int, num_ws: int | None, num_layers: int = 8,
+                 embed_features: int | None = None, layer_features: int | None = None,
+                 activation: str = "lrelu", lr_multiplier: float = 0.01, w_avg_beta: float | None = 0.995):
         super().__init__()
         self.z_dim, self.c_dim, self.w_dim, self.num_ws = z_dim, c_dim, w_dim, num_ws
         self.num_layers, self.w_avg_beta = num_layers, w_avg_beta
@@ -362,9 +363,9 @@ class MappingNetwork(nn.Module):
         if num_ws is not None and w_avg_beta is not None:
             self.register_buffer("w_avg", torch.zeros([w_dim]))
 
-    def forward(self, z: torch.Tensor, c: Optional[torch.Tensor] = None, psi: float = 1.0,
-                cutoff: Optional[int] = None, skip_w_avg_update: bool = False, *,
-                truncation_psi: Optional[float] = None, truncation_cutoff: Optional[int] = None) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, c: torch.Tensor | None = None, psi: float = 1.0,
+                cutoff: int | None = None, skip_w_avg_update: bool = False, *,
+                truncation_psi: float | None = None, truncation_cutoff: int | None = None) -> torch.Tensor:
         psi = psi if truncation_psi is None else truncation_psi
         cutoff = cutoff if truncation_cutoff is None else truncation_cutoff
         if z.ndim != 2 or z.shape[1] != self.z_dim:
@@ -406,8 +407,8 @@ class Generator(nn.Module):
     """
 
     def __init__(self, z_dim: int = 512, c_dim: int = 0, w_dim: int = 512, img_resolution: int = 1024,
-                 img_channels: int = 3, mapping_kwargs: Optional[dict] = None,
-                 synthesis_kwargs: Optional[dict] = None, **extra_synthesis_kwargs: Any):
+                 img_channels: int = 3, mapping_kwargs: dict | None = None,
+                 synthesis_kwargs: dict | None = None, **extra_synthesis_kwargs: Any):
         super().__init__()
         mk, sk = dict(mapping_kwargs or {}), {**(synthesis_kwargs or {}), **extra_synthesis_kwargs}
         for what, got, known in (("mapping", mk, _MAP_KEYS), ("synthesis", sk, _SYNTH_KEYS)):
@@ -429,10 +430,10 @@ class Generator(nn.Module):
     def num_blocks(self) -> int:
         return self.synthesis.num_blocks
 
-    def forward(self, z: torch.Tensor, c: Optional[torch.Tensor] = None, truncation_psi: float = 1.0,
-                truncation_cutoff: Optional[int] = None, noise_mode: str = "random", *,
-                psi: Optional[float] = None, cutoff: Optional[int] = None,
-                generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, c: torch.Tensor | None = None, truncation_psi: float = 1.0,
+                truncation_cutoff: int | None = None, noise_mode: str = "random", *,
+                psi: float | None = None, cutoff: int | None = None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
         """``G(z, c, truncation_psi, truncation_cutoff, noise_mode)`` as the official generator (noise_mode
         'random' by default, as there; ``generator`` seeds the noise).  ``psi`` / ``cutoff`` are midre's older
         names for the two truncation arguments.  ``synthesis`` itself defaults to 'const' noise: midre's attacks
@@ -478,7 +479,7 @@ class DiscriminatorBlock(nn.Module):
     """Residual block: (fromRGB ->) conv 3x3 -> conv 3x3 down, + 1x1 down skip, scaled by sqrt(1/2)."""
 
     def __init__(self, in_channels: int, tmp_channels: int, out_channels: int, img_channels: int,
-                 conv_clamp: Optional[float] = None):
+                 conv_clamp: float | None = None):
         super().__init__()
         self.in_channels = in_channels
         if in_channels == 0:
@@ -487,7 +488,7 @@ class DiscriminatorBlock(nn.Module):
         self.conv1 = Conv2dLayer(tmp_channels, out_channels, 3, activation="lrelu", down=2, conv_clamp=conv_clamp)
         self.skip = Conv2dLayer(tmp_channels, out_channels, 1, bias=False, down=2)
 
-    def forward(self, x: Optional[torch.Tensor], img: Optional[torch.Tensor]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor | None, img: torch.Tensor | None) -> torch.Tensor:
         if self.in_channels == 0:
             x = self.fromrgb(img)
         y = self.skip(x, gain=math.sqrt(0.5))
@@ -498,7 +499,7 @@ class Discriminator(nn.Module):
     """StyleGAN2 residual discriminator (unconditional): images in [-1, 1] -> one logit per image."""
 
     def __init__(self, img_resolution: int = 32, img_channels: int = 3, channel_base: int = 32768,
-                 channel_max: int = 512, mbstd_group_size: int = 4, conv_clamp: Optional[float] = None):
+                 channel_max: int = 512, mbstd_group_size: int = 4, conv_clamp: float | None = None):
         super().__init__()
         log2 = math.log2(img_resolution) if img_resolution > 0 else 0
         if img_resolution < 8 or log2 != int(log2):
@@ -526,7 +527,7 @@ class Discriminator(nn.Module):
 
 
 # ================================================================================ helpers
-def build_generator(init_kwargs: dict, seed: Optional[int] = None) -> Generator:
+def build_generator(init_kwargs: dict, seed: int | None = None) -> Generator:
     """Generator from (official-style) init kwargs; with ``seed``, its random init is reproducible."""
     if seed is None:
         return Generator(**init_kwargs)
@@ -552,7 +553,7 @@ def tiny_generator(img_resolution: int = 32, seed: int = 0, **kwargs: Any) -> Ge
 GENERATOR_KIND = "stylegan2-generator"
 
 
-def save_generator(path: Any, G: Generator, extra_meta: Optional[dict] = None) -> Any:
+def save_generator(path: Any, G: Generator, extra_meta: dict | None = None) -> Any:
     """Write ``path.safetensors`` + ``path.json`` (init kwargs) through midre.checkpoint (atomic)."""
     from ..checkpoint import save_checkpoint
 

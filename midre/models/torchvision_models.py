@@ -35,8 +35,6 @@ DenseNet / EfficientNet / Inception apply in training mode).
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn as nn
 from torchvision import models as tvm
@@ -45,7 +43,6 @@ from torchvision.models import resnet as tv_resnet
 from ..errors import ArgumentError
 from .base import MODELS, Classifier
 from .small import check_choice, check_dropout, skip_add, validated
-
 
 # ---------------------------------------------------------------------------------------------
 # ResNets with skip_scale
@@ -153,7 +150,7 @@ def densenet169(num_classes: int, resolution: int = 224) -> Classifier:
 @MODELS.register("maxvit_t", family="torchvision", resolution=224)
 @validated("maxvit_t", min_resolution=1)
 def maxvit_t(num_classes: int, resolution: int = 224, input_resolution: int = 224,
-             partition_size: Optional[int] = None, stochastic_depth: float = 0.2) -> Classifier:
+             partition_size: int | None = None, stochastic_depth: float = 0.2) -> Classifier:
     """torchvision MaxViT-T at input_resolution (default 224, inputs resized); 512-d features."""
     arch = "maxvit_t"
     check_choice(arch, "input_resolution", input_resolution,
@@ -187,7 +184,7 @@ def maxvit_t(num_classes: int, resolution: int = 224, input_resolution: int = 22
 
 @MODELS.register("inception_v3", family="torchvision", resolution=299)
 @validated("inception_v3", min_resolution=1)
-def inception_v3(num_classes: int, resolution: int = 299, input_resolution: Optional[int] = None,
+def inception_v3(num_classes: int, resolution: int = 299, input_resolution: int | None = None,
                  dropout: float = 0.5) -> Classifier:
     """torchvision Inception-v3 without aux logits; >= 75 px (smaller inputs resized to 299); 2048-d."""
     arch = "inception_v3"

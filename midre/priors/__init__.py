@@ -38,9 +38,8 @@ with the same weights as an uninterrupted one.
 Presets: ``"paper"`` = the 64 px CelebA settings of protocols.md; ``"quick"`` = scaled down for the
 embedded 32 px synthetic benchmark on 2 CPU cores (each prior trains in about a minute).
 """
-from .base import (PRESETS, PRIOR_FORMAT, PRIORS, Prior, PriorConfig, PriorKind, get_prior,  # noqa: F401
-                   prior_key, register_prior)
+from . import c2fmi, cgan, gan, kedmi, lomma, secretgen, stylegan2, tacgan  # noqa: F401,E402  (register the built-in kinds)
+from .adversarial import AdversarialPrior  # noqa: F401
+from .base import PRESETS, PRIOR_FORMAT, PRIORS, Prior, PriorConfig, PriorKind, get_prior, prior_key, register_prior  # noqa: F401
 from .data import PublicImages, assert_public_only, data_fingerprint, data_summary  # noqa: F401
 from .train import load_prior, prepare_priors, prior_config, train_prior  # noqa: F401
-from .adversarial import AdversarialPrior  # noqa: F401
-from . import gan, kedmi, cgan, lomma, stylegan2, tacgan, c2fmi, secretgen  # noqa: F401,E402  (register the built-in kinds)

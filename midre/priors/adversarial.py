@@ -9,7 +9,7 @@ and an interrupted run resumes to the same weights.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -39,7 +39,7 @@ class AdversarialPrior(PriorKind):
     quality_gate = True
 
     def build(self, cfg: PriorConfig, data: PublicImages,
-              target: Optional[nn.Module]) -> tuple[nn.Module, nn.Module, dict, dict]:
+              target: nn.Module | None) -> tuple[nn.Module, nn.Module, dict, dict]:
         """Generator, discriminator, the kind's context for its losses, and extra metadata."""
         raise NotImplementedError
 
@@ -49,18 +49,18 @@ class AdversarialPrior(PriorKind):
         raise NotImplementedError
 
     def generator_loss(self, cfg: PriorConfig, G: nn.Module, D: nn.Module, data: PublicImages,
-                       gen: torch.Generator, ctx: dict, target: Optional[nn.Module], z: torch.Tensor) -> torch.Tensor:
+                       gen: torch.Generator, ctx: dict, target: nn.Module | None, z: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def train(self, cfg: Any, data: Any, target: Optional[nn.Module], root: Path, gen: torch.Generator,
-              progress: bool, until: Optional[int], meta: dict[str, Any]) -> tuple[Prior, dict[str, Any], bool]:
+    def train(self, cfg: Any, data: Any, target: nn.Module | None, root: Path, gen: torch.Generator,
+              progress: bool, until: int | None, meta: dict[str, Any]) -> tuple[Prior, dict[str, Any], bool]:
         G, D, extra = self.loop(cfg, data, target, root, gen, progress, until)
         meta["generator"] = {"class": type(G).__name__, "config": G.config}
         meta["discriminator"] = {"class": type(D).__name__, "config": D.config}
         return Prior(self.name, G, D), extra, extra["iterations_done"] >= cfg.iterations
 
-    def loop(self, cfg: PriorConfig, data: PublicImages, target: Optional[nn.Module], root: Path,
-             gen: torch.Generator, progress: bool, until: Optional[int]) -> tuple[nn.Module, nn.Module, dict]:
+    def loop(self, cfg: PriorConfig, data: PublicImages, target: nn.Module | None, root: Path,
+             gen: torch.Generator, progress: bool, until: int | None) -> tuple[nn.Module, nn.Module, dict]:
         """The training loop: resumes from ``root``, stops at ``until`` (or ``cfg.iterations``)."""
         dev = data.device
         G, D, ctx, extra_meta = self.build(cfg, data, target)

@@ -18,9 +18,10 @@ outside this package names a kind.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Mapping, Optional
+from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
@@ -63,7 +64,7 @@ class PriorConfig(BaseModel):
     ckpt_every: int = Field(500, ge=1)
 
 
-def prior_key(kind: str, public_set: Any, target: Optional[nn.Module], cfg: BaseModel, seed: int) -> str:
+def prior_key(kind: str, public_set: Any, target: nn.Module | None, cfg: BaseModel, seed: int) -> str:
     """The cache key of a prior: its kind, public data (image bytes), target weights, resolved config, seed."""
     dump = cfg.model_dump()
     if not dump.get("aug_kwargs"):  # added later: an empty value keeps the keys of earlier priors (the zoo's)
@@ -78,17 +79,17 @@ class Prior:
     """A trained prior: generator / discriminator (GAN kinds), augmented models + p_reg (lomma)."""
 
     kind: str
-    generator: Optional[nn.Module] = None
-    discriminator: Optional[nn.Module] = None
+    generator: nn.Module | None = None
+    discriminator: nn.Module | None = None
     aug_models: list[nn.Module] = field(default_factory=list)
-    p_reg: Optional[torch.Tensor] = None
+    p_reg: torch.Tensor | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
     @property
     def z_dim(self) -> int:
         return int(self.generator.z_dim) if self.generator is not None else 0
 
-    def to(self, device: Any) -> "Prior":
+    def to(self, device: Any) -> Prior:
         for m in self.modules():
             m.to(device).eval()
         if self.p_reg is not None:
@@ -119,7 +120,7 @@ class Prior:
         atomic_write_json(out / "prior.json", {"format": PRIOR_FORMAT, "kind": self.kind, **self.meta})
 
     @classmethod
-    def load(cls, out_dir: str | Path) -> "Prior":
+    def load(cls, out_dir: str | Path) -> Prior:
         """Read a prior directory; its kind (registered) rebuilds the networks (:meth:`PriorKind.load`)."""
         out = Path(out_dir)
         js, st = out / "prior.json", out / "prior.safetensors"
@@ -164,7 +165,7 @@ class PriorKind:
             raise ArgumentError(f"{self.name} prior config '{'.'.join(str(p) for p in err['loc'])}': "
                                 f"{err['msg']}") from None
 
-    def check_run(self, params: Mapping[str, Any], attack: Optional[str], real_data: bool) -> Optional[str]:
+    def check_run(self, params: Mapping[str, Any], attack: str | None, real_data: bool) -> str | None:
         """A run-level problem with this kind's ``priors.params`` (None: none).  ``attack``: the first attack
         of the run that needs this kind (None: no attack does); ``real_data``: the dataset needs a root."""
         return None
@@ -174,12 +175,12 @@ class PriorKind:
         return True
 
     # ---------------------------------------------------------------- training and loading
-    def pretrained(self, cfg: BaseModel) -> Optional[Prior]:
+    def pretrained(self, cfg: BaseModel) -> Prior | None:
         """A prior given ready-made by its settings (nothing trained, no public data); None: train one."""
         return None
 
-    def train(self, cfg: BaseModel, data: Any, target: Optional[nn.Module], root: Path, gen: torch.Generator,
-              progress: bool, until: Optional[int], meta: dict[str, Any]) -> tuple[Prior, dict[str, Any], bool]:
+    def train(self, cfg: BaseModel, data: Any, target: nn.Module | None, root: Path, gen: torch.Generator,
+              progress: bool, until: int | None, meta: dict[str, Any]) -> tuple[Prior, dict[str, Any], bool]:
         """Train on ``data`` (:class:`midre.priors.data.PublicImages`, PUBLIC images on the device).
 
         Write the resume state under ``root`` (continue from it when present); record in ``meta`` what
@@ -198,14 +199,14 @@ class PriorKind:
         return prior
 
     # ---------------------------------------------------------------- quality and zoo name
-    def quality(self, prior: Prior, holdout: Any, public_set: Any, seed: int, device: Any) -> Optional[dict]:
+    def quality(self, prior: Prior, holdout: Any, public_set: Any, seed: int, device: Any) -> dict | None:
         """Sample quality on held-out public images (:func:`midre.prior_quality.prior_quality`); None when the
         prior has no generator."""
         from ..prior_quality import prior_quality
 
         return prior_quality(prior, holdout, public_set, seed=int(seed), device=device)
 
-    def zoo_entry(self, config_name: str, target: Optional[str] = None) -> str:
+    def zoo_entry(self, config_name: str, target: str | None = None) -> str:
         """The zoo entry of this kind's prior in a config (only shared priors are in the zoo)."""
         return f"{config_name}-prior-{self.name}" + (f"-{target}" if target else "")
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -125,7 +125,7 @@ def embed_logits(embed: nn.Module, images: torch.Tensor, device: Any, batch: int
 
 def train_inverse(probs: torch.Tensor, feats: torch.Tensor, cfg: C2FMIPriorConfig, root: Path,
                   gen: torch.Generator, device: Any, progress: bool,
-                  until: Optional[int] = None) -> tuple[InverseMapping, dict[str, Any]]:
+                  until: int | None = None) -> tuple[InverseMapping, dict[str, Any]]:
     """Fit the inverse model: MSE(M(probs), feats) over shuffled batches, Adam + StepLR, per-epoch resume."""
     M = InverseMapping(probs.shape[1], feats.shape[1], cfg.hidden, cfg.dropout, cfg.trunc).to(device)
     opt = torch.optim.Adam(M.parameters(), lr=cfg.lr)
@@ -159,7 +159,7 @@ def train_inverse(probs: torch.Tensor, feats: torch.Tensor, cfg: C2FMIPriorConfi
 
 def train_c2fmi(cfg: C2FMIPriorConfig, images: torch.Tensor, labels: torch.Tensor, target: nn.Module, root: Path,
                 gen: torch.Generator, seed: int, device: Any, progress: bool,
-                until: Optional[int]) -> tuple[list[nn.Module], dict]:
+                until: int | None) -> tuple[list[nn.Module], dict]:
     """Both networks of the prior from the public uint8 ``images`` and their identity ``labels`` ->
     ([embedding model, inverse model], extra metadata)."""
     images = images.cpu()
@@ -184,8 +184,8 @@ class C2fmiPrior(PriorKind):
     config_model = C2FMIPriorConfig
     presets = PRESETS
 
-    def train(self, cfg: Any, data: Any, target: Optional[nn.Module], root: Path, gen: torch.Generator,
-              progress: bool, until: Optional[int], meta: dict[str, Any]) -> tuple[Prior, dict[str, Any], bool]:
+    def train(self, cfg: Any, data: Any, target: nn.Module | None, root: Path, gen: torch.Generator,
+              progress: bool, until: int | None, meta: dict[str, Any]) -> tuple[Prior, dict[str, Any], bool]:
         """Both networks from the public images and their identity labels (``data.targets``)."""
         models, extra = train_c2fmi(cfg, data.images, data.targets, target, root, gen, meta["seed"], data.device,
                                     progress, until)

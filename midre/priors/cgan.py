@@ -6,8 +6,6 @@ loss on generated images.  Paper settings: top-30 per class, Adam 2e-4 betas (0,
 30k iterations, z 128."""
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -31,7 +29,7 @@ class CganPrior(AdversarialPrior):
                   "alpha": 0.2, "batch_size": 64, "lr": 5e-4, "ckpt_every": 100},
     }
 
-    def build(self, cfg: PriorConfig, data: PublicImages, target: Optional[nn.Module]):
+    def build(self, cfg: PriorConfig, data: PublicImages, target: nn.Module | None):
         K = int(target.num_classes)
         G = CondGenerator(K, cfg.z_dim, data.resolution, data.channels, cfg.width)
         D = ProjectionDiscriminator(K, data.resolution, data.channels, cfg.width)

@@ -3,7 +3,8 @@ and :class:`PublicImages`, the seeded sampler every prior kind trains from."""
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Iterator, Optional
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -93,7 +94,7 @@ class PublicImages:
         return int(self.images.shape[1])
 
     def sample(self, bs: int, gen: torch.Generator,
-               pool: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+               pool: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Random batch; returns (images, positions) where positions index ``pool`` when given."""
         if pool is None:
             pos = idx = torch.randint(self.n, (bs,), generator=gen)

@@ -4,8 +4,6 @@ One prior shared by all targets (trained without the target).  GMI trains it wit
 betas (0.5, 0.999), batch 64 and 5 critic steps per generator step (protocols.md)."""
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn as nn
 
@@ -34,7 +32,7 @@ class GanPrior(AdversarialPrior):
         "quick": {"iterations": 200, "width": 16, "n_critic": 2, "batch_size": 64, "lr": 5e-4, "ckpt_every": 100},
     }
 
-    def build(self, cfg: PriorConfig, data: PublicImages, target: Optional[nn.Module]):
+    def build(self, cfg: PriorConfig, data: PublicImages, target: nn.Module | None):
         G = DCGANGenerator(cfg.z_dim, data.resolution, data.channels, cfg.width)
         D = DCGANDiscriminator(data.resolution, data.channels, cfg.width, 1)
         return G, D, {}, {}

@@ -5,8 +5,6 @@ The discriminator has K + 1 outputs and is trained with the target's soft labels
 prediction.  Paper settings: 50k iterations, Adam 2e-4, betas (0.5, 0.999), batch 64 (protocols.md)."""
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -49,7 +47,7 @@ class KedmiPrior(AdversarialPrior):
         "quick": {"iterations": 300, "width": 16, "n_critic": 1, "batch_size": 64, "lr": 5e-4, "ckpt_every": 100},
     }
 
-    def build(self, cfg: PriorConfig, data: PublicImages, target: Optional[nn.Module]):
+    def build(self, cfg: PriorConfig, data: PublicImages, target: nn.Module | None):
         K = int(target.num_classes)
         G = DCGANGenerator(cfg.z_dim, data.resolution, data.channels, cfg.width)
         D = DCGANDiscriminator(data.resolution, data.channels, cfg.width, K + 1)

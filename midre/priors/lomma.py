@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -79,15 +79,15 @@ class LommaPrior(PriorKind):
                   "batch_size": 64},
     }
 
-    def train(self, cfg: Any, data: Any, target: Optional[nn.Module], root: Path, gen: torch.Generator,
-              progress: bool, until: Optional[int], meta: dict[str, Any]) -> tuple[Prior, dict[str, Any], bool]:
+    def train(self, cfg: Any, data: Any, target: nn.Module | None, root: Path, gen: torch.Generator,
+              progress: bool, until: int | None, meta: dict[str, Any]) -> tuple[Prior, dict[str, Any], bool]:
         models, p_reg, extra = self.distill(cfg, data, target, root, gen, progress, until)
         meta["aug_models"] = [{"arch": m.arch, "num_classes": m.num_classes, "resolution": meta["resolution"],
                                "kwargs": dict(cfg.aug_kwargs)} for m in models]
         return Prior(self.name, aug_models=models, p_reg=p_reg), extra, not extra.get("incomplete", False)
 
     def distill(self, cfg: PriorConfig, data: PublicImages, target: nn.Module, root: Path, gen: torch.Generator,
-                progress: bool, until: Optional[int]) -> tuple[list[nn.Module], torch.Tensor, dict]:
+                progress: bool, until: int | None) -> tuple[list[nn.Module], torch.Tensor, dict]:
         """p_reg, then each augmented model for ``distill_epochs`` (resumable per epoch; ``until``: epochs)."""
         dev = data.device
         p_reg = mean_feature(target, data, cfg.n_feature_images, gen)

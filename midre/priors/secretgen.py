@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import torch
 import torch.nn as nn
@@ -166,7 +166,7 @@ class SecretGenConfig(BaseModel):
     z_dim: int = Field(100, ge=1)
     width: int = Field(64, ge=4)
     mask: Literal["center", "face"] = "center"
-    public_model: Optional[str] = None           # secretgen_bb: a classifier trained on public identities
+    public_model: str | None = None           # secretgen_bb: a classifier trained on public identities
     hflip: bool = False
     ckpt_every: int = Field(500, ge=1)
 
@@ -177,10 +177,10 @@ class _SecretGenKind(AdversarialPrior):
     presets = {"paper": {},
                "quick": {"iterations": 300, "width": 16, "batch_size": 32, "lr": 0.001, "ckpt_every": 100}}
 
-    def feature_model(self, cfg: SecretGenConfig, target: Optional[nn.Module], D: Critics, dev: Any):
+    def feature_model(self, cfg: SecretGenConfig, target: nn.Module | None, D: Critics, dev: Any):
         raise NotImplementedError
 
-    def build(self, cfg: SecretGenConfig, data: PublicImages, target: Optional[nn.Module]):
+    def build(self, cfg: SecretGenConfig, data: PublicImages, target: nn.Module | None):
         G = InpaintingGenerator(cfg.z_dim, data.resolution, data.channels, cfg.width)
         mean = sum(x.sum((0, 2, 3)) for x in data.all_batches(1024)) / (data.n * data.resolution ** 2)
         G.fill_value.copy_(mean.view(1, -1, 1, 1).cpu())

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -36,7 +36,7 @@ class StyleGAN2PriorConfig(BaseModel):
     """Settings of the stylegan2 prior (``path`` = converted official weights; else training settings)."""
 
     model_config = ConfigDict(extra="forbid")
-    path: Optional[str] = None                    # directory / .safetensors from `midre convert stylegan2`
+    path: str | None = None                    # directory / .safetensors from `midre convert stylegan2`
     iterations: int = Field(2000, ge=0)           # generator steps
     batch_size: int = Field(32, ge=2)
     lr: float = Field(0.0025, gt=0)
@@ -44,7 +44,7 @@ class StyleGAN2PriorConfig(BaseModel):
     r1_gamma: float = Field(0.05, ge=0)
     r1_interval: int = Field(16, ge=1)            # lazy regularisation
     ema_kimg: float = Field(10.0, gt=0)           # EMA half-life in thousands of images
-    ema_rampup: Optional[float] = 0.05            # half-life <= rampup x images seen so far
+    ema_rampup: float | None = 0.05            # half-life <= rampup x images seen so far
     z_dim: int = Field(64, ge=1)
     w_dim: int = Field(64, ge=1)
     mapping_layers: int = Field(2, ge=1)
@@ -125,7 +125,7 @@ def _step(G: Generator, D: Discriminator, optG: Any, optD: Any, real: torch.Tens
 
 
 def train_stylegan2(cfg: StyleGAN2PriorConfig, data: Any, root: Path, gen: torch.Generator, progress: bool,
-                    until: Optional[int]) -> tuple[Generator, Discriminator, dict]:
+                    until: int | None) -> tuple[Generator, Discriminator, dict]:
     """Train on ``data`` (:class:`midre.priors.data.PublicImages`, PUBLIC images) -> (EMA generator,
     discriminator, metadata).
 
@@ -182,7 +182,7 @@ class StyleGAN2Prior(PriorKind):
                                 "`midre convert stylegan2 ffhq.pkl --out DIR` and set priors.params.stylegan2.path=DIR")
         return cfg
 
-    def check_run(self, params: Any, attack: Optional[str], real_data: bool) -> Optional[str]:
+    def check_run(self, params: Any, attack: str | None, real_data: bool) -> str | None:
         """On real data, StyleGAN attacks (PPA, IF-GMI, MIRROR) need a converted generator: say so in one line."""
         path = (params or {}).get("path")
         if attack is not None and not path and real_data:
@@ -196,14 +196,14 @@ class StyleGAN2Prior(PriorKind):
     def uses_public_data(self, params: Any) -> bool:
         return not (params or {}).get("path")
 
-    def pretrained(self, cfg: Any) -> Optional[Prior]:
+    def pretrained(self, cfg: Any) -> Prior | None:
         if not cfg.path:
             return None
         G, meta = load_converted(cfg)
         return Prior(self.name, G, meta=meta)
 
-    def train(self, cfg: Any, data: Any, target: Optional[nn.Module], root: Path, gen: torch.Generator,
-              progress: bool, until: Optional[int], meta: dict[str, Any]) -> tuple[Prior, dict[str, Any], bool]:
+    def train(self, cfg: Any, data: Any, target: nn.Module | None, root: Path, gen: torch.Generator,
+              progress: bool, until: int | None, meta: dict[str, Any]) -> tuple[Prior, dict[str, Any], bool]:
         G, D, extra = train_stylegan2(cfg, data, root, gen, progress, until)
         meta["generator"] = {"class": "StyleGAN2Generator", "config": G.init_kwargs}
         meta["discriminator"] = {"class": "StyleGAN2Discriminator", "config": D.init_kwargs}

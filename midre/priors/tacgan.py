@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -82,7 +82,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 # ================================================================================ the losses
-def tacgan_discriminator_loss(D: nn.Module, real: torch.Tensor, fake: torch.Tensor, y_hat: Optional[torch.Tensor],
+def tacgan_discriminator_loss(D: nn.Module, real: torch.Tensor, fake: torch.Tensor, y_hat: torch.Tensor | None,
                               alpha: float) -> torch.Tensor:
     """BCE(D(real), 1) + BCE(D(fake), 0) [+ alpha * CE(D_cls(fake), y_hat) once the class terms are on]."""
     s_fake, c_fake = D(fake)
@@ -220,7 +220,7 @@ def surrogate_epoch(S: nn.Module, opt, G: nn.Module, lab: dict, cfg: TACGANConfi
 
 
 def _train_surrogates(cfg: TACGANConfig, G: nn.Module, lab: dict, K: int, res: int, root: Path, seed: int,
-                      progress: bool, until: Optional[int]) -> tuple[list[nn.Module], dict]:
+                      progress: bool, until: int | None) -> tuple[list[nn.Module], dict]:
     dev = lab["z"].device
     models = [create_model(a, num_classes=K, resolution=res, **cfg.surrogate_kwargs).to(dev)
               for a in cfg.surrogate_archs]
@@ -250,7 +250,7 @@ def _train_surrogates(cfg: TACGANConfig, G: nn.Module, lab: dict, K: int, res: i
 
 
 def train_tacgan(cfg: TACGANConfig, images: torch.Tensor, target: nn.Module, root: Path, gen: torch.Generator,
-                 progress: bool = False, until: Optional[int] = None) -> tuple[nn.Module, nn.Module, list[nn.Module], dict]:
+                 progress: bool = False, until: int | None = None) -> tuple[nn.Module, nn.Module, list[nn.Module], dict]:
     """Train the T-ACGAN, label its samples and train the surrogates (see the module docstring).
 
     ``images``: the public images, uint8 (N, C, H, W) on the training device.  Returns G, D, the surrogate
@@ -285,8 +285,8 @@ class TacganPrior(PriorKind):
     config_model = TACGANConfig
     presets = PRESETS
 
-    def train(self, cfg: Any, data: Any, target: Optional[nn.Module], root: Path, gen: torch.Generator,
-              progress: bool, until: Optional[int], meta: dict[str, Any]) -> tuple[Prior, dict[str, Any], bool]:
+    def train(self, cfg: Any, data: Any, target: nn.Module | None, root: Path, gen: torch.Generator,
+              progress: bool, until: int | None, meta: dict[str, Any]) -> tuple[Prior, dict[str, Any], bool]:
         G, D, models, extra = train_tacgan(cfg, data.images, target, root, gen, progress, until)
         meta["generator"] = {"class": type(G).__name__, "config": G.config}
         meta["discriminator"] = {"class": type(D).__name__, "config": D.config}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextlib
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -22,8 +22,8 @@ def prior_config(kind: str, preset: str = "paper", config: Any = None) -> BaseMo
     return get_prior(kind).config(preset, config)
 
 
-def _train_fresh(kind: Any, cfg: BaseModel, public_set: Any, target: Optional[nn.Module], root: Path, preset: str,
-                 seed: int, progress: bool, dev: torch.device, until: Optional[int], holdout: Any,
+def _train_fresh(kind: Any, cfg: BaseModel, public_set: Any, target: nn.Module | None, root: Path, preset: str,
+                 seed: int, progress: bool, dev: torch.device, until: int | None, holdout: Any,
                  key: str) -> tuple[Prior, bool]:
     gen = torch.Generator()
     gen.manual_seed(int(seed))
@@ -48,9 +48,9 @@ def _train_fresh(kind: Any, cfg: BaseModel, public_set: Any, target: Optional[nn
     return prior, complete
 
 
-def train_prior(kind: str, public_set: Any, target: Optional[nn.Module] = None, out_dir: Optional[str | Path] = None,
+def train_prior(kind: str, public_set: Any, target: nn.Module | None = None, out_dir: str | Path | None = None,
                 config: Any = None, preset: str = "paper", seed: int = 0, progress: bool = False,
-                device: Any = "auto", until: Optional[int] = None, holdout: Any = None) -> Prior:
+                device: Any = "auto", until: int | None = None, holdout: Any = None) -> Prior:
     """Train (or load from the cache in ``out_dir``) a prior of ``kind`` on ``public_set`` only.
 
     Parameters
@@ -102,9 +102,9 @@ def load_prior(path: str | Path, device: Any = "cpu") -> Prior:
     return Prior.load(path).to(resolve_device(device))
 
 
-def prepare_priors(attack: Any, public_set: Any, target: Optional[nn.Module], out_dir: Optional[str | Path] = None,
+def prepare_priors(attack: Any, public_set: Any, target: nn.Module | None, out_dir: str | Path | None = None,
                    preset: str = "paper", seed: int = 0, progress: bool = False, device: Any = "auto",
-                   configs: Optional[dict[str, Any]] = None) -> dict[str, Prior]:
+                   configs: dict[str, Any] | None = None) -> dict[str, Prior]:
     """Train or load every prior an attack needs (``attack.prior_kinds``) -> {kind: Prior}.
 
     ``configs`` maps a kind to overrides of its preset, e.g. ``{"gan": {"iterations": 100}}``.

@@ -12,7 +12,7 @@ builds.  Both are lists of :class:`midre.engine.Stage` run by :func:`midre.engin
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..engine import Stage, run_stages
 from .attacks import attack_stages, metric_stages

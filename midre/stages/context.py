@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from ..config import RunConfig, TargetSection
 from ..loading import load_model
@@ -38,8 +38,8 @@ class RunContext:
     targets: list[TargetSection] = field(init=False)
     device: Any = field(init=False)
     console: StageConsole = field(init=False)
-    state: Optional[RunState] = None
-    data: Optional[RunData] = None
+    state: RunState | None = None
+    data: RunData | None = None
     cache: dict[str, Any] = field(default_factory=dict)   # loaded models and pools shared by stages
 
     def __post_init__(self) -> None:

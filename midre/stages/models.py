@@ -3,8 +3,9 @@ loop (midre.training) or installed, verified, from the zoo when the zoo holds th
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 from .. import zoo
 from ..config import TargetSection
@@ -134,7 +135,7 @@ def _train(ctx: RunContext, out: Path, arch: str, kwargs: dict, defense: Any, tr
 
 
 def from_zoo(ctx: RunContext, stage: str, dest: Path, data: Any,
-             prior_dir: Optional[Callable[[], str]] = None) -> Optional[dict]:
+             prior_dir: Callable[[], str] | None = None) -> dict | None:
     """Install the zoo entry made by this stage's config and data, if there is one (verified).
 
     The same images rendered on another machine may differ from the build's by float rounding: the entry

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 from ..analysis import features as F
 from ..checkpoint import read_meta
@@ -82,7 +83,7 @@ def write_results(ctx: RunContext) -> list[dict[str, Any]]:
     return rows
 
 
-def write_gates(run_dir: Path, cfg: RunConfig, rows: Sequence[dict[str, Any]], eval_acc: float) -> Optional[dict]:
+def write_gates(run_dir: Path, cfg: RunConfig, rows: Sequence[dict[str, Any]], eval_acc: float) -> dict | None:
     """Check the instrument on NoDef (midre.gates) and write RUN/gates.json; None when gates are disabled."""
     if not cfg.gates.enabled:
         return None

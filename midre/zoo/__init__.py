@@ -29,7 +29,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from ..errors import MidreError
 from ..utils import atomic_path, atomic_write_json, sha256_file
@@ -42,14 +42,14 @@ class ZooError(MidreError, ValueError):
     """A zoo file is missing or fails its sha256 check, or the manifest is unreadable."""
 
 
-def zoo_dir(root: Optional[str | os.PathLike] = None) -> Path:
+def zoo_dir(root: str | os.PathLike | None = None) -> Path:
     if root is not None:
         return Path(root)
     env = os.environ.get("MIDRE_ZOO_DIR")
     return Path(env) if env else PACKAGE_ZOO
 
 
-def load_manifest(root: Optional[str | os.PathLike] = None) -> dict[str, Any]:
+def load_manifest(root: str | os.PathLike | None = None) -> dict[str, Any]:
     p = zoo_dir(root) / "manifest.json"
     if not p.exists():
         return {"format": FORMAT, "entries": {}}
@@ -63,11 +63,11 @@ def load_manifest(root: Optional[str | os.PathLike] = None) -> dict[str, Any]:
     return data
 
 
-def entry_dir(name: str, root: Optional[str | os.PathLike] = None) -> Path:
+def entry_dir(name: str, root: str | os.PathLike | None = None) -> Path:
     return zoo_dir(root) / "weights" / name
 
 
-def verify_entry(name: str, entry: dict[str, Any], root: Optional[str | os.PathLike] = None) -> None:
+def verify_entry(name: str, entry: dict[str, Any], root: str | os.PathLike | None = None) -> None:
     """Raise ZooError (one line) when a file of the entry is missing or its sha256 differs."""
     base = entry_dir(name, root)
     for rel, digest in entry.get("files", {}).items():
@@ -80,7 +80,7 @@ def verify_entry(name: str, entry: dict[str, Any], root: Optional[str | os.PathL
                            f"reinstall midre or rebuild it with `midre zoo build {name}`")
 
 
-def check(root: Optional[str | os.PathLike] = None) -> list[str]:
+def check(root: str | os.PathLike | None = None) -> list[str]:
     """Verify every entry; returns the names checked, raises ZooError at the first bad file."""
     entries = load_manifest(root)["entries"]
     for name, entry in entries.items():
@@ -91,7 +91,7 @@ def check(root: Optional[str | os.PathLike] = None) -> list[str]:
 SUMMARY_TOL = 1e-5      # data summaries (fractions of the pixel range) equal within float rounding
 
 
-def summaries_match(a: Optional[dict[str, Any]], b: Optional[dict[str, Any]], tol: float = SUMMARY_TOL) -> bool:
+def summaries_match(a: dict[str, Any] | None, b: dict[str, Any] | None, tol: float = SUMMARY_TOL) -> bool:
     """Two :func:`midre.priors.data_summary` records describe the same images up to float rounding.
 
     Count, shape and labels must be equal; the means, stds and the 8 x 8 mean image within ``tol``.  One
@@ -110,8 +110,8 @@ def summaries_match(a: Optional[dict[str, Any]], b: Optional[dict[str, Any]], to
     return True
 
 
-def find(stage: str, key: str, fingerprint: str, root: Optional[str | os.PathLike] = None,
-         summary: Optional[dict[str, Any]] = None) -> Optional[tuple[str, dict[str, Any]]]:
+def find(stage: str, key: str, fingerprint: str, root: str | os.PathLike | None = None,
+         summary: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]] | None:
     """The entry made by the same config for ``stage`` (same stage key and data), verified; else None.
 
     Same data: the exact fingerprint, or else (``summary`` given) the entry's data summary equal within float
@@ -124,17 +124,17 @@ def find(stage: str, key: str, fingerprint: str, root: Optional[str | os.PathLik
     return None
 
 
-def _entries_for(stage: str, key: str, root: Optional[str | os.PathLike]) -> list[tuple[str, dict[str, Any]]]:
+def _entries_for(stage: str, key: str, root: str | os.PathLike | None) -> list[tuple[str, dict[str, Any]]]:
     return [(n, e) for n, e in load_manifest(root)["entries"].items() if e.get("stage") == stage and e.get("key") == key]
 
 
-def same_config(stage: str, key: str, root: Optional[str | os.PathLike] = None) -> list[str]:
+def same_config(stage: str, key: str, root: str | os.PathLike | None = None) -> list[str]:
     """The entries made by the same config for ``stage`` (same stage key), whatever data they were built on."""
     return [n for n, _e in _entries_for(stage, key, root)]
 
 
-def install(name: str, entry: dict[str, Any], dest: Path, root: Optional[str | os.PathLike] = None,
-            folder: Optional[str] = None) -> None:
+def install(name: str, entry: dict[str, Any], dest: Path, root: str | os.PathLike | None = None,
+            folder: str | None = None) -> None:
     """Copy an entry's files into a run's stage directory (atomically, file by file).
 
     ``folder`` names, in ``dest``, the one top folder of a prior entry (a prior's cache directory is named
@@ -153,8 +153,8 @@ def install(name: str, entry: dict[str, Any], dest: Path, root: Optional[str | o
 
 
 def add_entry(name: str, *, kind: str, stage: str, key: str, fingerprint: str, src: Path, files: list[str],
-              config: str, config_yaml: str, figures: dict[str, Any], built_on: Optional[str] = None,
-              root: Optional[str | os.PathLike] = None, summary: Optional[dict[str, Any]] = None
+              config: str, config_yaml: str, figures: dict[str, Any], built_on: str | None = None,
+              root: str | os.PathLike | None = None, summary: dict[str, Any] | None = None
               ) -> dict[str, Any]:
     """Copy built files into the zoo and record them (sha256, config, figures) in the manifest."""
     dest = entry_dir(name, root)
