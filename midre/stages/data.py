@@ -7,13 +7,12 @@ from typing import Any
 
 import torch
 
+from .. import priors as P  # module attributes, looked up at call time (tests stand in for them)
 from ..config import AttackSection, RunConfig
 from ..data import base, load_dataset
 from ..data.base import TensorImageSet, in_memory
 from ..engine import Stage
 from ..errors import ConfigError, DataError, MidreError
-from ..priors import assert_public_only as check_public_only
-from ..priors import get_prior
 from ..rundir import peak_rss_mib
 from ..utils import derive_seed, parse_id_ranges, seed_everything
 from .context import RunContext, RunData
@@ -82,7 +81,7 @@ def assert_public_only(ctx: RunContext) -> None:
 
     data = ctx.data
     try:
-        check_public_only(data.public_set, data.train_set, data.test_set)
+        P.assert_public_only(data.public_set, data.train_set, data.test_set)
     except DataError as e:
         n = str(e).split(" shares ", 1)[-1].split(" with", 1)[0]
         raise DataError(f"dataset '{ctx.cfg.dataset.name}': the public set shares {n} with the private "
@@ -102,7 +101,7 @@ def holdout_split(public: Any, share: float, seed: int) -> tuple[Any, Any]:
 def priors_need_no_public(cfg: RunConfig, units: dict) -> bool:
     """True when no prior of the run trains on public data (e.g. a StyleGAN2 given by ``path``)."""
 
-    return all(not get_prior(kind).uses_public_data(cfg.priors.params.get(kind, {})) for kind, _ in units.values())
+    return all(not P.get_prior(kind).uses_public_data(cfg.priors.params.get(kind, {})) for kind, _ in units.values())
 
 
 def pretraining_pool(splits: Any, dataset: str, options: dict, bname: str) -> Any:

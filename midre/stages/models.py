@@ -7,13 +7,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .. import priors as P  # module attributes, looked up at call time (tests stand in for them)
 from .. import zoo
 from ..config import TargetSection
 from ..defenses import build_defense
 from ..distributed import world
 from ..engine import Stage
 from ..models import create_model
-from ..priors import data_fingerprint, data_summary
 from ..stopping import budget_of, early_stop_of
 from ..training import train_classifier
 from ..utils import derive_seed, seed_everything
@@ -149,8 +149,8 @@ def from_zoo(ctx: RunContext, stage: str, dest: Path, data: Any,
     if not same:                          # no entry for this config: nothing to hash
         return None
     rec = ctx.state.stages.setdefault(stage, {})
-    fp = data_fingerprint(data)
-    hit = zoo.find(stage, key, fp) or zoo.find(stage, key, fp, summary=data_summary(data))   # exact first
+    fp = P.data_fingerprint(data)
+    hit = zoo.find(stage, key, fp) or zoo.find(stage, key, fp, summary=P.data_summary(data))   # exact first
     if hit is None:                       # say why a long training starts although the zoo has the config
         rec["zoo_not_used"] = f"{', '.join(same)} has this stage's config but was built on other data"
         ctx.state.save()
