@@ -66,12 +66,13 @@ def setup(tmp_path_factory):
 def test_registry_names_and_access():
     assert set(ATTACKS.names()) == {"gmi", "kedmi", "lomma_gmi", "lomma_kedmi", "plgmi", "brepmi",
                                     "ppa", "ifgmi", "mirror", "rlbmi", "deepinversion", "mirror_wb", "vmi", "lokt",
-                                    "c2fmi"}
+                                    "c2fmi", "secretgen", "secretgen_bb"}
     for name in ATTACKS.names():
         a = build_attack(name)
         assert a.access in ("white-box", "black-box", "label-only")
         assert (a.prior_kinds or name == "deepinversion") and \
-            all(k in ("gan", "kedmi", "cgan", "lomma", "stylegan2", "tacgan", "c2fmi") for k in a.prior_kinds)
+            all(k in ("gan", "kedmi", "cgan", "lomma", "stylegan2", "tacgan", "c2fmi", "secretgen", "secretgen_bb")
+                for k in a.prior_kinds)
     assert build_attack("brepmi").access == "label-only" and build_attack("lokt").access == "label-only"
 
 

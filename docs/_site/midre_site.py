@@ -27,6 +27,7 @@ import posixpath
 import re
 import sys
 import tokenize
+import types
 import typing
 from collections.abc import Iterator
 from pathlib import Path
@@ -176,7 +177,7 @@ def _type_name(annotation: Any) -> str:
         return f"[{annotation.__name__}](#{annotation.__name__.lower()})"
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
-    if origin is typing.Union:
+    if origin in (typing.Union, types.UnionType):       # Optional[X], Union[X, Y] and X | Y alike
         return " or ".join(_type_name(a) for a in args)
     if origin is typing.Literal:
         return " or ".join(f"`{a!r}`" for a in args)

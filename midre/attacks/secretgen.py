@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ArgumentError
-from ..priors.secretgen import fill, hole_mask, random_square
 from .base import Attack, register_attack
+from .masked import fill, hole_mask, random_square
 
 
 def cutouts(x: torch.Tensor, fill_value: torch.Tensor, grid: int = 4) -> list[torch.Tensor]:

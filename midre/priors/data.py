@@ -80,7 +80,7 @@ class PublicImages:
     def __init__(self, public_set: Any, device: torch.device, hflip: bool):
         ts = public_set.to_tensors()
         self.images = ts.images.to(device)
-        self.targets = ts.targets
+        self.targets = getattr(ts, "targets", None)   # None: an unlabelled public set
         self.n = len(ts.images)
         self.hflip = hflip
         self.device = device

@@ -30,6 +30,7 @@ import torch
 import torch.nn as nn
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..attacks.masked import fill, hole_mask, random_square  # the hole, shared with the attack
 from ..gan_state import load_module
 from .adversarial import AdversarialPrior
 from .base import Prior, register_prior
@@ -37,38 +38,9 @@ from .data import PublicImages
 from .gan import gradient_penalty
 
 
-def hole_mask(kind: str, resolution: int) -> torch.Tensor:
-    """The reference's fixed hole as a (1, 1, R, R) 0/1 mask: ``center`` = the centre square of half the
-    side; ``face`` = the eyes band (rows 25-40, columns 10-52 at 64 px) + the nose/mouth box (rows 40-63,
-    columns 26-38), scaled to R."""
-    m = torch.zeros(1, 1, resolution, resolution)
-    s = resolution / 64.0
-    if kind == "center":
-        lo, hi = int(resolution * 0.25), int(resolution * 0.75)
-        m[..., lo:hi, lo:hi] = 1
-    elif kind == "face":
-        for (r0, r1), (c0, c1) in (((25, 40), (10, 52)), ((40, 63), (26, 38))):
-            m[..., round(r0 * s):round(r1 * s), round(c0 * s):round(c1 * s)] = 1
-    else:
-        raise ValueError(f"unknown SecretGen mask '{kind}' (center or face)")
-    return m
-
-
-def random_square(resolution: int, gen: torch.Generator) -> tuple[int, int, int]:
-    """(top, left, side) of a square of half the side at a uniform position (the local critic's crop)."""
-    side = resolution // 2
-    top, left = (int(v) for v in torch.randint(resolution - side + 1, (2,), generator=gen))
-    return top, left, side
-
-
 def crop(x: torch.Tensor, area: tuple[int, int, int]) -> torch.Tensor:
     top, left, side = area
     return x[..., top:top + side, left:left + side]
-
-
-def fill(x_masked: torch.Tensor, mask: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """Keep the known pixels, take the generator's output in the hole: ``x (1 - m) + out m``."""
-    return x_masked * (1 - mask) + out * mask
 
 
 def diversity(V, o1: torch.Tensor, o2: torch.Tensor, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
