@@ -40,14 +40,33 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from .attacks import ATTACKS, build_attack
+from .attacks.base import Reconstructions
+from .audit_report import write_audit_report
+from .data import load_dataset
+from .data.base import DATASETS, TensorImageSet
+from .data.folders import PUBLIC_SETS, load_public
+from .defenses.midre import eraser_for
+from .engine import Stage, run_stages
 from .errors import ArgumentError, CheckpointError, DataError, RunDirError
-from .models.base import IMAGENET_MEAN, IMAGENET_STD
+from .gates import check_audit, failed_gates
+from .loading import load_model
+from .metrics import evaluate_reconstructions, natural_accuracy, nearest_private
+from .models import create_model
+from .models.base import IMAGENET_MEAN, IMAGENET_STD, Classifier
+from .models.weights import load_pretrained, read_state_dict
+from .priors import PRIORS, assert_public_only, prepare_priors, prior_config
+from .results import COLUMNS, ResultRow, as_float, write_results_table
+from .rundir import RunState, StageConsole, check_out, remove_stale_temps, run_command
+from .training import evaluate_accuracy, train_classifier
 from .utils import (
+    RunLock,
     atomic_write_json,
     atomic_write_text,
     config_hash,
     derive_seed,
     parse_id_ranges,
+    read_json,
     resolve_device,
     seed_everything,
 )
@@ -109,7 +128,6 @@ def file_fingerprint(path: str | Path) -> str:
 # ============================================================================ attacks for an access level
 def select_attacks(access: str, names: Sequence[str] | None) -> list[str]:
     """The attacks to run: ``names`` validated against ``access``, or the two strongest that fit it."""
-    from .attacks import ATTACKS
 
     if access not in ACCESS_LEVELS:
         raise ArgumentError(f"unknown access level '{access}'; choose one of: {', '.join(ACCESS_LEVELS)}")
@@ -131,19 +149,15 @@ def select_attacks(access: str, names: Sequence[str] | None) -> list[str]:
 
 def attack_strength(name: str) -> float | None:
     """An attack's declared ``strength`` (its class attribute, via the registry); None when unranked."""
-    from .attacks import ATTACKS
 
     v = ATTACKS.info(name).get("strength", getattr(ATTACKS.get(name), "strength", None))
     return None if v is None else float(v)
 
 
 def _attack_access(name: str) -> str:
-    from .attacks import ATTACKS
-
     cls = ATTACKS.get(name)
     access = getattr(cls, "access", None) or ATTACKS.info(name).get("access")
     if access not in _RANK:
-        from .attacks import build_attack
 
         access = build_attack(name).access
     return access
@@ -190,9 +204,6 @@ def load_user_model(spec: AuditSpec, num_classes: int, resolution: int) -> tuple
 
 
 def _load_state_dict_model(path: Path, spec: AuditSpec, num_classes: int, size: int) -> nn.Module:
-    from .models import create_model
-    from .models.weights import load_pretrained, read_state_dict
-
     if _is_torchscript(path):
         raise CheckpointError(f"'{path}' is a TorchScript archive, not a state dict; drop --arch to audit it as "
                               "TorchScript")
@@ -211,8 +222,6 @@ def _load_state_dict_model(path: Path, spec: AuditSpec, num_classes: int, size: 
 
 
 def _load_torchscript(path: Path, num_classes: int, size: int, spec: AuditSpec) -> nn.Module:
-    from .models.base import Classifier
-
     if not _is_torchscript(path):
         raise CheckpointError(f"'{path}' is not a TorchScript archive; for a state dict give its architecture "
                               "with --arch (see `midre models`)")
@@ -263,8 +272,6 @@ class AuditData:
 
 def load_private(spec: AuditSpec, progress: bool = False):
     """The private splits (folder or registered dataset), in the model's class order."""
-    from .data import load_dataset
-    from .data.base import DATASETS
 
     path = Path(spec.data).expanduser()
     if path.is_dir():
@@ -285,16 +292,11 @@ def load_private(spec: AuditSpec, progress: bool = False):
 
 
 def _reorder(imageset: Any, perm: torch.Tensor):
-    from .data.base import TensorImageSet
-
     ts = imageset.to_tensors()
     return TensorImageSet(ts.images, perm[ts.targets])
 
 
 def prepare_data(spec: AuditSpec, progress: bool = False) -> AuditData:
-    from .data.base import TensorImageSet
-    from .priors import assert_public_only
-
     splits, meta = load_private(spec, progress)
     _check_resolution(splits.resolution)
     names = list(splits.class_names)
@@ -328,9 +330,6 @@ def _check_resolution(res: int) -> None:
 def load_public_images(spec: AuditSpec, splits: Any, resolution: int):
     """``--public``: a folder (any images, recursive), NAME:ROOT of a public set, or a registered dataset
     whose public split (or else its private train split) is used; default: the private data's own public part."""
-    from .data import load_dataset
-    from .data.base import DATASETS
-    from .data.folders import PUBLIC_SETS, load_public
 
     p = spec.public
     if p is None:
@@ -356,7 +355,6 @@ def measure_step(model: nn.Module, images: torch.Tensor, area: float, device: to
                  reps: int = 3) -> dict[str, Any]:
     """Seconds per image of one MIDRE training step (eraser + forward + backward) of the user's model on a
     batch of their images; weights, buffers and modes are restored afterwards."""
-    from .defenses.midre import eraser_for
 
     eraser = eraser_for({"name": "midre", "area": area}).to(device)
     saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -391,7 +389,6 @@ def measure_step(model: nn.Module, images: torch.Tensor, area: float, device: to
 def verdict(rows: Sequence[dict], gates: dict, num_classes: int, access: str) -> dict:
     """A plain-language verdict from the strongest attack's top-1 attack accuracy and its 95 % interval
     (``gates``: the audit's gates record, midre.gates.check_audit)."""
-    from .gates import failed_gates
 
     chance = 100.0 / num_classes
     failed = failed_gates(gates)
@@ -474,9 +471,6 @@ class AuditResult:
 
 def run_audit(spec: AuditSpec, out_dir: str | Path, progress: bool = True) -> AuditResult:
     """Run (or continue) an audit into ``out_dir``; see the module docstring."""
-    from .engine import run_stages
-    from .rundir import RunState, check_out, remove_stale_temps, run_command
-    from .utils import RunLock
 
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -523,7 +517,6 @@ class AuditContext:
 
 def prepare_audit(spec: AuditSpec, out: Path, progress: bool) -> AuditContext:
     """Load and check every input (data, model, evaluation model, attack settings); writes nothing."""
-    from .rundir import StageConsole
 
     for what, f in (("model", spec.model), ("evaluation model", spec.eval)):
         if f is not None and not Path(f).expanduser().is_file():
@@ -550,7 +543,6 @@ def prepare_audit(spec: AuditSpec, out: Path, progress: bool) -> AuditContext:
 
 def audit_stages(ctx: AuditContext) -> list:
     """The audit as stages: the model, the evaluation model, the cost, the attacks, their metrics, the results."""
-    from .engine import Stage
 
     t, s, keys = ctx.target_name, ctx.spec, ctx.keys
     stages = [Stage(f"targets/{t}", lambda: _target(ctx), f"your model ({ctx.info['arch']})", key=keys[f"targets/{t}"]),
@@ -587,8 +579,6 @@ def _keys(ctx: AuditContext) -> dict[str, str]:
 
 
 def _given_eval(spec: AuditSpec, num_classes: int, device: Any) -> nn.Module:
-    from .loading import load_model
-
     model, meta = load_model(Path(spec.eval).expanduser(), device=device)
     if int(meta["num_classes"]) != num_classes:
         raise CheckpointError(f"the evaluation model has {meta['num_classes']} classes but the private data has "
@@ -597,9 +587,6 @@ def _given_eval(spec: AuditSpec, num_classes: int, device: Any) -> nn.Module:
 
 
 def _check_attack_settings(spec: AuditSpec, attacks: list[str]) -> None:
-    from .attacks import build_attack
-    from .priors import PRIORS, prior_config
-
     extra = [a for a in spec.attack_params if a not in attacks]
     if extra:
         raise ArgumentError(f"--attack-param names attack '{extra[0]}', which this audit does not run "
@@ -614,8 +601,6 @@ def _check_attack_settings(spec: AuditSpec, attacks: list[str]) -> None:
 
 # ------------------------------------------------------------------ stage bodies
 def _target(ctx: AuditContext) -> dict:
-    from .training import evaluate_accuracy
-
     acc = evaluate_accuracy(ctx.model, ctx.data.private, device=ctx.device)
     meta = {**ctx.info, "role": "audited model", "defense": "unknown (trained elsewhere)", "test_acc": None,
             "private_acc": acc, "resolution": ctx.data.resolution, "dataset": ctx.data.meta,
@@ -625,10 +610,6 @@ def _target(ctx: AuditContext) -> dict:
 
 
 def _eval(ctx: AuditContext) -> dict:
-    from .metrics import natural_accuracy
-    from .models import create_model
-    from .training import train_classifier
-
     s, d = ctx.spec, ctx.data
     if ctx.eval_model is not None:
         held_out = d.test if d.test is not None else d.private
@@ -656,9 +637,6 @@ def _cost(ctx: AuditContext) -> dict:
 
 
 def _attack(ctx: AuditContext, name: str) -> dict:
-    from .attacks import build_attack
-    from .priors import prepare_priors
-
     s = ctx.spec
     attack = build_attack(name, preset=s.preset, **s.attack_params.get(name, {}))
     priors = prepare_priors(attack, ctx.data.public, ctx.model, out_dir=ctx.out / "priors", preset=s.preset,
@@ -674,17 +652,12 @@ def _attack(ctx: AuditContext, name: str) -> dict:
 
 
 def _load_eval(ctx: AuditContext) -> nn.Module:
-    from .loading import load_model
-
     if ctx.eval_model is None:
         ctx.eval_model = load_model(ctx.out / "eval", device=ctx.device)[0]
     return ctx.eval_model
 
 
 def _metrics(ctx: AuditContext, name: str) -> dict:
-    from .attacks.base import Reconstructions
-    from .metrics import evaluate_reconstructions, nearest_private
-
     adir = ctx.out / "attacks" / ctx.target_name / name
     rec = Reconstructions.load(adir)
     seed = derive_seed(ctx.spec.seed, "metrics", name)
@@ -700,10 +673,6 @@ def _metrics(ctx: AuditContext, name: str) -> dict:
 
 # ------------------------------------------------------------------ results, verdict, report
 def _finish(ctx: AuditContext) -> None:
-    from .gates import check_audit
-    from .results import COLUMNS, write_results_table
-    from .utils import read_json
-
     s, t = ctx.spec, ctx.target_name
     metrics = {a: read_json(ctx.out / "attacks" / t / a / "metrics.json") for a in ctx.attacks}
     rows = [_row(t, a, m, s, len(ctx.ids)) for a, m in metrics.items()]
@@ -721,7 +690,6 @@ def _finish(ctx: AuditContext) -> None:
         "format": AUDIT_FORMAT, "spec": asdict(s), "model": ctx.info, "access": s.access,
         "attacks": ctx.attacks, "identities": ctx.ids, "gates": gates, "verdict": v,
         "retrain": advice, "private_acc": private_acc, "eval_acc": eval_acc, "eval": stages["eval"]})
-    from .audit_report import write_audit_report
 
     report = write_audit_report(ctx.out, t, s, ctx.info, ctx.data, metrics, v, advice)
     ctx.console.print(f"[bold]{v['text']}[/bold]")
@@ -729,8 +697,6 @@ def _finish(ctx: AuditContext) -> None:
 
 
 def _row(target: str, attack: str, m: dict, spec: AuditSpec, n_ids: int) -> dict:
-    from .results import ResultRow, as_float
-
     return ResultRow.from_metrics(target, "unknown", attack, m, seed=spec.seed, repeats=spec.repeats,
                                   identities=n_ids, target_top1=as_float(m.get("target_top1"))).as_dict()
 

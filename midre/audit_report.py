@@ -8,11 +8,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .attacks.base import Reconstructions
+from .plotting import pyplot, save_fig
+from .report import write_report
+from .results import to_hwc
+
 
 def write_audit_report(out: Path, target: str, spec: Any, info: dict, data: Any, metrics: dict, v: dict,
                        advice: dict) -> Path:
     """OUT/report.md + OUT/report.html of an audit (midre.report.write_report with the audit's sections)."""
-    from .report import write_report
 
     figs = []
     for a, m in metrics.items():
@@ -33,9 +37,6 @@ def write_audit_report(out: Path, target: str, spec: Any, info: dict, data: Any,
 def plot_nearest_pairs(attack: str, adir: Path, nearest: dict, private: Any, class_names: Sequence[str],
                        path: Path, max_pairs: int = 12, per_row: int = 4) -> Path | None:
     """A grid of (reconstruction | nearest private image) pairs, one pair per attacked class."""
-    from .attacks.base import Reconstructions
-    from .plotting import pyplot, save_fig
-    from .results import to_hwc
 
     if not nearest:
         return None

@@ -25,7 +25,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import ArgumentError, ConfigError
+from .config import raw_config
+from .errors import ArgumentError, ConfigError, did_you_mean
+from .pipeline import run_pipeline
+from .results import fmt, fmt_pm, load_results, md_table, to_number, write_results_table
 from .utils import atomic_write_json, atomic_write_text
 
 LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5)
@@ -65,7 +68,6 @@ def concealment_config(config: Any = "quickstart", levels: Sequence[float] = LEV
                        attack: str | None = None) -> dict[str, Any]:
     """A raw pipeline config for the study: the base config's data / models / training and one attack,
     targets = NoDef + EE / RE / FE at every level."""
-    from .config import raw_config
 
     raw = copy.deepcopy(raw_config(config))
     levels = [v for v in _check_levels(levels) if v > 0]
@@ -75,7 +77,6 @@ def concealment_config(config: Any = "quickstart", levels: Sequence[float] = LEV
     if attack is not None:
         keys = [(a.get("label") or a.get("name")) if isinstance(a, dict) else None for a in atks]
         if attack not in keys:
-            from .errors import did_you_mean
 
             known = [k for k in keys if k]
             raise ArgumentError(f"attack '{attack}' is not in the base config{did_you_mean(attack, known)}; "
@@ -98,7 +99,6 @@ def concealment_config(config: Any = "quickstart", levels: Sequence[float] = LEV
 
 def concealment_table(rows: Sequence[dict[str, Any]], levels: Sequence[float] = LEVELS) -> list[dict[str, Any]]:
     """Pivot results rows into the paper's Table 1 shape (one row per level, 0 % = NoDef)."""
-    from .results import to_number
 
     by_target = {str(r.get("target")): r for r in rows}
     nodef = by_target.get("nodef")
@@ -116,8 +116,6 @@ def concealment_table(rows: Sequence[dict[str, Any]], levels: Sequence[float] = 
 
 
 def table_markdown(table: Sequence[dict[str, Any]], attack: str = "") -> str:
-    from .results import fmt, fmt_pm, md_table
-
     head = ["Concealment", "Partial Erasure a_e", "EE Acc ↑", "EE AttAcc ↓", "RE Acc ↑", "RE AttAcc ↓",
             "FE Acc ↑", "FE AttAcc ↓"]
     body = []
@@ -132,8 +130,6 @@ def table_markdown(table: Sequence[dict[str, Any]], attack: str = "") -> str:
 
 
 def write_table_files(out_dir: Path, table: Sequence[dict[str, Any]], attack: str = "") -> dict[str, Path]:
-    from .results import write_results_table
-
     out_dir = Path(out_dir)
     paths = {"md": out_dir / "concealment.md", "csv": out_dir / "concealment.csv",
              "json": out_dir / "concealment.json"}
@@ -152,8 +148,6 @@ def concealment_study(config: Any = "quickstart", out_dir: str | Path = "runs/co
 
     Returns ``{"table": rows, "paths": {md, csv, json}, "run_dir": Path}``.
     """
-    from .pipeline import run_pipeline
-    from .results import load_results
 
     raw = concealment_config(config, levels, attack)
     out_dir = Path(out_dir)

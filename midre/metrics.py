@@ -36,7 +36,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .checkpoint import load_state
 from .errors import ArgumentError, CheckpointError, DataError, MidreError
+from .face_embedder import resolve_face_embedder
+from .training import evaluate_accuracy
+from .utils import make_progress, resolve_device
 
 __all__ = [
     "natural_accuracy", "attack_accuracy", "attack_accuracy_from_logits", "knn_distance", "delta_eval",
@@ -80,8 +84,6 @@ def _model_device(model: Any) -> torch.device:
 
 
 def _pick_device(model: Any, device: Any) -> torch.device:
-    from .utils import resolve_device
-
     if device is None:
         return _model_device(model)
     dev = resolve_device(device)
@@ -185,7 +187,6 @@ class PrivateFeatureCache:
 def natural_accuracy(model: nn.Module, imageset: Any, batch_size: int = 256,
                      device: str | torch.device | None = None) -> float:
     """Top-1 accuracy (percent) of ``model`` on ``imageset`` (the private test split)."""
-    from .training import evaluate_accuracy
 
     dev = _pick_device(model, device)
     return evaluate_accuracy(model, imageset, batch_size=batch_size, device=dev)
@@ -450,7 +451,6 @@ class InceptionPoolFeatures(nn.Module):
         super().__init__()
         from torchvision.models import inception_v3
 
-        from .checkpoint import load_state
 
         path = Path(weights_path)
         if not path.is_file():
@@ -614,10 +614,8 @@ def evaluate_reconstructions(recon: Any, eval_model: nn.Module, private_train: A
     delta_eval (= knn_dist), delta_face, fid_eval (+ fid_eval_n_real, _n_fake, _feature_dim,
     _rank_deficient, or fid_eval_note when it cannot be computed), target_confidence, tradeoff.
     """
-    from .utils import make_progress
 
     images, identity, repeat, conf, meta = _recon_fields(recon)
-    from .face_embedder import resolve_face_embedder
 
     face_embedder, face_note = resolve_face_embedder(face_embedder)
     _check_classes(eval_model, identity)

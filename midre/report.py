@@ -22,7 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .analysis.curves import ae_curve_points, plot_ae_curve
+from .analysis.features import overlap_table
+from .analysis.frontier import frontier_table
+from .analysis.paired import paired_table
+from .attacks.base import Reconstructions
 from .errors import RunDirError
+from .gates import gates_table, verdict_line
 from .plotting import percent_yerr, pyplot, save_fig
 from .results import (
     DASH,
@@ -250,7 +256,6 @@ def plot_privacy_utility(rows: Sequence[dict[str, Any]], path: Path) -> Path | N
 
 def load_reconstructions(adir: Path):
     """Reconstructions of one attack directory (via midre.attacks.base.Reconstructions)."""
-    from .attacks.base import Reconstructions
 
     return Reconstructions.load(adir)
 
@@ -338,7 +343,6 @@ def _slug(s: str) -> str:
 
 def _gates_section(run_dir: Path) -> tuple[str, str, str] | None:
     """The validity gates (RUN/gates.json): verdict line + table, or None when the run has none."""
-    from .gates import gates_table, verdict_line
 
     g = read_json_safe(run_dir / "gates.json")
     if not isinstance(g, dict) or "checks" not in g:
@@ -402,7 +406,6 @@ def _results_section(rows: Sequence[dict[str, Any]]) -> Section:
 
 def _paired_section(run_dir: Path) -> Section | None:
     """Paired NoDef - defense differences with CIs (RUN/analysis/paired.json, `midre analyze paired`)."""
-    from .analysis.paired import paired_table
 
     data = read_json_safe(run_dir / "analysis" / "paired.json")
     if not isinstance(data, dict) or not data.get("rows"):
@@ -414,7 +417,6 @@ def _paired_section(run_dir: Path) -> Section | None:
 
 def _frontier_section(run_dir: Path) -> tuple[Section | None, list[Image]]:
     """The privacy-utility frontier (RUN/analysis/frontier.json, `midre analyze frontier`) and its figures."""
-    from .analysis.frontier import frontier_table
 
     data = read_json_safe(run_dir / "analysis" / "frontier.json")
     if not isinstance(data, dict) or not data.get("attacks"):
@@ -430,7 +432,6 @@ def _frontier_section(run_dir: Path) -> tuple[Section | None, list[Image]]:
 
 def _summary_figures(rows: Sequence[dict[str, Any]], figs: Path) -> list[Image]:
     """The privacy-utility plot and, when a_e was swept, the a_e curve."""
-    from .analysis.curves import ae_curve_points, plot_ae_curve
 
     images: list[Image] = []
     p = plot_privacy_utility(rows, figs / "privacy_utility.png")
@@ -511,7 +512,6 @@ def _feature_analysis(run_dir: Path, art_dir: Path, figs: Path) -> tuple[Path, I
     if feat_json.exists():
         fj = read_json_safe(feat_json)
         if isinstance(fj, dict) and isinstance(fj.get("targets"), dict):
-            from .analysis.features import overlap_table
 
             head, body = overlap_table(fj)
             fnote = ("∩: share of the reconstructions' hull area (2-D PCA, identities pooled) inside the other "

@@ -20,7 +20,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .analysis.frontier import frontier_markdown
+from .analysis.verdict import verdict_markdown
 from .errors import ArgumentError, RunDirError
+from .results import md_table
+from .utils import atomic_write_text
 
 BLOCK = re.compile(r"(<!-- midre:results (?P<name>[\w.-]+) (?P<table>[\w-]+) -->\n)(?P<body>.*?)(<!-- /midre:results -->)",
                    re.S)
@@ -42,8 +46,6 @@ def _pm(mean: Any, std: Any, seeds: int) -> str:
 
 
 def _results(s: dict[str, Any]) -> str:
-    from .results import md_table
-
     head = ["target", "defense", "attack", "Acc (%)", "AttAcc top-1 (%)", "top-5 (%)", "KNN", "FID_eval", "seeds"]
     body = []
     for r in s["rows"]:
@@ -56,7 +58,6 @@ def _results(s: dict[str, Any]) -> str:
 
 def _training(s: dict[str, Any]) -> str:
     """Per target: epochs trained, the epoch kept, why it stopped, the LR drops -- per seed."""
-    from .results import md_table
 
     names = list(next(iter(s["training"].values())).keys()) if s["training"] else []
     head = ["target"] + [f"{seed}: kept / run (drops) reason" for seed in s["training"]] + ["test Acc (mean)"]
@@ -76,7 +77,6 @@ def _training(s: dict[str, Any]) -> str:
 
 def _curves(s: dict[str, Any]) -> str:
     """The learning curves of the first seed: test (validation) accuracy after every epoch, per target."""
-    from .results import md_table
 
     seed, tr = next(iter(s["training"].items()))
     body = [[t, ", ".join(f"{_f(h.get('test_acc'))}" + (f" ({_f(h['val_acc'])})" if "val_acc" in h else "")
@@ -85,8 +85,6 @@ def _curves(s: dict[str, Any]) -> str:
 
 
 def _geometry(s: dict[str, Any]) -> str:
-    from .results import md_table
-
     body = [[r["setup"], f"{100 * r['box_frame_share']:.1f}", f"{r['a_e']:.1f}", f"{100 * r['mean']:.1f}",
              f"{100 * r['over_80']:.1f}"] for r in s["rows"]]
     return md_table(["setup", "box share of frame (%)", "a_e", "mean share of box erased (%)",
@@ -106,16 +104,12 @@ def _gates(s: dict[str, Any]) -> str:
 
 
 def _frontier(s: dict[str, Any]) -> str:
-    from .analysis.frontier import frontier_markdown
-
     if not s.get("frontier"):
         return "(no frontier: the summary has no NoDef curve or no attacks)"
     return frontier_markdown(s["frontier"]).rstrip()
 
 
 def _verdict(s: dict[str, Any]) -> str:
-    from .analysis.verdict import verdict_markdown
-
     if not s.get("verdict"):
         return "(no verdict: the run recorded no decision rule)"
     return verdict_markdown(s["verdict"]).rstrip()
@@ -151,7 +145,6 @@ def render_text(text: str, root: Path, cache: dict[str, dict], where: str = "") 
 def render(root: str | Path = ".", check: bool = False) -> list[str]:
     """Render every generated block of the docs under ``root``; returns the stale blocks (``FILE: NAME TABLE``).
     With ``check`` nothing is written."""
-    from .utils import atomic_write_text
 
     root = Path(root)
     stale, cache = [], {}

@@ -36,8 +36,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import raw_config
-from .errors import ArgumentError, ConfigError, MidreError, RunDirError
+from .config import load_config, raw_config, set_override
+from .errors import ArgumentError, ConfigError, MidreError, RunDirError, did_you_mean
+from .pipeline import run_pipeline
+from .report import write_report
+from .results import COLUMNS, load_results, write_results_table
 from .rundir import check_out, record_format
 from .utils import atomic_write_json, atomic_write_text, config_hash, make_progress, read_json
 
@@ -106,7 +109,6 @@ def parse_sweep(raw: dict[str, Any]) -> SweepSpec:
                           "(see `midre sweep --help`)")
     unknown = [k for k in sw if k not in SWEEP_KEYS]
     if unknown:
-        from .errors import did_you_mean
 
         raise ConfigError(f"unknown key '{unknown[0]}' in 'sweep'{did_you_mean(unknown[0], SWEEP_KEYS)}; "
                           f"allowed keys: {', '.join(SWEEP_KEYS)}")
@@ -143,7 +145,6 @@ def parse_sweep(raw: dict[str, Any]) -> SweepSpec:
 
 def trial_config(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
     """The raw config of one trial: the base with the trial's dotted overrides applied."""
-    from .config import set_override
 
     raw = copy.deepcopy(base)
     for k, v in params.items():
@@ -160,8 +161,6 @@ def run_trial(raw_config: dict[str, Any], trial_dir: str, resume: bool = True, p
     """
     import torch
 
-    from .config import load_config
-    from .pipeline import run_pipeline
 
     if num_threads:
         torch.set_num_threads(max(1, int(num_threads)))
@@ -173,7 +172,6 @@ def run_trial(raw_config: dict[str, Any], trial_dir: str, resume: bool = True, p
 
 def collect_trial_rows(trial_dir: Path) -> list[dict[str, Any]]:
     """Results rows of a trial directory (its results table, or its seed-<s>/ pipelines' tables)."""
-    from .results import load_results
 
     rows = load_results(trial_dir)
     if rows:
@@ -219,8 +217,6 @@ def _write_state(out_dir: Path, spec: SweepSpec, backend: str) -> None:
 
 
 def _write_table(out_dir: Path, spec: SweepSpec, rows_by_trial: dict[int, list[dict]]) -> tuple[list[dict], Path]:
-    from .results import COLUMNS, write_results_table
-
     rows = []
     for t in spec.trials:
         for r in rows_by_trial.get(t.index, []):
@@ -242,7 +238,6 @@ def _write_table(out_dir: Path, spec: SweepSpec, rows_by_trial: dict[int, list[d
 
 def _validate_trials(spec: SweepSpec, configs: dict[int, dict]) -> None:
     """Every trial's config is valid, before anything runs."""
-    from .config import load_config
 
     for t in spec.trials:
         try:
@@ -282,7 +277,6 @@ def _write_sweep_report(out_dir: Path, spec: SweepSpec) -> None:
     report = spec.base.get("report") if isinstance(spec.base.get("report"), dict) else {}
     if not report.get("enabled", True):
         return
-    from .report import write_report
 
     write_report(out_dir, max_identities=int(report.get("max_identities", 8)),
                  title=report.get("title") or f"midre sweep: {spec.base.get('name', out_dir.name)} "

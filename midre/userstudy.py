@@ -34,8 +34,11 @@ from typing import Any
 
 import torch
 
+from .attacks.base import Reconstructions
 from .errors import ArgumentError, DataError
+from .results import artefact_dir, attack_dirs, private_images
 from .rundir import check_out, record_format
+from .userstudy_page import PAGE
 from .utils import atomic_write_bytes, atomic_write_json, atomic_write_text, config_hash, derive_seed
 
 KEY_FORMAT = "midre-userstudy-key"
@@ -46,8 +49,6 @@ QUESTION = "Which reconstructed image shows the same person as the private image
 
 # ============================================================================ choosing what to show
 def _attacks(art_dir: Path) -> dict[str, dict[str, Path]]:
-    from .results import attack_dirs
-
     out: dict[str, dict[str, Path]] = {}
     for target, attack, adir in attack_dirs(art_dir):
         out.setdefault(attack, {})[target] = adir
@@ -55,8 +56,6 @@ def _attacks(art_dir: Path) -> dict[str, dict[str, Path]]:
 
 
 def _choose(run_dir: Path, attack: str | None, defenses: Sequence[str] | None) -> tuple[Path, str, list[str], dict]:
-    from .results import artefact_dir
-
     if not run_dir.is_dir():
         raise ArgumentError(f"run directory '{run_dir}' does not exist; give the --out of a `midre run`")
     art, _note = artefact_dir(run_dir)
@@ -134,8 +133,6 @@ def make_study(run_dir: str | Path, out: str | Path | None = None, *, attack: st
                defenses: Sequence[str] | None = None, max_identities: int | None = None, seed: int = 0,
                base_url: str = "", title: str | None = None) -> Path:
     """Build the study page, key, CSV and images from ``run_dir``; returns the output directory."""
-    from .attacks.base import Reconstructions
-    from .results import private_images
 
     run_dir = Path(run_dir)
     if max_identities is not None and max_identities < 1:
@@ -186,7 +183,6 @@ def make_study(run_dir: str | Path, out: str | Path | None = None, *, attack: st
 
 def render_page(study: dict, title: str) -> str:
     """The self-contained HTML page (no network: inline CSS, JS and images)."""
-    from .userstudy_page import PAGE
 
     data = json.dumps(study).replace("</", "<\\/")
     head, tail = PAGE.split("__STUDY_JSON__")

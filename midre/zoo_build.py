@@ -18,9 +18,14 @@ from typing import Any
 
 import yaml
 
+from .config import dump_yaml, load_config
 from .errors import ConfigError, did_you_mean
-from .priors import get_prior
-from .zoo import PACKAGE_ZOO, add_entry, zoo_dir
+from .priors import data_fingerprint, data_summary, get_prior
+from .rundir import check_out, record_format, run_command
+from .stages import RunContext, build_instrument, instrument_names
+from .stages.models import stage_data
+from .utils import RunLock
+from .zoo import FORMAT, PACKAGE_ZOO, add_entry, zoo_dir
 
 ZOO_YAML = PACKAGE_ZOO / "zoo.yaml"
 
@@ -44,9 +49,6 @@ def entry_name(config_name: str, stage: str, prior_units: dict[str, tuple] | Non
 
 
 def _pipeline(source: str, work: Path, progress: bool, device: str | None):
-    from .config import load_config
-    from .stages import RunContext
-
     cfg = load_config(source)
     if device is not None:
         cfg = cfg.model_copy(update={"device": device})
@@ -87,8 +89,6 @@ def _built_on(device: Any) -> str:
 def check_folders(root_dir: Path, work_root: Path) -> None:
     """The zoo folder and the work folder must be new, empty or midre's own: a zoo (manifest.json) and a work
     folder of runs (one ``run.json`` per config); nothing of the user's is written over."""
-    from .rundir import check_out, record_format, run_command
-    from .zoo import FORMAT
 
     check_out(root_dir, "zoo", lambda d: record_format(d / "manifest.json") == FORMAT, flag="--zoo-dir",
               hint=" (an earlier zoo gets the new entries)")
@@ -102,11 +102,6 @@ def build(names: Sequence[str] = (), configs: Sequence[str] | None = None, root:
           work_dir: str | os.PathLike | None = None, progress: bool = True, device: str | None = None
           ) -> list[str]:
     """Build the named entries (all of the configs' entries when none are named); returns the names built."""
-    from .config import dump_yaml
-    from .priors import data_fingerprint, data_summary
-    from .stages import build_instrument, instrument_names
-    from .stages.models import stage_data
-    from .utils import RunLock
 
     configs = list(configs) if configs else zoo_configs()
     if not configs:

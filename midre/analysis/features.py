@@ -33,8 +33,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import ArgumentError, RunDirError
-from ..results import defense_name
+from ..attacks.base import Reconstructions
+from ..defenses.midre import eraser_for
+from ..errors import ArgumentError, RunDirError, did_you_mean
+from ..loading import load_model
+from ..plotting import pyplot, save_fig
+from ..results import defense_label, defense_name, fmt, private_images, target_dirs
 from ..utils import atomic_write_json, derive_seed, read_json
 
 GROUPS = ("private", "re_private", "recon")
@@ -158,7 +162,6 @@ def extract_features(model: torch.nn.Module, images: torch.Tensor, batch_size: i
 
 def erase_images(images: torch.Tensor, labels: torch.Tensor, eraser_spec: dict, seed: int) -> torch.Tensor:
     """Apply MIDRE's own training-time eraser (``midre.defenses.midre.eraser_for``) with a fixed seed."""
-    from ..defenses.midre import eraser_for
 
     eraser = eraser_for(dict(eraser_spec), batched=True)
     g = torch.Generator().manual_seed(int(seed))
@@ -196,7 +199,6 @@ def _target_meta(run_dir: Path, name: str) -> dict:
     p = run_dir / "targets" / name / "model.json"
     if not p.exists():
         avail = sorted(q.name for q in (run_dir / "targets").iterdir()) if (run_dir / "targets").is_dir() else []
-        from ..errors import did_you_mean
 
         raise ArgumentError(f"target '{name}' not found in '{run_dir}/targets'{did_you_mean(name, avail)}; "
                             f"available: {', '.join(avail) or 'none'}")
@@ -207,7 +209,6 @@ def _target_meta(run_dir: Path, name: str) -> dict:
 
 def default_targets(run_dir: Path, area: float = 0.4) -> list[str]:
     """NoDef and the MIDRE target whose a_e is closest to ``area`` (paper: a_e 0.4)."""
-    from ..results import target_dirs
 
     nodef, midre = [], []
     for t in target_dirs(run_dir):
@@ -294,9 +295,6 @@ def feature_analysis(run_dir: str | Path, targets: Sequence[str] | None = None, 
     Returns:
         The JSON-able result (also written to ``features.json``).
     """
-    from ..attacks.base import Reconstructions
-    from ..loading import load_model
-    from ..results import private_images
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -357,8 +355,6 @@ def _id_text(ids: Sequence[int]) -> str:
 
 def plot_features(plots: dict[str, dict[str, np.ndarray]], result: dict[str, Any], path: Path) -> Path:
     """One panel per target: the three groups' 2-D PCA points and convex hulls."""
-    from ..plotting import pyplot, save_fig
-    from ..results import defense_label
 
     plt = pyplot()
     n = len(plots)
@@ -398,7 +394,6 @@ def plot_features(plots: dict[str, dict[str, np.ndarray]], result: dict[str, Any
 
 def overlap_table(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """The report's table of the mean measures per target."""
-    from ..results import fmt
 
     def pct(v):
         return fmt(None if v is None else 100 * v, 1)

@@ -38,7 +38,14 @@ from typing import Any
 
 import numpy as np
 
+from ..config import load_config
 from ..errors import RunDirError
+from ..plan import RunPlan
+from ..plotting import pyplot, save_fig
+from ..results import md_table, t_interval
+from ..utils import atomic_write_json, atomic_write_text
+from .paired import seed_dirs, seed_record
+from .summary import is_summary, load_records
 
 CI_LEVEL = 0.95
 HELPS, NO_BETTER, WORSE, NOT_MATCHED = "helps", "no better than losing accuracy", "worse", "not matched"
@@ -158,8 +165,6 @@ def _interval(samples: np.ndarray) -> list[float] | None:
 
 
 def _t(values: Sequence[float]) -> list[float] | None:
-    from ..results import t_interval
-
     ci = t_interval([v for v in values if math.isfinite(v)], CI_LEVEL)
     return None if ci is None else [float(ci[0]), float(ci[1])]
 
@@ -221,10 +226,6 @@ def _inputs(run_dir: Path, seed: int) -> tuple[list[dict[str, Any]], list[str], 
     """(per-seed records, seed names, RunPlan) of a run / study directory or a collected summary."""
     import yaml
 
-    from ..config import load_config
-    from ..plan import RunPlan
-    from .paired import seed_dirs, seed_record
-    from .summary import is_summary, load_records
 
     if is_summary(run_dir):
         recs, names, text = load_records(run_dir)
@@ -295,15 +296,12 @@ def frontier_table(res: dict[str, Any]) -> tuple[list[str], list[list[str]], str
 
 
 def frontier_markdown(res: dict[str, Any]) -> str:
-    from ..results import md_table
-
     head, body, note = frontier_table(res)
     return md_table(head, body) + "\n\n" + note + "\n"
 
 
 def plot_frontier(res: dict[str, Any], attack: str, path: Path) -> Path:
     """The privacy-utility plane of one attack: NoDef curve (points + monotone fit) and every defense."""
-    from ..plotting import pyplot, save_fig
 
     part = res["attacks"][attack]
     pts = part["points"]
@@ -327,7 +325,6 @@ def plot_frontier(res: dict[str, Any], attack: str, path: Path) -> Path:
 
 def write_frontier(run_dir: str | Path, n_boot: int = 2000, seed: int = 0, margin: float = 0.0) -> Path:
     """Compute and write RUN/analysis/frontier.json, frontier.md and frontier_<attack>.png; returns the .md."""
-    from ..utils import atomic_write_json, atomic_write_text
 
     run_dir = Path(run_dir)
     res = frontier(run_dir, n_boot=n_boot, seed=seed, margin=margin)

@@ -39,7 +39,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..attacks.base import Reconstructions
+from ..config import load_config
+from ..data import load_dataset
+from ..data.base import in_memory
 from ..errors import RunDirError
+from ..loading import load_model
+from ..metrics import eval_logits
+from ..plan import RunPlan
+from ..results import md_table, t_interval
+from ..utils import atomic_write_json, atomic_write_text
 
 CI_LEVEL = 0.95
 STOCHASTIC_DRAWS = 8
@@ -56,9 +65,6 @@ def seed_dirs(run_dir: Path) -> list[Path]:
 
 
 def _test_split(seed_dir: Path) -> Any:
-    from ..config import load_config
-    from ..data import load_dataset
-
     cfg = load_config(seed_dir / "config.yaml")
     d = cfg.dataset
     data_seed = d.seed if d.seed is not None else cfg.seed
@@ -66,8 +72,6 @@ def _test_split(seed_dir: Path) -> Any:
 
 
 def _correct(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
-    from ..metrics import eval_logits
-
     return (eval_logits(model, images).argmax(1) == labels).numpy().astype(np.float64)
 
 
@@ -86,8 +90,6 @@ def _target_correct(model: torch.nn.Module, images: torch.Tensor, labels: torch.
 
 def _references(seed_dir: Path, reference: str | None) -> dict[str, str]:
     """target -> its reference target (see the module docstring); NoDef targets are references, not defenses."""
-    from ..config import load_config
-    from ..plan import RunPlan
 
     cfg = load_config(seed_dir / "config.yaml", check=False)
     targets = cfg.expanded_targets()
@@ -104,9 +106,6 @@ def _references(seed_dir: Path, reference: str | None) -> dict[str, str]:
 
 def seed_record(seed_dir: Path, reference: str | None, seed: int = 0) -> dict[str, Any]:
     """Per-test-image correctness of every target, per-identity attack success of every (target, attack)."""
-    from ..attacks.base import Reconstructions
-    from ..data.base import in_memory
-    from ..loading import load_model
 
     refs = _references(seed_dir, reference)      # a wrong --reference is refused before any model is loaded
     results = json.loads((seed_dir / "results.json").read_text(encoding="utf-8"))
@@ -152,8 +151,6 @@ def _check(mine: float, theirs: Any, what: str) -> None:
 
 
 def _t_ci(values: Sequence[float]) -> list[float] | None:
-    from ..results import t_interval
-
     ci = t_interval(values, CI_LEVEL)
     return None if ci is None else [float(ci[0]), float(ci[1])]
 
@@ -254,15 +251,12 @@ def _reference_note(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def paired_markdown(rows: Sequence[dict[str, Any]]) -> str:
-    from ..results import md_table
-
     head, body, note = paired_table(rows)
     return md_table(head, body) + "\n\n" + note + "\n"
 
 
 def write_paired(run_dir: str | Path, reference: str | None = None, n_boot: int = 2000, seed: int = 0) -> Path:
     """Compute and write RUN/analysis/paired.json + paired.md; returns the markdown path."""
-    from ..utils import atomic_write_json, atomic_write_text
 
     run_dir = Path(run_dir)
     rows = paired_differences(run_dir, reference, n_boot, seed)
