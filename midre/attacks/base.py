@@ -616,6 +616,28 @@ def build_attack(name: str, preset: str = "paper", **params: Any) -> Attack:
     return ATTACKS.get(name)(preset=preset, **params)
 
 
+# ============================================================================ shared steps
+def latent_descent(z0: torch.Tensor, loss_of: Callable[[torch.Tensor], torch.Tensor], p: Mapping[str, Any],
+                   log: Callable[[float], Any], tick: Callable[[], Any]) -> torch.Tensor:
+    """GMI's latent search, shared by the attacks that keep it (GMI and its kin, SecretGen's white-box stage):
+    ``p["iterations"]`` steps of SGD with Nesterov momentum ``p["momentum"]`` (plain SGD at 0) and learning rate
+    ``p["lr"]`` on ``loss_of(z)``, each followed by the clamp of z to [-z_clip, z_clip] (none at 0); the
+    loss is logged and the progress ticked once per step.  Returns the final z, detached."""
+    z = z0.clone().requires_grad_(True)
+    opt = torch.optim.SGD([z], lr=p["lr"], momentum=p["momentum"], nesterov=p["momentum"] > 0)
+    for _ in range(p["iterations"]):
+        loss = loss_of(z)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if p["z_clip"] > 0:
+            with torch.no_grad():
+                z.clamp_(-p["z_clip"], p["z_clip"])
+        log(float(loss.detach()))
+        tick()
+    return z.detach()
+
+
 # ============================================================================ shared losses
 def adaptive_eraser_from_meta(meta: Mapping[str, Any], target: nn.Module | None = None,
                               public: Any = None) -> nn.Module:

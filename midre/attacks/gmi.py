@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import Attack, register_attack
+from .base import Attack, latent_descent, register_attack
 
 
 class GMI(Attack):
@@ -59,20 +59,8 @@ class GMI(Attack):
 
     def invert(self, access, ids, prior, state, gen, eraser, log, tick):
         G = self.generator(prior)
-        p = self.params
-        z = state["z"].clone().requires_grad_(True)
-        opt = torch.optim.SGD([z], lr=p["lr"], momentum=p["momentum"], nesterov=p["momentum"] > 0)
-        for _ in range(p["iterations"]):
-            loss = self.objective(access, prior, G(z), ids, eraser)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if p["z_clip"] > 0:
-                with torch.no_grad():
-                    z.clamp_(-p["z_clip"], p["z_clip"])
-            log(float(loss.detach()))
-            tick()
-        return {"z": z.detach()}
+        return {"z": latent_descent(state["z"], lambda z: self.objective(access, prior, G(z), ids, eraser),
+                                    self.params, log, tick)}
 
     def decode(self, prior, state, ids, gen):
         return self.generator(prior)(state["z"])

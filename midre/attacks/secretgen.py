@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ArgumentError
-from .base import Attack, register_attack
+from .base import Attack, latent_descent, register_attack
 from .masked import fill, hole_mask, random_square
 
 
@@ -133,20 +133,12 @@ class SecretGen(Attack):
         state = self.start(access, ids, prior, state, gen, eraser)
         p, G = self.params, self.prior(prior).generator
         x, m = state["x"], state["mask"]
-        z = state["z"].clone().requires_grad_(True)
-        opt = torch.optim.SGD([z], lr=p["lr"], momentum=p["momentum"], nesterov=p["momentum"] > 0)
-        for _ in range(p["iterations"]):
+        def loss_of(z: torch.Tensor) -> torch.Tensor:
             area = random_square(x.shape[-1], gen)          # the local critic's crop, new each step
-            loss = self.objective(access, prior, fill(x, m, G(x, m, z)), state, area, eraser)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if p["z_clip"] > 0:
-                with torch.no_grad():
-                    z.clamp_(-p["z_clip"], p["z_clip"])
-            log(float(loss.detach()))
-            tick()
-        return {**state, "start": state["z"], "z": z.detach(), "latents": z.detach()}
+            return self.objective(access, prior, fill(x, m, G(x, m, z)), state, area, eraser)
+
+        z = latent_descent(state["z"], loss_of, p, log, tick)
+        return {**state, "start": state["z"], "z": z, "latents": z}
 
     def decode(self, prior, state, ids, gen):
         return fill(state["x"], state["mask"], self.prior(prior).generator(state["x"], state["mask"], state["z"]))
