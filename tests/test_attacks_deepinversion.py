@@ -12,28 +12,16 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
+from _tiny_attack import DATA_OPTS, RES, K, cli_attack, train_tiny_target  # the tests folder's shared tiny world
 
 from midre.attacks import Reconstructions, build_attack
 from midre.errors import ArgumentError
 
-K = 4
-RES = 16
-DATA_OPTS = {"num_private": K, "num_public": K, "images_per_id": 16}
 DI = {"iterations": 4, "batch_size": 2}       # quick preset, 4 steps, two identities per batch
 
 
 def _train(root: Path, name: str, defense=None) -> Path:
-    from midre.data import load_dataset
-    from midre.defenses import build_defense
-    from midre.models import create_model
-    from midre.training import TrainConfig, train_classifier
-
-    splits = load_dataset("synthetic", seed=0, resolution=RES, **DATA_OPTS)
-    meta = {"dataset": {"name": "synthetic", "root": None, "resolution": RES, "seed": 0, "options": DATA_OPTS}}
-    train_classifier(create_model("tinycnn", num_classes=K, resolution=RES), splits.private_train,
-                     splits.private_test, out_dir=root / name, meta=meta, progress=False,
-                     defense=build_defense(defense) if defense else None,
-                     config=TrainConfig(epochs=1, batch_size=16, lr=0.05, device="cpu", amp=False, seed=0))
+    train_tiny_target(root, name, defense=defense)
     return root / name
 
 
@@ -48,11 +36,7 @@ def world(tmp_path_factory):
 
 
 def _cli(root: Path, target: Path, out: str, *extra: str) -> int:
-    from midre.cli import main
-
-    return main(["attack", "--target", str(target), "--attack", "deepinversion", "--identities", "0-3",
-                 "--repeats", "2", "--out", str(root / out), "--preset", "quick", "--device", "cpu", "--no-progress",
-                 *[a for k, v in DI.items() for a in ("--param", f"{k}={v}")], *extra])
+    return cli_attack(target, "deepinversion", root / out, "0-3", 2, DI, (), *extra)
 
 
 # ------------------------------------------------------------------------------ CLI

@@ -15,16 +15,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from _tiny_attack import DATA_OPTS, RES, cli_attack, train_tiny_target  # the tests folder's shared tiny world
 
 from midre.attacks import Reconstructions
 
-K = 4
-RES = 16
-DATA_OPTS = {"num_private": K, "num_public": K, "images_per_id": 16}
 # tiny priors: seconds on one core
-PRIOR_PARAMS = ["--prior-param", "stylegan2.iterations=6", "--prior-param", "stylegan2.batch_size=8",
-                "--prior-param", "stylegan2.ckpt_every=3", "--prior-param", "gan.iterations=5",
-                "--prior-param", "gan.width=8", "--prior-param", "gan.batch_size=8"]
+PRIOR_PARAMS = ["stylegan2.iterations=6", "stylegan2.batch_size=8", "stylegan2.ckpt_every=3", "gan.iterations=5",
+                "gan.width=8", "gan.batch_size=8"]
 ATTACK_PARAMS = {
     "ppa": ["pool=32", "iterations=3", "final_views=2"],
     "ifgmi": ["pool=32", "stages=[2, 2]", "radii_w=[10, 10]", "radii_features=[10, 10]", "final_views=2"],
@@ -37,25 +34,14 @@ ATTACK_PARAMS = {
 @pytest.fixture(scope="module")
 def target(tmp_path_factory):
     torch.set_num_threads(1)
-    from midre.data import load_dataset
-    from midre.models import create_model
-    from midre.training import TrainConfig, train_classifier
-
     root = tmp_path_factory.mktemp("hrcli")
-    splits = load_dataset("synthetic", seed=0, resolution=RES, **DATA_OPTS)
-    meta = {"dataset": {"name": "synthetic", "root": None, "resolution": RES, "seed": 0, "options": DATA_OPTS}}
-    train_classifier(create_model("tinycnn", num_classes=K, resolution=RES), splits.private_train,
-                     splits.private_test, out_dir=root / "target", meta=meta, progress=False,
-                     config=TrainConfig(epochs=2, batch_size=16, lr=0.05, device="cpu", amp=False, seed=0))
+    train_tiny_target(root, epochs=2)
     return root
 
 
 def _attack(root: Path, name: str, out: str, *extra: str) -> int:
-    from midre.cli import main
-
-    return main(["attack", "--target", str(root / "target"), "--attack", name, "--identities", "0-1", "--repeats", "1",
-                 "--out", str(root / out), "--prior-dir", str(root / "priors"), "--preset", "quick", "--device", "cpu",
-                 "--no-progress", *PRIOR_PARAMS, *[a for p in ATTACK_PARAMS[name] for a in ("--param", p)], *extra])
+    return cli_attack(root / "target", name, root / out, "0-1", 1, ATTACK_PARAMS[name], PRIOR_PARAMS,
+                      "--prior-dir", str(root / "priors"), *extra)
 
 
 @pytest.mark.parametrize("name", ["ppa", "ifgmi", "mirror", "rlbmi", "mirror_wb"])

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _tiny_attack import RES, K, cli_attack, tiny_splits, train_tiny_target  # the tests folder's shared tiny world
 
 from midre.attacks import QueryOracle, Reconstructions, build_attack
 from midre.errors import ArgumentError, DataError
 
-K = 4
-RES = 16
-DATA_OPTS = {"num_private": K, "num_public": K, "images_per_id": 16}
 PRIOR_CFG = {"embed_arch": "tinycnn", "embed_epochs": 2, "hidden": 16, "epochs": 3, "batch_size": 16}
 SMALL = {"pool": 300, "candidates": 5, "coarse_steps": 3, "select": 3, "population": 6, "generations": 4,
          "beta_ramp": 2, "beta_div": 3.0}
@@ -23,19 +21,12 @@ SMALL = {"pool": 300, "candidates": 5, "coarse_steps": 3, "select": 3, "populati
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     torch.set_num_threads(1)
-    from midre.data import load_dataset
-    from midre.models import create_model
     from midre.models.stylegan2 import tiny_generator
     from midre.priors import Prior, train_prior
-    from midre.training import TrainConfig, train_classifier
 
     root = tmp_path_factory.mktemp("c2fmi")
-    splits = load_dataset("synthetic", seed=0, resolution=RES, **DATA_OPTS)
-    meta = {"dataset": {"name": "synthetic", "root": None, "resolution": RES, "seed": 0, "options": DATA_OPTS}}
-    res = train_classifier(create_model("tinycnn", num_classes=K, resolution=RES), splits.private_train,
-                           splits.private_test, out_dir=root / "target", meta=meta, progress=False,
-                           config=TrainConfig(epochs=6, batch_size=16, lr=0.05, device="cpu", amp=False, seed=0))
-    target = res.model.eval()
+    splits = tiny_splits()
+    target = train_tiny_target(root, epochs=6, splits=splits).model.eval()
     sg = Prior("stylegan2", generator=tiny_generator(RES, seed=0, channels=16), meta={"resolution": RES})
     c2 = train_prior("c2fmi", splits.public, target, out_dir=root / "priors", preset="quick", seed=1, device="cpu",
                      config=PRIOR_CFG)
@@ -220,15 +211,11 @@ def test_paper_preset_is_the_release():
 
 # ------------------------------------------------------------------------------ end to end
 def test_cli_quick_preset_end_to_end(setup, capsys):
-    from midre.cli import main
-
     root = setup["root"]
     prior_params = ["stylegan2.iterations=4", "stylegan2.batch_size=8", "stylegan2.ckpt_every=2",
                     *[f"c2fmi.{k}={v}" for k, v in PRIOR_CFG.items()]]
-    rc = main(["attack", "--target", str(root / "target"), "--attack", "c2fmi", "--identities", "0-1", "--repeats",
-               "1", "--out", str(root / "atk"), "--prior-dir", str(root / "cli-priors"), "--preset", "quick",
-               "--device", "cpu", "--no-progress", *[a for p in prior_params for a in ("--prior-param", p)],
-               *[a for k, v in SMALL.items() for a in ("--param", f"{k}={v}")]])
+    rc = cli_attack(root / "target", "c2fmi", root / "atk", "0-1", 1, SMALL, prior_params,
+                    "--prior-dir", str(root / "cli-priors"))
     assert rc == 0, capsys.readouterr().err
     rec = Reconstructions.load(root / "atk")
     assert rec.images.shape == (2, 3, RES, RES) and rec.meta["attack"] == "c2fmi"

@@ -9,14 +9,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from _tiny_attack import (  # the tests folder's shared tiny world
+    DATA_OPTS,
+    RES,
+    cli_attack,
+    tiny_splits,
+    train_tiny_target,
+)
 
 from midre.attacks import Reconstructions, build_attack
 from midre.attacks.masked import MaskedPrivate, give_masked_private, mask_private
 from midre.errors import ArgumentError
 
-K = 4
-RES = 16
-DATA_OPTS = {"num_private": K, "num_public": K, "images_per_id": 16}
 PRIOR = {"iterations": 3, "batch_size": 8, "width": 8, "ckpt_every": 2}
 ATK = {"iterations": 3, "n_init": 2, "batch_size": 2}
 KIND = {"secretgen": "secretgen", "secretgen_bb": "secretgen_bb"}
@@ -24,19 +28,13 @@ KIND = {"secretgen": "secretgen", "secretgen_bb": "secretgen_bb"}
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from midre.data import load_dataset
     from midre.loading import load_model
-    from midre.models import create_model
     from midre.priors import train_prior
-    from midre.training import TrainConfig, train_classifier
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("sg")
-    splits = load_dataset("synthetic", seed=0, resolution=RES, **DATA_OPTS)
-    meta = {"dataset": {"name": "synthetic", "root": None, "resolution": RES, "seed": 0, "options": DATA_OPTS}}
-    train_classifier(create_model("tinycnn", num_classes=K, resolution=RES), splits.private_train,
-                     splits.private_test, out_dir=root / "target", meta=meta, progress=False,
-                     config=TrainConfig(epochs=1, batch_size=16, lr=0.05, device="cpu", amp=False, seed=0))
+    splits = tiny_splits()
+    train_tiny_target(root, splits=splits)
     model = load_model(root / "target", device="cpu")[0].eval()
     priors = {k: train_prior(k, splits.public, model if k == "secretgen" else None, config=PRIOR, preset="quick",
                              device="cpu") for k in KIND.values()}
@@ -165,12 +163,8 @@ def test_prior_training_resumes_to_the_same_weights(world, tmp_path):
 
 # ------------------------------------------------------------------------------ midre attack, midre run
 def _cli(root: Path, target: Path, name: str, out: str, *extra: str) -> int:
-    from midre.cli import main
-
-    return main(["attack", "--target", str(target), "--attack", name, "--identities", "0-2", "--repeats", "1",
-                 "--out", str(root / out), "--preset", "quick", "--device", "cpu", "--no-progress",
-                 *[a for k, v in ATK.items() for a in ("--param", f"{k}={v}")],
-                 *[a for k, v in PRIOR.items() for a in ("--prior-param", f"{KIND[name]}.{k}={v}")], *extra])
+    return cli_attack(target, name, root / out, "0-2", 1, ATK, [f"{KIND[name]}.{k}={v}" for k, v in PRIOR.items()],
+                      *extra)
 
 
 @pytest.mark.parametrize("name", ["secretgen", "secretgen_bb"])
