@@ -743,7 +743,8 @@ def _validate_attacks(cfg: RunConfig, where: str, names: set[str]) -> None:
         kw = dict(a.params)
         if a.preset is not None:
             kw["preset"] = a.preset
-        _wrap(where, f"{p}.params", build_attack, a.name, **kw)
+        attack = _wrap(where, f"{p}.params", build_attack, a.name, **kw)
+        _check_attack_targets(cfg, where, p, a, attack)
         if a.key in keys:
             raise ConfigError(f"{where}: attack '{a.key}' is listed twice; give one of them a distinct 'label'")
         keys.add(a.key)
@@ -752,6 +753,34 @@ def _validate_attacks(cfg: RunConfig, where: str, names: set[str]) -> None:
                 raise ConfigError(f"{where}: '{p}.targets' names unknown target '{tn}'"
                                   f"{did_you_mean(tn, names)}; targets are: {', '.join(sorted(names))}")
     _check_prior_kinds(cfg, where)
+
+
+def _check_attack_targets(cfg: RunConfig, where: str, path: str, a: AttackSection, attack: Any) -> None:
+    """An attack that refuses some targets (its ``check_target``, e.g. DeepInversion without BatchNorm) is asked
+    about each of its targets as they will be built -- architecture plus the defense's model change, on the meta
+    device -- so a run refuses before training anything rather than at the attack stage."""
+    import torch
+
+    from .attacks import Attack
+    from .defenses import build_defense
+    from .models import MODELS, create_model
+
+    if type(attack).check_target is Attack.check_target:
+        return
+    for t in cfg.attack_targets(a):
+        arch = cfg.target_arch(t)
+        try:
+            with torch.device("meta"):
+                res = cfg.dataset.resolution or MODELS.info(arch).get("resolution") or 64
+                model = create_model(arch, 2, res, **cfg.target_model_kwargs(t))
+                model = build_defense(copy.deepcopy(t.defense)).wrap_model(model)
+        except (ImportError, MidreError):   # an optional extra missing, or a model the training stage refuses itself
+            continue
+        try:
+            attack.check_target(model)
+        except MidreError as e:
+            raise ConfigError(f"{where}: '{path}' ({attack.name}) cannot attack target '{t.name}' ({e}); or list "
+                              f"only the targets it can attack in '{path}.targets'") from None
 
 
 def _validate_priors(cfg: RunConfig, where: str) -> None:

@@ -149,3 +149,27 @@ def test_midre_run_config_with_deepinversion_and_mirror_wb(tmp_path):
     assert not (tmp_path / "run" / "priors" / "stylegan2" / "deepinversion").exists()
     with open(tmp_path / "run" / "results.csv", newline="") as fh:
         assert sorted(r["attack"] for r in csv.DictReader(fh)) == ["deepinversion", "mirror_wb"]
+
+
+def test_midre_run_refuses_deepinversion_on_a_dp_target_before_training(tmp_path, capsys):
+    """A DP-SGD target has no BatchNorm once trained: the config is refused in one line before anything runs
+    (not at the attack stage, after the targets have trained), and naming only the other targets fixes it."""
+    pytest.importorskip("opacus", reason="pip install -e '.[test]' (DP-SGD targets need opacus)")
+    from midre.cli import main
+
+    dp = "{name: dp, defense: {name: dp, noise_multiplier: 1.0, max_grad_norm: 1.0, delta: 0.001}}"
+    cfg = tmp_path / "di.yaml"
+    cfg.write_text(CONFIG.replace("targets: [{name: nodef, defense: nodef}]", f"targets: [{{name: nodef, defense: nodef}}, {dp}]"))
+    capsys.readouterr()
+    assert main(["run", str(cfg), "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0], err
+    assert "'attacks[0]' (deepinversion) cannot attack target 'dp'" in err[0] and "BatchNorm2d" in err[0]
+    assert "'attacks[0].targets'" in err[0]
+    assert not (tmp_path / "run").exists()
+
+    from midre.config import load_config
+
+    fixed = cfg.read_text().replace('identities: "0-1"}', 'identities: "0-1", targets: [nodef]}', 1)
+    cfg.write_text(fixed)
+    load_config(str(cfg))                       # valid once the attack names only the targets it can attack
