@@ -103,6 +103,24 @@ def _gates(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _timing(s: dict[str, Any]) -> str:
+    """Per seed: the sessions that ran it, their wall and CPU time, peak memory, and the wall time of each stage
+    group (run.json's records; a wall time depends on what else the machine ran, which only the prose can say)."""
+    groups = ("targets", "priors", "attacks", "metrics")
+    head = ["seed", "sessions", "wall (min)", "CPU (min)", "peak RSS (GiB)", *[f"{g} (min)" for g in groups]]
+    body = []
+    for seed, r in s.get("runs", {}).items():
+        sess = r.get("sessions") or []
+        per = {g: 0.0 for g in groups}
+        for name, st in (r.get("stages") or {}).items():
+            if name.split("/", 1)[0] in per:
+                per[name.split("/", 1)[0]] += float(st.get("seconds") or 0)
+        body.append([seed, str(len(sess)), _f(sum(float(x.get("seconds") or 0) for x in sess) / 60),
+                     _f(sum(float(x.get("cpu_seconds") or 0) for x in sess) / 60),
+                     _f((r.get("peak_rss_mib") or float("nan")) / 1024, "{:.2f}"), *[_f(per[g] / 60) for g in groups]])
+    return md_table(head, body)
+
+
 def _frontier(s: dict[str, Any]) -> str:
     if not s.get("frontier"):
         return "(no frontier: the summary has no NoDef curve or no attacks)"
@@ -116,7 +134,8 @@ def _verdict(s: dict[str, Any]) -> str:
 
 
 TABLES: dict[str, Callable[[dict[str, Any]], str]] = {
-    "results": _results, "training": _training, "curves": _curves, "geometry": _geometry, "gates": _gates, "frontier": _frontier, "verdict": _verdict}
+    "results": _results, "training": _training, "curves": _curves, "geometry": _geometry, "gates": _gates,
+    "frontier": _frontier, "verdict": _verdict, "timing": _timing}
 
 
 def _summary(root: Path, name: str, cache: dict[str, dict]) -> dict[str, Any]:

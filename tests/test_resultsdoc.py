@@ -71,3 +71,18 @@ def test_collect_and_geometry_refuse_a_foreign_folder(tmp_path, capsys):
     assert main(["analyze", "geometry", "--out", str(mine), "--figure", str(tmp_path / "g.png"), "--n", "200"]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
     assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"] and not (tmp_path / "g.png").exists()
+
+
+def test_timing_table_sums_sessions_and_stage_groups():
+    """BENCHMARKS' run times come from the summary's run records: wall and CPU summed over the sessions that
+    ran a seed (a run resumed across sessions included), stage seconds summed per group."""
+    from midre.resultsdoc import TABLES
+
+    run = {"sessions": [{"seconds": 600.0, "cpu_seconds": 1100.0}, {"seconds": 1200.0, "cpu_seconds": 2300.0}],
+           "peak_rss_mib": 2048.0,
+           "stages": {"targets/nodef": {"seconds": 300.0}, "targets/midre": {"seconds": 600.0},
+                      "priors/gan": {"seconds": 60.0}, "attacks/nodef/gmi": {"seconds": 720.0},
+                      "metrics/nodef/gmi": {"seconds": 6.0}, "data": {"seconds": 99.0}}}
+    lines = TABLES["timing"]({"runs": {"seed-0": run}}).splitlines()
+    assert lines[0].startswith("| seed | sessions | wall (min) | CPU (min) | peak RSS (GiB) | targets (min)")
+    assert lines[2] == "| seed-0 | 2 | 30.0 | 56.7 | 2.00 | 15.0 | 1.0 | 12.0 | 0.1 |"
