@@ -114,6 +114,12 @@ def test_links_written_for_github_land_on_site_pages(site):
             == "[R](../results.md) [B](../BENCHMARKS.md)")
     assert fix("[B](../BENCHMARKS.md)", "getting-started.md") == "[B](benchmarks.md)"
     assert fix("[n](docs/notebook/benchmark-v2.md)", "results.md") == "[n](notebook/benchmark-v2.md)"
+    # a figure committed with a results summary is served at its own path (RESULTS.md shows frontier-64's)
+    assert "results/frontier-64/analysis/frontier_gmi.png" in site.result_figures()
+    assert (fix("![f](results/frontier-64/analysis/frontier_gmi.png)", "results.md")
+            == "![f](results/frontier-64/analysis/frontier_gmi.png)")
+    assert (fix("![f](../../results/frontier-64/analysis/frontier_gmi.png)", "concepts/paired.md")
+            == "![f](../results/frontier-64/analysis/frontier_gmi.png)")
     for untouched in ("[w](https://example.org/x.md)", "[a](#install)", "[e](../examples/plugin)"):
         assert fix(untouched, "plugins.md") == untouched
 

@@ -330,7 +330,15 @@ def site_path(repo_path: str) -> str | None:
         return _SOURCES[repo_path]
     if repo_path.startswith("docs/"):
         return repo_path[len("docs/"):]
+    if repo_path in result_figures():
+        return repo_path
     return None
+
+
+def result_figures() -> dict[str, Path]:
+    """The figures committed with the results' summaries (``results/NAME/**.png``), which RESULTS.md shows:
+    the site serves each at the same path."""
+    return {p.relative_to(ROOT).as_posix(): p for p in sorted((ROOT / "results").rglob("*.png"))}
 
 
 def rewrite_links(markdown: str, page: str) -> str:
@@ -387,6 +395,8 @@ def on_files(files: Any, config: Any) -> Any:
         if old is not None:
             files.remove(old)
         files.append(File.generated(config, path, content=text))
+    for path, src in result_figures().items():
+        files.append(File.generated(config, path, content=src.read_bytes()))
     return files
 
 
