@@ -413,8 +413,9 @@ def aggregate_rows(per_seed: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         row["knn"], row["knn_std"] = mean_std([as_float(r["knn"]) for r in rs])
         row["fid_eval"], row["fid_eval_std"] = mean_std([as_float(r["fid_eval"]) for r in rs])
         row["epsilon"] = mean_std([as_float(r.get("epsilon")) for r in rs])[0]
-        if any("trapdoor_acc" in r for r in rs):
-            row["trapdoor_acc"] = mean_std([as_float(r.get("trapdoor_acc")) for r in rs])[0]
+        for k in ("trapdoor_acc", "target_top1"):
+            if any(k in r for r in rs):
+                row[k] = mean_std([as_float(r.get(k)) for r in rs])[0]
         row["delta"] = ""
         out.append(row)
     # trade-off of the seed means against the NoDef target of the same attack

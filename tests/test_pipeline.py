@@ -96,6 +96,12 @@ def test_tiny_pipeline_end_to_end_layout(full_run):
     assert run["peak_rss_mib"] > 0 and run["timings"]["targets"] > 0 and run["versions"]["torch"]
     js = json.loads((out / "results.json").read_text())
     assert js["columns"] == COLUMNS and len(js["rows"]) == 2 and js["eval_model"]["arch"] == "smallcnn"
+    # each attack row carries the target's own top-1 on its reconstructions, as the attack recorded it
+    for row in js["rows"]:
+        own = json.loads((out / "attacks" / row["target"] / "gmi" / "reconstructions.json").read_text())["target_top1"]
+        assert row["target_top1"] == pytest.approx(own) and 0.0 <= row["target_top1"] <= 100.0
+    assert "target_top1" in header[len(COLUMNS):]                      # an optional column, after the fixed ones
+    assert [float(r["target_top1"]) for r in rows] == pytest.approx([r["target_top1"] for r in js["rows"]])
     cfg_back = load_config(yaml.safe_load((out / "config.yaml").read_text()))
     assert cfg_back.hash() == load_config(tiny()).hash()
 
@@ -292,6 +298,10 @@ def test_aggregate_rows_mean_std_ci_and_tradeoff_by_hand():
     assert math.isclose(m["top1_ci_hi"], 45.0 + half, rel_tol=1e-6)
     assert math.isclose(m["delta"], (82.0 - 45.0) / (91.0 - 87.0))                  # trade-off of the means
     assert n["delta"] == "" and math.isnan(m["fid_eval"])
+    assert "target_top1" not in n                                   # no seed carried it
+    per_seed = [{**r, "target_top1": v} for r, v in zip(per_seed, (100.0, 98.0, 90.0, 96.0))]
+    out = {r["target"]: r for r in aggregate_rows(per_seed)}
+    assert out["nodef"]["target_top1"] == 99.0 and out["midre"]["target_top1"] == 93.0     # the seeds' mean
 
 
 @pytest.mark.slow

@@ -86,3 +86,15 @@ def test_timing_table_sums_sessions_and_stage_groups():
     lines = TABLES["timing"]({"runs": {"seed-0": run}}).splitlines()
     assert lines[0].startswith("| seed | sessions | wall (min) | CPU (min) | peak RSS (GiB) | targets (min)")
     assert lines[2] == "| seed-0 | 2 | 30.0 | 56.7 | 2.00 | 15.0 | 1.0 | 12.0 | 0.1 |"
+
+
+def test_results_table_shows_the_targets_own_top1_when_the_rows_carry_it():
+    from midre.resultsdoc import TABLES
+
+    row = {"target": "nodef", "defense": "nodef", "attack": "gmi", "acc": 96.0, "attack_top1": 40.0,
+           "attack_top5": 70.0, "knn": 200.0, "fid_eval": 70.0}
+    plain = TABLES["results"]({"rows": [row], "seeds": ["seed-0"]})
+    assert "target's own top-1" not in plain
+    lines = TABLES["results"]({"rows": [{**row, "target_top1": 99.0}], "seeds": ["seed-0"]}).splitlines()
+    assert "| target's own top-1 (%) |" in lines[0]
+    assert lines[2] == "| nodef | nodef | gmi | 96.0 | 40.0 | 70.0 | 99.0 | 200 | 70 | 1 |"

@@ -57,12 +57,22 @@ def result_rows(ctx: RunContext) -> list[ResultRow]:
                 repeats=a.repeats if a is not None else "",
                 identities=len(ctx.data.ids[a.key]) if a is not None else "",
                 dp_delta=rep.get("delta"), trapdoor_acc=rep.get("trapdoor_acc"),
-                reference=nodef if nodef != t.name else "")
+                reference=nodef if nodef != t.name else "",
+                target_top1=_target_top1(ctx.run_dir / "attacks" / t.name / a.key) if a is not None else None)
             if a is not None and nodef is not None and t.name != nodef and nodef in metrics:
                 row.delta = tradeoff(as_float(metas[nodef].get("test_acc")), row.acc,
                                      as_float(metrics[nodef].get("attacc_top1")), row.attack_top1)
             rows.append(row)
     return rows
+
+
+def _target_top1(attack_dir: Path) -> float | None:
+    """The target's own top-1 on its reconstructions (did the attack reach the target?), as the attack recorded it."""
+    try:
+        v = json.loads((attack_dir / "reconstructions.json").read_text(encoding="utf-8")).get("target_top1")
+    except (OSError, ValueError):
+        return None
+    return as_float(v) if v is not None else None
 
 
 def write_results(ctx: RunContext) -> list[dict[str, Any]]:
