@@ -33,8 +33,9 @@ class ResultRow:
 
     The one list of result columns: :data:`COLUMNS` are the fields up to ``identities`` in this order; the
     optional fields after them are written only when set (``reference`` by ``midre run``, ``dp_delta`` for DP
-    targets, ``trapdoor_acc`` for Trap-MID targets, ``target_top1`` by ``midre audit``).  Accuracies and attack accuracies are percentages; ``delta``
-    is the trade-off against the reference ("" when there is none)."""
+    targets, ``trapdoor_acc`` for Trap-MID targets, ``target_top1`` -- the target's own top-1 on the reconstructions,
+    i.e. whether the attack reached the target at all -- by ``midre run`` and ``midre audit``).  Accuracies and
+    attack accuracies are percentages; ``delta`` is the trade-off against the reference ("" when there is none)."""
 
     target: str
     defense: str
