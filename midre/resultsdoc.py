@@ -116,8 +116,9 @@ def _timing(s: dict[str, Any]) -> str:
         sess = r.get("sessions") or []
         per = {g: 0.0 for g in groups}
         for name, st in (r.get("stages") or {}).items():
-            if name.split("/", 1)[0] in per:
-                per[name.split("/", 1)[0]] += float(st.get("seconds") or 0)
+            group = name.split("/", 1)[0]
+            if group in per:
+                per[group] += float(st.get("seconds") or 0)
         body.append([seed, str(len(sess)), _f(sum(float(x.get("seconds") or 0) for x in sess) / 60),
                      _f(sum(float(x.get("cpu_seconds") or 0) for x in sess) / 60),
                      _f((r.get("peak_rss_mib") or float("nan")) / 1024, "{:.2f}"), *[_f(per[g] / 60) for g in groups]])

@@ -20,6 +20,7 @@ site's pages, so one spelling works in both places and a broken one fails ``mkdo
 from __future__ import annotations
 
 import argparse
+import functools
 import inspect
 import io
 import json
@@ -335,6 +336,7 @@ def site_path(repo_path: str) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=1)
 def result_figures() -> dict[str, Path]:
     """The figures committed with the results' summaries (``results/NAME/**.png``), which RESULTS.md shows:
     the site serves each at the same path."""
