@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .analysis.frontier import frontier_markdown
+from .analysis.paired import paired_markdown
 from .analysis.verdict import verdict_markdown
 from .errors import ArgumentError, RunDirError
 from .results import md_table
@@ -131,6 +132,12 @@ def _frontier(s: dict[str, Any]) -> str:
     return frontier_markdown(s["frontier"]).rstrip()
 
 
+def _paired(s: dict[str, Any]) -> str:
+    if not s.get("paired"):
+        return "(no paired differences: the summary has no defense attacked beside its reference NoDef)"
+    return paired_markdown(s["paired"]).rstrip()
+
+
 def _verdict(s: dict[str, Any]) -> str:
     if not s.get("verdict"):
         return "(no verdict: the run recorded no decision rule)"
@@ -139,7 +146,7 @@ def _verdict(s: dict[str, Any]) -> str:
 
 TABLES: dict[str, Callable[[dict[str, Any]], str]] = {
     "results": _results, "training": _training, "curves": _curves, "geometry": _geometry, "gates": _gates,
-    "frontier": _frontier, "verdict": _verdict, "timing": _timing}
+    "frontier": _frontier, "verdict": _verdict, "timing": _timing, "paired": _paired}
 
 
 def _summary(root: Path, name: str, cache: dict[str, dict]) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -158,7 +159,7 @@ def test_study_frontier_and_verdict_end_to_end(tmp_path, capsys):
     assert s["seeds"] == ["seed-0", "seed-1"] and s["frontier"]["seed_dirs"] == ["seed-0", "seed-1"]
     assert s["verdict"]["rows"][0]["n_seeds"] == 2
     assert main(["analyze", "verdict", str(summ)]) == 0
-    capsys.readouterr()
+    _paired_from_the_summary_equals_the_run(out, tmp_path, s, capsys)
     # the rule edited after the run started: refused in one line, exit 2
     rule.write_text(RULE.replace("n_boot: 200", "n_boot: 300"))
     assert main(["analyze", "verdict", str(out)]) == 2
@@ -168,6 +169,31 @@ def test_study_frontier_and_verdict_end_to_end(tmp_path, capsys):
     capsys.readouterr()
     with pytest.raises(RunDirError, match="changed since this run started"):
         run_pipeline(load_config(copy.deepcopy(TINY)), out, progress=False, rule=rule)
+
+
+def _paired_from_the_summary_equals_the_run(run: Path, tmp_path: Path, both: dict, capsys) -> None:
+    """`midre analyze paired results/NAME` reproduces the run directory's paired differences (the summary's
+    records were recomputed from it), the summary carries them, and `midre results render` shows them."""
+    from midre.analysis.paired import paired_differences
+    from midre.resultsdoc import TABLES
+
+    assert both["paired"] and {r["n_seeds"] for r in both["paired"]} == {2}
+    assert main(["results", "collect", str(run), "one", "--into", str(tmp_path / "results")]) == 0
+    one = tmp_path / "results" / "one"
+    from_run, from_summary = paired_differences(run, n_boot=300), paired_differences(one, n_boot=300)
+    assert [(r["target"], r["attack"]) for r in from_run] == [(r["target"], r["attack"]) for r in from_summary]
+    for a, b in zip(from_run, from_summary):
+        for k in ("d_att", "d_acc", "gap", "gap_ci", "d_att_ci"):
+            assert np.allclose(a[k], b[k], atol=1e-3), (k, a[k], b[k])
+    assert main(["analyze", "paired", str(one), "--reference", "nodef-e1"]) == 0
+    assert "Reference: nodef-e1" in (one / "analysis" / "paired.md").read_text()
+    capsys.readouterr()
+    assert main(["analyze", "paired", str(one), "--reference", "nobody"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no target named 'nobody'" in err[0]
+    table = TABLES["paired"](json.loads((one / "summary.json").read_text())).splitlines()
+    assert table[0].startswith("| defense target | attack | d_att (pp) |") and len(table) >= 3
+    assert "no paired differences" in TABLES["paired"]({"paired": None})
 
 
 def test_rule_files_are_validated(tmp_path):

@@ -2,8 +2,8 @@
 
 ``midre results collect RUN NAME`` writes ``results/NAME/summary.json`` (the resolved config, the results
 tables per seed and aggregated, the validity gates per seed, each target's training record -- stop epoch,
-learning curve --, stage timings, versions, the decision rule's record, and the frontier and verdict
-when they apply) and one ``seed-<s>.json`` per seed with the per-identity attack success and the
+learning curve --, stage timings, versions, the decision rule's record, and the paired differences,
+frontier and verdict when they apply) and one ``seed-<s>.json`` per seed with the per-identity attack success and the
 per-test-image correctness of every target (what the frontier and paired statistics resample).  Machine
 paths are left out.  A study run in parts (one seed per session, different run directories) is collected
 seed by seed into the same NAME: seeds already there stay unless the run brings them again, and a run
@@ -161,7 +161,8 @@ def _seed_order(name: str) -> tuple[int, str]:
 
 
 def _derived(dest: Path, names: list[str]) -> dict[str, Any]:
-    """Tables computed from the per-seed files: aggregated rows, gates per seed, frontier and verdict."""
+    """Tables computed from the per-seed files: aggregated rows, gates per seed, paired differences, frontier
+    and verdict."""
     from ..results import aggregate_rows
 
     seeds = [_read(dest / f"{n}.json") for n in names]
@@ -174,7 +175,10 @@ def _derived(dest: Path, names: list[str]) -> dict[str, Any]:
                            "runs": {n: s["run"] for n, s in zip(names, seeds)}}
     if all(s.get("records") for s in seeds):
         from .frontier import frontier
+        from .paired import paired_differences
         from .verdict import verdict_and_frontier
+
+        out["paired"] = paired_differences(dest) or None   # each defense against its reference, default settings
 
         if (dest / "rule.json").exists():   # the frontier the verdict used (the rule's bootstrap settings)
             out["verdict"], out["frontier"] = verdict_and_frontier(dest)

@@ -71,8 +71,9 @@ def _add_comparisons(asub: argparse._SubParsersAction) -> None:
                     "own Acc / AttAcc), pair each defense target with the reference target per seed, identity and "
                     "test image, and write RUN/analysis/paired.json + paired.md: d_att, d_acc and their gap with "
                     "two-stage bootstrap CIs (seeds, then identities / test images) and t-intervals across seeds. "
-                    "The report is re-rendered to show them.")
-    q.add_argument("run_dir", metavar="RUN", help="run or study directory of `midre run`")
+                    "The report is re-rendered to show them. RUN may also be a collected summary (results/NAME), "
+                    "whose per-seed records were recomputed from the run when it was collected.")
+    q.add_argument("run_dir", metavar="RUN", help="run or study directory of `midre run`, or results/NAME")
     q.add_argument("--reference", default=None,
                    help="pair every defense with this target (default: each target's `reference` in the config, "
                         "else the run's first NoDef target, as for the trade-off)")
