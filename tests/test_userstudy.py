@@ -227,7 +227,9 @@ def test_headless_chromium_votes_export_and_tally(tmp_path, study):
         ActionChains(driver).send_keys("2").perform()
         r1[4] = "right"
         driver.refresh()                                   # votes survive a reload (localStorage)
-        assert driver.find_element(By.TAG_NAME, "body").get_attribute("data-answered") == "6"
+        assert driver.find_element(By.TAG_NAME, "body").get_attribute("data-answered") == "6", (
+            "votes lost on reload; localStorage after the reload: "
+            + str(driver.execute_script("return JSON.stringify(localStorage)")))
         v1 = _export(driver, tmp_path / "dl", set())
         assert json.loads(driver.execute_script("return window.midreStudy.exportVotes()"))["votes"] == v1["votes"]
         assert v1["rater"] == "alice 1234" and [v["answer"] for v in v1["votes"]] == r1
