@@ -38,14 +38,12 @@ from typing import Any
 
 import numpy as np
 
-from ..config import load_config
 from ..errors import RunDirError
 from ..plan import RunPlan
 from ..plotting import pyplot, save_fig
 from ..results import md_table, t_interval
 from ..utils import atomic_write_json, atomic_write_text
-from .paired import seed_dirs, seed_record
-from .summary import is_summary, load_records
+from .paired import seed_records
 
 CI_LEVEL = 0.95
 HELPS, NO_BETTER, WORSE, NOT_MATCHED = "helps", "no better than losing accuracy", "worse", "not matched"
@@ -224,17 +222,8 @@ def curve_points(frame: Frame, mats: Sequence[np.ndarray]) -> list[dict[str, Any
 # ============================================================================ a run or study directory
 def _inputs(run_dir: Path, seed: int) -> tuple[list[dict[str, Any]], list[str], Any]:
     """(per-seed records, seed names, RunPlan) of a run / study directory or a collected summary."""
-    import yaml
-
-
-    if is_summary(run_dir):
-        recs, names, text = load_records(run_dir)
-        return recs, names, RunPlan(load_config(yaml.safe_load(text), check=False))
-    dirs = [d for d in seed_dirs(run_dir) if (d / "results.json").exists()]
-    if not dirs:
-        raise RunDirError(f"'{run_dir}' has no finished seed (results.json); let `midre run` finish one first")
-    plan = RunPlan(load_config(dirs[0] / "config.yaml", check=False))
-    return [seed_record(d, None, seed) for d in dirs], [d.name for d in dirs], plan
+    recs, names, cfg = seed_records(run_dir, None, seed)
+    return recs, names, RunPlan(cfg)
 
 
 def frontier(run_dir: str | Path, n_boot: int = 2000, seed: int = 0, margin: float = 0.0) -> dict[str, Any]:

@@ -184,31 +184,36 @@ def _pair(seeds: list[dict], reference: str, target: str, attack: str, n_boot: i
             "d_att_per_seed": per_att, "d_acc_per_seed": per_acc}
 
 
-def _seed_records(run_dir: Path, reference: str | None, seed: int) -> tuple[list[dict[str, Any]], list[str]]:
-    """(per-seed records, seed names) of a run or study directory, or of a collected summary (results/NAME,
-    midre.analysis.summary), whose records were computed from the run directory by ``seed_record``."""
+def seed_records(run_dir: Path, reference: str | None = None, seed: int = 0
+                 ) -> tuple[list[dict[str, Any]], list[str], Any]:
+    """(per-seed records, seed names, the run's config) of a run or study directory (records computed by
+    ``seed_record``), or of a collected summary (results/NAME, midre.analysis.summary), whose records were
+    computed the same way when it was collected."""
+    import yaml
+
     from .summary import is_summary, load_records
 
     if is_summary(run_dir):
-        recs, names, _ = load_records(run_dir)
+        recs, names, text = load_records(run_dir)
         if reference is not None:
             for r in recs:
                 if reference not in r["acc"]:
                     raise RunDirError(f"'{run_dir}' has no target named '{reference}' to compare against; targets "
                                       f"are: {', '.join(r['acc'])}")
                 r["refs"] = {t: reference for t in r["acc"] if t != reference}
-        return recs, names
+        return recs, names, load_config(yaml.safe_load(text), check=False)
     dirs = [d for d in seed_dirs(run_dir) if (d / "results.json").exists()]   # a study stopped early: its finished seeds
     if not dirs:
         raise RunDirError(f"'{run_dir}' has no finished seed (results.json); let `midre run` finish one first")
-    return [seed_record(d, reference, seed) for d in dirs], [d.name for d in dirs]
+    cfg = load_config(dirs[0] / "config.yaml", check=False)
+    return [seed_record(d, reference, seed) for d in dirs], [d.name for d in dirs], cfg
 
 
 def paired_differences(run_dir: str | Path, reference: str | None = None, n_boot: int = 2000, seed: int = 0
                        ) -> list[dict[str, Any]]:
     """Paired NoDef - defense differences of a run or study directory, or of its collected summary (see the
     module docstring)."""
-    seeds, names = _seed_records(Path(run_dir), reference, seed)
+    seeds, names, _ = seed_records(Path(run_dir), reference, seed)
     rng = np.random.default_rng(seed)
     pairs = sorted({key for s in seeds for key in s["att"]}, key=lambda k: (k[1], k[0]))
     out = []
