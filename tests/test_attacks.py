@@ -200,6 +200,41 @@ def test_same_seed_same_images_and_different_seed_differs(setup):
     assert not torch.equal(r1.images[r1.repeat == 0], r1.images[r1.repeat == 1])
 
 
+class _Killed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("name", ["kedmi", "lomma_kedmi"])
+def test_kedmi_killed_after_its_first_repeat_resumes_to_the_same_samples(setup, tmp_path, monkeypatch, name):
+    """KedMI fits ONE distribution per identity in repeat 0 and later repeats sample it.  A run killed after
+    repeat 0 was saved has no fit in memory: it must remake repeat 0's fit (not fit anew with the later
+    repeat's seed) and end with the uninterrupted run's images, the defense's eraser (global RNG) included."""
+    from midre.attacks import kedmi
+
+    eraser = adaptive_eraser_from_meta({"defense": {"name": "midre", "area": 0.4}})
+    kw = {"iterations": 4, "batch_size": 2}
+    t, p = setup["target"], setup["priors"]
+    ref = build_attack(name, **kw).run(t, [0, 1, 2], 3, p, seed=5, adaptive_eraser=eraser)
+    calls = []
+    orig = kedmi.KedMI.decode
+
+    def crashing(self, *a, **k):
+        calls.append(1)
+        if len(calls) == 3:                   # repeat 0's two batches are saved, repeat 1's first is not
+            raise _Killed("killed")
+        return orig(self, *a, **k)
+
+    monkeypatch.setattr(kedmi.KedMI, "decode", crashing)
+    with pytest.raises(_Killed):
+        build_attack(name, **kw).run(t, [0, 1, 2], 3, p, seed=5, adaptive_eraser=eraser, resume_dir=tmp_path / "r")
+    monkeypatch.undo()
+    rec = build_attack(name, **kw).run(t, [0, 1, 2], 3, p, seed=5, adaptive_eraser=eraser, resume_dir=tmp_path / "r")
+    assert rec.meta["resumed_chunks"] == 2
+    assert torch.equal(rec.images, ref.images), "the resumed run's later repeats sample another fit"
+    assert rec.meta["loss_curve"] == ref.meta["loss_curve"]
+    assert not torch.equal(ref.images[ref.repeat == 1], ref.images[ref.repeat == 2])   # one fit, new samples
+
+
 def test_run_validates_inputs(setup):
     a = build_attack("gmi", preset="quick", iterations=1)
     with pytest.raises(ArgumentError, match="out of range"):

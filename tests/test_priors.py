@@ -66,6 +66,8 @@ def test_presets_and_validation():
     c = prior_config("cgan", "paper")
     assert (c.topk, c.alpha, c.z_dim, c.betas, c.lr) == (30, 0.2, 128, (0.0, 0.9), 2e-4)
     assert prior_config("kedmi", "paper").betas == (0.5, 0.999)
+    k = prior_config("kedmi", "paper")       # the release: 5 D steps per G step, no flip (k+1_gan.py, mode "gan")
+    assert (k.n_critic, k.iterations, k.hflip) == (5, 10000, False)
     lo = prior_config("lomma", "paper")
     assert lo.aug_archs == ["efficientnet_b0", "efficientnet_b1", "efficientnet_b2"] and lo.distill_epochs == 20
     assert prior_config("gan", "quick").iterations < 1000

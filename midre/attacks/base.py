@@ -530,11 +530,17 @@ class Attack:
             return oracle, oracle
         raise ArgumentError(f"attack '{self.name}' declares unknown access '{self.access}'")  # pragma: no cover
 
+    def chunk_rngs(self, seed: int, r: int, b: int) -> tuple[torch.Generator, int]:
+        """Chunk (r, b)'s randomness: its CPU generator (``gen`` of the hooks) and the global torch seed set
+        while its hooks run."""
+        gen = torch.Generator(device="cpu")
+        gen.manual_seed(derive_seed(seed, self.name, r, b))
+        return gen, derive_seed(seed, self.name, "global", r, b)
+
     def _attack_chunk(self, out: _Chunks, access: Any, priors: dict[str, Any], chunk: list[int], r: int, b: int,
                       seed: int, dev: torch.device, eraser: Any, advance: Callable[[str], None]) -> None:
         """Invert one (repeat, batch) chunk, seeded on its own, and append it to ``out``."""
-        gen = torch.Generator(device="cpu")
-        gen.manual_seed(derive_seed(seed, self.name, r, b))
+        gen, global_seed = self.chunk_rngs(seed, r, b)
         ids = torch.tensor(chunk, dtype=torch.long, device=dev)
         curve: list[float] = []
 
@@ -545,7 +551,7 @@ class Attack:
             advance(f"loss {curve[-1]:.3g}" if curve else "")
 
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-            torch.manual_seed(derive_seed(seed, self.name, "global", r, b))
+            torch.manual_seed(global_seed)
             state = self.init_latents(access, ids, priors, gen)
             state = self.select_candidates(access, ids, priors, state, gen)
             state = self.invert(access, ids, priors, state, gen, eraser, log, tick)

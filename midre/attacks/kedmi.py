@@ -14,7 +14,8 @@ KedMI (``clipz``) clamps every sample to [-1, 1] before G (see lomma.py).  Defau
 
 Repeats: as in the release, ONE distribution is fitted per identity (in the first repeat) and every
 repeat draws its own sample from it (``refit_per_repeat=False``; the release's 5 "seeds" are 5 samples
-of one fit).  ``refit_per_repeat=True`` fits a new distribution in every repeat, so the spread over
+of one fit).  A run resumed after its first repeat was saved remakes that fit exactly (repeat 0's seeds), so
+its later repeats draw from the uninterrupted run's distribution.  ``refit_per_repeat=True`` fits a new distribution in every repeat, so the spread over
 repeats also measures the optimisation's run-to-run variation (at R times the cost).  A repeat that
 reuses a fit logs that fit's loss curve again.
 """
@@ -74,10 +75,24 @@ class KedMI(GMI):
             curve.append(v)
             log(v)
 
-        fitted = self._fit(access, ids, prior, state, gen, eraser, log_both, tick)
+        if fits is not None and self.chunk.repeat > 0 and not self.params["refit_per_repeat"]:
+            fitted = self._first_repeat_fit(access, ids, prior, eraser, log_both, tick)   # resumed after repeat 0
+        else:
+            fitted = self._fit(access, ids, prior, state, gen, eraser, log_both, tick)
         if fits is not None:
             fits[key] = (fitted, curve)
         return fitted
+
+    def _first_repeat_fit(self, access, ids, prior, eraser, log, tick):
+        """Repeat 0's fit of this batch, remade with repeat 0's generator and global seed: a run resumed after
+        its first repeat was saved has no cached fit, and its later repeats must sample the same one."""
+        c = self.chunk
+        gen, global_seed = self.chunk_rngs(c.seed, 0, c.batch)
+        with torch.random.fork_rng(devices=[ids.device] if ids.device.type == "cuda" else []):
+            torch.manual_seed(global_seed)
+            state = self.init_latents(access, ids, prior, gen)
+            state = self.select_candidates(access, ids, prior, state, gen)
+            return self._fit(access, ids, prior, state, gen, eraser, log, tick)
 
     def _fit(self, access, ids, prior, state, gen, eraser, log, tick):
         G = self.generator(prior)

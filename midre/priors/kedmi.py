@@ -2,7 +2,10 @@
 
 The discriminator has K + 1 outputs and is trained with the target's soft labels on public images plus
 0.5 x the unsupervised term; the generator by L1 feature matching + 1e-4 x the entropy of D's identity
-prediction.  Paper settings: 50k iterations, Adam 2e-4, betas (0.5, 0.999), batch 64 (protocols.md)."""
+prediction.  Paper settings: Adam 2e-4, betas (0.5, 0.999), batch 64 (protocols.md); ``n_critic`` 5 discriminator
+steps per generator step and no flip of the public images, as in the release (``k+1_gan.py``: the generator steps
+on every 5th batch; its GAN loader does not flip); 10,000 generator steps = the ToolBox's 50,000 discriminator
+iterations (the release's 120 epochs give about 11,000 on its public set)."""
 from __future__ import annotations
 
 import torch
@@ -43,7 +46,7 @@ class KedmiPrior(AdversarialPrior):
     name = "kedmi"
     needs_target = True
     presets = {
-        "paper": {"iterations": 50000, "z_dim": 100, "n_critic": 1},
+        "paper": {"iterations": 10000, "z_dim": 100, "n_critic": 5, "hflip": False},
         "quick": {"iterations": 300, "width": 16, "n_critic": 1, "batch_size": 64, "lr": 5e-4, "ckpt_every": 100},
     }
 
