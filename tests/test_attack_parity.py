@@ -1313,7 +1313,7 @@ DI_C = dict(lr=0.1, b1=0.5, b2=0.9, bn=0.05, first=10.0, tv1=0.5, tv2=1e-2, l2=1
 def ref_deepinversion(T, y, gen, stages, c):
     """get_images: inputs ~ N(0, I) in the target's normalised space; per stage (iterations, lower_res) a
     fresh Adam and schedule; inputs_jit = pool / roll / flip; the loss; step; per-channel clip; the last
-    iterate is returned (best_cost is never updated)."""
+    iterate is returned (what the README command writes: the best batch is saved only with --store_best_images)."""
     mean, std = T.mean, T.std
     u = torch.randn(len(y), 3, DI_RES, DI_RES, generator=gen)
     vals, handles = ref_bn_hooks(T)

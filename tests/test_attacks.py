@@ -245,6 +245,43 @@ def test_run_validates_inputs(setup):
         build_attack("plgmi").run(setup["target"], [0], 1, {"gan": setup["priors"]["gan"]})
 
 
+def test_latent_descent_gives_a_short_chunk_the_full_chunks_step():
+    """Batch-mean losses under plain SGD step each z by lr / B x its own gradient; a short last chunk weighted by
+    its share of a full chunk moves its identities exactly as a full chunk would (and unweighted it does not)."""
+    from midre.attacks.base import ChunkContext, latent_descent
+
+    target = torch.tensor([[0.3, -0.2], [0.1, 0.5]])
+    p = {"iterations": 7, "lr": 0.5, "momentum": 0.9, "z_clip": 1.0}
+    z0 = torch.tensor([[0.0, 0.0], [0.4, -0.4]])
+
+    def loss_of(z):
+        return ((z - target[:len(z)]) ** 2).sum(1).mean()
+
+    full = latent_descent(z0, loss_of, p, lambda v: None, lambda: None)
+    ctx = ChunkContext(full=2)
+    short = latent_descent(z0[:1], loss_of, p, lambda v: None, lambda: None, ctx.share(1))
+    plain = latent_descent(z0[:1], loss_of, p, lambda v: None, lambda: None)
+    assert ctx.share(1) == 0.5 and ChunkContext().share(5) == 1.0
+    torch.testing.assert_close(short[0], full[0])
+    assert not torch.allclose(plain[0], full[0]), "unweighted, the short chunk takes twice the step"
+
+
+@pytest.mark.parametrize("name", ["gmi", "lomma_gmi"])
+def test_gmi_weights_a_short_last_chunk_by_its_share(setup, monkeypatch, name):
+    from midre.attacks import base, gmi
+
+    weights = []
+    orig = base.latent_descent
+
+    def spy(*a, **k):
+        weights.append(a[5] if len(a) > 5 else k.get("weight", 1.0))
+        return orig(*a, **k)
+
+    monkeypatch.setattr(gmi, "latent_descent", spy)
+    build_attack(name, iterations=2, batch_size=2).run(setup["target"], [0, 1, 2], 2, setup["priors"], seed=0)
+    assert weights == [1.0, 0.5, 1.0, 0.5]       # chunks of 2 and 1 identities, in each of the 2 repeats
+
+
 def test_identities_are_batched(setup):
     a = build_attack("gmi", preset="quick", iterations=2, batch_size=3)
     rec = a.run(setup["target"], list(range(7)), 1, setup["priors"], seed=0)

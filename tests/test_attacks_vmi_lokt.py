@@ -89,7 +89,8 @@ def test_vmi_validates_its_parameters():
 
     with pytest.raises(ArgumentError, match="samples"):
         build_attack("vmi", samples=0)
-    assert build_attack("vmi").params["iterations"] == 31 * 157 and build_attack("vmi").params["lambda_kl"] == 1e-3
+    # the q the release keeps: miner_20.pt, saved at the start of epoch 20 (20 x 157 steps), not after its 31 epochs
+    assert build_attack("vmi").params["iterations"] == 20 * 157 and build_attack("vmi").params["lambda_kl"] == 1e-3
 
 
 # ------------------------------------------------------------------------------ LOKT

@@ -62,7 +62,8 @@ def test_bad_resolution():
 
 # ------------------------------------------------------------------------------ config
 def test_presets_and_validation():
-    assert prior_config("gan", "paper").iterations == 50000
+    g = prior_config("gan", "paper")         # the ToolBox's 150k critic iterations at 5 per G step; no flip (releases)
+    assert (g.iterations, g.n_critic, g.hflip) == (30000, 5, False)
     c = prior_config("cgan", "paper")
     assert (c.topk, c.alpha, c.z_dim, c.betas, c.lr) == (30, 0.2, 128, (0.0, 0.9), 2e-4)
     assert prior_config("kedmi", "paper").betas == (0.5, 0.999)

@@ -354,6 +354,12 @@ class ChunkContext:
     repeat: int = 0
     repeats: int = 1
     batch: int = 0
+    full: int = 0          # identities in a full chunk (the run's first); the last chunk may hold fewer
+
+    def share(self, n: int) -> float:
+        """``n`` identities' share of a full chunk: the weight that gives a batch-mean loss of a short last chunk
+        the per-identity gradient a full chunk's mean gives (1 for a full chunk, or outside a run)."""
+        return n / self.full if self.full else 1.0
 
     def generator(self, *keys: Any) -> torch.Generator:
         """A CPU generator seeded from (seed, keys, batch): the same for every repeat of this batch."""
@@ -507,7 +513,7 @@ class Attack:
                             prog.update(task, advance=steps)
                             continue
                         where = f"rep {r + 1}/{repeats} batch {b + 1}/{len(chunks)}"
-                        self.chunk = ChunkContext(seed, r, repeats, b)
+                        self.chunk = ChunkContext(seed, r, repeats, b, len(chunks[0]))
                         self._attack_chunk(out, access, priors, chunk, r, b, seed, dev, adaptive_eraser,
                                            lambda status: prog.update(task, advance=1, status=f"{where} {status}"))
                         if part is not None:
@@ -624,17 +630,21 @@ def build_attack(name: str, preset: str = "paper", **params: Any) -> Attack:
 
 # ============================================================================ shared steps
 def latent_descent(z0: torch.Tensor, loss_of: Callable[[torch.Tensor], torch.Tensor], p: Mapping[str, Any],
-                   log: Callable[[float], Any], tick: Callable[[], Any]) -> torch.Tensor:
+                   log: Callable[[float], Any], tick: Callable[[], Any], weight: float = 1.0) -> torch.Tensor:
     """GMI's latent search, shared by the attacks that keep it (GMI and its kin, SecretGen's white-box stage):
     ``p["iterations"]`` steps of SGD with Nesterov momentum ``p["momentum"]`` (plain SGD at 0) and learning rate
-    ``p["lr"]`` on ``loss_of(z)``, each followed by the clamp of z to [-z_clip, z_clip] (none at 0); the
-    loss is logged and the progress ticked once per step.  Returns the final z, detached."""
+    ``p["lr"]`` on ``weight * loss_of(z)``, each followed by the clamp of z to [-z_clip, z_clip] (none at 0); the
+    loss (unweighted) is logged and the progress ticked once per step.  Returns the final z, detached.
+
+    The losses are batch means, as in the references, so plain SGD moves each identity's z by lr / B times its
+    own gradient: the batch size is part of the step.  ``weight`` (the chunk's :meth:`ChunkContext.share`)
+    keeps that step the full chunks' one in a short last chunk."""
     z = z0.clone().requires_grad_(True)
     opt = torch.optim.SGD([z], lr=p["lr"], momentum=p["momentum"], nesterov=p["momentum"] > 0)
     for _ in range(p["iterations"]):
         loss = loss_of(z)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * weight if weight != 1.0 else loss).backward()
         opt.step()
         if p["z_clip"] > 0:
             with torch.no_grad():

@@ -25,8 +25,9 @@ Per step, as the release's ``DeepInversionClass.get_images``:
 
 ``low_res_iterations`` > 0 first runs that many steps at half resolution (the release's setting 0:
 2,000 low-resolution + 1,000 full-resolution steps, a fresh Adam and schedule per stage).  The result
-is the LAST iterate: the release keeps "best" inputs but never updates its best cost (ImageNet script)
-or keeps a reference to the live tensor (CIFAR-10 script), so both return the last one.
+is the LAST iterate, what the release's README command writes: its ImageNet script tracks the lowest-loss
+batch (since commit cb22f73) but saves it only with ``--store_best_images``, which the command does not pass,
+and its CIFAR-10 script keeps a reference to the live tensor.
 
 Presets: ``paper`` = the release's ImageNet setting (README command: setting 0, lr 0.25, r_feature 0.01,
 first-BN multiplier 10, TV-L2 1e-4, L2 1e-5, jitter 30 at 224 px, flip, clip, Adam betas (0.5, 0.9),

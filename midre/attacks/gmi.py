@@ -60,7 +60,7 @@ class GMI(Attack):
     def invert(self, access, ids, prior, state, gen, eraser, log, tick):
         G = self.generator(prior)
         return {"z": latent_descent(state["z"], lambda z: self.objective(access, prior, G(z), ids, eraser),
-                                    self.params, log, tick)}
+                                    self.params, log, tick, self.chunk.share(len(ids)))}
 
     def decode(self, prior, state, ids, gen):
         return self.generator(prior)(state["z"])

@@ -137,7 +137,7 @@ class SecretGen(Attack):
             area = random_square(x.shape[-1], gen)          # the local critic's crop, new each step
             return self.objective(access, prior, fill(x, m, G(x, m, z)), state, area, eraser)
 
-        z = latent_descent(state["z"], loss_of, p, log, tick)
+        z = latent_descent(state["z"], loss_of, p, log, tick, self.chunk.share(len(ids)))
         return {**state, "start": state["z"], "z": z, "latents": z}
 
     def decode(self, prior, state, ids, gen):

@@ -1,7 +1,10 @@
 """``gan``: a DCGAN generator + critic trained with WGAN-GP on public images (GMI, BREP-MI, RLB-MI, LOMMA+GMI).
 
 One prior shared by all targets (trained without the target).  GMI trains it with Adam 2e-4,
-betas (0.5, 0.999), batch 64 and 5 critic steps per generator step (protocols.md)."""
+betas (0.5, 0.999), batch 64 and 5 critic steps per generator step (protocols.md), on public images that
+are never flipped (the GMI, KedMI and Re-thinking_MI loaders flip only in their classifier-training mode).
+The ``paper`` preset's 30,000 generator steps are the ToolBox's 150,000 critic iterations (its loop counts
+critic steps and steps G on every 5th)."""
 from __future__ import annotations
 
 import torch
@@ -28,7 +31,7 @@ class GanPrior(AdversarialPrior):
     name = "gan"
     needs_target = False
     presets = {
-        "paper": {"iterations": 50000, "z_dim": 100},
+        "paper": {"iterations": 30000, "z_dim": 100, "hflip": False},
         "quick": {"iterations": 200, "width": 16, "n_critic": 2, "batch_size": 64, "lr": 5e-4, "ckpt_every": 100},
     }
 
