@@ -55,6 +55,15 @@ def test_conditional_generator_depends_on_class():
     assert not torch.allclose(x[0], x[1])
 
 
+def test_conditional_generator_at_width_128_has_the_releases_channels():
+    """PLG-MI's / LOKT's ResNet generator (nf 64) at 64 px: 1024 x 4 x 4, then 1024 -> 512 -> 256 -> 128 -> 64; the
+    `paper` presets reach it with g_width 128 (midre's width w gives 8w ... w/2)."""
+    g = CondGenerator(10, 128, 64, 3, 128)
+    assert g.fc.out_features == 1024 * 16
+    assert [b.conv1.in_channels for b in g.blocks] == [1024, 512, 256, 128]
+    assert [b.conv2.out_channels for b in g.blocks] == [512, 256, 128, 64] and g.conv.in_channels == 64
+
+
 def test_bad_resolution():
     with pytest.raises(ArgumentError, match="power-of-two"):
         DCGANGenerator(100, 48)
@@ -66,6 +75,7 @@ def test_presets_and_validation():
     assert (g.iterations, g.n_critic, g.hflip) == (30000, 5, False)
     c = prior_config("cgan", "paper")
     assert (c.topk, c.alpha, c.z_dim, c.betas, c.lr) == (30, 0.2, 128, (0.0, 0.9), 2e-4)
+    assert (c.g_width, c.width, prior_config("cgan", "quick").g_width) == (128, 64, None)
     assert prior_config("kedmi", "paper").betas == (0.5, 0.999)
     k = prior_config("kedmi", "paper")       # the release: 5 D steps per G step, no flip (k+1_gan.py, mode "gan")
     assert (k.n_critic, k.iterations, k.hflip) == (5, 10000, False)
@@ -158,13 +168,15 @@ def test_lomma_aug_kwargs_build_and_reload_the_same_models(data, tmp_path):
         assert torch.equal(p.aug_models[0](x), back.aug_models[0](x))
     # an empty aug_kwargs leaves the keys of priors made before the field existed (the shipped zoo's)
     cfg = PriorConfig()
-    old = {k: v for k, v in cfg.model_dump().items() if k != "aug_kwargs"}
+    old = {k: v for k, v in cfg.model_dump().items() if k not in ("aug_kwargs", "g_width")}
     from midre.utils import config_hash
     assert prior_key("gan", splits.public, None, cfg, 0) == config_hash(
         {"kind": "gan", "public": data_fingerprint(splits.public), "target": model_fingerprint(None),
          "config": old, "seed": 0, "version": 1})
     assert prior_key("gan", splits.public, None, cfg.model_copy(update={"aug_kwargs": {"stem_stride": 2}}), 0) \
         != prior_key("gan", splits.public, None, cfg, 0)
+    assert prior_key("cgan", splits.public, None, cfg.model_copy(update={"g_width": 128}), 0) \
+        != prior_key("cgan", splits.public, None, cfg, 0)
 
 
 def test_kedmi_prior_uses_target_soft_labels(data, tmp_path):
@@ -219,3 +231,15 @@ def test_priors_only_ever_see_public_data(data, tmp_path, monkeypatch):
         assert_public_only(leak, splits.private_train)
     with pytest.raises(ArgumentError, match="unknown prior kind"):
         prepare_priors(_Attack(), splits.public, target, configs={"gna": {}})
+
+
+def test_cgan_g_width_widens_the_generator_only_and_reloads(data, tmp_path):
+    from midre.priors.tacgan import PRESETS as TACGAN_PRESETS
+
+    splits, target = data
+    p = train_prior("cgan", splits.public, target, out_dir=tmp_path, config={**TINY, "g_width": 16, "topk": 2},
+                    preset="quick", device="cpu")
+    assert p.generator.config["width"] == 16 and p.discriminator.config["width"] == 8
+    back = Prior.load(tmp_path / f"cgan-{p.meta['key']}")
+    assert back.generator.config["width"] == 16
+    assert TACGAN_PRESETS["paper"]["g_width"] == 128          # LOKT's T-ACGAN: the release's generator channels

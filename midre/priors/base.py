@@ -55,6 +55,7 @@ class PriorConfig(BaseModel):
     width: int = Field(64, ge=4)
     topk: int = Field(30, ge=1)                  # cgan: public images per class by pseudo-label
     alpha: float = Field(0.2, ge=0)              # cgan: weight of the target's inversion loss
+    g_width: int | None = Field(None, ge=4)      # cgan: the generator's width when not `width` (paper: 128)
     aug_archs: list[str] = ["efficientnet_b0", "efficientnet_b1", "efficientnet_b2"]   # lomma
     aug_kwargs: dict[str, Any] = {}              # lomma: constructor options of the augmented models
     distill_epochs: int = Field(20, ge=0)
@@ -67,8 +68,9 @@ class PriorConfig(BaseModel):
 def prior_key(kind: str, public_set: Any, target: nn.Module | None, cfg: BaseModel, seed: int) -> str:
     """The cache key of a prior: its kind, public data (image bytes), target weights, resolved config, seed."""
     dump = cfg.model_dump()
-    if not dump.get("aug_kwargs"):  # added later: an empty value keeps the keys of earlier priors (the zoo's)
-        dump.pop("aug_kwargs", None)
+    for late in ("aug_kwargs", "g_width"):   # added later: an unset value keeps the keys of earlier priors (the zoo's)
+        if not dump.get(late):
+            dump.pop(late, None)
     return config_hash({"kind": kind, "public": data_fingerprint(public_set), "target": model_fingerprint(target),
                         "config": dump, "seed": int(seed), "version": 1})
 

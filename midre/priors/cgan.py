@@ -24,14 +24,16 @@ class CganPrior(AdversarialPrior):
     name = "cgan"
     needs_target = True
     presets = {
-        "paper": {"iterations": 30000, "z_dim": 128, "betas": (0.0, 0.9), "n_critic": 5, "topk": 30, "alpha": 0.2},
+        # g_width 128: the release's generator channels (nf 64: 1024 x 4 x 4 -> ... -> 64); D keeps width 64
+        "paper": {"iterations": 30000, "z_dim": 128, "betas": (0.0, 0.9), "n_critic": 5, "topk": 30, "alpha": 0.2,
+                  "g_width": 128},
         "quick": {"iterations": 300, "z_dim": 128, "width": 16, "betas": (0.0, 0.9), "n_critic": 1, "topk": 20,
                   "alpha": 0.2, "batch_size": 64, "lr": 5e-4, "ckpt_every": 100},
     }
 
     def build(self, cfg: PriorConfig, data: PublicImages, target: nn.Module | None):
         K = int(target.num_classes)
-        G = CondGenerator(K, cfg.z_dim, data.resolution, data.channels, cfg.width)
+        G = CondGenerator(K, cfg.z_dim, data.resolution, data.channels, cfg.g_width or cfg.width)
         D = ProjectionDiscriminator(K, data.resolution, data.channels, cfg.width)
         probs = target_probs(target, data)
         k = min(cfg.topk, data.n)

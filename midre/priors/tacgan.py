@@ -61,6 +61,7 @@ class TACGANConfig(BaseModel):
     alpha: float = Field(1.5, ge=0)
     z_dim: int = Field(128, ge=1)
     width: int = Field(64, ge=4)
+    g_width: int | None = Field(None, ge=4)       # the generator's width when not `width` (paper: 128)
     samples_per_class: int = Field(500, ge=1)
     surrogate_archs: list[str] = ["densenet121", "densenet169"]
     surrogate_kwargs: dict[str, Any] = {}
@@ -73,7 +74,7 @@ class TACGANConfig(BaseModel):
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "paper": {},
+    "paper": {"g_width": 128},      # the release's generator channels (nf 64: 1024 x 4 x 4 -> ... -> 64)
     # 32 px synthetic benchmark on 2 CPU cores (like the other quick priors: width 16, lr 5e-4, batch 64)
     "quick": {"iterations": 300, "uncond_iterations": 30, "batch_size": 64, "lr": 5e-4, "n_critic": 2,
               "width": 16, "samples_per_class": 60, "surrogate_archs": ["smallresnet"], "surrogate_epochs": 6,
@@ -158,7 +159,7 @@ def _train_gan(cfg: TACGANConfig, images: torch.Tensor, oracle: QueryOracle, K: 
                gen: torch.Generator, progress: bool, stop: int) -> tuple[nn.Module, nn.Module, dict]:
     dev = images.device
     res, ch = int(images.shape[-1]), int(images.shape[1])
-    G = CondGenerator(K, cfg.z_dim, res, ch, cfg.width).to(dev).train()
+    G = CondGenerator(K, cfg.z_dim, res, ch, cfg.g_width or cfg.width).to(dev).train()
     D = ACGANDiscriminator(K, res, ch, cfg.width).to(dev).train()
     optG = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=cfg.betas)
     optD = torch.optim.Adam(D.parameters(), lr=cfg.lr, betas=cfg.betas)
