@@ -232,8 +232,8 @@ def test_plgmi_parity_adam_on_z_two_augmented_views(nets):
     for _ in range(STEPS):
         zz = z.clone().requires_grad_(True)
         x = nets.cG(zz, IDS)
-        v1 = random_views(x, g, (0.8, 1.0), 0.2, 5.0)
-        v2 = random_views(x, g, (0.8, 1.0), 0.2, 5.0)
+        v1 = random_views(x, g, (0.8, 1.0), 0.2, 5.0, rotation_p=0.5)     # kornia's RandomRotation: p 0.5
+        v2 = random_views(x, g, (0.8, 1.0), 0.2, 5.0, rotation_p=0.5)
         loss = ref_max_margin(nets.T(v1), IDS) + ref_max_margin(nets.T(v2), IDS)
         z, = opt.step(torch.autograd.grad(loss, [zz]))
     assert not torch.allclose(z, torch.randn(len(IDS), ZD, generator=_gen()), atol=1e-3)
@@ -248,6 +248,19 @@ def test_plgmi_views_are_square_crops_within_scale_and_rotation():
     assert share.min() > 0.3 and share.max() < 0.7       # a crop of >= 80 % of the area, never off-image
     left = v[:, :, :, :4].mean(dim=(1, 2, 3))
     assert (left > 0.9).any() and (left < 0.1).any()     # both flips occur
+
+
+def test_plgmi_views_rotate_and_jitter_with_their_probabilities():
+    """The release's kornia pipeline rotates with p 0.5 (RandomRotation's default) and its cGAN training jitters
+    with p 0.5; a view left alone by every transform is the input itself.  p = 1 keeps the old stream of draws."""
+    x = torch.rand(400, 3, 16, 16, generator=_gen(2))
+    same = lambda v: (v - x).abs().flatten(1).amax(1) < 1e-5      # noqa: E731
+    rot = random_views(x, _gen(3), (1.0, 1.0), 0.0, 45.0, flip=False, rotation_p=0.5)
+    jit = random_views(x, _gen(3), (1.0, 1.0), 0.5, 0.0, flip=False, jitter_p=0.5)
+    for v in (rot, jit):
+        assert 0.4 < same(v).float().mean() < 0.6
+    assert not same(random_views(x, _gen(3), (1.0, 1.0), 0.0, 45.0, flip=False)).any()
+    assert torch.equal(random_views(x, _gen(4), rotation_p=1.0, jitter_p=1.0), random_views(x, _gen(4)))
 
 
 # ------------------------------------------------------------------------------ BREP-MI

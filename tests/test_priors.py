@@ -243,3 +243,24 @@ def test_cgan_g_width_widens_the_generator_only_and_reloads(data, tmp_path):
     back = Prior.load(tmp_path / f"cgan-{p.meta['key']}")
     assert back.generator.config["width"] == 16
     assert TACGAN_PRESETS["paper"]["g_width"] == 128          # LOKT's T-ACGAN: the release's generator channels
+
+
+def test_cgan_inversion_loss_sees_augmented_fakes(data, tmp_path, monkeypatch):
+    """PLG-MI's release (train_cgan.py) and the ToolBox score the fakes through the augmentation pipeline; the
+    kind's version gives priors trained before that change new keys."""
+    from midre.priors import PriorConfig, cgan, prior_key
+
+    calls = []
+    orig = cgan.random_views
+
+    def spy(x, gen, *a, **k):
+        calls.append((a, k))
+        return orig(x, gen, *a, **k)
+
+    monkeypatch.setattr(cgan, "random_views", spy)
+    splits, target = data
+    train_prior("cgan", splits.public, target, out_dir=tmp_path, config={**TINY, "topk": 2, "iterations": 2},
+                preset="quick", device="cpu")
+    assert len(calls) == 2 and calls[0] == (((0.8, 1.0), 0.2, 5.0), {"rotation_p": 0.5, "jitter_p": 0.5})
+    cfg = PriorConfig()
+    assert prior_key("cgan", splits.public, target, cfg, 0) != prior_key("gan", splits.public, target, cfg, 0)

@@ -3,7 +3,7 @@
 White-box.  Prior kind ``cgan``: a conditional GAN trained on public images pseudo-labelled by the
 target.  The attack optimises z of G(z, y) for the attacked class y with Adam and a max-margin loss on
 two randomly augmented views per step (random resized crop 0.8-1, colour jitter 0.2/0.2, flip,
-rotation 5 degrees; per-sample parameters, differentiable)::
+rotation 5 degrees with probability 0.5 as kornia's default; per-sample parameters, differentiable)::
 
     min_z  sum_{v=1,2} [ max_{c != y} T(A_v(G(z, y)))_c - T(A_v(G(z, y)))_y ]
 
@@ -25,8 +25,13 @@ from .base import Attack, register_attack
 
 
 def random_views(x: torch.Tensor, gen: torch.Generator, scale=(0.8, 1.0), jitter: float = 0.2,
-                 rotation: float = 5.0, flip: bool = True) -> torch.Tensor:
-    """Differentiable batched augmentation with independent parameters per image (from ``gen``)."""
+                 rotation: float = 5.0, flip: bool = True, rotation_p: float = 1.0,
+                 jitter_p: float = 1.0) -> torch.Tensor:
+    """Differentiable batched augmentation with independent parameters per image (from ``gen``): a square
+    crop of ``scale`` of the area, a flip (p 0.5), a rotation within +-``rotation`` degrees applied with
+    probability ``rotation_p`` (kornia's ``RandomRotation`` default: 0.5) and brightness / contrast jitter
+    applied with probability ``jitter_p``.  A probability of 1 draws no coin (the stream of draws is then
+    the one of the version without coins)."""
     b, dev = x.shape[0], x.device
 
     def u(lo, hi):
@@ -34,6 +39,8 @@ def random_views(x: torch.Tensor, gen: torch.Generator, scale=(0.8, 1.0), jitter
 
     s = u(*scale).sqrt()                              # side of the crop relative to the image
     ang = u(-rotation, rotation) * math.pi / 180
+    if rotation_p < 1:
+        ang = ang * (u(0, 1) < rotation_p)
     tx, ty = u(-1, 1) * (1 - s), u(-1, 1) * (1 - s)   # keep the crop inside the image
     sx = s * torch.where(u(0, 1) < 0.5, -1.0, 1.0) if flip else s
     cos, sin = torch.cos(ang), torch.sin(ang)
@@ -43,6 +50,9 @@ def random_views(x: torch.Tensor, gen: torch.Generator, scale=(0.8, 1.0), jitter
     if jitter > 0:
         bright = u(1 - jitter, 1 + jitter).view(b, 1, 1, 1)
         contrast = u(1 - jitter, 1 + jitter).view(b, 1, 1, 1)
+        if jitter_p < 1:
+            off = (u(0, 1) >= jitter_p).view(b, 1, 1, 1)
+            bright, contrast = bright.masked_fill(off, 1.0), contrast.masked_fill(off, 1.0)
         mean = y.mean(dim=(1, 2, 3), keepdim=True)
         y = ((y * bright - mean) * contrast + mean)
     return y.clamp(0, 1)
@@ -57,7 +67,7 @@ class PLGMI(Attack):
     trapdoor_aware = True
     prior_kinds = ("cgan",)
     defaults = {"iterations": 600, "lr": 0.1, "views": 2, "batch_size": 60, "crop_scale_min": 0.8,
-                "jitter": 0.2, "rotation": 5.0}
+                "jitter": 0.2, "rotation": 5.0, "rotation_p": 0.5}
     presets = {"quick": {"iterations": 100, "batch_size": 50}}
 
     def init_latents(self, access, ids, prior, gen):
@@ -74,8 +84,8 @@ class PLGMI(Attack):
             x = G(z, ids)
             loss = 0.0
             for _v in range(max(1, p["views"])):
-                v = self.to_target(random_views(x, gen, (p["crop_scale_min"], 1.0), p["jitter"], p["rotation"]),
-                                   eraser)
+                v = self.to_target(random_views(x, gen, (p["crop_scale_min"], 1.0), p["jitter"], p["rotation"],
+                                                rotation_p=p["rotation_p"]), eraser)
                 if signature_loss is None:
                     loss = loss + max_margin_loss(access(v), ids).mean()
                 else:

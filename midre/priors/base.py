@@ -65,6 +65,11 @@ class PriorConfig(BaseModel):
     ckpt_every: int = Field(500, ge=1)
 
 
+# A kind's training changed in a way its config does not show: its priors get new keys (a cached one is retrained).
+# cgan 2: the inversion loss on augmented fakes (issue 24's review).
+KIND_VERSIONS = {"cgan": 2}
+
+
 def prior_key(kind: str, public_set: Any, target: nn.Module | None, cfg: BaseModel, seed: int) -> str:
     """The cache key of a prior: its kind, public data (image bytes), target weights, resolved config, seed."""
     dump = cfg.model_dump()
@@ -72,7 +77,7 @@ def prior_key(kind: str, public_set: Any, target: nn.Module | None, cfg: BaseMod
         if not dump.get(late):
             dump.pop(late, None)
     return config_hash({"kind": kind, "public": data_fingerprint(public_set), "target": model_fingerprint(target),
-                        "config": dump, "seed": int(seed), "version": 1})
+                        "config": dump, "seed": int(seed), "version": KIND_VERSIONS.get(kind, 1)})
 
 
 # ================================================================================ the prior object

@@ -2,14 +2,17 @@
 
 A conditional-BN generator and a projection discriminator with the hinge loss, trained on public images
 pseudo-labelled by the target (the top-k most confident per class), plus alpha x the target's max-margin
-loss on generated images.  Paper settings: top-30 per class, Adam 2e-4 betas (0, 0.9), alpha 0.2,
-30k iterations, z 128."""
+loss on randomly augmented generated images (the release's training views: crop 0.8-1, colour jitter 0.2 with
+probability 0.5, flip, rotation 5 degrees with probability 0.5).  Paper settings: top-30 per class, Adam 2e-4
+betas (0, 0.9), alpha 0.2, 30k generator steps of 5 critic steps (the ToolBox's 150k critic iterations), z 128,
+public images not flipped."""
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..attacks.plgmi import random_views
 from ..losses import max_margin_loss
 from ..models.generators import CondGenerator, ProjectionDiscriminator
 from .adversarial import AdversarialPrior, noise, target_probs
@@ -26,7 +29,7 @@ class CganPrior(AdversarialPrior):
     presets = {
         # g_width 128: the release's generator channels (nf 64: 1024 x 4 x 4 -> ... -> 64); D keeps width 64
         "paper": {"iterations": 30000, "z_dim": 128, "betas": (0.0, 0.9), "n_critic": 5, "topk": 30, "alpha": 0.2,
-                  "g_width": 128},
+                  "g_width": 128, "hflip": False},
         "quick": {"iterations": 300, "z_dim": 128, "width": 16, "betas": (0.0, 0.9), "n_critic": 1, "topk": 20,
                   "alpha": 0.2, "batch_size": 64, "lr": 5e-4, "ckpt_every": 100},
     }
@@ -55,6 +58,7 @@ class CganPrior(AdversarialPrior):
         yf = torch.randint(ctx["K"], (cfg.batch_size,), generator=gen).to(data.device)
         fake = G(z, yf)
         g_loss = -D(fake, yf).mean()
-        if cfg.alpha > 0:
-            g_loss = g_loss + cfg.alpha * max_margin_loss(target(fake), yf).mean()
+        if cfg.alpha > 0:        # on augmented fakes, as the release's train_cgan.py (and the ToolBox) do
+            views = random_views(fake, gen, (0.8, 1.0), 0.2, 5.0, rotation_p=0.5, jitter_p=0.5)
+            g_loss = g_loss + cfg.alpha * max_margin_loss(target(views), yf).mean()
         return g_loss
