@@ -310,6 +310,11 @@ def test_adaptive_attack_applies_the_defense_eraser_every_step(setup):
     assert rec.meta["adaptive"] is True
     with pytest.raises(ArgumentError, match="does not erase"):
         adaptive_eraser_from_meta({"defense": {"name": "nodef"}})
+    # index-keyed ablations: refused in one line up front (it used to fail inside the first step)
+    for spec in ({"name": "fixed_erasing", "area": 0.4}, {"name": "entire_erasing", "share": 0.5}):
+        with pytest.raises(ArgumentError, match="training-image index"):
+            adaptive_eraser_from_meta({"defense": spec})
+    assert adaptive_eraser_from_meta({"defense": {"name": "multi_patch", "area": 0.4}}) is not None
 
 
 # ------------------------------------------------------------------------------ artefact

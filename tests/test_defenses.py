@@ -97,6 +97,17 @@ def test_unknown_parameter_suggests_the_right_one():
 
 
 # ----------------------------------------------------------------------------------- MID
+
+def test_mid_default_code_is_half_the_feature_dimension():
+    """The references' rule (the release's VGG16 2048 -> 1024, the ToolBox's VibWrapper, TL-DMI's IR152 512 ->
+    256), not a fixed size; the checkpoint's defense parameters rebuild the same head."""
+    m = _tiny(classes=5)
+    d = build_defense("mid")
+    assert d.params()["k"] is None
+    head = d.wrap_model(m).head
+    assert head.k == m.feature_dim // 2
+    assert build_defense(d.spec()).wrap_model(_tiny(classes=5)).head.k == head.k
+
 def test_mid_bottleneck_shapes_and_sigma_definition():
     model = MID(k=6).wrap_model(_tiny(classes=5))
     head = model.head

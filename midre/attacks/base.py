@@ -668,12 +668,17 @@ def adaptive_eraser_from_meta(meta: Mapping[str, Any], target: nn.Module | None 
         from ..defenses.trapmid import trapdoor_adversary
 
         return trapdoor_adversary(spec, target, public)
+    name = spec.get("name") if isinstance(spec, Mapping) else spec
     try:
-        return eraser_for(spec, batched=True)
+        eraser = eraser_for(spec, batched=True)
     except ArgumentError:
-        name = spec.get("name") if isinstance(spec, Mapping) else spec
         raise ArgumentError(f"the target's defense '{name or 'nodef'}' does not erase images, so --adaptive has "
                             "nothing to apply; use --adaptive only against MIDRE / erasing / Trap-MID targets") from None
+    if getattr(eraser, "needs_index", False):
+        raise ArgumentError(f"the target's defense '{name}' erases by training-image index (each image's own region "
+                            "or turn), which an attacker's image does not have, so --adaptive has nothing to apply; "
+                            "use --adaptive against MIDRE, multi_patch or Trap-MID targets")
+    return eraser
 
 
 def register_attack(cls: type) -> type:
