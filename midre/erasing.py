@@ -85,14 +85,16 @@ def _is_number(v: Any) -> bool:
 
 
 def _check_bounds(area: Any, lower: Any) -> tuple[float, float]:
+    """``lower <= area``; ``lower == area`` is a fixed share (the paper's a_e sweep and its D.2 ablation)."""
     if not _is_number(lower) or not math.isfinite(lower):
-        raise ArgumentError(f"lower must be a number in (0, area), got {lower!r}; the paper uses lower=0.1")
+        raise ArgumentError(f"lower must be a number in (0, area], got {lower!r}; the paper uses lower=0.1")
     if not _is_number(area) or not math.isfinite(area):
-        raise ArgumentError(f"area (a_e) must be a number in (lower, 1], got {area!r}; the paper uses 0.4 (or 0.8 at 224 px)")
+        raise ArgumentError(f"area (a_e) must be a number in [lower, 1], got {area!r}; the paper uses 0.4 (or 0.8 at 224 px)")
     if not 0.0 < float(lower) < 1.0:
-        raise ArgumentError(f"lower must be in (0, area), got {lower}; the paper uses lower=0.1")
-    if not float(lower) < float(area) <= 1.0:
-        raise ArgumentError(f"area (a_e) must be in (lower, 1] = ({lower}, 1], got {area}; the paper uses 0.4 (or 0.8 at 224 px)")
+        raise ArgumentError(f"lower must be in (0, area], got {lower}; the paper uses lower=0.1")
+    if not float(lower) <= float(area) <= 1.0:
+        raise ArgumentError(f"area (a_e) must be in [lower, 1] = [{lower}, 1], got {area}; the paper uses 0.4 (or 0.8 "
+                            "at 224 px); lower = area erases a fixed share")
     return float(area), float(lower)
 
 

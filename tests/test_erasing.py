@@ -355,7 +355,7 @@ def test_multi_patch_total_area_equals_one_midre_square(n):
     lambda: RandomErasing(area=1.5),
     lambda: RandomErasing(area=0.05),             # a_e <= lower
     lambda: RandomErasing(area=0.4, lower=0.0),
-    lambda: RandomErasing(area=0.4, lower=0.4),
+    lambda: RandomErasing(area=0.4, lower=0.5),        # lower > a_e (lower == a_e is a fixed share)
     lambda: RandomErasing(area="big"),
     lambda: RandomErasing(area=True),
     lambda: RandomErasing(ratio=(2.0, 1.0)),
@@ -418,3 +418,13 @@ def test_boxes_to_mask_matches_slicing():
     ref = torch.zeros(2, 8, 8, dtype=torch.bool)
     ref[0, 0:4, 2:5] = True
     assert torch.equal(m, ref)
+
+
+def test_lower_equal_to_area_erases_a_fixed_share():
+    """The paper's a_e sweep (Fig. 2) and its D.2 ablation erase a fixed share s = a_e; torchvision accepts
+    scale=(a, a) and so does midre (the square's side is round(sqrt(a * H * W)))."""
+    out = RandomErasing(area=0.25, lower=0.25, generator=gen(3))
+    img = torch.rand(3, 32, 32)
+    for _ in range(5):
+        erased = (out(img) != img).any(0).float().mean().item()
+        assert erased == pytest.approx(0.25, abs=1e-6)
