@@ -591,9 +591,10 @@ def validate_train(where: str, path: str, train: dict[str, Any]) -> dict[str, An
             raise ConfigError(f"{where}: unknown key '{sub}' in '{path}'{did_you_mean(sub, allowed)}; "
                               f"allowed keys: {', '.join(allowed)}") from None
         _raise_train(where, path, e)
-    if full.get("stop") is None:   # added later: a section without it keeps the stage keys it always had
-        full.pop("stop", None)
-    elif full["stop"].get("at_val_acc") is None:   # added after train.stop: unset, the keys stay as they were
+    for late in ("stop", "augment"):   # added later: a section without them keeps the stage keys it always had
+        if full.get(late) is None:
+            full.pop(late, None)
+    if full.get("stop") is not None and full["stop"].get("at_val_acc") is None:   # added after train.stop
         full["stop"].pop("at_val_acc", None)
     return full
 

@@ -2,7 +2,8 @@
 students all go through :func:`train_classifier`; defenses plug in through the hooks of
 :class:`midre.defenses.base.Defense` and never fork it.
 
-Per batch: x, y, idx -> device -> random horizontal flip -> ``defense.transform_batch`` (MIDRE's eraser,
+Per batch: x, y, idx -> device -> ``train.augment`` if set (the release's 224-px crop and colour jitter,
+:mod:`midre.augment`) -> random horizontal flip -> ``defense.transform_batch`` (MIDRE's eraser,
 batched, on the device; Trap-MID's trigger step and triggered copies) -> forward (AMP on GPU)
 -> ``defense.task_loss`` or cross-entropy + ``defense.regularizer`` -> backward -> gradient clipping
 (after backward) -> optimizer step.  A defense's own state (``defense.state_dict``) is checkpointed with
@@ -27,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from torch.utils.data import DataLoader, Dataset
 
 from . import tblog
+from .augment import Augment, augment_batch
 from .checkpoint import load_state, save_checkpoint
 from .defenses.base import Defense, StepContext, TrainContext, build_defense
 from .distributed import world as _world
@@ -52,6 +54,7 @@ class TrainConfig(BaseModel):
     milestones: list[int] = []
     gamma: float = Field(0.1, gt=0)
     hflip: bool = True
+    augment: Augment | None = None       # crop / colour jitter before the flip (midre.augment); unset: none
     amp: bool = True
     device: str = "auto"
     seed: int = 0
@@ -273,10 +276,13 @@ def _resume(s: _Loop) -> tuple[int, list[dict[str, Any]]]:
 
 
 def _train_step(s: _Loop, x: torch.Tensor, y: torch.Tensor, idx: Any, epoch: int,
-                flip_gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                flip_gen: torch.Generator, aug_gen: torch.Generator | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One optimisation step on a batch (flip, defense transform, forward, loss, backward, clip, step);
     returns ``(loss, logits, y)`` with ``y`` as the defense transformed it."""
     cfg, defense = s.cfg, s.defense
+    if cfg.augment is not None and aug_gen is not None:
+        x = augment_batch(x, cfg.augment, aug_gen)
     if cfg.hflip:
         x = _random_hflip(x, flip_gen)
     x, y = defense.transform_batch(x, y, torch.as_tensor(idx))
@@ -314,6 +320,7 @@ def _run_epoch(s: _Loop, epoch: int, prog: Any, task: Any) -> dict[str, Any]:
     seed_everything(derive_seed(cfg.seed, "epoch", epoch, *ddp.keys))
     s.gen.manual_seed(derive_seed(cfg.seed, "order", epoch))
     flip_gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "flip", epoch, *ddp.keys))
+    aug_gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "augment", epoch, *ddp.keys))
     s.defense.on_epoch_start(epoch, cfg.epochs)
     s.train_model.train()
     tot_loss, tot_correct, tot_n = 0.0, 0, 0
@@ -324,7 +331,7 @@ def _run_epoch(s: _Loop, epoch: int, prog: Any, task: Any) -> dict[str, Any]:
             # a trailing batch of one image breaks BatchNorm1d heads (VGG16, IR nets); skip it
             prog.update(task, advance=1)
             continue
-        loss, logits, y = _train_step(s, x, y, idx, epoch, flip_gen)
+        loss, logits, y = _train_step(s, x, y, idx, epoch, flip_gen, aug_gen)
         n = y.shape[0]
         tot_loss += float(loss.detach()) * n
         tot_correct += int((logits.detach().argmax(1) == y).sum())
