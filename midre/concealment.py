@@ -3,8 +3,8 @@ equal pixel concealment.
 
 At a concealment level ``c`` (share of training pixels hidden) three schemes are trained:
 
-* EE, Entire Erasing (``entire_erasing``, share = c): whole images erased, a share c of each
-  identity's images in every epoch;
+* EE, Entire Erasing (``entire_erasing``, share = c): a share c of each identity's images left out of
+  training in every epoch (the paper's "reduce the number of samples per ID"; ``mode: drop``);
 * RE, Random Erasing (``midre``): every image, every batch, a square of share c at a random place;
 * FE, Fixed Erasing (``fixed_erasing``): every image, a square of share c at a place fixed per image
   for the whole training.

@@ -277,15 +277,18 @@ def _resume(s: _Loop) -> tuple[int, list[dict[str, Any]]]:
 
 def _train_step(s: _Loop, x: torch.Tensor, y: torch.Tensor, idx: Any, epoch: int,
                 flip_gen: torch.Generator, aug_gen: torch.Generator | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """One optimisation step on a batch (flip, defense transform, forward, loss, backward, clip, step);
-    returns ``(loss, logits, y)`` with ``y`` as the defense transformed it."""
+    returns ``(loss, logits, y)`` with ``y`` as the defense transformed it, or None (no step) when the defense
+    left fewer than 2 images."""
     cfg, defense = s.cfg, s.defense
     if cfg.augment is not None and aug_gen is not None:
         x = augment_batch(x, cfg.augment, aug_gen)
     if cfg.hflip:
         x = _random_hflip(x, flip_gen)
     x, y = defense.transform_batch(x, y, torch.as_tensor(idx))
+    if x.shape[0] < 2 and len(s.train_set) > 1:   # a defense left (almost) nothing of this batch (Entire Erasing)
+        return None
     with torch.autocast(s.device.type, dtype=s.amp_dtype, enabled=s.use_amp):
         if defense.needs_features:
             logits, feats = _forward_features(s.train_model, x)
@@ -331,7 +334,11 @@ def _run_epoch(s: _Loop, epoch: int, prog: Any, task: Any) -> dict[str, Any]:
             # a trailing batch of one image breaks BatchNorm1d heads (VGG16, IR nets); skip it
             prog.update(task, advance=1)
             continue
-        loss, logits, y = _train_step(s, x, y, idx, epoch, flip_gen, aug_gen)
+        step = _train_step(s, x, y, idx, epoch, flip_gen, aug_gen)
+        if step is None:
+            prog.update(task, advance=1)
+            continue
+        loss, logits, y = step
         n = y.shape[0]
         tot_loss += float(loss.detach()) * n
         tot_correct += int((logits.detach().argmax(1) == y).sum())

@@ -178,7 +178,7 @@ def test_fixed_erasing_defense_same_region_per_index_across_epochs():
 
 def test_entire_erasing_defense_uses_training_labels():
     train, _ = _sets()
-    d = prepared("entire_erasing", train_set=train)
+    d = prepared({"name": "entire_erasing", "mode": "fill"}, train_set=train)
     x, y = train.batch(torch.arange(16))
     out, _ = d.transform_batch(x, y, torch.arange(16))
     whole = erased(x, out).all(-1).all(-1)
@@ -186,6 +186,38 @@ def test_entire_erasing_defense_uses_training_labels():
         assert int(whole[y == c].sum()) == 2
     with pytest.raises(ArgumentError, match="targets"):
         prepared("entire_erasing", train_set=[1, 2, 3])
+
+
+def test_entire_erasing_drops_the_epochs_share_of_each_identity_as_the_paper():
+    """Sec. 3.3: EE "reduces the number of samples per ID" in each epoch: the chosen images leave the batch
+    (default), they are not kept as constant images with their labels ('fill', the earlier rule)."""
+    train, _ = _sets()
+    d = prepared("entire_erasing", train_set=train)
+    assert d.params()["mode"] == "drop"
+    x, y = train.batch(torch.arange(16))
+    out, yk = d.transform_batch(x, y, torch.arange(16))
+    assert out.shape[0] == yk.shape[0] == 8                      # 2 of each identity's 4 images left out
+    assert all(int((yk == c).sum()) == 2 for c in range(4))
+    plan = d.eraser.selection()[:16]
+    assert torch.equal(out, x[~plan]) and torch.equal(yk, y[~plan])   # the kept images untouched
+    d.on_epoch_start(1, 3)
+    assert not torch.equal(d.eraser.selection()[:16], plan)     # a fresh choice each epoch
+    with pytest.raises(ArgumentError, match="mode must be"):
+        build_defense({"name": "entire_erasing", "mode": "skip"})
+
+
+def test_a_batch_emptied_by_entire_erasing_takes_no_step(tmp_path):
+    from midre.data import load_dataset
+    from midre.models import create_model
+    from midre.training import TrainConfig, train_classifier
+
+    torch.set_num_threads(1)
+    splits = load_dataset("synthetic", seed=0, num_private=4, num_public=4, images_per_id=12)
+    cfg = TrainConfig(epochs=1, batch_size=2, lr=0.05, device="cpu", amp=False, seed=0)
+    res = train_classifier(create_model("tinycnn", num_classes=4, resolution=32), splits.private_train,
+                           splits.private_test, defense={"name": "entire_erasing", "share": 0.5}, config=cfg,
+                           progress=False)
+    assert res.history[0]["loss"] == res.history[0]["loss"]     # finite: the steps taken saw kept images only
 
 
 @pytest.mark.parametrize("name", ["pixel_masking", "multi_patch"])

@@ -129,15 +129,29 @@ class FixedErasingDefense(ErasingDefense):
                 "seed": self.seed}
 
 
-@DEFENSES.register("entire_erasing", params="share, fill, seed")
+@DEFENSES.register("entire_erasing", params="share, mode, fill, seed")
 class EntireErasingDefense(ErasingDefense):
-    """Entire Erasing ablation: erase whole images, ``share`` of each identity's images per epoch."""
+    """Entire Erasing ablation: ``share`` of each identity's images per epoch are left out of training.
+
+    ``mode``: 'drop' (the paper's sec. 3.3: "reduce the number of samples per ID" in each epoch; the chosen
+    images leave their batch) or 'fill' (they stay in the batch as constant ``fill`` images with their labels:
+    midre's rule before issue 24's review, which also dilutes the loss and shifts BatchNorm statistics)."""
 
     name = "entire_erasing"
 
     def __init__(self, share: float = 0.4, fill: str | float | Sequence[float] = "mean",
-                 seed: int | None = None):
+                 seed: int | None = None, mode: str = "drop"):
+        if mode not in ("drop", "fill"):
+            raise ArgumentError(f"entire_erasing: mode must be 'drop' (the paper) or 'fill', got {mode!r}")
+        self.mode = mode
         super().__init__(EntireErasing(share=share, fill=fill, seed=seed or 0), seed)
+
+    def transform_batch(self, x: torch.Tensor, y: torch.Tensor,
+                        idx: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.mode == "fill":
+            return super().transform_batch(x, y, idx)
+        keep = ~self.eraser.sample_mask(x, y, idx)[:, 0, 0]        # the epoch's plan for these training images
+        return x[keep], y[keep]
 
     def prepare(self, ctx: TrainContext) -> None:
         super().prepare(ctx)
@@ -149,7 +163,7 @@ class EntireErasingDefense(ErasingDefense):
         self.eraser.set_targets(targets)
 
     def params(self) -> dict[str, Any]:
-        return {"share": self.eraser.share, "fill": fill_param(self.eraser.fill), "seed": self.seed}
+        return {"share": self.eraser.share, "mode": self.mode, "fill": fill_param(self.eraser.fill), "seed": self.seed}
 
 
 @DEFENSES.register("pixel_masking", params="fraction, fill, seed")
