@@ -254,6 +254,32 @@ def test_bido_regularizer_value_over_hooked_blocks(measure, y_kernel):
     assert d._acts == {}
 
 
+def test_bido_release_layers_are_all_blocks_but_the_last_and_the_penultimate_feature():
+    """The BiDO release's VGG16 (hsic_training) returns the four pooled block outputs and the feature after its
+    BatchNorm1d, and sums the penalty over all five; `layers: release` hooks the same places on any Classifier."""
+    model = _tiny()
+    d = BiDO(layers="release")
+    assert d.params()["layers"] == "release" and d.hooked_indices(model) == list(range(len(model.blocks) - 1))
+    d.prepare(TrainContext(model=model, train_set=None))
+    feats = {}
+    h = model.head.register_forward_hook(lambda m, i, o: feats.__setitem__("f", i[0]))
+    model.train()
+    x, y = torch.rand(6, 3, RES, RES), torch.tensor([0, 1, 2, 3, 0, 1])
+    logits = model(x)
+    h.remove()
+    acts = dict(d._acts)
+    assert sorted(acts) == [*range(len(model.blocks) - 1), len(model.blocks)]
+    assert torch.equal(acts[len(model.blocks)], feats["f"])
+    reg = d.regularizer(StepContext(model=model, x=x, y=y, logits=logits, features=None, epoch=0, epochs=1))
+    onehot = F.one_hot(y, 4).float()
+    Kx, Ky = gaussian_kernel(x.flatten(1), 5.0), onehot @ onehot.T
+    expected = sum(0.05 * nhsic(gaussian_kernel(a.flatten(1), 5.0), Kx) - 0.5 * nhsic(gaussian_kernel(a.flatten(1), 5.0), Ky)
+                   for a in acts.values())
+    assert torch.allclose(reg, expected, rtol=1e-4, atol=1e-7)
+    with pytest.raises(ArgumentError, match="release"):
+        BiDO(layers="all")
+
+
 def test_bido_layer_choice_and_errors():
     model = _tiny()
     d = BiDO(layers=[-1])

@@ -24,9 +24,12 @@ Definitions used here (all on flattened tensors, one row per sample, n = batch s
 - ``measure="coco"``: ``sqrt(||(H K H)(H L H)||_F) / n`` -- the constrained-covariance form of the
   reference code (also small in value: BiDO-COCO has its own, larger lambdas).
 
-Layers: ``layers=None`` hooks 3 evenly spaced modules of ``model.blocks`` (first, middle, last);
-a list of indices into ``model.blocks`` selects others.  Hooks are installed in ``prepare`` and only
-record while the model is training with gradients enabled.
+Layers: ``layers=None`` hooks 3 evenly spaced modules of ``model.blocks`` (first, middle, last; the ToolBox
+hooks 3 evenly spaced layers too, but not the first block); a list of indices into ``model.blocks`` selects
+others; ``layers="release"`` hooks what the BiDO release hooks on its VGG16 (``hsic_training``): every block
+output but the last, plus the penultimate feature (the input of ``model.head``), the penalty summed over all
+of them.  Hooks are installed in ``prepare`` and only record while the model is training with gradients
+enabled.
 """
 from __future__ import annotations
 
@@ -109,7 +112,7 @@ class BiDO(Defense):
     name = "bido"
 
     def __init__(self, lambda_x: float = 0.05, lambda_y: float = 0.5, measure: str = "hsic", sigma: float = 5.0,
-                 layers: Sequence[int] | None = None, y_kernel: str = "linear"):
+                 layers: Sequence[int] | str | None = None, y_kernel: str = "linear"):
         lambda_x, lambda_y, sigma = (number("bido", k, v) for k, v in
                                      (("lambda_x", lambda_x), ("lambda_y", lambda_y), ("sigma", sigma)))
         if lambda_x < 0 or lambda_y < 0:
@@ -120,10 +123,13 @@ class BiDO(Defense):
             raise ArgumentError(f"bido: measure must be one of {', '.join(MEASURES)}, got {measure!r}")
         if y_kernel not in ("gaussian", "linear"):
             raise ArgumentError(f"bido: y_kernel must be 'gaussian' or 'linear', got {y_kernel!r}")
-        if layers is not None:
+        if layers == "release":
+            pass
+        elif layers is not None:
             if isinstance(layers, (str, bytes)) or not all(isinstance(i, int) and not isinstance(i, bool) for i in layers) \
                     or len(layers) == 0:
-                raise ArgumentError(f"bido: layers must be a non-empty list of block indices (e.g. [0, 2, 4]), got {layers!r}")
+                raise ArgumentError(f"bido: layers must be a non-empty list of block indices (e.g. [0, 2, 4]) or "
+                                    f"'release', got {layers!r}")
             layers = [int(i) for i in layers]
         self.lambda_x = float(lambda_x)
         self.lambda_y = float(lambda_y)
@@ -147,6 +153,8 @@ class BiDO(Defense):
             raise ArgumentError(f"bido needs a model with intermediate blocks (model.blocks), got {type(model).__name__}")
         if self.layers is None:
             return evenly_spaced(len(blocks), 3)
+        if self.layers == "release":
+            return list(range(len(blocks) - 1))
         bad = [i for i in self.layers if not -len(blocks) <= i < len(blocks)]
         if bad:
             raise ArgumentError(f"bido: layer index {bad[0]} is out of range; the model has {len(blocks)} blocks "
@@ -164,6 +172,12 @@ class BiDO(Defense):
         blocks = list(model.blocks)
         for i in self.hooked_indices(model):
             self._handles.append(blocks[i].register_forward_hook(self._make_hook(i)))
+        if self.layers == "release":               # the penultimate feature: what the head receives
+            head = getattr(model, "head", None)
+            if not isinstance(head, nn.Module):
+                raise ArgumentError(f"bido: layers 'release' needs a model with a head (a midre Classifier), got "
+                                    f"{type(model).__name__}")
+            self._handles.append(head.register_forward_hook(self._make_hook(len(blocks), take_input=True)))
         self._hooked = model
 
     def detach(self) -> None:
@@ -171,11 +185,11 @@ class BiDO(Defense):
             h.remove()
         self._handles, self._hooked, self._acts = [], None, {}
 
-    def _make_hook(self, i: int):
+    def _make_hook(self, i: int, take_input: bool = False):
         def hook(module, inputs, output):
             if module.training and torch.is_grad_enabled():
-                out = output[0] if isinstance(output, (tuple, list)) else output
-                self._acts[i] = out
+                out = inputs if take_input else output
+                self._acts[i] = out[0] if isinstance(out, (tuple, list)) else out
         return hook
 
     # ------------------------------------------------------------------ defense hooks
@@ -218,6 +232,6 @@ class BiDO(Defense):
 
 @DEFENSES.register("bido", family="baseline")
 def _bido(lambda_x: float = 0.05, lambda_y: float = 0.5, measure: str = "hsic", sigma: float = 5.0,
-          layers: Sequence[int] | None = None, y_kernel: str = "linear") -> Defense:
+          layers: Sequence[int] | str | None = None, y_kernel: str = "linear") -> Defense:
     """BiDO: CE + lambda_x * d(X, Z) - lambda_y * d(Z, Y) over hooked blocks (HSIC / COCO)."""
     return BiDO(lambda_x=lambda_x, lambda_y=lambda_y, measure=measure, sigma=sigma, layers=layers, y_kernel=y_kernel)
