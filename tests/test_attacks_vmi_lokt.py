@@ -210,3 +210,14 @@ def test_cli_attack_end_to_end(setup, tmp_path, name, params, prior):
     assert len(rec) == 4 and rec.meta["attack"] == name
     if name == "lokt":
         assert rec.meta["queries"] == TAC["iterations"] * TAC["n_critic"] * TAC["batch_size"] + K * TAC["samples_per_class"]
+
+
+def test_tacgan_refuses_a_flip_it_would_not_apply():
+    """The T-ACGAN loop never flips real images (the release's loader does not); hflip: true used to be accepted
+    and silently ignored."""
+    from midre.errors import ArgumentError
+    from midre.priors import prior_config
+
+    with pytest.raises(ArgumentError, match="never flips"):
+        prior_config("tacgan", "quick", {"hflip": True})
+    assert prior_config("tacgan", "quick").hflip is False

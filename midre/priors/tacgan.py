@@ -35,7 +35,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..attacks.base import QueryOracle
 from ..attacks.plgmi import random_views
@@ -71,6 +71,13 @@ class TACGANConfig(BaseModel):
     surrogate_lr: float = Field(0.1, gt=0)
     ckpt_every: int = Field(500, ge=1)
     hflip: bool = False                            # the reference's GAN loader does not flip real images
+
+    @field_validator("hflip")
+    @classmethod
+    def _no_flip(cls, v: bool) -> bool:
+        if v:
+            raise ValueError("the tacgan prior never flips its real images (as the LOKT release); remove hflip")
+        return v
 
 
 PRESETS: dict[str, dict[str, Any]] = {
