@@ -10,8 +10,9 @@ At a concealment level ``c`` (share of training pixels hidden) three schemes are
   for the whole training.
 
 Level 0 % is NoDef for all three (the paper's first row).  The paper fixes the erased share of RE / FE
-to ``c`` (its "Partial Erasure a_e" column); midre's erasers draw the share from ``(lower, area]``,
-so ``lower`` is set a hair below ``area`` (``c - 1e-6``), which fixes the square's side.
+to ``c`` (its "Partial Erasure a_e" column); ``lower`` is set a hair below ``area`` (``c - 1e-6``), which
+fixes the square's side (written before ``lower == area`` became the fixed-share form; kept so that the
+study's stage keys stay as they were).
 
 The study is one pipeline (:func:`midre.pipeline.run_pipeline`) over a config built from a base config:
 its dataset, models, training settings and ONE attack are kept, its targets are replaced by the grid

@@ -131,10 +131,12 @@ class RunPlan:
 
     def _prior_key(self, kind: str, tname: str | None) -> str:
         cfg = self.cfg
+        version = get_prior(kind).stage_version(cfg.priors.preset)    # None (keys as before) unless raised
         return config_hash({
             "base": self.keys["data"], "kind": kind, "preset": cfg.priors.preset,
             "params": cfg.priors.params.get(kind, {}), "seed": self.prior_seed(kind, tname),
-            "holdout": cfg.priors.holdout, "target": self.keys[f"targets/{tname}"] if tname else None})
+            "holdout": cfg.priors.holdout, "target": self.keys[f"targets/{tname}"] if tname else None,
+            **({"version": version} if version else {})})
 
     def _attack_keys(self) -> None:
         cfg, keys = self.cfg, self.keys
@@ -152,16 +154,24 @@ class RunPlan:
                         self.prior_units[pname] = (kind, tname)
                     names[kind] = pname
                 self.attack_priors[(a.key, t.name)] = names
+                version = attack_version(a.name)
                 akey = config_hash({
                     "target": keys[f"targets/{t.name}"], "name": a.name, "preset": a.preset, "params": a.params,
                     "identities": a.identities, "repeats": a.repeats, "adaptive": a.adaptive, "seed": cfg.seed,
-                    "priors": {k: keys[p] for k, p in names.items()}})
+                    "priors": {k: keys[p] for k, p in names.items()}, **({"version": version} if version != 1 else {})})
                 keys[f"attacks/{t.name}/{a.key}"] = akey
                 keys[f"metrics/{t.name}/{a.key}"] = config_hash({
                     "attack": akey, "eval": keys["eval"], "metrics": cfg.metrics.model_dump(mode="json")})
 
 
 # ============================================================================ helpers
+def attack_version(name: str) -> int:
+    """The attack's ``version`` (raised when its rule changes in a way its parameters do not show; 1: keys as before)."""
+    from .attacks import ATTACKS
+
+    return int(getattr(ATTACKS.get(name), "version", 1)) if name in ATTACKS else 1
+
+
 def defense_spec(spec: Any) -> dict[str, Any]:
     """A target's ``defense`` entry as its defense's canonical spec (validates it)."""
     from .defenses import build_defense

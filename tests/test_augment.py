@@ -34,7 +34,7 @@ def test_jitter_factors_follow_torchvision_ranges():
     assert f.min() >= 0.8 - 1e-6 and f.max() <= 1.2 + 1e-6 and f.std() > 0.05
 
 
-def test_same_seed_same_batch_and_order_matters_not_the_call_count():
+def test_same_seed_same_batch_other_seed_other_batch_and_per_image_draws():
     x = torch.rand(6, 3, 16, 16, generator=_gen(4))
     aug = Augment(crop_scale=(0.85, 1.0), color_jitter=(0.2, 0.2, 0.1, 0.1))
     a, b = augment_batch(x, aug, _gen(7)), augment_batch(x, aug, _gen(7))
@@ -54,7 +54,7 @@ def test_bad_settings_are_one_config_error(bad):
     assert "\n" not in str(e.value)
 
 
-def test_unset_augment_keeps_the_stage_keys_and_set_changes_them():
+def test_unset_augment_is_left_out_of_the_train_dump_that_stage_keys_hash():
     from midre.config import validate_train
 
     assert "augment" not in validate_train("c", "t", {})

@@ -214,10 +214,41 @@ def test_a_batch_emptied_by_entire_erasing_takes_no_step(tmp_path):
     torch.set_num_threads(1)
     splits = load_dataset("synthetic", seed=0, num_private=4, num_public=4, images_per_id=12)
     cfg = TrainConfig(epochs=1, batch_size=2, lr=0.05, device="cpu", amp=False, seed=0)
-    res = train_classifier(create_model("tinycnn", num_classes=4, resolution=32), splits.private_train,
-                           splits.private_test, defense={"name": "entire_erasing", "share": 0.5}, config=cfg,
-                           progress=False)
-    assert res.history[0]["loss"] == res.history[0]["loss"]     # finite: the steps taken saw kept images only
+    from midre import training
+
+    outcomes = []
+    orig = training._train_step
+
+    def spy(*a, **k):
+        out = orig(*a, **k)
+        outcomes.append(out is None)
+        return out
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(training, "_train_step", spy)
+    try:
+        res = train_classifier(create_model("tinycnn", num_classes=4, resolution=32), splits.private_train,
+                               splits.private_test, defense={"name": "entire_erasing", "share": 0.5}, config=cfg,
+                               progress=False)
+    finally:
+        mp.undo()
+    assert any(outcomes) and not all(outcomes)          # some batches were emptied and skipped, others trained
+    assert res.history[0]["train_acc"] >= 0
+
+
+def test_entire_erasing_drop_hands_later_members_the_kept_indices():
+    """Composed after a dropping Entire Erasing, an index-keyed member (here Fixed Erasing) gets the indices of
+    the images that stayed (it used to get the whole batch's and refuse the shapes)."""
+    train, _ = _sets()
+    d = build_defense([{"name": "entire_erasing", "share": 0.5}, {"name": "fixed_erasing", "area": 0.2}])
+    d.prepare(TrainContext(model=nn.Identity(), train_set=train, config=_Cfg()))
+    d.on_epoch_start(0, 3)
+    x, y = train.batch(torch.arange(16))
+    out, yk = d.transform_batch(x, y, torch.arange(16))
+    ee, fe = d.members()
+    assert out.shape[0] == yk.shape[0] == int(ee.kept.sum()) == 8
+    alone = fe.transform_batch(x[ee.kept], y[ee.kept], torch.arange(16)[ee.kept])[0]
+    assert torch.equal(out, alone)
 
 
 @pytest.mark.parametrize("name", ["pixel_masking", "multi_patch"])

@@ -353,7 +353,7 @@ def test_multi_patch_total_area_equals_one_midre_square(n):
 # ----------------------------------------------------------------------------------------- validation
 @pytest.mark.parametrize("make", [
     lambda: RandomErasing(area=1.5),
-    lambda: RandomErasing(area=0.05),             # a_e <= lower
+    lambda: RandomErasing(area=0.05),             # a_e < lower
     lambda: RandomErasing(area=0.4, lower=0.0),
     lambda: RandomErasing(area=0.4, lower=0.5),        # lower > a_e (lower == a_e is a fixed share)
     lambda: RandomErasing(area="big"),

@@ -262,5 +262,13 @@ def test_cgan_inversion_loss_sees_augmented_fakes(data, tmp_path, monkeypatch):
     train_prior("cgan", splits.public, target, out_dir=tmp_path, config={**TINY, "topk": 2, "iterations": 2},
                 preset="quick", device="cpu")
     assert len(calls) == 2 and calls[0] == (((0.8, 1.0), 0.2, 5.0), {"rotation_p": 0.5, "jitter_p": 0.5})
+    from midre.utils import config_hash
+
     cfg = PriorConfig()
-    assert prior_key("cgan", splits.public, target, cfg, 0) != prior_key("gan", splits.public, target, cfg, 0)
+    dump = {k: v for k, v in cfg.model_dump().items() if k not in ("aug_kwargs", "g_width")}
+    v1 = config_hash({"kind": "cgan", "public": data_fingerprint(splits.public), "target": model_fingerprint(target),
+                      "config": dump, "seed": 0, "version": 1})
+    assert cgan.CganPrior.version == 2 and prior_key("cgan", splits.public, target, cfg, 0) != v1
+    assert prior_key("gan", splits.public, None, cfg, 0) == config_hash(
+        {"kind": "gan", "public": data_fingerprint(splits.public), "target": model_fingerprint(None),
+         "config": dump, "seed": 0, "version": 1})                  # other kinds keep their keys (the zoo's)

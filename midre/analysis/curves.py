@@ -1,7 +1,7 @@
 """The a_e sweep curve: natural accuracy and attack accuracy against MIDRE's area bound a_e.
 
 Not the paper's Fig. 2 as such: the targets here draw s ~ U(0.1, a_e), the paper's sweep erases a fixed share
-s = a_e (docs/defenses.md); train fixed-share targets (``lower`` just below ``area``) for its setting.
+s = a_e (docs/defenses.md); train fixed-share targets (``lower: a`` with ``area: a``) for its setting.
 
 Points come from a results table holding several MIDRE targets (``defense_params`` with ``area``);
 the NoDef target is the point a_e = 0, as in the paper ("0.0 indicating no random erasing").

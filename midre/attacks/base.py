@@ -388,6 +388,8 @@ class Attack:
     # the literature's ranking at equal budget (higher = stronger); `midre audit` runs the strongest that fit
     # its access level; None: unranked (listed after the ranked ones)
     strength: int | None = None
+    # raised when the attack's rule changes in a way its parameters do not show (a run's attack stage keys change)
+    version: int = 1
     trapdoor_aware: bool = False       # adds a TrapdoorAdversary's signature loss when adaptive (PLG-MI++)
     # SecretGen's threat model: the attacker also holds the attacked identities' private training images with a
     # hole; callers give them (midre.attacks.masked.give_masked_private, hole zeroed) as ``masked_private``

@@ -9,8 +9,8 @@ surrogate per step, averaged over the surrogates::
 
     min_z  1/|S| sum_{s in S} [ MM(s(A_1(G(z, y))), y) + MM(s(A_2(G(z, y))), y) ]
 
-A = random resized crop 0.8-1 (square), brightness / contrast jitter 0.2, flip, rotation 5 degrees (each
-surrogate draws its own two views).  Defaults (the reference's plg_tacgan.py): Adam lr 0.1, 600
+A = random resized crop 0.8-1 (square), brightness / contrast jitter 0.2, flip, rotation 5 degrees with
+probability 0.5 (kornia's RandomRotation default, as in plg_tacgan.py; each surrogate draws its own two views).  Defaults (the reference's plg_tacgan.py): Adam lr 0.1, 600
 iterations, identities in batches of 60, one z per repeat.
 
 Queries: ``meta["queries"]`` is the TOTAL the attack cost -- the prior's T-ACGAN and labelling queries
@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from ..errors import ArgumentError
 from ..losses import max_margin_loss
 from .base import Attack, register_attack
 from .plgmi import random_views
@@ -33,12 +34,19 @@ class LOKT(Attack):
     """LOKT: PLG-MI's inversion on the surrogates of a label-only T-ACGAN prior."""
 
     name = "lokt"
+    version = 2      # rotation with probability 0.5 (issue 24's review)
     strength = 35     # above BREP-MI (its paper), below the black-box attacks (kept conservative)
     access = "label-only"
     prior_kinds = ("tacgan",)
     defaults: dict[str, Any] = {"iterations": 600, "lr": 0.1, "views": 2, "batch_size": 60, "crop_scale_min": 0.8,
-                                "jitter": 0.2, "rotation": 5.0, "max_queries": 0}
+                                "jitter": 0.2, "rotation": 5.0, "rotation_p": 0.5, "max_queries": 0}
     presets = {"quick": {"iterations": 100, "batch_size": 50}}
+
+    def validate(self) -> None:
+        super().validate()
+        if not 0 <= self.params["rotation_p"] <= 1:
+            raise ArgumentError(f"attack 'lokt': 'rotation_p' is a probability in [0, 1] (the release: 0.5), "
+                                f"got {self.params['rotation_p']}")
 
     def init_latents(self, oracle, ids, prior, gen):
         G = prior["tacgan"].generator
@@ -49,7 +57,8 @@ class LOKT(Attack):
         loss = x.new_zeros(())
         for s in surrogates:
             for _v in range(max(1, p["views"])):
-                v = random_views(x, gen, (p["crop_scale_min"], 1.0), p["jitter"], p["rotation"])
+                v = random_views(x, gen, (p["crop_scale_min"], 1.0), p["jitter"], p["rotation"],
+                                 rotation_p=p["rotation_p"])
                 loss = loss + max_margin_loss(s(self.to_target(v, eraser)), ids).mean()
         return loss / max(1, len(surrogates))
 

@@ -20,6 +20,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..errors import ArgumentError
 from ..losses import max_margin_loss
 from .base import Attack, register_attack
 
@@ -62,6 +63,7 @@ class PLGMI(Attack):
     """PLG-MI: conditional-GAN prior, Adam on z, max-margin loss over two augmented views."""
 
     name = "plgmi"
+    version = 2      # rotation with probability 0.5 (issue 24's review)
     strength = 100
     access = "white-box"
     trapdoor_aware = True
@@ -69,6 +71,12 @@ class PLGMI(Attack):
     defaults = {"iterations": 600, "lr": 0.1, "views": 2, "batch_size": 60, "crop_scale_min": 0.8,
                 "jitter": 0.2, "rotation": 5.0, "rotation_p": 0.5}
     presets = {"quick": {"iterations": 100, "batch_size": 50}}
+
+    def validate(self) -> None:
+        super().validate()
+        if not 0 <= self.params["rotation_p"] <= 1:
+            raise ArgumentError(f"attack 'plgmi': 'rotation_p' is a probability in [0, 1] (the release: 0.5), "
+                                f"got {self.params['rotation_p']}")
 
     def init_latents(self, access, ids, prior, gen):
         G = prior["cgan"].generator

@@ -200,6 +200,9 @@ class Compose(Defense):
     def transform_batch(self, x, y, idx=None):
         for d in self.defenses:
             x, y = d.transform_batch(x, y, idx)
+            kept = getattr(d, "kept", None)          # a member that left images out (Entire Erasing's drop)
+            if kept is not None and idx is not None:
+                idx = torch.as_tensor(idx)[kept.to("cpu")]
         return x, y
 
     def task_loss(self, logits, y):

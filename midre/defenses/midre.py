@@ -144,6 +144,7 @@ class EntireErasingDefense(ErasingDefense):
         if mode not in ("drop", "fill"):
             raise ArgumentError(f"entire_erasing: mode must be 'drop' (the paper) or 'fill', got {mode!r}")
         self.mode = mode
+        self.kept: torch.Tensor | None = None     # drop: which images of the last batch stayed (Compose reads it)
         super().__init__(EntireErasing(share=share, fill=fill, seed=seed or 0), seed)
 
     def transform_batch(self, x: torch.Tensor, y: torch.Tensor,
@@ -151,10 +152,15 @@ class EntireErasingDefense(ErasingDefense):
         if self.mode == "fill":
             return super().transform_batch(x, y, idx)
         keep = ~self.eraser.sample_mask(x, y, idx)[:, 0, 0]        # the epoch's plan for these training images
+        self.kept = keep
         return x[keep], y[keep]
 
     def prepare(self, ctx: TrainContext) -> None:
         super().prepare(ctx)
+        if self.mode == "drop" and torch.distributed.is_available() and torch.distributed.is_initialized() \
+                and torch.distributed.get_world_size() > 1:
+            raise ArgumentError("entire_erasing mode 'drop' is not supported under torchrun (the ranks would keep "
+                                "batches of different sizes and stall); train it in one process or use mode 'fill'")
         targets = getattr(ctx.train_set, "targets", None)
         if targets is None:
             raise ArgumentError("entire_erasing needs a training set with a 'targets' tensor of labels "

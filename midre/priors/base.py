@@ -65,11 +65,6 @@ class PriorConfig(BaseModel):
     ckpt_every: int = Field(500, ge=1)
 
 
-# A kind's training changed in a way its config does not show: its priors get new keys (a cached one is retrained).
-# cgan 2: the inversion loss on augmented fakes (issue 24's review).
-KIND_VERSIONS = {"cgan": 2}
-
-
 def prior_key(kind: str, public_set: Any, target: nn.Module | None, cfg: BaseModel, seed: int) -> str:
     """The cache key of a prior: its kind, public data (image bytes), target weights, resolved config, seed."""
     dump = cfg.model_dump()
@@ -77,7 +72,11 @@ def prior_key(kind: str, public_set: Any, target: nn.Module | None, cfg: BaseMod
         if not dump.get(late):
             dump.pop(late, None)
     return config_hash({"kind": kind, "public": data_fingerprint(public_set), "target": model_fingerprint(target),
-                        "config": dump, "seed": int(seed), "version": KIND_VERSIONS.get(kind, 1)})
+                        "config": dump, "seed": int(seed), "version": _kind_version(kind)})
+
+
+def _kind_version(kind: str) -> int:
+    return int(getattr(PRIORS.get(kind), "version", 1)) if kind in PRIORS else 1
 
 
 # ================================================================================ the prior object
@@ -152,6 +151,16 @@ class PriorKind:
     quality_gate: ClassVar[bool] = False         # the validity gate reads its sample quality (midre.gates)
     config_model: ClassVar[type[BaseModel]] = PriorConfig
     presets: ClassVar[dict[str, dict[str, Any]]] = {"paper": {}, "quick": {}}
+    # raised when the kind's training (``version``) or a preset's contents (``preset_versions``) change in a way
+    # its config does not show: the prior's cache key and the run's prior stage key change with them
+    version: ClassVar[int] = 1
+    preset_versions: ClassVar[dict[str, int]] = {}
+
+    @classmethod
+    def stage_version(cls, preset: str) -> list[int] | None:
+        """What a run's prior stage key adds for this kind and preset (None while both are 1: keys unchanged)."""
+        v = [cls.version, cls.preset_versions.get(preset, 1)]
+        return None if v == [1, 1] else v
 
     # ---------------------------------------------------------------- configuration
     def config(self, preset: str = "paper", overrides: Any = None) -> BaseModel:

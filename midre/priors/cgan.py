@@ -26,6 +26,8 @@ class CganPrior(AdversarialPrior):
 
     name = "cgan"
     needs_target = True
+    version = 2                 # issue 24's review: the inversion loss on augmented fakes
+    preset_versions = {"paper": 2}          # and g_width 128, no flip
     presets = {
         # g_width 128: the release's generator channels (nf 64: 1024 x 4 x 4 -> ... -> 64); D keeps width 64
         "paper": {"iterations": 30000, "z_dim": 128, "betas": (0.0, 0.9), "n_critic": 5, "topk": 30, "alpha": 0.2,

@@ -30,6 +30,7 @@ class GanPrior(AdversarialPrior):
 
     name = "gan"
     needs_target = False
+    preset_versions = {"paper": 2}          # issue 24's review: 30,000 G steps, no flip
     presets = {
         "paper": {"iterations": 30000, "z_dim": 100, "hflip": False},
         "quick": {"iterations": 200, "width": 16, "n_critic": 2, "batch_size": 64, "lr": 5e-4, "ckpt_every": 100},

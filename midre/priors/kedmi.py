@@ -45,6 +45,7 @@ class KedmiPrior(AdversarialPrior):
 
     name = "kedmi"
     needs_target = True
+    preset_versions = {"paper": 2}          # issue 24's review: n_critic 5, 10,000 G steps, no flip
     presets = {
         "paper": {"iterations": 10000, "z_dim": 100, "n_critic": 5, "hflip": False},
         "quick": {"iterations": 300, "width": 16, "n_critic": 1, "batch_size": 64, "lr": 5e-4, "ckpt_every": 100},

@@ -110,13 +110,7 @@ def tacgan_generator_loss(D: nn.Module, fake: torch.Tensor, y: torch.Tensor, alp
 def surrogate_views(x: torch.Tensor, gen: torch.Generator, jitter: float = 0.2, jitter_prob: float = 0.5) -> torch.Tensor:
     """The reference's surrogate augmentation: square crop 0.8-1, flip, rotation 5 degrees, then brightness /
     contrast jitter 0.2 applied to each image with probability ``jitter_prob``."""
-    y = random_views(x, gen, (0.8, 1.0), 0.0, 5.0)
-    b, dev = x.shape[0], x.device
-    bright = (1 + (torch.rand(b, generator=gen) * 2 - 1) * jitter).to(dev).view(b, 1, 1, 1)
-    contrast = (1 + (torch.rand(b, generator=gen) * 2 - 1) * jitter).to(dev).view(b, 1, 1, 1)
-    on = (torch.rand(b, generator=gen) < jitter_prob).to(dev).view(b, 1, 1, 1)
-    mean = y.mean(dim=(1, 2, 3), keepdim=True)
-    return torch.where(on, ((y * bright - mean) * contrast + mean).clamp(0, 1), y)
+    return random_views(x, gen, (0.8, 1.0), jitter, 5.0, jitter_p=jitter_prob)
 
 
 def surrogate_loss(S: nn.Module, x: torch.Tensor, x_aug: torch.Tensor, y_hat: torch.Tensor) -> torch.Tensor:
@@ -292,6 +286,8 @@ class TacganPrior(PriorKind):
     needs_target = True
     config_model = TACGANConfig
     presets = PRESETS
+    version = 2                 # issue 24's review: the surrogate views through random_views (float rounding)
+    preset_versions = {"paper": 2}          # and g_width 128
 
     def train(self, cfg: Any, data: Any, target: nn.Module | None, root: Path, gen: torch.Generator,
               progress: bool, until: int | None, meta: dict[str, Any]) -> tuple[Prior, dict[str, Any], bool]:
