@@ -25,3 +25,22 @@ def tiny_sets():
         return TensorImageSet((x.clamp(0, 1) * 255).round().to(torch.uint8), y)
 
     return make(96), make(48)
+
+
+@pytest.fixture
+def descent_weights(monkeypatch):
+    """``watch(module)``: the ``weight`` of every :func:`midre.attacks.base.latent_descent` call that ``module``
+    makes from now on (the list fills as the attack runs)."""
+    from midre.attacks import base
+
+    def watch(module) -> list[float]:
+        weights: list[float] = []
+        orig = base.latent_descent
+
+        def spy(*a, **k):
+            weights.append(a[5] if len(a) > 5 else k.get("weight", 1.0))
+            return orig(*a, **k)
+
+        monkeypatch.setattr(module, "latent_descent", spy)
+        return weights
+    return watch

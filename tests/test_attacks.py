@@ -267,17 +267,10 @@ def test_latent_descent_gives_a_short_chunk_the_full_chunks_step():
 
 
 @pytest.mark.parametrize("name", ["gmi", "lomma_gmi"])
-def test_gmi_weights_a_short_last_chunk_by_its_share(setup, monkeypatch, name):
-    from midre.attacks import base, gmi
+def test_gmi_weights_a_short_last_chunk_by_its_share(setup, descent_weights, name):
+    from midre.attacks import gmi
 
-    weights = []
-    orig = base.latent_descent
-
-    def spy(*a, **k):
-        weights.append(a[5] if len(a) > 5 else k.get("weight", 1.0))
-        return orig(*a, **k)
-
-    monkeypatch.setattr(gmi, "latent_descent", spy)
+    weights = descent_weights(gmi)
     build_attack(name, iterations=2, batch_size=2).run(setup["target"], [0, 1, 2], 2, setup["priors"], seed=0)
     assert weights == [1.0, 0.5, 1.0, 0.5]       # chunks of 2 and 1 identities, in each of the 2 repeats
 

@@ -361,6 +361,14 @@ class ChunkContext:
         the per-identity gradient a full chunk's mean gives (1 for a full chunk, or outside a run)."""
         return n / self.full if self.full else 1.0
 
+    def rngs(self, attack: str, repeat: int | None = None) -> tuple[torch.Generator, int]:
+        """The randomness of ``attack``'s chunk (``repeat``, default this one; this batch): its CPU generator
+        (``gen`` of the hooks) and the global torch seed set while its hooks run."""
+        r = self.repeat if repeat is None else repeat
+        gen = torch.Generator(device="cpu")
+        gen.manual_seed(derive_seed(self.seed, attack, r, self.batch))
+        return gen, derive_seed(self.seed, attack, "global", r, self.batch)
+
     def generator(self, *keys: Any) -> torch.Generator:
         """A CPU generator seeded from (seed, keys, batch): the same for every repeat of this batch."""
         g = torch.Generator(device="cpu")
@@ -388,8 +396,7 @@ class Attack:
     # the literature's ranking at equal budget (higher = stronger); `midre audit` runs the strongest that fit
     # its access level; None: unranked (listed after the ranked ones)
     strength: int | None = None
-    # raised when the attack's rule changes in a way its parameters do not show (a run's attack stage keys change)
-    version: int = 1
+    version: int = 1        # raised when the rule changes unseen by its parameters (the run's stage keys change)
     trapdoor_aware: bool = False       # adds a TrapdoorAdversary's signature loss when adaptive (PLG-MI++)
     # SecretGen's threat model: the attacker also holds the attacked identities' private training images with a
     # hole; callers give them (midre.attacks.masked.give_masked_private, hole zeroed) as ``masked_private``
@@ -538,17 +545,10 @@ class Attack:
             return oracle, oracle
         raise ArgumentError(f"attack '{self.name}' declares unknown access '{self.access}'")  # pragma: no cover
 
-    def chunk_rngs(self, seed: int, r: int, b: int) -> tuple[torch.Generator, int]:
-        """Chunk (r, b)'s randomness: its CPU generator (``gen`` of the hooks) and the global torch seed set
-        while its hooks run."""
-        gen = torch.Generator(device="cpu")
-        gen.manual_seed(derive_seed(seed, self.name, r, b))
-        return gen, derive_seed(seed, self.name, "global", r, b)
-
     def _attack_chunk(self, out: _Chunks, access: Any, priors: dict[str, Any], chunk: list[int], r: int, b: int,
                       seed: int, dev: torch.device, eraser: Any, advance: Callable[[str], None]) -> None:
         """Invert one (repeat, batch) chunk, seeded on its own, and append it to ``out``."""
-        gen, global_seed = self.chunk_rngs(seed, r, b)
+        gen, global_seed = ChunkContext(seed, r, batch=b).rngs(self.name)
         ids = torch.tensor(chunk, dtype=torch.long, device=dev)
         curve: list[float] = []
 

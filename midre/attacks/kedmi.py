@@ -87,7 +87,7 @@ class KedMI(GMI):
         """Repeat 0's fit of this batch, remade with repeat 0's generator and global seed: a run resumed after
         its first repeat was saved has no cached fit, and its later repeats must sample the same one."""
         c = self.chunk
-        gen, global_seed = self.chunk_rngs(c.seed, 0, c.batch)
+        gen, global_seed = c.rngs(self.name, repeat=0)
         with torch.random.fork_rng(devices=[ids.device] if ids.device.type == "cuda" else []):
             torch.manual_seed(global_seed)
             state = self.init_latents(access, ids, prior, gen)
