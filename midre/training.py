@@ -276,13 +276,13 @@ def _resume(s: _Loop) -> tuple[int, list[dict[str, Any]]]:
 
 
 def _train_step(s: _Loop, x: torch.Tensor, y: torch.Tensor, idx: Any, epoch: int,
-                flip_gen: torch.Generator, aug_gen: torch.Generator | None = None
+                flip_gen: torch.Generator, aug_gen: torch.Generator
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """One optimisation step on a batch (flip, defense transform, forward, loss, backward, clip, step);
     returns ``(loss, logits, y)`` with ``y`` as the defense transformed it, or None (no step) when the defense
     left fewer than 2 images."""
     cfg, defense = s.cfg, s.defense
-    if cfg.augment is not None and aug_gen is not None:
+    if cfg.augment is not None:
         x = augment_batch(x, cfg.augment, aug_gen)
     if cfg.hflip:
         x = _random_hflip(x, flip_gen)
