@@ -8,6 +8,20 @@ import torch
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _module_seed():
+    """Every module starts from the same global torch RNG state.  A module-scoped fixture that builds a model
+    takes its initial weights from the global RNG; unseeded, they (and so every threshold checked on that model)
+    depended on which tests ran before it in the process -- a test could pass alone and fail in a combined run."""
+    torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _test_seed():
+    """Likewise per test: a test's outcome does not depend on the tests selected before it (``-k``, ``-x``)."""
+    torch.manual_seed(0)
+
+
 @pytest.fixture
 def tiny_sets():
     """A tiny learnable, flip-invariant 4-class problem: class = (bright half: top/bottom) x (bright
