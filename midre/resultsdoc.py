@@ -48,12 +48,14 @@ def _pm(mean: Any, std: Any, seeds: int) -> str:
 
 def _results(s: dict[str, Any]) -> str:
     own = any(r.get("target_top1") is not None for r in s["rows"])     # the attack's reach on the target itself
-    head = ["target", "defense", "attack", "Acc (%)", "AttAcc top-1 (%)", "top-5 (%)",
-            *(["target's own top-1 (%)"] if own else []), "KNN", "FID_eval", "seeds"]
+    trap = any(_f(r.get("trapdoor_acc")) != "--" for r in s["rows"])   # Trap-MID: beside natural accuracy
+    head = ["target", "defense", "attack", "Acc (%)", *(["trapdoor Acc (%)"] if trap else []), "AttAcc top-1 (%)",
+            "top-5 (%)", *(["target's own top-1 (%)"] if own else []), "KNN", "FID_eval", "seeds"]
     body = []
     for r in s["rows"]:
         n = int(r.get("n_seeds", 1) or 1)
         body.append([r["target"], str(r.get("defense")), str(r.get("attack") or "--"), _pm(r["acc"], r.get("acc_std"), n),
+                     *([_f(r.get("trapdoor_acc"))] if trap else []),
                      _pm(r.get("attack_top1"), r.get("attack_top1_std"), n), _f(r.get("attack_top5")),
                      *([_f(r.get("target_top1"))] if own else []),
                      _f(r.get("knn"), "{:.0f}"), _f(r.get("fid_eval"), "{:.0f}"), str(n)])

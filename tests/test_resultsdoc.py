@@ -98,3 +98,16 @@ def test_results_table_shows_the_targets_own_top1_when_the_rows_carry_it():
     lines = TABLES["results"]({"rows": [{**row, "target_top1": 99.0}], "seeds": ["seed-0"]}).splitlines()
     assert "| target's own top-1 (%) |" in lines[0]
     assert lines[2] == "| nodef | nodef | gmi | 96.0 | 40.0 | 70.0 | 99.0 | 200 | 70 | 1 |"
+
+
+def test_results_table_shows_trapdoor_accuracy_beside_natural_accuracy_when_a_row_has_it():
+    from midre.resultsdoc import TABLES
+
+    row = {"target": "nodef", "defense": "nodef", "attack": "gmi", "acc": 96.0, "attack_top1": 40.0,
+           "attack_top5": 70.0, "knn": 200.0, "fid_eval": 70.0, "trapdoor_acc": float("nan")}
+    assert "trapdoor" not in TABLES["results"]({"rows": [row], "seeds": ["seed-0"]})   # no Trap-MID target
+    trap = {**row, "target": "trapmid", "defense": "trapmid", "acc": 95.0, "trapdoor_acc": 2.5}
+    lines = TABLES["results"]({"rows": [row, trap], "seeds": ["seed-0"]}).splitlines()
+    assert lines[0].startswith("| target | defense | attack | Acc (%) | trapdoor Acc (%) | AttAcc top-1 (%) |")
+    assert lines[2] == "| nodef | nodef | gmi | 96.0 | -- | 40.0 | 70.0 | 200 | 70 | 1 |"
+    assert lines[3] == "| trapmid | trapmid | gmi | 95.0 | 2.5 | 40.0 | 70.0 | 200 | 70 | 1 |"
