@@ -157,6 +157,9 @@ class AttackSection(_Section):
     repeats: int = Field(1, ge=1)
     adaptive: bool = False
     targets: list[str] | None = None
+    # False: reported beside the comparison -- its NoDef floor, its place in the weakest-attack gate and the
+    # priors only it uses are listed for information and do not decide validity; a decision rule may not name it
+    gated: bool = True
 
     @field_validator("label")
     @classmethod

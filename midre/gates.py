@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +48,15 @@ def _attack_floor(key: str, name: str, floors: Mapping[str, float]) -> float | N
     return None
 
 
+def _not_gated(check: dict[str, Any]) -> dict[str, Any]:
+    """A check of an attack (or a prior only it uses) reported beside the comparison: listed, not deciding."""
+    return {**check, "floor": f"{check['floor']} (not gated)", "status": INFO}
+
+
 def check_gates(rows: Sequence[Mapping[str, Any]], eval_acc: Any, gates: Any,
                 attack_names: Mapping[str, str] | None = None,
-                prior_quality: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Any]:
+                prior_quality: Sequence[Mapping[str, Any]] | None = None,
+                ungated: Collection[str] = (), ungated_priors: Collection[str] = ()) -> dict[str, Any]:
     """Check the instrument on the NoDef rows of a results table.
 
     Args:
@@ -59,6 +65,9 @@ def check_gates(rows: Sequence[Mapping[str, Any]], eval_acc: Any, gates: Any,
         gates: a :class:`midre.config.GatesSection` or a mapping with the same keys.
         attack_names: attack key (column ``attack``) -> registered attack name (``lomma_gmi``, ...).
         prior_quality: ``[{"prior": name, "target": target or None, "relative_coverage": c, ...}]``.
+        ungated: attack keys reported beside the comparison (``gated: false``): their floor checks are
+            listed as information and they do not count among "the others" of the weakest-attack gate.
+        ungated_priors: prior units (``cgan-nodef``) that only ungated attacks use: listed as information.
 
     Returns ``{"valid", "verdict", "checks": [...], "floors": {...}}``; every check has gate, subject,
     value, floor, status (passed / failed / not measured / info).
@@ -82,10 +91,11 @@ def check_gates(rows: Sequence[Mapping[str, Any]], eval_acc: Any, gates: Any,
                 checks.append({"gate": "attack NoDef top-1 (%)", "subject": f"{key} -> {t}", "value": v,
                                "floor": "none", "status": INFO})
             else:
-                checks.append(_floor_check("attack NoDef top-1 (%)", f"{key} -> {t}", v, floor))
+                c = _floor_check("attack NoDef top-1 (%)", f"{key} -> {t}", v, floor)
+                checks.append(_not_gated(c) if key in ungated else c)
         weak = g.get("weakest")
         weak_keys = [k for k in top1 if weak and (k == weak or names.get(k) == weak)]
-        others = [v for k, v in top1.items() if k not in weak_keys]
+        others = [v for k, v in top1.items() if k not in weak_keys and k not in ungated]
         for k in weak_keys:
             if others:
                 bound = min(others)
@@ -98,11 +108,13 @@ def check_gates(rows: Sequence[Mapping[str, Any]], eval_acc: Any, gates: Any,
         if tgt is not None and tgt not in nodef_targets:
             continue
         subject = str(q.get("prior")) + ("" if tgt is None else f" ({tgt})")
-        checks.append(_floor_check("prior relative coverage (held-out public)", subject,
-                                   as_float(q.get("relative_coverage")), g["prior_coverage"]))
+        c = _floor_check("prior relative coverage (held-out public)", subject,
+                         as_float(q.get("relative_coverage")), g["prior_coverage"])
+        checks.append(_not_gated(c) if str(q.get("prior")).rsplit("/", 1)[-1] in ungated_priors else c)
     valid = all(c["status"] in (PASSED, INFO) for c in checks)
     return {"format": "midre-gates", "valid": valid, "verdict": VALID if valid else NOT_VALID, "checks": checks,
-            "floors": {k: g[k] for k in ("eval_acc", "target_acc", "attack_top1", "weakest", "prior_coverage")}}
+            "floors": {k: g[k] for k in ("eval_acc", "target_acc", "attack_top1", "weakest", "prior_coverage")},
+            **({"not_gated": sorted(ungated)} if ungated else {})}
 
 
 # `midre audit`: the model is the user's (no NoDef to compare with), so its gates check the audit itself

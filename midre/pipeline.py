@@ -117,7 +117,7 @@ def run_pipeline(config: Any, out_dir: str | os.PathLike, resume: bool = True, p
         return _train_worker(cfg, run_dir, ddp)
     with RunLock(run_dir), logs:
         if rule is not None:
-            record_rule(run_dir, Path(rule), cfg.name)
+            record_rule(run_dir, Path(rule), cfg.name, {a.key for a in cfg.attacks if not a.gated})
         try:
             remove_stale_temps(run_dir)
             if cfg.seeds:

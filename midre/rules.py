@@ -23,6 +23,7 @@ A rule file::
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, Literal
 
@@ -92,9 +93,10 @@ def default_rule_path(config_name: str, base: Path | None = None) -> Path | None
     return p if p.is_file() else None
 
 
-def record_rule(run_dir: Path, path: Path, config_name: str) -> dict[str, Any]:
+def record_rule(run_dir: Path, path: Path, config_name: str, ungated: Collection[str] = ()) -> dict[str, Any]:
     """Write RUN/rule.json (path, sha256, time) the first time a run starts with a rule; a later start with
-    a rule file of another content is refused (the rule was fixed when the run began)."""
+    a rule file of another content is refused (the rule was fixed when the run began).  ``ungated``: the
+    config's attacks reported beside the comparison (``gated: false``), which the rule may not name."""
     import json
 
     from .rundir import now
@@ -104,6 +106,11 @@ def record_rule(run_dir: Path, path: Path, config_name: str) -> dict[str, Any]:
     if rule.experiment != config_name:
         raise ConfigError(f"rule file '{path}' is for experiment '{rule.experiment}', not '{config_name}'; give "
                           f"rules/{config_name}.yaml")
+    named = sorted({c.attack for c in rule.comparisons} & set(ungated))
+    if named:
+        raise ConfigError(f"rule file '{path}' decides on attack '{named[0]}', which the config reports beside the "
+                          "comparison (gated: false: the validity gates do not check it); drop it from the rule's "
+                          "comparisons or remove 'gated: false' from that attack")
     digest = sha256_of(path)
     rec_path = run_dir / "rule.json"
     if rec_path.exists():

@@ -274,3 +274,34 @@ def test_rule_lookup_and_experiment_mismatch(tmp_path):
     assert not (run / "rule.json").exists()
     rec = record_rule(run, tmp_path / "rules" / "tiny-frontier.yaml", "tiny-frontier")
     assert record_rule(run, tmp_path / "rules" / "tiny-frontier.yaml", "tiny-frontier") == rec   # a resume
+
+
+def test_ungated_attacks_priors_are_listed_and_a_rule_may_not_name_them(tmp_path):
+    """``gated: false`` on an attack: write_gates lists the priors only it uses as information (a prior a gated
+    attack also uses stays gated), and a rule that decides on that attack is refused before anything is
+    recorded."""
+    from midre.pipeline import write_gates
+    from midre.rules import record_rule
+
+    raw = copy.deepcopy(TINY)
+    raw.pop("gates")
+    raw["attacks"].append({"name": "plgmi", "preset": "quick", "identities": "all", "adaptive": True, "gated": False})
+    cfg = load_config(raw)
+    for unit, cov in (("gan", 0.9), ("cgan-nodef", 0.1)):
+        d = tmp_path / "priors" / unit / "k"
+        d.mkdir(parents=True)
+        (d / "prior.json").write_text(json.dumps({"quality": {"relative_coverage": cov}}))
+    rows = [{"target": "nodef", "defense": "nodef", "attack": a, "acc": 99.0, "attack_top1": v}
+            for a, v in (("gmi", 40.0), ("plgmi-adaptive", 5.0))]
+    res = write_gates(tmp_path, cfg, rows, 99.0)
+    assert res["valid"], [c for c in res["checks"] if c["status"] not in ("passed", "info")]
+    status = {c["subject"]: c["status"] for c in res["checks"]}
+    assert status["cgan-nodef (nodef)"] == "info" and status["plgmi-adaptive -> nodef"] == "info"
+    assert status["gan"] == "passed"
+    run = tmp_path / "run"
+    run.mkdir()
+    (tmp_path / "rule.yaml").write_text(RULE.replace("attack: gmi, primary", "attack: plgmi-adaptive, primary"))
+    with pytest.raises(ConfigError, match="decides on attack 'plgmi-adaptive'.*gated: false"):
+        record_rule(run, tmp_path / "rule.yaml", "tiny-frontier", {"plgmi-adaptive"})
+    assert not (run / "rule.json").exists()
+

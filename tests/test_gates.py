@@ -160,3 +160,28 @@ def test_a_study_gates_its_seed_means(tmp_path):
     priors = [c["subject"] for c in gates["checks"] if c["gate"].startswith("prior")]
     assert priors == ["seed-0/gan", "seed-1/gan"]
     assert "comparison not valid" in (root / "report.md").read_text()
+
+
+def test_an_ungated_attack_is_listed_but_does_not_decide():
+    """An attack reported beside the comparison (``gated: false``) that misses its floor, sits below GMI and uses
+    a prior that misses the coverage floor leaves the run valid, its checks listed as information; the same
+    numbers gated make the run "comparison not valid" (each of the three checks fails)."""
+    rows = _rows(gmi=40.0, lomma_gmi=60.0, **{"plgmi-adaptive": 10.0})
+    names = {"gmi": "gmi", "lomma_gmi": "lomma_gmi", "plgmi-adaptive": "plgmi"}
+    priors = [{"prior": "gan", "target": None, "relative_coverage": 0.9},
+              {"prior": "cgan-nodef", "target": "nodef", "relative_coverage": 0.1}]
+    gated = check_gates(rows, 96.0, GatesSection(), names, priors)
+    assert not gated["valid"]
+    assert {(c["gate"], c["subject"]) for c in gated["checks"] if c["status"] == "failed"} == {
+        ("attack NoDef top-1 (%)", "plgmi-adaptive -> nodef"), ("weakest attack stays weakest", "gmi -> nodef"),
+        ("prior relative coverage (held-out public)", "cgan-nodef (nodef)")}
+    side = check_gates(rows, 96.0, GatesSection(), names, priors, ungated={"plgmi-adaptive"},
+                       ungated_priors={"cgan-nodef"})
+    assert side["valid"] and side["verdict"] == VALID and side["not_gated"] == ["plgmi-adaptive"]
+    info = {c["subject"]: c for c in side["checks"] if c["status"] == "info"}
+    assert info["plgmi-adaptive -> nodef"]["floor"] == ">= 80 (not gated)"
+    assert info["cgan-nodef (nodef)"]["floor"] == ">= 0.5 (not gated)"
+    weakest = next(c for c in side["checks"] if c["gate"] == "weakest attack stays weakest")
+    assert weakest["status"] == "passed" and weakest["floor"].startswith("< 60")   # lomma_gmi, not plgmi
+    # the gan prior is used by gated attacks: still gated
+    assert next(c for c in side["checks"] if c["subject"] == "gan")["status"] == "passed"

@@ -96,9 +96,14 @@ def write_gates(run_dir: Path, cfg: RunConfig, rows: Sequence[dict[str, Any]], e
     if not cfg.gates.enabled:
         return None
 
-    curve = set(RunPlan(cfg).curve_targets)   # the NoDef curve's points are not the reference: not gated
+    plan = RunPlan(cfg)
+    curve = set(plan.curve_targets)   # the NoDef curve's points are not the reference: not gated
+    ungated = {a.key for a in cfg.attacks if not a.gated}   # reported beside the comparison
+    units = {g: {p.split("/", 1)[1] for (ak, _t), names in plan.attack_priors.items() if (ak in ungated) == g
+                 for p in names.values()} for g in (True, False)}
     res = check_gates([r for r in rows if str(r.get("target")) not in curve], eval_acc, cfg.gates,
-                      {a.key: a.name for a in cfg.attacks}, prior_quality_of_run(run_dir))
+                      {a.key: a.name for a in cfg.attacks}, prior_quality_of_run(run_dir),
+                      ungated=ungated, ungated_priors=units[True] - units[False])
     atomic_write_json(run_dir / "gates.json", res)
     return res
 
