@@ -278,8 +278,8 @@ def test_rule_lookup_and_experiment_mismatch(tmp_path):
 
 def test_ungated_attacks_priors_are_listed_and_a_rule_may_not_name_them(tmp_path):
     """``gated: false`` on an attack: write_gates lists the priors only it uses as information (a prior a gated
-    attack also uses stays gated), and a rule that decides on that attack is refused before anything is
-    recorded."""
+    attack also uses stays gated; a prior on disk that no attack of the config uses is not checked), and a rule
+    that decides on that attack is refused before anything is recorded."""
     from midre.pipeline import write_gates
     from midre.rules import record_rule
 
@@ -287,7 +287,7 @@ def test_ungated_attacks_priors_are_listed_and_a_rule_may_not_name_them(tmp_path
     raw.pop("gates")
     raw["attacks"].append({"name": "plgmi", "preset": "quick", "identities": "all", "adaptive": True, "gated": False})
     cfg = load_config(raw)
-    for unit, cov in (("gan", 0.9), ("cgan-nodef", 0.1)):
+    for unit, cov in (("gan", 0.9), ("cgan-nodef", 0.1), ("kedmi-nodef", 0.0)):   # kedmi: no attack uses it
         d = tmp_path / "priors" / unit / "k"
         d.mkdir(parents=True)
         (d / "prior.json").write_text(json.dumps({"quality": {"relative_coverage": cov}}))
@@ -298,6 +298,7 @@ def test_ungated_attacks_priors_are_listed_and_a_rule_may_not_name_them(tmp_path
     status = {c["subject"]: c["status"] for c in res["checks"]}
     assert status["cgan-nodef (nodef)"] == "info" and status["plgmi-adaptive -> nodef"] == "info"
     assert status["gan"] == "passed"
+    assert not any(k.startswith("kedmi") for k in status), "a prior no attack of the config uses is not checked"
     run = tmp_path / "run"
     run.mkdir()
     (tmp_path / "rule.yaml").write_text(RULE.replace("attack: gmi, primary", "attack: plgmi-adaptive, primary"))

@@ -101,9 +101,11 @@ def write_gates(run_dir: Path, cfg: RunConfig, rows: Sequence[dict[str, Any]], e
     ungated = {a.key for a in cfg.attacks if not a.gated}   # reported beside the comparison
     units = {g: {p.split("/", 1)[1] for (ak, _t), names in plan.attack_priors.items() if (ak in ungated) == g
                  for p in names.values()} for g in (True, False)}
+    # only the priors this config's attacks use: a run continued from another's directory keeps its priors on disk
+    used = [q for q in prior_quality_of_run(run_dir) if str(q["prior"]).rsplit("/", 1)[-1] in units[True] | units[False]]
     res = check_gates([r for r in rows if str(r.get("target")) not in curve], eval_acc, cfg.gates,
-                      {a.key: a.name for a in cfg.attacks}, prior_quality_of_run(run_dir),
-                      ungated=ungated, ungated_priors=units[True] - units[False])
+                      {a.key: a.name for a in cfg.attacks}, used, ungated=ungated,
+                      ungated_priors=units[True] - units[False])
     atomic_write_json(run_dir / "gates.json", res)
     return res
 
