@@ -67,7 +67,8 @@ def check_gates(rows: Sequence[Mapping[str, Any]], eval_acc: Any, gates: Any,
         prior_quality: ``[{"prior": name, "target": target or None, "relative_coverage": c, ...}]``.
         ungated: attack keys reported beside the comparison (``gated: false``): their floor checks are
             listed as information and they do not count among "the others" of the weakest-attack gate.
-        ungated_priors: prior units (``cgan-nodef``) that only ungated attacks use: listed as information.
+        ungated_priors: prior units (``unit``, else ``prior``: ``cgan-nodef``) that only ungated attacks use:
+            listed as information.
 
     Returns ``{"valid", "verdict", "checks": [...], "floors": {...}}``; every check has gate, subject,
     value, floor, status (passed / failed / not measured / info).
@@ -110,7 +111,7 @@ def check_gates(rows: Sequence[Mapping[str, Any]], eval_acc: Any, gates: Any,
         subject = str(q.get("prior")) + ("" if tgt is None else f" ({tgt})")
         c = _floor_check("prior relative coverage (held-out public)", subject,
                          as_float(q.get("relative_coverage")), g["prior_coverage"])
-        checks.append(_not_gated(c) if str(q.get("prior")).rsplit("/", 1)[-1] in ungated_priors else c)
+        checks.append(_not_gated(c) if q.get("unit", q.get("prior")) in ungated_priors else c)
     valid = all(c["status"] in (PASSED, INFO) for c in checks)
     return {"format": "midre-gates", "valid": valid, "verdict": VALID if valid else NOT_VALID, "checks": checks,
             "floors": {k: g[k] for k in ("eval_acc", "target_acc", "attack_top1", "weakest", "prior_coverage")},
@@ -168,7 +169,7 @@ def prior_quality_of_run(run_dir: str | Path) -> list[dict[str, Any]]:
             meta = {}
         q = meta.get("quality") or {}
         seed_dir = next((p.name for p in pj.parents if p.name.startswith("seed-")), None)
-        out.append({"prior": unit if seed_dir is None else f"{seed_dir}/{unit}",
+        out.append({"prior": unit if seed_dir is None else f"{seed_dir}/{unit}", "unit": unit,
                     "target": None if unit == kind else unit[len(kind) + 1:],
                     "relative_coverage": q.get("relative_coverage"), "coverage": q.get("coverage"),
                     "kid": q.get("kid")})

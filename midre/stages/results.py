@@ -99,13 +99,15 @@ def write_gates(run_dir: Path, cfg: RunConfig, rows: Sequence[dict[str, Any]], e
     plan = RunPlan(cfg)
     curve = set(plan.curve_targets)   # the NoDef curve's points are not the reference: not gated
     ungated = {a.key for a in cfg.attacks if not a.gated}   # reported beside the comparison
-    units = {g: {p.split("/", 1)[1] for (ak, _t), names in plan.attack_priors.items() if (ak in ungated) == g
-                 for p in names.values()} for g in (True, False)}
+    gated_units: set[str] = set()      # prior units ("gan", "cgan-nodef") by the attacks that use them
+    side_units: set[str] = set()
+    for (akey, _t), names in plan.attack_priors.items():
+        (side_units if akey in ungated else gated_units).update(p.split("/", 1)[1] for p in names.values())
     # only the priors this config's attacks use: a run continued from another's directory keeps its priors on disk
-    used = [q for q in prior_quality_of_run(run_dir) if str(q["prior"]).rsplit("/", 1)[-1] in units[True] | units[False]]
+    used = [q for q in prior_quality_of_run(run_dir) if q["unit"] in gated_units | side_units]
     res = check_gates([r for r in rows if str(r.get("target")) not in curve], eval_acc, cfg.gates,
                       {a.key: a.name for a in cfg.attacks}, used, ungated=ungated,
-                      ungated_priors=units[True] - units[False])
+                      ungated_priors=side_units - gated_units)
     atomic_write_json(run_dir / "gates.json", res)
     return res
 
