@@ -50,7 +50,7 @@ from .results import (
     as_float,
     write_results_table,
 )
-from .rules import record_rule
+from .rules import check_rule, record_rule
 from .rundir import (
     RunState,
     StageConsole,
@@ -110,6 +110,9 @@ def run_pipeline(config: Any, out_dir: str | os.PathLike, resume: bool = True, p
     run_dir = Path(out_dir)
     t0 = time.perf_counter()
     logs = tblog.from_config(cfg, run_dir)   # checks the extra before anything is written
+    ungated = {a.key for a in cfg.attacks if not a.gated}
+    if rule is not None:
+        check_rule(Path(rule), cfg.name, ungated)   # likewise the rule file
     ddp = world()   # under torchrun: rank 0 runs the pipeline, the others join its training stages
     prepare_dir(run_dir, resume, cfg.seeds)
     ddp.barrier()
@@ -117,7 +120,7 @@ def run_pipeline(config: Any, out_dir: str | os.PathLike, resume: bool = True, p
         return _train_worker(cfg, run_dir, ddp)
     with RunLock(run_dir), logs:
         if rule is not None:
-            record_rule(run_dir, Path(rule), cfg.name, {a.key for a in cfg.attacks if not a.gated})
+            record_rule(run_dir, Path(rule), cfg.name, ungated)
         try:
             remove_stale_temps(run_dir)
             if cfg.seeds:

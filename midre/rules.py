@@ -93,15 +93,9 @@ def default_rule_path(config_name: str, base: Path | None = None) -> Path | None
     return p if p.is_file() else None
 
 
-def record_rule(run_dir: Path, path: Path, config_name: str, ungated: Collection[str] = ()) -> dict[str, Any]:
-    """Write RUN/rule.json (path, sha256, time) the first time a run starts with a rule; a later start with
-    a rule file of another content is refused (the rule was fixed when the run began).  ``ungated``: the
-    config's attacks reported beside the comparison (``gated: false``), which the rule may not name."""
-    import json
-
-    from .rundir import now
-    from .utils import atomic_write_json
-
+def check_rule(path: Path, config_name: str, ungated: Collection[str] = ()) -> Rule:
+    """The rule file, refused in one line when it is for another experiment or decides on one of ``ungated``:
+    the config's attacks reported beside the comparison (``gated: false``).  Nothing is written."""
     rule = load_rule(path)
     if rule.experiment != config_name:
         raise ConfigError(f"rule file '{path}' is for experiment '{rule.experiment}', not '{config_name}'; give "
@@ -111,6 +105,19 @@ def record_rule(run_dir: Path, path: Path, config_name: str, ungated: Collection
         raise ConfigError(f"rule file '{path}' decides on attack '{named[0]}', which the config reports beside the "
                           "comparison (gated: false: the validity gates do not check it); drop it from the rule's "
                           "comparisons or remove 'gated: false' from that attack")
+    return rule
+
+
+def record_rule(run_dir: Path, path: Path, config_name: str, ungated: Collection[str] = ()) -> dict[str, Any]:
+    """Write RUN/rule.json (path, sha256, time) the first time a run starts with a rule (:func:`check_rule`
+    first); a later start with a rule file of another content is refused (the rule was fixed when the run
+    began)."""
+    import json
+
+    from .rundir import now
+    from .utils import atomic_write_json
+
+    rule = check_rule(path, config_name, ungated)
     digest = sha256_of(path)
     rec_path = run_dir / "rule.json"
     if rec_path.exists():

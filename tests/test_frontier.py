@@ -306,3 +306,12 @@ def test_ungated_attacks_priors_are_listed_and_a_rule_may_not_name_them(tmp_path
         record_rule(run, tmp_path / "rule.yaml", "tiny-frontier", {"plgmi-adaptive"})
     assert not (run / "rule.json").exists()
 
+
+def test_run_refuses_a_rule_naming_an_ungated_attack_before_writing_anything(tmp_path):
+    raw = copy.deepcopy(TINY)
+    raw["attacks"].append({"name": "plgmi", "preset": "quick", "identities": "all", "adaptive": True, "gated": False})
+    (tmp_path / "rule.yaml").write_text(RULE.replace("attack: gmi, primary", "attack: plgmi-adaptive, primary"))
+    with pytest.raises(ConfigError, match="decides on attack 'plgmi-adaptive'"):
+        run_pipeline(load_config(raw), tmp_path / "run", progress=False, rule=tmp_path / "rule.yaml")
+    assert not (tmp_path / "run").exists()
+
